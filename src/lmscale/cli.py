@@ -1,0 +1,79 @@
+"""The `lmscale` command: one entry point, each subcommand a thin module in `lmscale.commands`.
+
+Command modules keep their top-level imports light (no torch), so `lmscale --help` is instant;
+each exposes `HELP`, `add_arguments(parser)` and `run(args) -> int`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lmscale.config import ConfigError
+
+# subcommand -> module under lmscale.commands
+COMMANDS: dict[str, str] = {
+    "quickstart": "quickstart",
+    "presets": "presets",
+    "tokenizer": "tokenizer",
+    "data": "data",
+    "pretrain": "pretrain",
+    "convert": "convert",
+    "fill-mask": "fill_mask",
+    "generate": "generate",
+    "eval": "eval",
+    "finetune": "finetune",
+    "predict": "predict",
+    "experiment": "experiment",
+    "count": "count",
+    "cost": "cost",
+    "fit": "fit",
+    "allocate": "allocate",
+    "sweep": "sweep",
+    "emergence": "emergence",
+    "plot": "plot",
+    "report": "report",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmscale",
+        description="Tokenize, pretrain (BERT/GPT/T5), use, fine-tune and scale language models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"lmscale.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"lmscale.commands.{module_name}":
+                continue  # command not built in this version
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run, _parser=p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) is None:
+        parser.print_help()
+        return 2
+    if extra and not getattr(args, "_accepts_overrides", False):
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args._extra = extra
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as exc:
+        print(f"lmscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lmscale {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

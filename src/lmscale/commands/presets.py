@@ -1,0 +1,43 @@
+"""`lmscale presets`: the published architectures and tiny CPU presets."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "list model presets (BERT, GPT, GPT-2, GPT-3, T5, Transformer, tiny CPU models)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmscale.config import load_preset, preset_info, preset_names
+
+    rows = []
+    for name in preset_names():
+        m = load_preset(name).model
+        info = preset_info(name)
+        layers = f"{m.n_layers}+{m.decoder_layers}" if m.family == "encoder-decoder" else str(m.n_layers)
+        rows.append({
+            "name": name, "family": m.family, "layers": layers, "d_model": m.d_model,
+            "n_heads": m.n_heads, "d_head": m.head_dim, "d_ff": m.ffn_dim, "vocab_size": m.vocab_size,
+            "n_ctx": m.max_positions, "published_params": info.get("published_params"),
+            "description": info.get("description", ""),
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lmscale presets")
+    for col in ("name", "family", "layers", "d_model", "heads", "d_head", "d_ff", "vocab", "n_ctx", "published"):
+        table.add_column(col, justify="right" if col not in ("name", "family") else "left")
+    for r in rows:
+        pub = r["published_params"]
+        pub_s = "-" if not pub else (f"{pub / 1e9:.1f}B" if pub >= 1e9 else f"{pub / 1e6:.0f}M")
+        table.add_row(r["name"], r["family"], r["layers"], str(r["d_model"]), str(r["n_heads"]),
+                      str(r["d_head"]), str(r["d_ff"]), str(r["vocab_size"]), str(r["n_ctx"]), pub_s)
+    Console().print(table)
+    return 0

@@ -1,0 +1,499 @@
+"""Typed configuration: dataclasses, YAML presets and `--section.key value` overrides.
+
+Configs are validated when built, so a bad combination fails before any work starts, with a
+message that says what to change.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+FAMILIES = ("encoder", "decoder", "encoder-decoder")
+POSITIONS = ("learned", "sinusoidal", "rope", "relative", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
+SCHEDULES = ("cosine", "linear", "wsd", "constant")
+FAMILY_TOKENIZER = {"encoder": "wordpiece", "decoder": "bpe", "encoder-decoder": "unigram"}
+FAMILY_OBJECTIVE = {"encoder": "mlm", "decoder": "causal", "encoder-decoder": "span"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as what to change."""
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        near = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}{hint}")
+
+
+def _positive(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name}={value!r} must be a positive number")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a transformer. One dataclass describes all three families.
+
+    Parameter-bearing choices (what exists as a tensor) are all here, so parameters and FLOPs can
+    be counted from the config alone, without building the model.
+    """
+
+    family: str = "decoder"  # encoder | decoder | encoder-decoder
+    vocab_size: int = 8192
+    d_model: int = 128
+    n_layers: int = 4  # encoder layers for encoder-decoders
+    n_decoder_layers: Optional[int] = None  # encoder-decoder only; default n_layers
+    n_heads: int = 4
+    d_head: Optional[int] = None  # default d_model // n_heads; attention width = n_heads * d_head
+    d_ff: Optional[int] = None  # default 4 * d_model
+    max_positions: int = 128  # context length the position scheme supports (n_ctx)
+    position: str = "learned"  # learned | sinusoidal | rope | relative (T5 bias) | none
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    rope_theta: float = 10000.0
+    activation: str = "gelu"  # gelu | gelu_tanh | relu | silu
+    gated_mlp: bool = False  # GEGLU (gelu) / SwiGLU (silu) / ReGLU (relu)
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_position: str = "pre"  # pre (GPT-2, T5) | post (BERT, GPT-1, original Transformer)
+    norm_eps: float = 1e-5
+    bias: bool = True  # biases in attention/MLP projections and norms
+    tie_embeddings: bool = True  # output projection shares the input embedding
+    type_vocab_size: int = 0  # BERT segment embeddings (2); 0 = none
+    embedding_norm: bool = False  # LayerNorm right after the embeddings (BERT)
+    embedding_scale: bool = False  # multiply embeddings by sqrt(d_model) (original Transformer)
+    mlm_transform: bool = True  # encoder MLM head: dense + activation + norm before the decoder
+    pooler: bool = False  # encoder pooler (dense + tanh on [CLS])
+    nsp_head: bool = False  # next-sentence-prediction classifier (needs pooler)
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_std: float = 0.02
+    pad_token_id: int = 0
+    decoder_start_token_id: Optional[int] = None  # encoder-decoder; default pad_token_id
+
+    def __post_init__(self) -> None:
+        _choice("model.family", self.family, FAMILIES)
+        _choice("model.position", self.position, POSITIONS)
+        _choice("model.activation", self.activation, ACTIVATIONS)
+        _choice("model.norm", self.norm, NORMS)
+        _choice("model.norm_position", self.norm_position, NORM_POSITIONS)
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions"):
+            _positive(f"model.{name}", getattr(self, name))
+        _positive("model.d_head", self.d_head, allow_none=True)
+        _positive("model.d_ff", self.d_ff, allow_none=True)
+        if self.d_head is None and self.d_model % self.n_heads != 0:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
+                f"change one of them, or set model.d_head explicitly"
+            )
+        if self.position == "rope" and self.head_dim % 2:
+            raise ConfigError(f"RoPE needs an even head dimension, got d_head={self.head_dim}")
+        if self.family != "encoder-decoder" and self.n_decoder_layers is not None:
+            raise ConfigError(
+                f"model.n_decoder_layers is only for encoder-decoders (family={self.family}); "
+                "use model.n_layers"
+            )
+        if self.family == "encoder-decoder":
+            if self.n_decoder_layers is None:
+                self.n_decoder_layers = self.n_layers
+            if self.decoder_start_token_id is None:
+                self.decoder_start_token_id = self.pad_token_id
+        if self.family != "encoder":
+            for name in ("pooler", "nsp_head"):
+                if getattr(self, name):
+                    raise ConfigError(f"model.{name} is an encoder feature (family={self.family})")
+            if self.type_vocab_size:
+                raise ConfigError(
+                    f"model.type_vocab_size={self.type_vocab_size} (segment embeddings) is an "
+                    "encoder feature; set it to 0"
+                )
+        if self.nsp_head and not self.pooler:
+            raise ConfigError("model.nsp_head needs model.pooler=true (NSP classifies the pooled [CLS])")
+        if self.position == "relative" and self.family == "decoder" and self.norm_position == "post":
+            raise ConfigError("relative position bias with post-LN decoders is not supported; use pre")
+        for name in ("dropout", "attention_dropout"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"model.{name}={v} must be in [0, 1)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def attn_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
+
+
+@dataclass
+class TokenizerConfig:
+    kind: Optional[str] = None  # bpe | wordpiece | unigram; default from the model family
+    vocab_size: Optional[int] = None  # default model.vocab_size
+    lowercase: bool = False
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind is not None:
+            _choice("tokenizer.kind", self.kind, TOKENIZER_KINDS)
+        _positive("tokenizer.vocab_size", self.vocab_size, allow_none=True)
+
+
+@dataclass
+class DataConfig:
+    corpus: Optional[str] = None  # catalog name (wikitext-2) or a local file/directory
+    tokenizer: Optional[str] = None  # tokenizer directory; trained on the corpus when absent
+    shards: Optional[str] = None  # token shard directory; default RUN_DIR/shards
+    valid_fraction: float = 0.02  # for corpora without their own validation split
+    split_seed: int = 1234
+    errors: str = "strict"  # strict | replace (undecodable bytes)
+
+    def __post_init__(self) -> None:
+        _choice("data.errors", self.errors, ("strict", "replace"))
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ConfigError(f"data.valid_fraction={self.valid_fraction} must be in (0, 1)")
+
+
+@dataclass
+class ObjectiveConfig:
+    kind: Optional[str] = None  # mlm | causal | span; default from the model family
+    mlm_probability: float = 0.15
+    mask_token_fraction: float = 0.8
+    random_token_fraction: float = 0.1
+    whole_word_mask: bool = False
+    span_mask: bool = False  # SpanBERT-style geometric spans for MLM
+    nsp: bool = False
+    noise_density: float = 0.15  # T5 span corruption
+    mean_noise_span_length: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.kind is not None:
+            _choice("objective.kind", self.kind, ("mlm", "causal", "span"))
+        for name in ("mlm_probability", "noise_density"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise ConfigError(f"objective.{name}={v} must be in (0, 1)")
+        if self.mask_token_fraction + self.random_token_fraction > 1.0 + 1e-9:
+            raise ConfigError(
+                "objective.mask_token_fraction + objective.random_token_fraction must be <= 1 "
+                f"(got {self.mask_token_fraction} + {self.random_token_fraction})"
+            )
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 128
+    batch_size: int = 32  # global batch in sequences (independent of the number of processes)
+    micro_batch_size: Optional[int] = None  # per process per step; gradient accumulation fills the rest
+    max_steps: Optional[int] = None
+    max_tokens: Optional[int] = None
+    max_flops: Optional[float] = None
+    max_time_s: Optional[float] = None
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # cosine | linear | wsd | constant
+    warmup_steps: Optional[int] = None  # default: warmup_fraction of the schedule
+    warmup_fraction: float = 0.05
+    decay_fraction: float = 0.2  # wsd: share of the schedule spent decaying
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 10
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0 = only at the end (and at evaluations that improve the best)
+    keep_last: int = 2
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    max_bad_steps: int = 5  # consecutive non-finite steps before stopping
+    parallel: str = "ddp"  # ddp | fsdp (used when launched by torchrun)
+
+    def __post_init__(self) -> None:
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _choice("train.dtype", self.dtype, ("auto", "fp32", "bf16"))
+        _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
+        for name in ("seq_len", "batch_size", "lr"):
+            _positive(f"train.{name}", getattr(self, name))
+        for name in ("micro_batch_size", "max_steps", "max_tokens", "max_flops", "max_time_s"):
+            _positive(f"train.{name}", getattr(self, name), allow_none=True)
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not a multiple of "
+                f"train.micro_batch_size={self.micro_batch_size}"
+            )
+
+
+@dataclass
+class RunConfig:
+    """Everything one pretraining run needs; what `lmscale pretrain --config FILE.yaml` reads."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: Optional[str] = None
+    preset: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        m, t = self.model, self.train
+        if t.seq_len > m.max_positions and m.position in ("learned",):
+            raise ConfigError(
+                f"train.seq_len={t.seq_len} is longer than model.max_positions={m.max_positions} "
+                "(learned positions); lower train.seq_len or raise model.max_positions"
+            )
+        if self.tokenizer.vocab_size is not None and self.tokenizer.vocab_size > m.vocab_size:
+            raise ConfigError(
+                f"tokenizer.vocab_size={self.tokenizer.vocab_size} exceeds "
+                f"model.vocab_size={m.vocab_size}; make them equal"
+            )
+
+    @property
+    def tokenizer_kind(self) -> str:
+        return self.tokenizer.kind or FAMILY_TOKENIZER[self.model.family]
+
+    @property
+    def objective_kind(self) -> str:
+        return self.objective.kind or FAMILY_OBJECTIVE[self.model.family]
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# ----------------------------------------------------------------------------- dict/YAML plumbing
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass -> plain dict (JSON/YAML-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    base, optional = _unwrap_optional(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{path} cannot be null")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{path}={value!r} is not a boolean (use true/false)")
+    if base is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}={value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}={value!r} is not an integer") from None
+        if not f.is_integer():
+            raise ConfigError(f"{path}={value!r} is not an integer")
+        return int(f)
+    if base is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}={value!r} is not a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}={value!r} is not a number") from None
+    if base is str:
+        return str(value)
+    return value
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, path: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict; unknown keys suggest the nearest valid key."""
+    data = dict(data or {})
+    hints = _type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{path}{key}"
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            hint = f"; did you mean {path}{near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {full!r}{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{full} must be a mapping")
+            kwargs[key] = from_dict(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, tp)
+    return cls(**kwargs)
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    out = []
+    hints = _type_hints(cls)
+    for f in fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(_all_keys(tp, f"{prefix}{f.name}."))
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """Return a copy of `cfg` with dotted-key overrides (`{"model.d_model": 256}`) applied."""
+    data = to_dict(cfg)
+    valid = _all_keys(type(cfg))
+    for key, value in overrides.items():
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean --{near[0]}?" if near else ""
+            raise ConfigError(f"unknown option --{key}{hint}")
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = value
+    return from_dict(type(cfg), data)
+
+
+def parse_override_args(argv: list[str]) -> dict[str, Any]:
+    """Parse `--a.b value` / `--a.b=value` pairs; values are read as YAML scalars."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --model.d_model 256")
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"option --{key} needs a value")
+            raw = argv[i + 1]
+            i += 2
+        key = key.replace("-", "_") if "." not in key else ".".join(
+            p.replace("-", "_") for p in key.split(".")
+        )
+        out[key] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+# ----------------------------------------------------------------------------- presets
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _preset_data(name: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        names = preset_names()
+        near = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"unknown preset {name!r}{hint} (see `lmscale presets`)")
+    return load_yaml(path)
+
+
+def preset_info(name: str) -> dict[str, Any]:
+    """Preset metadata: description, published parameter count and source."""
+    return dict(_preset_data(name).get("about", {}))
+
+
+def load_preset(name: str) -> RunConfig:
+    """A preset as a full RunConfig (model shape plus sensible training defaults)."""
+    data = {k: v for k, v in _preset_data(name).items() if k != "about"}
+    data["preset"] = name
+    return from_dict(RunConfig, data)
+
+
+def preset_model(name: str) -> ModelConfig:
+    return load_preset(name).model
+
+
+def load_run_config(
+    config_file: str | Path | None = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Preset, then YAML file, then command-line overrides; later ones win."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        data = to_dict(load_preset(preset))
+    if config_file is not None:
+        file_data = load_yaml(config_file)
+        if "preset" in file_data and preset is None:
+            data = to_dict(load_preset(file_data["preset"]))
+        _deep_update(data, file_data)
+    cfg = from_dict(RunConfig, data)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    return from_dict(ModelConfig, data, "model.")
