@@ -1,0 +1,1 @@
+"""Corpora (catalog, readers), token shards and the deterministic window sampler."""

@@ -1,0 +1,546 @@
+"""Fine-tuning: pretrain once, fine-tune many times.
+
+`finetune(model, tokenizer, task, cfg, out_dir)` adds a task head (or uses the LM head for
+text-to-text), trains the whole network on the labelled examples, evaluates on dev after each
+epoch, keeps the best checkpoint, stops early when dev stops improving, and writes
+`results.json` with the best checkpoint's dev and test metrics.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from lmscale.errors import CheckpointError, DataError
+from lmscale.finetune import metrics as M
+from lmscale.finetune.features import Encoded, Featurizer, InputFormat, add_gpt_tokens, collate, pad_batch
+from lmscale.finetune.heads import DEFAULT_POOLING, SequenceHead
+from lmscale.finetune.tasks import Example, TaskData, TaskSpec, text_to_text_examples
+from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
+
+FORMAT = "lmscale-finetune"
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning hyper-parameters; defaults suit tiny models on a CPU (BERT's recipe, scaled)."""
+
+    mode: str = "auto"  # auto | head | text-to-text (label words as targets)
+    pooling: Optional[str] = None  # encoder: cls | mean | pooler; encoder-decoder: mean | first
+    freeze_body: bool = False  # linear probe: train only the head (and new token embeddings)
+    max_length: int = 64
+    max_target_length: int = 16
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    epochs: int = 3
+    min_steps: int = 0  # small training sets: repeat epochs until at least this many steps
+    max_steps: Optional[int] = None
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    dropout: float = 0.1
+    patience: Optional[int] = 3  # evaluations without dev improvement before stopping
+    seed: int = 0
+    padding_side: str = "right"  # decoders: left or right padding
+    symmetric: bool = False  # pair tasks whose order does not matter (GPT similarity)
+    metric: Optional[str] = None  # dev metric that selects the best checkpoint
+    train_examples: Optional[int] = None  # seeded random subset of the training split
+    label_words: Optional[list[str]] = None  # text-to-text targets per class
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "head", "text-to-text"):
+            raise DataError(f"mode {self.mode!r} must be auto, head or text-to-text")
+        if self.padding_side not in ("left", "right"):
+            raise DataError(f"padding_side {self.padding_side!r} must be left or right")
+        for name in ("max_length", "batch_size", "eval_batch_size", "epochs", "lr"):
+            if getattr(self, name) <= 0:
+                raise DataError(f"{name}={getattr(self, name)} must be positive")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def copy_tokenizer(tokenizer):
+    """An independent copy, so adding fine-tuning tokens never changes the caller's tokenizer."""
+    from lmscale.tokenization import Tokenizer
+    from tokenizers import Tokenizer as Backend
+
+    return Tokenizer(Backend.from_str(tokenizer.to_json()), kind=tokenizer.kind, meta=dict(tokenizer.meta))
+
+
+# ----------------------------------------------------------------------------- the fine-tuned model
+
+class FinetunedModel(nn.Module):
+    """A body plus what the task needs: a `SequenceHead`, or nothing (text-to-text)."""
+
+    def __init__(self, body: nn.Module, tokenizer, meta: dict[str, Any]):
+        super().__init__()
+        self.meta = meta
+        self.tokenizer = tokenizer
+        self.family = body.config.family
+        self.fmt = InputFormat(**meta["input_format"])
+        self.featurizer = Featurizer(tokenizer, self.fmt)
+        if meta["mode"] == "head":
+            self.net: nn.Module = SequenceHead(body, self.family, meta["num_outputs"], meta["pooling"],
+                                               meta.get("dropout", 0.1), meta["multiple_choice"])
+        else:
+            self.net = body
+
+    @property
+    def body(self) -> nn.Module:
+        return self.net.body if isinstance(self.net, SequenceHead) else self.net
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    def encode(self, ex: Example) -> Encoded:
+        """Token ids for one example; classification cast as text-to-text gets the task prefix
+        (`sst2 sentence: ...`) and its label word as the target, keeping the class index."""
+        words = self.meta.get("label_words")
+        if words is None:
+            return self.featurizer.encode(ex)
+        prefix = self.meta["task"]
+        text = (f"{prefix} sentence: {ex.text}" if ex.text_pair is None
+                else f"{prefix} sentence1: {ex.text} sentence2: {ex.text_pair}")
+        target = words[ex.label] if ex.label is not None else None
+        e = self.featurizer.encode(Example(text, label=target, source=ex.source, line=ex.line))
+        e.label = ex.label
+        return e
+
+    # --------------------------------------------------------------- batches
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def head_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        dev = self._device()
+        return self.net(batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
+                        batch.get("token_type_ids").to(dev) if "token_type_ids" in batch else None,
+                        batch["n_views"])
+
+    def loss(self, encs: Sequence[Encoded]) -> torch.Tensor:
+        if self.meta["mode"] == "head":
+            batch = collate(encs, self.tokenizer.pad_id, self.fmt.padding_side, self.kind == "regression")
+            logits = self.head_logits(batch)
+            labels = batch["labels"].to(logits.device)
+            if self.kind == "regression":
+                mean, std = self.meta["target_mean"], self.meta["target_std"]
+                return F.mse_loss(logits.squeeze(-1), (labels - mean) / std)
+            return F.cross_entropy(logits, labels)
+        return self._lm_loss(encs)
+
+    def _lm_batch(self, encs: Sequence[Encoded], targets: Optional[Sequence[list[int]]] = None) -> dict[str, torch.Tensor]:
+        """Model kwargs whose `labels` score `targets` (default: each example's own target)."""
+        targets = targets if targets is not None else [e.target for e in encs]
+        if any(t is None for t in targets):
+            raise DataError("text-to-text training needs a target for every example")
+        pad = self.tokenizer.pad_id
+        dev = self._device()
+        if self.family == "encoder-decoder":
+            b = pad_batch([e.views[0] for e in encs], pad, "right")
+            lab = pad_batch(targets, pad, "right")
+            labels = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
+            return {"input_ids": b["input_ids"].to(dev), "attention_mask": b["attention_mask"].to(dev),
+                    "labels": labels.to(dev)}
+        seqs = [e.views[0] + t for e, t in zip(encs, targets)]
+        b = pad_batch(seqs, pad, self.fmt.padding_side)
+        labels = torch.full_like(b["input_ids"], -100)
+        T = b["input_ids"].shape[1]
+        for i, (e, t) in enumerate(zip(encs, targets)):
+            end = T if self.fmt.padding_side == "left" else len(seqs[i])
+            labels[i, end - len(t):end] = torch.tensor(t)
+        return {"input_ids": b["input_ids"].to(dev), "attention_mask": b["attention_mask"].to(dev),
+                "labels": labels.to(dev)}
+
+    def _lm_loss(self, encs: Sequence[Encoded]) -> torch.Tensor:
+        return self.body(**self._lm_batch(encs)).loss
+
+    def target_logprobs(self, encs: Sequence[Encoded], targets: Sequence[list[int]]) -> torch.Tensor:
+        """Sum of log p(target token) for each (input, target) pair: rank classification."""
+        batch = self._lm_batch(encs, targets)
+        out = self.body(**batch)
+        logits = out.logits
+        labels = batch["labels"]
+        if self.family == "decoder":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        mask = labels != -100
+        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * mask).sum(dim=1)
+
+    @torch.no_grad()
+    def greedy(self, encs: Sequence[Encoded]) -> list[list[int]]:
+        """Greedy decoding of at most `max_target_length` tokens (no cache: targets are short)."""
+        eos, pad, dev = self.tokenizer.eos_id, self.tokenizer.pad_id, self._device()
+        n_max = self.fmt.max_target_length
+        done = [False] * len(encs)
+        outs: list[list[int]] = [[] for _ in encs]
+        if self.family == "encoder-decoder":
+            b = pad_batch([e.views[0] for e in encs], pad, "right")
+            ids, mask = b["input_ids"].to(dev), b["attention_mask"].to(dev)
+            start = self.body.config.decoder_start_token_id
+            dec = torch.full((len(encs), 1), start, dtype=torch.long, device=dev)
+            for _ in range(n_max):
+                logits = self.body(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits[:, -1]
+                nxt = logits.argmax(-1)
+                dec = torch.cat([dec, nxt[:, None]], dim=1)
+                for i, t in enumerate(nxt.tolist()):
+                    if not done[i]:
+                        if t == eos:
+                            done[i] = True
+                        else:
+                            outs[i].append(t)
+                if all(done):
+                    break
+            return outs
+        seqs = [list(e.views[0]) for e in encs]
+        for _ in range(n_max):
+            b = pad_batch(seqs, pad, "left")
+            logits = self.body(b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits[:, -1]
+            nxt = logits.argmax(-1).tolist()
+            for i, t in enumerate(nxt):
+                seqs[i].append(t)
+                if not done[i]:
+                    if t == eos:
+                        done[i] = True
+                    else:
+                        outs[i].append(t)
+            if all(done):
+                break
+        return outs
+
+    # --------------------------------------------------------------- prediction
+    @torch.no_grad()
+    def predict_encoded(self, encs: Sequence[Encoded], batch_size: int = 128) -> dict[str, Any]:
+        """Raw predictions: class indices + probabilities, scores, or output strings."""
+        was_training = self.training
+        self.eval()
+        try:
+            preds: list[Any] = []
+            probs: list[list[float]] = []
+            mode, kind = self.meta["mode"], self.kind
+            words = self.meta.get("label_word_ids")
+            for i in range(0, len(encs), batch_size):
+                chunk = encs[i:i + batch_size]
+                if mode == "head":
+                    batch = collate([Encoded(e.views, e.types) for e in chunk], self.tokenizer.pad_id,
+                                    self.fmt.padding_side)
+                    logits = self.head_logits(batch).float()
+                    if kind == "regression":
+                        s = logits.squeeze(-1) * self.meta["target_std"] + self.meta["target_mean"]
+                        preds.extend(s.tolist())
+                    else:
+                        p = logits.softmax(-1)
+                        preds.extend(p.argmax(-1).tolist())
+                        probs.extend(p.tolist())
+                elif words:
+                    n = len(words)
+                    rep = [e for e in chunk for _ in range(n)]
+                    tg = [w for _ in chunk for w in words]
+                    lp = self.target_logprobs(rep, tg).view(len(chunk), n)
+                    p = lp.softmax(-1)
+                    preds.extend(p.argmax(-1).tolist())
+                    probs.extend(p.tolist())
+                else:
+                    for ids in self.greedy(chunk):
+                        preds.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+            return {"predictions": preds, "probabilities": probs}
+        finally:
+            self.train(was_training)
+
+    def evaluate(self, encs: Sequence[Encoded], batch_size: int = 128) -> dict[str, float]:
+        out = self.predict_encoded(encs, batch_size)
+        preds = out["predictions"]
+        gold = [e.label for e in encs]
+        if self.kind == "regression":
+            return M.regression_metrics(gold, preds)
+        if self.kind == "classification":
+            return M.classification_metrics(gold, preds, self.meta["num_outputs"])
+        em = [p.strip() == str(g).strip() for p, g in zip(preds, gold)]
+        return {"exact_match": float(np.mean(em)) if em else float("nan")}
+
+    def predict(self, examples: Sequence[Example], batch_size: int = 128) -> list[dict[str, Any]]:
+        """User-facing predictions: label and probabilities, score, or generated text."""
+        encs = [self.encode(Example(ex.text, ex.text_pair, ex.choices, None, ex.source, ex.line))
+                for ex in examples]
+        out = self.predict_encoded(encs, batch_size)
+        labels = self.meta.get("labels")
+        rows = []
+        for i, p in enumerate(out["predictions"]):
+            if self.kind == "regression":
+                rows.append({"score": float(p)})
+            elif self.kind == "classification":
+                probs = out["probabilities"][i]
+                names = labels or [str(k) for k in range(len(probs))]
+                rows.append({"label": names[p], "label_index": int(p),
+                             "probabilities": {n: float(q) for n, q in zip(names, probs)}})
+            else:
+                rows.append({"output": p})
+        return rows
+
+    # --------------------------------------------------------------- persistence
+    def save(self, out_dir: str | Path) -> Path:
+        """`out_dir/model/` (a model dir any lmscale command loads), `head.safetensors`, `finetune.json`."""
+        from safetensors.torch import save_file
+        from lmscale.models.io import write_model_files
+
+        out_dir = Path(out_dir)
+        with atomic_directory(out_dir) as tmp:
+            write_model_files(self.body, self.tokenizer, tmp / "model")
+            if isinstance(self.net, SequenceHead):
+                state = {k: v.detach().cpu().contiguous() for k, v in self.net.head.state_dict().items()}
+                with atomic_path(tmp / "head.safetensors") as p:
+                    save_file(state, str(p))
+            atomic_write_json(tmp / "finetune.json", {"format": FORMAT, "version": 1, **self.meta})
+        return out_dir
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "FinetunedModel":
+        """Load a fine-tuned model from its directory or from the run directory holding `best/`."""
+        from safetensors.torch import load_file
+        from lmscale.models.io import load as load_model
+
+        path = Path(path)
+        if (path / "best" / "finetune.json").is_file():
+            path = path / "best"
+        meta_file = path / "finetune.json"
+        if not meta_file.is_file():
+            raise CheckpointError(f"{path}: not a fine-tuned model (no finetune.json; "
+                                  "expected a fine-tuning run directory or its best/ directory)")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{meta_file}: unknown format {meta.get('format')!r}")
+        meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+        body, tok = load_model(path / "model", device=device)
+        model = cls(body, tok, meta)
+        if isinstance(model.net, SequenceHead):
+            state = load_file(str(path / "head.safetensors"))
+            try:
+                model.net.head.load_state_dict(state)
+            except RuntimeError as exc:
+                raise CheckpointError(f"{path / 'head.safetensors'}: {exc}") from None
+        return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- setup
+
+def prepare(body: nn.Module, tokenizer, task: TaskData, cfg: FinetuneConfig) -> FinetunedModel:
+    """Decide the mode, add decoder special tokens (resizing the embeddings) and build the head."""
+    family = body.config.family
+    kind = task.kind
+    mode = cfg.mode
+    if mode == "auto":
+        mode = "text-to-text" if kind == "text-to-text" else "head"
+    if kind == "text-to-text" and mode != "text-to-text":
+        raise DataError("a text-to-text task (input -> target) has no head; use mode text-to-text")
+    if mode == "text-to-text":
+        if family == "encoder":
+            raise DataError("encoders cannot generate text; use mode head (a classifier on [CLS])")
+        if kind == "regression" or task.spec.choice_columns:
+            raise DataError("text-to-text fine-tuning covers classification and text-to-text tasks")
+    if family != "decoder" and cfg.padding_side == "left":
+        raise DataError("left padding is for decoders (the last real token is then at the end)")
+    tok = copy_tokenizer(tokenizer)
+    special: dict[str, int] = {}
+    new_ids: list[int] = []
+    if family == "decoder":
+        before = tok.vocab_size
+        special = add_gpt_tokens(tok)
+        new_ids = [i for i in special.values() if i >= before]
+    if tok.vocab_size > body.config.vocab_size:
+        body.resize_token_embeddings(tok.vocab_size)
+    input_format = "text-to-text" if mode == "text-to-text" else task.spec.input_format
+    fmt = InputFormat(family=family, max_length=cfg.max_length, input_format=input_format,
+                      symmetric=bool(cfg.symmetric and task.spec.text_pair_column), padding_side=cfg.padding_side,
+                      special=special, max_target_length=cfg.max_target_length)
+    meta: dict[str, Any] = {
+        "kind": kind, "mode": mode, "family": family,
+        "pooling": (cfg.pooling or DEFAULT_POOLING[family]) if mode == "head" else None,
+        "num_outputs": task.num_labels, "multiple_choice": bool(task.spec.choice_columns),
+        "labels": task.labels, "input_format": fmt.to_dict(), "dropout": cfg.dropout,
+        "task": task.name, "task_spec": asdict(task.spec), "new_token_ids": new_ids,
+        "target_mean": 0.0, "target_std": 1.0,
+    }
+    if kind == "regression":
+        ys = np.array([ex.label for ex in task.splits["train"]], dtype=np.float64)
+        meta["target_mean"] = float(ys.mean())
+        meta["target_std"] = float(ys.std()) or 1.0
+    if mode == "text-to-text" and kind == "classification":
+        words = cfg.label_words or task.labels
+        if len(words) != len(task.labels):
+            raise DataError(f"{len(words)} label words for {len(task.labels)} labels ({', '.join(task.labels)})")
+        meta["label_words"] = list(words)
+        meta["label_word_ids"] = [tok.encode(w) + [tok.eos_id] for w in words]
+    return FinetunedModel(body, tok, meta)
+
+
+def _encode(model: FinetunedModel, examples: Sequence[Example]) -> tuple[list[Encoded], int]:
+    encs = [model.encode(ex) for ex in examples]
+    return encs, sum(e.truncated for e in encs)
+
+
+def _param_groups(model: FinetunedModel, cfg: FinetuneConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms and embeddings (BERT's recipe)."""
+    decay, no_decay = [], []
+    emb = model.body.get_input_embeddings()
+    emb_ids = {id(p) for p in emb.parameters()}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or id(p) in emb_ids or "norm" in name.lower() or "embed" in name.lower():
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _freeze_body(model: FinetunedModel) -> None:
+    """Linear probe: the body is frozen, except the embeddings of tokens added for fine-tuning,
+    which have no pretrained value and must be learned (GPT's extract/delimiter tokens)."""
+    for p in model.body.parameters():
+        p.requires_grad_(False)
+    new_ids = model.meta.get("new_token_ids") or []
+    if new_ids:
+        w = model.body.get_input_embeddings().weight
+        w.requires_grad_(True)
+        keep = torch.zeros(w.shape[0], 1, dtype=w.dtype)
+        keep[new_ids] = 1.0
+        w.register_hook(lambda g: g * keep.to(g.device))
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def finetune(
+    body: nn.Module,
+    tokenizer,
+    task: TaskData,
+    cfg: Optional[FinetuneConfig] = None,
+    out_dir: Optional[str | Path] = None,
+    log: Optional[Callable[[dict[str, Any]], None]] = None,
+    train_examples: Optional[list[Example]] = None,
+) -> dict[str, Any]:
+    """Fine-tune `body` (trained in place) on `task`; returns the results dict.
+
+    With `out_dir`, the best checkpoint is kept in `out_dir/best/`, one JSON line per evaluation
+    goes to `out_dir/metrics.jsonl`, and `out_dir/results.json` holds the best checkpoint's
+    `{"dev": {...}, "test": {...}}` plus run facts (epochs, steps, truncation counts).
+    """
+    cfg = cfg or FinetuneConfig()
+    if "dev" not in task.splits:
+        raise DataError(f"task {task.name}: a dev split is needed for evaluation and early stopping")
+    torch.manual_seed(cfg.seed)
+    body.to(cfg.device)
+    model = prepare(body, tokenizer, task, cfg).to(cfg.device)
+    if train_examples is None:
+        train_examples = task.subset("train", cfg.train_examples, cfg.seed)
+    train_encs, train_cut = _encode(model, train_examples)
+    splits_encs = {s: _encode(model, task.splits[s]) for s in task.splits if s != "train"}
+    truncated = {"train": train_cut, **{s: v[1] for s, v in splits_encs.items()}}
+    if cfg.freeze_body:
+        _freeze_body(model)
+    groups = _param_groups(model, cfg)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    n = len(train_encs)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch)) if cfg.min_steps else cfg.epochs
+    total = epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = int(cfg.warmup_fraction * total)
+    metric = cfg.metric or M.main_metric(task.kind)
+    rng = random.Random(cfg.seed)
+    history: list[dict[str, Any]] = []
+    best: Optional[dict[str, Any]] = None
+    best_state: Optional[dict[str, torch.Tensor]] = None
+    bad_evals = 0
+    step = 0
+    t0 = time.perf_counter()
+    params = [p for g in groups for p in g["params"]]
+    model.train()
+    stopped_early = False
+    for epoch in range(1, epochs + 1):
+        order = list(range(n))
+        rng.shuffle(order)
+        losses = []
+        for i in range(0, n, cfg.batch_size):
+            if step >= total:
+                break
+            batch = [train_encs[j] for j in order[i:i + cfg.batch_size]]
+            f = _lr_factor(step, total, warmup)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * f
+            loss = model.loss(batch)
+            if not torch.isfinite(loss):
+                raise DataError(f"fine-tuning loss became {loss.item()} at step {step}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+        dev = model.evaluate(splits_encs["dev"][0], cfg.eval_batch_size)
+        value = dev.get(metric, float("nan"))
+        if metric not in dev:
+            raise DataError(f"metric {metric!r} is not computed for {task.kind} tasks (have {', '.join(dev)})")
+        record = {"event": "eval", "epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
+                  "dev": dev, "wall_s": round(time.perf_counter() - t0, 3)}
+        history.append(record)
+        if log:
+            log(record)
+        improved = best is None or (math.isfinite(value) and (not math.isfinite(best["value"]) or value > best["value"]))
+        if improved:
+            best = {"value": value, "epoch": epoch, "step": step}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            bad_evals = 0
+            if out_dir is not None:
+                model.save(Path(out_dir) / "best")
+        else:
+            bad_evals += 1
+        if out_dir is not None:
+            atomic_write_text(Path(out_dir) / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        if step >= total:
+            break
+        if cfg.patience is not None and bad_evals >= cfg.patience:
+            stopped_early = True
+            break
+    assert best is not None and best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    results: dict[str, Any] = {
+        "task": task.name, "kind": task.kind, "family": model.family, "mode": model.meta["mode"],
+        "metric": metric,
+        "dev": model.evaluate(splits_encs["dev"][0], cfg.eval_batch_size),
+    }
+    if "test" in splits_encs:
+        results["test"] = model.evaluate(splits_encs["test"][0], cfg.eval_batch_size)
+    results.update({
+        "best_epoch": best["epoch"], "best_step": best["step"], "epochs_run": len(history), "steps": step,
+        "stopped_early": stopped_early, "train_examples": n, "truncated": truncated,
+        "max_length": cfg.max_length, "labels": task.labels, "wall_s": round(time.perf_counter() - t0, 3),
+        "config": asdict(cfg),
+    })
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / "results.json", results)
+    results["model"] = model
+    return results

@@ -1,0 +1,341 @@
+"""Text generation for decoders and encoder-decoders, with a key/value cache, and T5 span infilling.
+
+With the cache each new token costs one position of attention over stored keys and values instead
+of re-running the whole prefix, which is what makes long generations affordable on a CPU (see
+`benchmarks/generate.py`). Encoder-decoders encode the input once; their cross-attention keys and
+values are computed once by the model and kept in the cache.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from lmscale.errors import LmscaleError
+from lmscale.inference.sampling import SamplingConfig, choose_token
+
+# The lecture writes T5's sentinels as <X>, <Y>, <Z>.
+SENTINEL_ALIASES = {"<X>": 0, "<Y>": 1, "<Z>": 2}
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]  # new tokens only (the end-of-sequence token included when it ended the text)
+    text: str
+    stop_reason: str  # eos | stop | length | context
+    prompt_ids: list[int] = field(default_factory=list)
+    prompt_truncated: int = 0  # prompt tokens dropped from the left to fit the context window
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"token_ids": self.token_ids, "text": self.text, "stop_reason": self.stop_reason,
+                "prompt_tokens": len(self.prompt_ids), "prompt_truncated": self.prompt_truncated}
+
+
+@dataclass
+class InfillResult:
+    spans: list[str]
+    text: str  # the input with every sentinel replaced by its span
+    token_ids: list[int]
+    raw: str  # the decoder output as generated, sentinels included
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spans": self.spans, "text": self.text, "token_ids": self.token_ids, "raw": self.raw}
+
+
+# ----------------------------------------------------------------------------- model plumbing
+
+def model_family(model: Any) -> str:
+    """`decoder` / `encoder` / `encoder-decoder` for our models and for `transformers` models."""
+    cfg = getattr(model, "config", None)
+    fam = getattr(cfg, "family", None)
+    if isinstance(fam, str):
+        return fam
+    if getattr(cfg, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    if getattr(cfg, "is_decoder", False) or type(model).__name__.endswith(("LMHeadModel", "CausalLM")):
+        return "decoder"
+    return "encoder"
+
+
+def context_limit(model: Any) -> int | None:
+    """Longest sequence the decoder can attend over, or None when its positions do not cap it."""
+    cfg = model.config
+    if getattr(cfg, "family", None) is not None:
+        if cfg.family == "encoder-decoder" or cfg.position == "relative":
+            return None
+        return int(cfg.max_positions)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    tok_eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None
+    if tok_eos is not None:
+        ids.add(int(tok_eos))
+    elif tokenizer is None:
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = getattr(model.config, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    return ids
+
+
+def _decoder_start(model: Any) -> int:
+    cfg = model.config
+    v = getattr(cfg, "decoder_start_token_id", None)
+    if v is None:
+        v = getattr(cfg, "pad_token_id", 0) or 0
+    return int(v)
+
+
+def iter_token_ids(
+    model: Any,
+    input_ids: Sequence[int],
+    cfg: SamplingConfig,
+    max_new_tokens: int,
+    eos_ids: set[int] | frozenset[int] = frozenset(),
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """Yield new token ids one at a time until an end-of-sequence id or `max_new_tokens`.
+
+    For decoders `input_ids` is the prompt; for encoder-decoders it is the encoder input and
+    decoding starts from the decoder start token.
+    """
+    family = model_family(model)
+    device = next(model.parameters()).device
+    gen = None
+    if not cfg.greedy:
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(cfg.seed) if cfg.seed is not None else random.SystemRandom().randrange(2**63))
+    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
+    with torch.inference_mode():
+        if family == "encoder-decoder":
+            enc_mask = torch.ones_like(ids)
+            enc = model.encode(ids, enc_mask)
+            seq = [_decoder_start(model)]
+
+            def step(new: list[int], past: Any) -> tuple[torch.Tensor, Any]:
+                dec = torch.tensor([new if use_cache else seq], dtype=torch.long, device=device)
+                out = model(attention_mask=enc_mask, decoder_input_ids=dec, encoder_hidden_states=enc,
+                            past_key_values=past if use_cache else None, use_cache=use_cache)
+                return out.logits[0, -1], (out.past_key_values if use_cache else None)
+        elif family == "decoder":
+            seq = list(input_ids)
+
+            def step(new: list[int], past: Any) -> tuple[torch.Tensor, Any]:
+                x = torch.tensor([new if use_cache else seq], dtype=torch.long, device=device)
+                out = model(input_ids=x, past_key_values=past if use_cache else None, use_cache=use_cache)
+                return out.logits[0, -1], (out.past_key_values if use_cache else None)
+        else:
+            raise LmscaleError("encoders (BERT-style) do not generate text; use fill-mask, "
+                               "or a decoder / encoder-decoder checkpoint")
+        past = None
+        new = list(seq)
+        for _ in range(max_new_tokens):
+            logits, past = step(new, past)
+            prev = torch.tensor(seq, dtype=torch.long, device=logits.device)
+            tok = choose_token(logits, prev, cfg, gen)
+            seq.append(tok)
+            new = [tok]
+            yield tok
+            if tok in eos_ids:
+                return
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Characters at the end of `text` that could still grow into a stop string."""
+    hold = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    return hold
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompt: str | Sequence[int],
+    *,
+    max_new_tokens: int = 50,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    stop: Sequence[str] | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    stop_at_eos: bool = True,
+    on_text: Callable[[str], None] | None = None,
+) -> GenerationResult:
+    """Continue `prompt` (text, or token ids used as given) and return the new tokens and text.
+
+    `on_text` receives each piece of text as soon as it is final, which is how the CLI streams;
+    text that might be the start of a stop string is held back until it is decided.
+    """
+    cfg = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
+                         repetition_penalty=repetition_penalty, seed=seed, stop=list(stop or []))
+    if max_new_tokens < 1:
+        raise LmscaleError(f"max_new_tokens={max_new_tokens} must be at least 1")
+    family = model_family(model)
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise LmscaleError("a text prompt needs a tokenizer")
+        ids = tokenizer.encode(prompt, add_special_tokens=(family == "encoder-decoder"))
+    else:
+        ids = [int(i) for i in prompt]
+    if family == "decoder" and not ids:
+        start = getattr(tokenizer, "doc_separator_id", None) if tokenizer is not None else None
+        start = start if start is not None else (getattr(tokenizer, "eos_id", None) if tokenizer else None)
+        if start is None:
+            raise LmscaleError("the prompt is empty and the tokenizer has no document separator to start from")
+        ids = [int(start)]
+    truncated = 0
+    limit = context_limit(model) if family == "decoder" else None
+    budget = max_new_tokens
+    if limit is not None:
+        if len(ids) >= limit:
+            keep = max(1, limit - min(max_new_tokens, limit // 2))
+            truncated = len(ids) - keep
+            ids = ids[-keep:]
+        budget = min(max_new_tokens, limit - len(ids))
+    elif family == "encoder-decoder":
+        enc_limit = getattr(model.config, "max_positions", None)
+        if getattr(model.config, "position", None) not in (None, "relative") and enc_limit and len(ids) > enc_limit:
+            truncated = len(ids) - enc_limit
+            ids = ids[-enc_limit:]
+    eos = _eos_ids(model, tokenizer) if stop_at_eos else set()
+    new_ids: list[int] = []
+    emitted = 0
+    text = ""
+    reason = "length" if budget == max_new_tokens else "context"
+
+    def decode(toks: list[int]) -> str:
+        if tokenizer is None:
+            return ""
+        body = [t for t in toks if t not in eos]
+        return tokenizer.decode(body, skip_special_tokens=False)
+
+    for tok in iter_token_ids(model, ids, cfg, budget, eos, use_cache=use_cache):
+        new_ids.append(tok)
+        if tok in eos:
+            reason = "eos"
+            break
+        text = decode(new_ids)
+        if cfg.stop:
+            hits = [text.find(s) for s in cfg.stop if s and s in text]
+            if hits:
+                text = text[: min(hits)]
+                reason = "stop"
+                break
+        if on_text is not None:
+            safe = len(text) - _held_back(text, cfg.stop)
+            while safe > emitted and text[safe - 1] == "\ufffd":  # an incomplete multi-byte character
+                safe -= 1
+            if safe > emitted:
+                on_text(text[emitted:safe])
+                emitted = safe
+    else:
+        text = decode(new_ids)
+    if on_text is not None and len(text) > emitted:
+        on_text(text[emitted:])
+    return GenerationResult(token_ids=new_ids, text=text, stop_reason=reason, prompt_ids=list(ids),
+                            prompt_truncated=truncated)
+
+
+# ----------------------------------------------------------------------------- T5 span infilling
+
+def normalize_sentinels(text: str) -> str:
+    """Accept the lecture's `<X>`, `<Y>`, `<Z>` for T5's `<extra_id_0>`, `<extra_id_1>`, ..."""
+    for alias, i in SENTINEL_ALIASES.items():
+        text = text.replace(alias, f"<extra_id_{i}>")
+    return text
+
+
+def split_spans(token_ids: Sequence[int], sentinel_ids: Sequence[int], n_spans: int) -> list[list[int]]:
+    """Cut T5's output `<extra_id_0> a <extra_id_1> b <extra_id_2>` into per-sentinel token lists.
+
+    A span the model never reached comes back empty, so the result always has `n_spans` entries.
+    """
+    index = {int(s): i for i, s in enumerate(sentinel_ids)}
+    spans: list[list[int]] = [[] for _ in range(n_spans)]
+    current: int | None = None
+    for t in token_ids:
+        if int(t) in index:
+            current = index[int(t)]
+            if current >= n_spans:
+                break
+            continue
+        if current is not None:
+            spans[current].append(int(t))
+    return spans
+
+
+def reassemble(text: str, spans: Sequence[str]) -> str:
+    """Put each span where its sentinel stood, keeping the sentence's own spacing."""
+    text = normalize_sentinels(text)
+
+    def sub(m: re.Match) -> str:
+        i = int(m.group(1))
+        return spans[i].strip() if i < len(spans) else ""
+
+    out = re.sub(r"<extra_id_(\d+)>", sub, text)
+    out = re.sub(r"[ \t]{2,}", " ", out)
+    return re.sub(r" +([.,;:!?])", r"\1", out).strip()
+
+
+def infill(
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    *,
+    max_new_tokens: int = 32,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> InfillResult:
+    """Fill T5 sentinels (`<extra_id_N>` or `<X>`/`<Y>`/`<Z>`) and return the spans and the sentence.
+
+    The decoder stops at the sentinel after the last one in the input (or at `</s>`), which is the
+    pretraining target's shape: `<extra_id_0> span0 <extra_id_1> span1 <extra_id_2>`.
+    """
+    if model_family(model) != "encoder-decoder":
+        raise LmscaleError("span infilling needs an encoder-decoder (T5-style) checkpoint")
+    sentinels = list(getattr(tokenizer, "sentinel_ids", []) or [])
+    if not sentinels:
+        raise LmscaleError("this tokenizer has no <extra_id_N> sentinel tokens to infill")
+    text = normalize_sentinels(text)
+    used = [int(m) for m in re.findall(r"<extra_id_(\d+)>", text)]
+    if not used:
+        raise LmscaleError("no sentinel in the text; mark the gaps with <extra_id_0>, <extra_id_1>, ... "
+                           "(or <X>, <Y>, <Z>)")
+    n = max(used) + 1
+    if n > len(sentinels):
+        raise LmscaleError(f"<extra_id_{n - 1}> is beyond the tokenizer's {len(sentinels)} sentinels")
+    ids = tokenizer.encode(text, add_special_tokens=True)
+    cfg = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
+                         repetition_penalty=repetition_penalty, seed=seed)
+    stop_ids = set(_eos_ids(model, tokenizer))
+    if n < len(sentinels):
+        stop_ids.add(int(sentinels[n]))
+    out = list(iter_token_ids(model, ids, cfg, max_new_tokens, stop_ids, use_cache=use_cache))
+    spans_ids = split_spans(out, sentinels, n)
+    spans = [tokenizer.decode(s, skip_special_tokens=True).strip() for s in spans_ids]
+    raw = tokenizer.decode(out, skip_special_tokens=False)
+    return InfillResult(spans=spans, text=reassemble(text, spans), token_ids=out, raw=raw)

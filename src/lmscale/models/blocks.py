@@ -1,0 +1,400 @@
+"""Transformer building blocks shared by the three families.
+
+One attention module serves self-attention (bidirectional or causal, with a KV cache) and
+cross-attention; masks are built once per forward by `attention_mask_for` and reused by every
+layer, so a layer only ever sees "an SDPA mask or None" plus an `is_causal` flag. When there is no
+padding and no cache offset, no mask tensor exists at all and SDPA takes its fused causal path.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmscale.config import ModelConfig
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- norms
+
+class RMSNorm(nn.Module):
+    """T5-style RMS norm: scale only, no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def make_norm(cfg: ModelConfig, dim: Optional[int] = None) -> nn.Module:
+    """LayerNorm always carries weight and bias (BERT/GPT/Transformer); RMSNorm weight only (T5)."""
+    dim = dim or cfg.d_model
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps)
+
+
+# ----------------------------------------------------------------------------- activations / MLP
+
+def activation_fn(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name == "gelu_tanh":
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    if name == "silu":
+        return F.silu
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class MLP(nn.Module):
+    """d -> ffn -> d; gated variants (GEGLU/SwiGLU/ReGLU) keep both input projections in one
+    matrix `fc_in` = [gate; up] so the forward is a single matmul."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gated = cfg.gated_mlp
+        ffn = cfg.ffn_dim
+        self.fc_in = nn.Linear(cfg.d_model, ffn * (2 if self.gated else 1), bias=cfg.bias)
+        self.fc_out = nn.Linear(ffn, cfg.d_model, bias=cfg.bias)
+        self.act = activation_fn(cfg.activation)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc_in(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.fc_out(self.drop(h))
+
+
+# ----------------------------------------------------------------------------- positions
+
+def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Vaswani et al. (2017): PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...).
+
+    Computed from the positions themselves, so any length works (the table has no size limit).
+    """
+    half = torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32)
+    inv_freq = torch.exp(half * (-math.log(10000.0) / dim))
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq
+    out = torch.empty(*positions.shape, dim, device=positions.device, dtype=torch.float32)
+    out[..., 0::2] = torch.sin(angles)
+    out[..., 1::2] = torch.cos(angles[..., : dim // 2])
+    return out
+
+
+class Rotary(nn.Module):
+    """Rotary embeddings (Su et al. 2021), rotate-half layout (GPT-NeoX / LLaMA).
+
+    Angles are computed from position ids, so sequences longer than `max_positions` run
+    (extrapolation; quality beyond the trained length is not guaranteed).
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids [B or 1, T] -> (cos, sin) of shape [B or 1, 1, T, head_dim]."""
+        freqs = position_ids.to(torch.float32).unsqueeze(-1) * self.inv_freq.to(position_ids.device)
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+def relative_position_bucket(
+    relative_position: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's bucketing (Raffel et al. 2020): exact for small offsets, log-spaced up to max_distance.
+
+    Offsets beyond max_distance share the last bucket, so any length runs.
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets
+        relative_position = relative_position.abs()
+    else:
+        relative_position = -torch.clamp(relative_position, max=0)
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    large = max_exact + (
+        torch.log(relative_position.float() / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).long()
+    large = torch.clamp(large, max=num_buckets - 1)
+    return buckets + torch.where(is_small, relative_position, large)
+
+
+class RelativeBias(nn.Module):
+    """T5 relative position bias: one [buckets, heads] table per stack, shared by all its layers."""
+
+    def __init__(self, cfg: ModelConfig, bidirectional: bool) -> None:
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.num_buckets = cfg.relative_buckets
+        self.max_distance = cfg.relative_max_distance
+        self.embedding = nn.Embedding(cfg.relative_buckets, cfg.n_heads)
+
+    def forward(self, q_len: int, k_len: int, past_len: int = 0) -> torch.Tensor:
+        """-> [1, H, q_len, k_len]; queries sit at positions past_len .. past_len + q_len - 1."""
+        device = self.embedding.weight.device
+        q_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]
+        k_pos = torch.arange(k_len, device=device)[None, :]
+        buckets = relative_position_bucket(k_pos - q_pos, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def attention_mask_for(
+    q_len: int,
+    k_len: int,
+    key_mask: Optional[torch.Tensor] = None,
+    causal: bool = False,
+    position_bias: Optional[torch.Tensor] = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Optional[torch.Tensor], bool]:
+    """Build what SDPA needs: `(attn_mask, is_causal)`.
+
+    key_mask: [B, k_len] with 1 for real tokens. Queries are the last q_len of the k_len keys
+    (a KV cache holds the first k_len - q_len). Returns no tensor when none is needed: the plain
+    causal case uses SDPA's `is_causal`, and one new query with no padding attends to everything.
+    With padding, the bool mask is [B, 1, 1, k] (bidirectional) or [B, 1, q, k] (causal, every
+    query may always see itself so no row is empty). A position bias makes it an additive float
+    mask [B or 1, H, q, k].
+    """
+    device = key_mask.device if key_mask is not None else (
+        position_bias.device if position_bias is not None else None
+    )
+    if key_mask is None and position_bias is None:
+        if not causal or q_len == 1:
+            return None, False
+        if q_len == k_len:
+            return None, True
+    allowed = None
+    if key_mask is not None:
+        allowed = key_mask.bool()[:, None, None, :]
+    if causal:
+        past = k_len - q_len
+        q_idx = torch.arange(past, k_len, device=device)[:, None]
+        k_idx = torch.arange(k_len, device=device)[None, :]
+        tri = k_idx <= q_idx
+        allowed = tri[None, None] if allowed is None else (allowed & tri) | (k_idx == q_idx)
+    if position_bias is None:
+        return allowed, False
+    bias = position_bias.to(dtype)
+    if allowed is None:
+        return bias, False
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min), False
+
+
+def _sdpa_mask(mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    if mask is None or mask.dtype == torch.bool or mask.dtype == dtype:
+        return mask
+    return mask.to(dtype).clamp(min=torch.finfo(dtype).min)
+
+
+# ----------------------------------------------------------------------------- attention
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused q|k|v projection and an optional KV cache."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.head_dim = cfg.head_dim
+        a = cfg.attn_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * a, bias=cfg.bias)
+        self.out = nn.Linear(a, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.attention_dropout
+        # T5 folds 1/sqrt(d_head) into its initialisation and attends without scaling.
+        self.scale = 1.0 if cfg.position == "relative" else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        past: Optional[KV] = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Optional[KV]]:
+        b, t, _ = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if rope is not None:
+            q = apply_rotary(q, *rope)
+            k = apply_rotary(k, *rope)
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)
+            v = torch.cat((past[1], v), dim=2)
+        present = (k, v) if use_cache else None
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=_sdpa_mask(mask, q.dtype),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            scale=self.scale,
+        )
+        y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
+        return self.out(y), present
+
+
+class CrossAttention(nn.Module):
+    """Decoder-to-encoder attention; keys/values come from the encoder once and can be cached."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.head_dim = cfg.head_dim
+        a = cfg.attn_dim
+        self.q = nn.Linear(cfg.d_model, a, bias=cfg.bias)
+        self.kv = nn.Linear(cfg.d_model, 2 * a, bias=cfg.bias)
+        self.out = nn.Linear(a, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.attention_dropout
+        self.scale = 1.0 if cfg.position == "relative" else None
+
+    def project_kv(self, memory: torch.Tensor) -> KV:
+        b, s, _ = memory.shape
+        kv = self.kv(memory).view(b, s, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        past: Optional[KV] = None,
+    ) -> tuple[torch.Tensor, KV]:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = past if past is not None else self.project_kv(memory)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=_sdpa_mask(mask, q.dtype),
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale,
+        )
+        y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
+        return self.out(y), (k, v)
+
+
+# ----------------------------------------------------------------------------- block
+
+class Block(nn.Module):
+    """One transformer layer: self-attention, optional cross-attention, MLP.
+
+    Pre-LN: x + f(norm(x)) (GPT-2, T5). Post-LN: norm(x + f(x)) (BERT, GPT-1, Transformer).
+    """
+
+    def __init__(self, cfg: ModelConfig, cross: bool = False) -> None:
+        super().__init__()
+        self.pre = cfg.norm_position == "pre"
+        self.attn_norm = make_norm(cfg)
+        self.attn = SelfAttention(cfg)
+        self.cross = CrossAttention(cfg) if cross else None
+        self.cross_norm = make_norm(cfg) if cross else None
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        past: Optional[tuple[torch.Tensor, ...]] = None,
+        use_cache: bool = False,
+        memory: Optional[torch.Tensor] = None,
+        memory_mask: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, ...]]]:
+        self_past = past[:2] if past is not None else None
+        if self.pre:
+            h, present = self.attn(self.attn_norm(x), mask, is_causal, rope, self_past, use_cache)
+            x = x + self.drop(h)
+        else:
+            h, present = self.attn(x, mask, is_causal, rope, self_past, use_cache)
+            x = self.attn_norm(x + self.drop(h))
+        if self.cross is not None:
+            cross_past = past[2:4] if past is not None and len(past) == 4 else None
+            if self.pre:
+                h, cross_kv = self.cross(self.cross_norm(x), memory, memory_mask, cross_past)
+                x = x + self.drop(h)
+            else:
+                h, cross_kv = self.cross(x, memory, memory_mask, cross_past)
+                x = self.cross_norm(x + self.drop(h))
+            if use_cache:
+                present = present + cross_kv
+        if self.pre:
+            x = x + self.drop(self.mlp(self.mlp_norm(x)))
+        else:
+            x = self.mlp_norm(x + self.drop(self.mlp(x)))
+        return x, present
+
+
+# ----------------------------------------------------------------------------- init / helpers
+
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """Normal(0, init_std) for matrices and embeddings, zero biases, unit norms; pre-LN residual
+    output projections scaled by 1/sqrt(2 * layers) (GPT-2) so the residual stream does not grow
+    with depth."""
+    std = cfg.init_std
+    n_res = 2 * (cfg.n_layers + (cfg.decoder_layers if cfg.family == "encoder-decoder" else 0))
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            s = std
+            if cfg.norm_position == "pre" and (name.endswith(".out") or name.endswith("fc_out")):
+                s = std / math.sqrt(max(n_res, 1))
+            nn.init.normal_(module.weight, 0.0, s)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+
+def check_length(cfg: ModelConfig, length: int, what: str = "input") -> None:
+    """Learned positions have a hard limit; the other schemes extrapolate (documented)."""
+    if cfg.position == "learned" and length > cfg.max_positions:
+        from lmscale.errors import LmscaleError
+
+        raise LmscaleError(
+            f"{what} of {length} tokens is longer than the model's {cfg.max_positions} learned "
+            f"positions (model.max_positions); truncate it to {cfg.max_positions} tokens"
+        )
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy over labels != -100 (0 when nothing is labelled, not NaN)."""
+    logits = logits.reshape(-1, logits.shape[-1])
+    labels = labels.reshape(-1)
+    loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+    n = (labels != -100).sum().clamp(min=1)
+    return loss / n

@@ -1,0 +1,103 @@
+"""GPT: a causal language model (GPT-1 post-LN, GPT-2/3 pre-LN, or modern RoPE/RMSNorm/SwiGLU)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from lmscale.config import ModelConfig
+from lmscale.models.base import LMBase, ModelOutput
+from lmscale.models.blocks import (
+    Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, init_weights,
+    make_norm, sinusoidal_table,
+)
+
+
+class DecoderModel(LMBase):
+    """Token (+ position) embeddings, causal blocks, final norm (pre-LN), LM head.
+
+    `labels` has the shape of `input_ids`; the model shifts internally (position t predicts
+    labels[t+1]) and ignores -100, so a batch builder never has to shift.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.family != "decoder":
+            raise ValueError(f"DecoderModel needs family='decoder', got {cfg.family!r}")
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model) if cfg.position == "learned" else None
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta) if cfg.position == "rope" else None
+        self.rel_bias = RelativeBias(cfg, bidirectional=False) if cfg.position == "relative" else None
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = make_norm(cfg) if cfg.norm_position == "pre" else None
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg)
+
+    def _embedding_params(self) -> list[nn.Parameter]:
+        out = [self.tok_emb.weight]
+        if self.pos_emb is not None:
+            out.append(self.pos_emb.weight)
+        if self.lm_head is not None:
+            out.append(self.lm_head.weight)
+        return out
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        past_key_values: Optional[list[tuple[torch.Tensor, ...]]] = None,
+        use_cache: bool = False,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> ModelOutput:
+        cfg = self.config
+        b, t = input_ids.shape
+        past_len = past_key_values[0][0].shape[2] if past_key_values else 0
+        k_len = past_len + t
+        if attention_mask is not None:
+            if attention_mask.shape[-1] != k_len:
+                raise ValueError(
+                    f"attention_mask covers {attention_mask.shape[-1]} tokens but past + input is {k_len}"
+                )
+            if bool(attention_mask.all()):
+                attention_mask = None
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+            else:
+                position_ids = torch.arange(past_len, k_len, device=input_ids.device)[None]
+        if cfg.position == "learned":
+            check_length(cfg, int(position_ids.max()) + 1 if position_ids.numel() else 0)
+
+        x = self.tok_emb(input_ids)
+        if cfg.embedding_scale:
+            x = x * math.sqrt(cfg.d_model)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids)
+        elif cfg.position == "sinusoidal":
+            x = x + sinusoidal_table(position_ids, cfg.d_model).to(x.dtype)
+        x = self.drop(x)
+
+        rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
+        bias = self.rel_bias(t, k_len, past_len) if self.rel_bias is not None else None
+        mask, is_causal = attention_mask_for(t, k_len, attention_mask, causal=True, position_bias=bias, dtype=x.dtype)
+
+        presents = [] if use_cache else None
+        for i, layer in enumerate(self.layers):
+            past = past_key_values[i] if past_key_values else None
+            x, present = layer(x, mask, is_causal, rope, past, use_cache)
+            if use_cache:
+                presents.append(present)
+        if self.norm is not None:
+            x = self.norm(x)
+        logits = self._lm_logits(x)
+        loss = None
+        if labels is not None:
+            shifted = torch.full_like(labels, -100)
+            shifted[:, :-1] = labels[:, 1:]
+            loss = cross_entropy(logits, shifted)
+        return ModelOutput(logits=logits, loss=loss, hidden_states=x, past_key_values=presents)

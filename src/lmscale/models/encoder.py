@@ -1,0 +1,145 @@
+"""BERT: a bidirectional encoder with a masked-LM head, pooler and next-sentence head."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from lmscale.config import ModelConfig
+from lmscale.models.base import LMBase, ModelOutput
+from lmscale.models.blocks import (
+    Block, RelativeBias, Rotary, activation_fn, attention_mask_for, check_length, cross_entropy,
+    init_weights, make_norm, sinusoidal_table,
+)
+
+
+class MLMHead(nn.Module):
+    """(dense + activation + norm) then the vocabulary projection (tied or not) plus a bias."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.transform = nn.Linear(cfg.d_model, cfg.d_model) if cfg.mlm_transform else None
+        self.act = activation_fn(cfg.activation)
+        self.norm = make_norm(cfg) if cfg.mlm_transform else None
+        self.decoder = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h: torch.Tensor, tied_weight: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            h = self.norm(self.act(self.transform(h)))
+        w = self.decoder.weight if self.decoder is not None else tied_weight
+        return torch.nn.functional.linear(h, w, self.bias)
+
+
+class EncoderModel(LMBase):
+    """Embeddings (+ segment, + embedding norm), bidirectional blocks, MLM head, pooler, NSP.
+
+    With `labels`, the MLM head runs only where labels != -100 (about 15% of positions, as
+    cramming does) and `logits` is [n_selected, vocab]; without labels it covers every position.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.family != "encoder":
+            raise ValueError(f"EncoderModel needs family='encoder', got {cfg.family!r}")
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model) if cfg.position == "learned" else None
+        self.seg_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.emb_norm = make_norm(cfg) if cfg.embedding_norm else None
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta) if cfg.position == "rope" else None
+        self.rel_bias = RelativeBias(cfg, bidirectional=True) if cfg.position == "relative" else None
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = make_norm(cfg) if cfg.norm_position == "pre" else None
+        self.mlm = MLMHead(cfg)
+        self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.pooler else None
+        self.nsp = nn.Linear(cfg.d_model, 2) if cfg.nsp_head else None
+        init_weights(self, cfg)
+
+    def _embedding_params(self) -> list[nn.Parameter]:
+        out = [self.tok_emb.weight]
+        for m in (self.pos_emb, self.seg_emb, self.mlm.decoder):
+            if m is not None:
+                out.append(m.weight)
+        return out
+
+    def _resize_extra(self, n: int) -> None:
+        old = self.mlm.bias
+        new = torch.zeros(n, device=old.device, dtype=old.dtype)
+        k = min(n, old.numel())
+        new[:k] = old.detach()[:k]
+        self.mlm.bias = nn.Parameter(new)
+        if self.mlm.decoder is not None:
+            self.mlm.decoder = self._resize_linear(self.mlm.decoder, n)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Final hidden states [B, T, d]."""
+        cfg = self.config
+        b, t = input_ids.shape
+        check_length(cfg, t)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        if position_ids is None:
+            position_ids = torch.arange(t, device=input_ids.device)[None]
+        x = self.tok_emb(input_ids)
+        if cfg.embedding_scale:
+            x = x * math.sqrt(cfg.d_model)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids)
+        elif cfg.position == "sinusoidal":
+            x = x + sinusoidal_table(position_ids, cfg.d_model).to(x.dtype)
+        if self.seg_emb is not None:
+            if token_type_ids is None:
+                x = x + self.seg_emb.weight[0]
+            else:
+                x = x + self.seg_emb(token_type_ids)
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
+        x = self.drop(x)
+        rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
+        bias = self.rel_bias(t, t) if self.rel_bias is not None else None
+        mask, _ = attention_mask_for(t, t, attention_mask, causal=False, position_bias=bias, dtype=x.dtype)
+        for layer in self.layers:
+            x, _ = layer(x, mask, False, rope)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlm(hidden, self.tok_emb.weight)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        next_sentence_label: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> ModelOutput:
+        x = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
+        loss = None
+        if labels is not None:
+            selected = labels != -100
+            logits = self.mlm_logits(x[selected])
+            loss = cross_entropy(logits, labels[selected])
+        else:
+            logits = self.mlm_logits(x)
+        pooled = nsp_logits = None
+        if self.pooler is not None:
+            pooled = torch.tanh(self.pooler(x[:, 0]))
+            if self.nsp is not None:
+                nsp_logits = self.nsp(pooled)
+                if next_sentence_label is not None:
+                    nsp_loss = cross_entropy(nsp_logits, next_sentence_label)
+                    loss = nsp_loss if loss is None else loss + nsp_loss
+        return ModelOutput(logits=logits, loss=loss, hidden_states=x, pooled=pooled, nsp_logits=nsp_logits)

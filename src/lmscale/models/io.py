@@ -1,0 +1,183 @@
+"""Model directories: `config.json` + `model.safetensors` + the tokenizer, written atomically.
+
+`load` also accepts a training run directory (it picks the best checkpoint, else the newest) and a
+`transformers` model directory (converted on the fly), so every command takes any of the three.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from lmscale.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+from lmscale.errors import CheckpointError
+from lmscale.io import atomic_directory, atomic_write_json
+
+FORMAT = "lmscale"
+VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def config_dict(cfg: ModelConfig) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "model": to_dict(cfg)}
+
+
+def write_model_files(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Write the model dir files into an existing directory (a caller that builds a bigger
+    directory atomically, such as a training checkpoint, uses this inside its own transaction)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    atomic_write_json(out / CONFIG_FILE, config_dict(model.config))
+    if tokenizer is not None:
+        tokenizer.save(out)
+    return out
+
+
+def save_model_dir(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Save as a model dir; an existing dir at `out_dir` is replaced only once the new one is complete."""
+    with atomic_directory(out_dir) as tmp:
+        write_model_files(model, tokenizer, tmp)
+    return Path(out_dir)
+
+
+def _checkpoint_from_run_dir(path: Path) -> Optional[Path]:
+    ck = path / "checkpoints"
+    if not ck.is_dir():
+        return None
+    best = ck / "best"
+    if (best / CONFIG_FILE).is_file():
+        return best
+    steps = []
+    for d in ck.iterdir():
+        m = re.fullmatch(r"step_(\d+)", d.name)
+        if m and (d / CONFIG_FILE).is_file():
+            steps.append((int(m.group(1)), d))
+    return max(steps)[1] if steps else None
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model dir itself, or the checkpoint a run dir points at."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint or run directory")
+    if p.is_file():
+        p = p.parent
+    if (p / CONFIG_FILE).is_file():
+        return p
+    found = _checkpoint_from_run_dir(p)
+    if found is None:
+        raise CheckpointError(
+            f"{p}: neither a model directory (config.json + model.safetensors) nor a run directory "
+            "with checkpoints/best or checkpoints/step_*"
+        )
+    return found
+
+
+def read_config(model_dir: str | Path) -> ModelConfig:
+    path = Path(model_dir) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable config ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an lmscale model config (no \"format\": \"lmscale\")")
+    if data.get("version") != VERSION:
+        raise CheckpointError(f"{path}: config version {data.get('version')!r}, this lmscale reads {VERSION}")
+    try:
+        return model_config_from_dict(data.get("model") or {})
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load strictly; any difference is reported by name, all at once, before anything is copied."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in set(state) & set(expected)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected tensors: {', '.join(unexpected)}")
+        if shapes:
+            parts.append(f"mis-shaped tensors: {', '.join(shapes)}")
+        raise CheckpointError(f"{source}: checkpoint does not match its config; " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def check_tokenizer_fits(tokenizer: Any, cfg: ModelConfig, source: str) -> None:
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise CheckpointError(
+            f"{source}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
+            f"{cfg.vocab_size}; ids >= {cfg.vocab_size} would have no embedding (wrong tokenizer?)"
+        )
+
+
+def _is_hf_dir(p: Path) -> bool:
+    try:
+        data = json.loads((p / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "model_type" in data and data.get("format") != FORMAT
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """`(model, tokenizer)` from a model dir, a run dir or a `transformers` dir; model in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from lmscale.models import build_model
+
+    p = Path(path)
+    if p.is_dir() and _is_hf_dir(p):
+        from lmscale.models.hf import from_hf
+
+        model, tok = from_hf(p)
+        return model.to(device).eval(), tok
+    model_dir = resolve_model_dir(p)
+    cfg = read_config(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{model_dir}: no {WEIGHTS_FILE}")
+    tokenizer = None
+    if (model_dir / "tokenizer.json").is_file():
+        from lmscale.tokenization import Tokenizer
+
+        tokenizer = Tokenizer.load(model_dir)
+    check_tokenizer_fits(tokenizer, cfg, str(model_dir))
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: unreadable weights ({exc})") from None
+    with torch.device("meta"):
+        model = build_model(cfg)
+    model = model.to_empty(device="cpu")
+    _reset_buffers(model)
+    load_state_checked(model, state, str(weights))
+    return model.to(device).eval(), tokenizer
+
+
+def _reset_buffers(model: nn.Module) -> None:
+    """Non-persistent buffers are not in the checkpoint; rebuilding them after `to_empty`."""
+    from lmscale.models.blocks import Rotary
+
+    for m in model.modules():
+        if isinstance(m, Rotary):
+            hd = m.inv_freq.shape[0] * 2
+            theta = model.config.rope_theta
+            m.inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))

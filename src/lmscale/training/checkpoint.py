@@ -1,0 +1,145 @@
+"""Training checkpoints: a model dir plus `trainer_state.pt`, written as one atomic directory.
+
+`RUN_DIR/checkpoints/step_00000100/` holds the model dir files (config.json, model.safetensors,
+tokenizer) and `trainer_state.pt` (optimizer, RNG states, sampler state, step/tokens, schedule
+length, counters). A directory without `trainer_state.pt` is never a resume point, and because
+the whole directory is renamed into place only when complete, a kill at any moment leaves the
+previous checkpoint intact. `checkpoints/best/` is a model dir of the best validation loss.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from lmscale.errors import CheckpointError
+from lmscale.io import atomic_directory, atomic_path, atomic_write_json
+
+STATE_FILE = "trainer_state.pt"
+_STEP_RE = re.compile(r"step_(\d+)")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete step checkpoints (with trainer state), oldest first."""
+    ck = Path(run_dir) / "checkpoints"
+    if not ck.is_dir():
+        return []
+    out = []
+    for d in ck.iterdir():
+        m = _STEP_RE.fullmatch(d.name)
+        if m and d.is_dir() and (d / STATE_FILE).is_file():
+            out.append((int(m.group(1)), d))
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_model(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
+    from lmscale.models.io import write_model_files
+
+    write_model_files(model, tokenizer, out)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    trainer_state: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write `checkpoints/step_N` atomically, then prune to the newest `keep_last`."""
+    target = Path(run_dir) / "checkpoints" / step_dir_name(step)
+    with atomic_directory(target) as tmp:
+        _write_model(model, tokenizer, tmp)
+        with atomic_path(tmp / STATE_FILE) as p:
+            torch.save(trainer_state, p)
+    prune_checkpoints(run_dir, keep_last)
+    return target
+
+
+def save_best(run_dir: str | Path, model: torch.nn.Module, tokenizer: Any, info: dict[str, Any]) -> Path:
+    """Replace `checkpoints/best` (a model dir) atomically; `best.json` says which step/loss."""
+    target = Path(run_dir) / "checkpoints" / "best"
+    with atomic_directory(target) as tmp:
+        _write_model(model, tokenizer, tmp)
+        atomic_write_json(tmp / "best.json", info)
+    return target
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    found = list_checkpoints(run_dir)
+    for _, d in found[: max(len(found) - max(int(keep_last), 1), 0)]:
+        shutil.rmtree(d, ignore_errors=True)
+    # leftovers of interrupted atomic writes
+    ck = Path(run_dir) / "checkpoints"
+    for d in ck.glob(".step_*.tmp"):
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir} has no {STATE_FILE}; it is not a resumable checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+
+
+def load_model_weights(model: torch.nn.Module, ckpt_dir: str | Path) -> None:
+    """Load `model.safetensors` into `model` in place, with the model engineer's strict check."""
+    from safetensors.torch import load_file
+
+    from lmscale.models.io import WEIGHTS_FILE, load_state_checked
+
+    path = Path(ckpt_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
+    state = load_file(str(path), device=str(next(model.parameters()).device))
+    load_state_checked(model, state, str(ckpt_dir))
+
+
+def is_writable_dir(path: str | Path) -> Optional[str]:
+    """None when `path` can be created and written, else the reason."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return str(exc)
+    if not os.access(p, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        with atomic_path(p / ".write_test") as tmp:
+            tmp.write_bytes(b"ok")
+        (p / ".write_test").unlink()
+    except OSError as exc:
+        return str(exc)
+    return None

@@ -1,0 +1,186 @@
+"""Data parallelism applied to a model from outside: torchrun DDP (gloo/NCCL) or FSDP2.
+
+Model files contain no distributed code; this module wraps a built model. The global batch is a
+config value and each process takes `batch_size / world_size` sequences of it, so the optimizer
+sees the same batch, and the LR schedule the same length, for any number of processes.
+
+Multi-node is torchrun's job, e.g. on each of 2 nodes with 8 GPUs:
+`torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 -m lmscale pretrain --config run.yaml`.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_pref: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); no-op otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and not str(device_pref).startswith("cpu")
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, backend=backend)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Sum a few scalars over all processes (identity in a single process)."""
+    if not info.enabled:
+        return list(values)
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    if not info.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """Repeated transformer blocks: the children of every ModuleList."""
+    out = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList):
+            out.extend(module)
+    return out
+
+
+def wrap_model(model: nn.Module, info: DistInfo, parallel: str, device: torch.device,
+               mixed_bf16: bool = False) -> nn.Module:
+    """DDP, or FSDP2 `fully_shard` per block then the root; unchanged in a single process."""
+    if not info.enabled:
+        return model
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        kw: dict[str, Any] = {}
+        if mixed_bf16:
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in _blocks(model):
+            fully_shard(block, **kw)
+        fully_shard(model, **kw)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if device.type == "cuda":
+        return DDP(model, device_ids=[device.index])
+    return DDP(model)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under DDP and torch.compile wrappers."""
+    seen = 0
+    while seen < 4:
+        seen += 1
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module):
+            model = model.module
+        else:
+            break
+    return model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(unwrap(model), FSDPModule)
+
+
+@contextlib.contextmanager
+def no_gradient_sync(model: nn.Module, active: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on non-final micro-steps of an accumulation."""
+    if not active:
+        yield
+        return
+    if hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+        return
+    inner = unwrap(model)
+    if hasattr(inner, "set_requires_gradient_sync"):
+        inner.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            inner.set_requires_gradient_sync(True)
+        return
+    yield
+
+
+def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state on CPU (collective under FSDP: all ranks call it)."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(unwrap(model), optimizer, options=opts)
+    return unwrap(model).state_dict(), optimizer.state_dict()
+
+
+def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict | None,
+                          optim_sd: dict) -> None:
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+        set_state_dict(unwrap(model), optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=opts)
+        return
+    if model_sd is not None:
+        unwrap(model).load_state_dict(model_sd)
+    optimizer.load_state_dict(optim_sd)

@@ -1,0 +1,246 @@
+"""Training FLOPs, model FLOPs utilisation (MFU), and the run's metric sinks.
+
+FLOP convention for MFU and for FLOP budgets: PaLM (Chowdhery et al. 2022, App. B),
+``6·N + 12·L·H·Q·T`` training FLOPs per token, with N all parameters, L layers (both stacks of an
+encoder-decoder), H·Q the attention width and T the sequence length. It counts the attention
+score/value matmuls over the full window (no causal discount) and ignores norms and softmax.
+MFU = achieved model FLOPs per second / peak FLOPs of the hardware, where the peak is the
+vendor's dense number for the compute dtype (bf16 tensor cores on CUDA) or, on CPU, a measured
+fp32 matmul rate cached per machine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from lmscale.io import atomic_write_json, atomic_write_text
+
+FLOP_CONVENTION = "palm"
+
+# Dense peak FLOP/s by device name fragment: (bf16/fp16 tensor core, fp32 without TF32).
+GPU_PEAK_FLOPS: dict[str, tuple[float, float]] = {
+    "H200": (989e12, 67e12),
+    "GH200": (989e12, 67e12),
+    "H100 PCIe": (756e12, 51e12),
+    "H100": (989e12, 67e12),
+    "H800": (989e12, 67e12),
+    "B200": (2250e12, 80e12),
+    "A100": (312e12, 19.5e12),
+    "A800": (312e12, 19.5e12),
+    "A10G": (70e12, 31.2e12),
+    "A10": (125e12, 31.2e12),
+    "L40S": (362e12, 91.6e12),
+    "L4": (121e12, 30.3e12),
+    "A6000": (155e12, 38.7e12),
+    "RTX 4090": (165e12, 82.6e12),
+    "RTX 3090": (71e12, 35.6e12),
+    "V100": (125e12, 15.7e12),
+    "T4": (65e12, 8.1e12),
+}
+
+
+def training_flops_per_token(model_cfg: Any, seq_len: int, n_params: Optional[int] = None) -> float:
+    """Training FLOPs per token, PaLM convention (see module docstring)."""
+    try:
+        from lmscale.scaling.counting import flops_per_token
+
+        return float(flops_per_token(model_cfg, seq_len, FLOP_CONVENTION)[FLOP_CONVENTION])
+    except (ImportError, KeyError):
+        if n_params is None:
+            raise
+    layers = model_cfg.n_layers + (model_cfg.decoder_layers if model_cfg.family == "encoder-decoder" else 0)
+    return 6.0 * n_params + 12.0 * layers * model_cfg.attn_dim * seq_len
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LMSCALE_CACHE_DIR", Path.home() / ".cache" / "lmscale"))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_cpu_matmul_flops(size: int = 512, seconds: float = 0.3) -> float:
+    """fp32 matmul FLOP/s this process achieves with its current thread count."""
+    import torch
+
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    torch.mm(a, b)
+    reps, best = 0, 0.0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or reps < 3:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        dt = time.perf_counter() - t0
+        best = max(best, 4 * 2 * size**3 / dt)
+        reps += 1
+    return best
+
+
+def peak_flops(device: Any = "cpu", dtype: str = "fp32") -> float:
+    """Peak FLOP/s for MFU: the vendor table on CUDA, a cached fp32 matmul probe on CPU."""
+    import torch
+
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        for frag, (half, single) in GPU_PEAK_FLOPS.items():
+            if frag.lower() in name.lower():
+                return half if dtype in ("bf16", "fp16") else single
+        return float("nan")
+    threads = torch.get_num_threads()
+    key = f"{_cpu_name()}|threads={threads}|torch={torch.__version__}"
+    path = _cache_dir() / "cpu_peak_flops.json"
+    cache: dict[str, float] = {}
+    if path.is_file():
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    if key in cache:
+        return float(cache[key])
+    value = measure_cpu_matmul_flops()
+    cache[key] = value
+    try:
+        atomic_write_json(path, cache)
+    except OSError:
+        pass
+    return value
+
+
+class MetricsLogger:
+    """One JSON object per event in `metrics.jsonl`, mirrored to TensorBoard when installed.
+
+    The file is append-only during a run; on resume the lines past the checkpoint are dropped
+    (rewritten atomically) so every step appears once and in order.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self._fh = None
+        self._tb = None
+        if not enabled:
+            return
+        if tensorboard:
+            try:
+                import importlib.util
+
+                if importlib.util.find_spec("tensorboard") is not None:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            except Exception:  # tensorboard is optional; a broken install must not stop training
+                self._tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop events past `step` (those of an interrupted run beyond its last checkpoint)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if int(rec.get("step", 0)) <= step and rec.get("event") != "end":
+                kept.append(line)
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._fh.write(json.dumps(clean) + "\n")
+        self._fh.flush()
+        if self._tb is not None:
+            event = record.get("event", "train")
+            step = int(record.get("step", 0))
+            for k, v in record.items():
+                if k in ("event", "step") or not isinstance(v, (int, float)) or isinstance(v, bool):
+                    continue
+                if isinstance(v, float) and not math.isfinite(v):
+                    continue
+                self._tb.add_scalar(f"{event}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class Progress:
+    """A live bar (rich) on a terminal; periodic one-line summaries otherwise."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True) -> None:
+        self.total = total
+        self.enabled = enabled
+        self._bar = None
+        self._task = None
+        self._t0 = time.perf_counter()
+        self._start = start
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
+            from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("[bold]pretrain"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("train", total=total, completed=start, info="")
+
+    def update(self, step: int, loss: Optional[float], tokens_per_s: Optional[float], extra: str = "") -> None:
+        if not self.enabled:
+            return
+        info = f"loss {loss:.4f}" if loss is not None and math.isfinite(loss) else "loss nan"
+        if tokens_per_s:
+            info += f" | {tokens_per_s:,.0f} tok/s"
+        if extra:
+            info += f" | {extra}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, info=info)
+        else:
+            done = step - self._start
+            elapsed = time.perf_counter() - self._t0
+            eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
+            print(f"step {step}/{self.total} | {info} | ETA {eta:.0f}s", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
