@@ -240,15 +240,19 @@ class Seq2SeqLM(ScoringLM):
         from lmscale.inference.generate import iter_token_ids
 
         enc_ids, trunc = self._encoder_ids(context.rstrip())
-        sentinels = set(self.tok.sentinel_ids)
-        ends = set(sentinels) | ({self.tok.eos_id} if self.tok.eos_id is not None else set())
+        first = self.tok.sentinel_ids[:1]
+        eos = {self.tok.eos_id} if self.tok.eos_id is not None else set()
+        ends = (set(self.tok.sentinel_ids) - set(first)) | eos
         out: list[int] = []
         text = ""
-        for t in iter_token_ids(self.model, enc_ids, SamplingConfig(greedy=True), max_new_tokens + 1, ends - set(self.tok.sentinel_ids[:1])):
-            if t in sentinels and not out and t == (self.tok.sentinel_ids[:1] or [None])[0]:
-                continue
+        for t in iter_token_ids(self.model, enc_ids, SamplingConfig(greedy=True),
+                                max_new_tokens + len(first), ends):
             if t in ends:
                 break
+            if first and t == first[0]:
+                if out:
+                    break
+                continue
             out.append(t)
             text = self.tok.decode(out, skip_special_tokens=True)
             if any(s and s in text for s in stop):
