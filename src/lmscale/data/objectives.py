@@ -143,13 +143,9 @@ class Objective:
     def build(self, windows: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
 
-    @staticmethod
-    def count_targets(batch: dict[str, Any]) -> int:
-        """Label tokens the loss averages over (the decoder's shift drops the first position)."""
-        labels = batch["labels"]
-        if batch.get("_shifted_by_model"):
-            labels = labels[:, 1:]
-        return int((labels != IGNORE_INDEX).sum())
+    def count_targets(self, batch: dict[str, Any]) -> int:
+        """Label tokens the model's mean loss averages over (weights micro-batches exactly)."""
+        return int((batch["labels"] != IGNORE_INDEX).sum())
 
 
 def _torch(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -167,9 +163,11 @@ class CausalObjective(Objective):
 
     def build(self, windows: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
         ids = np.asarray(windows, dtype=np.int64)
-        out = _torch({"input_ids": ids, "labels": ids.copy()})
-        out["_shifted_by_model"] = True
-        return out
+        return _torch({"input_ids": ids, "labels": ids.copy()})
+
+    def count_targets(self, batch: dict[str, Any]) -> int:
+        """The model shifts internally, so the first position of each row is never a target."""
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 @dataclass

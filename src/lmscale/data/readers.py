@@ -19,7 +19,7 @@ from typing import Iterator
 
 from lmscale.errors import DataError
 
-TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".raw", ".tokens", ".md")
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".raw", ".tokens", ".md", ".tsv")
 ERRORS = ("strict", "replace")
 
 _count = threading.local()
@@ -108,6 +108,21 @@ def jsonl_texts(path: Path, text: str, field: str = "text") -> Iterator[str]:
         yield rec[field]
 
 
+def tsv_texts(path: Path, text: str, field: str = "sentence") -> Iterator[str]:
+    """The `sentence` column of a GLUE-style TSV (the first column when there is no such header)."""
+    import csv
+
+    rows = csv.reader(text.splitlines(), delimiter="\t")
+    header = next(rows, None)
+    if header is None:
+        return
+    col = header.index(field) if field in header else 0
+    for lineno, row in enumerate(rows, 2):
+        if len(row) <= col:
+            raise DataError(f"{path}: line {lineno}: missing column {col + 1}")
+        yield row[col]
+
+
 def expand_paths(path: str | Path) -> list[Path]:
     """A file as itself; a directory as its text files (recursively, sorted, hidden files skipped)."""
     p = Path(path)
@@ -165,6 +180,8 @@ def file_documents(path: Path, errors: str = "strict", doc_format: str | None = 
         stats["replaced"] = stats.get("replaced", 0) + replaced
     if is_jsonl(path):
         docs = [t for t in jsonl_texts(path, text) if t.strip()]
+    elif path.name.endswith((".tsv", ".tsv.gz")):
+        docs = [t for t in tsv_texts(path, text) if t.strip()]
     else:
         docs = split_documents(text, doc_format or "paragraphs")
     if not docs:
@@ -178,5 +195,7 @@ def iter_text_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
         text, _ = read_text(f, errors=errors)
         if is_jsonl(f):
             yield from jsonl_texts(f, text)
+        elif f.name.endswith((".tsv", ".tsv.gz")):
+            yield from tsv_texts(f, text)
         else:
             yield from text.splitlines()

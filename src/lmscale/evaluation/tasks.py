@@ -240,26 +240,16 @@ def load_task_file(path: str | os.PathLike, name: str | None = None) -> Task:
 
 
 def _bigbench_root() -> Path | None:
-    """The BIG-bench task directory: the data catalog when it is installed, else the local mirror."""
+    """The BIG-bench task directory: through the data catalog when it is installed (local mirror,
+    cache, or a fetch of the PyPI sdist), else the `LMSCALE_DATA_DIR` mirror."""
     try:
-        from lmscale.data import catalog  # type: ignore[attr-defined]
+        from lmscale.data.catalog import resolve_corpus
     except ImportError:
-        catalog = None
-    if catalog is not None:
-        try:
-            corpus = catalog.resolve_corpus("bigbench")
-        except Exception:  # noqa: BLE001 - fall back to the mirror when the catalog cannot serve it
-            corpus = None
-        if corpus is not None:
-            for paths in getattr(corpus, "splits", {}).values():
-                for p in paths:
-                    p = Path(p)
-                    for cand in (p, *p.parents):
-                        if cand.is_dir() and any(cand.glob("*/task.json")):
-                            return cand
-            root = getattr(corpus, "root", None)
-            if root is not None and Path(root).is_dir():
-                return Path(root)
+        resolve_corpus = None  # type: ignore[assignment]
+    if resolve_corpus is not None:
+        root = getattr(resolve_corpus("bigbench"), "root", None)
+        if root is not None and Path(root).is_dir():
+            return Path(root)
     env = os.environ.get("LMSCALE_DATA_DIR")
     if env and (Path(env) / "bigbench").is_dir():
         return Path(env) / "bigbench"
@@ -300,7 +290,7 @@ def load_tasks(spec: str | os.PathLike) -> list[Task]:
             "to look it up by name (set LMSCALE_DATA_DIR to a mirror with bigbench/, or fetch them "
             "with `lmscale data fetch bigbench`)"
         )
-    name = str(spec).strip("/")
+    name = str(spec).strip("/").replace(":", "/")
     cand = root / name
     if cand.is_dir():
         return _expand_dir(cand, name)

@@ -8,18 +8,23 @@ from lmscale.errors import LmscaleError
 from lmscale.finetune.tasks import Example, TaskData, TaskSpec, sample_mixture, text_to_text_examples
 
 
-def random_body(model_cfg, tokenizer, seed: int = 0):
-    """A freshly initialised model of `model_cfg`'s shape whose vocabulary fits `tokenizer`."""
+def random_body(model_cfg, tokenizer, seed: int = 0, fit_vocab: bool = True):
+    """A freshly initialised model of `model_cfg`'s shape for `tokenizer`.
+
+    `fit_vocab` sizes the vocabulary to the tokenizer (a preset's default vocabulary is larger
+    than a tokenizer trained on one task); without it the shape is kept exactly, as a
+    like-for-like baseline of a pretrained checkpoint needs.
+    """
     import torch
 
-    from lmscale.config import ModelConfig, apply_overrides
     from lmscale.models import build_model
 
     cfg = copy.deepcopy(model_cfg)
-    cfg.vocab_size = tokenizer.vocab_size
-    cfg.pad_token_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    if cfg.family == "encoder-decoder":
-        cfg.decoder_start_token_id = cfg.pad_token_id
+    if fit_vocab or cfg.vocab_size < tokenizer.vocab_size:
+        cfg.vocab_size = tokenizer.vocab_size
+        cfg.pad_token_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+        if cfg.family == "encoder-decoder":
+            cfg.decoder_start_token_id = cfg.pad_token_id
     torch.manual_seed(seed)
     return build_model(cfg)
 

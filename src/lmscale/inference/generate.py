@@ -178,12 +178,14 @@ def generate(
     seed: int | None = None,
     use_cache: bool = True,
     stop_at_eos: bool = True,
+    eos_ids: Sequence[int] | None = None,
     on_text: Callable[[str], None] | None = None,
 ) -> GenerationResult:
     """Continue `prompt` (text, or token ids used as given) and return the new tokens and text.
 
     `on_text` receives each piece of text as soon as it is final, which is how the CLI streams;
-    text that might be the start of a stop string is held back until it is decided.
+    text that might be the start of a stop string is held back until it is decided. `eos_ids`
+    overrides the end-of-sequence ids taken from the tokenizer (or the model's config).
     """
     cfg = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty, seed=seed, stop=list(stop or []))
@@ -216,7 +218,9 @@ def generate(
         if getattr(model.config, "position", None) not in (None, "relative") and enc_limit and len(ids) > enc_limit:
             truncated = len(ids) - enc_limit
             ids = ids[-enc_limit:]
-    eos = _eos_ids(model, tokenizer) if stop_at_eos else set()
+    eos = set()
+    if stop_at_eos:
+        eos = {int(e) for e in eos_ids} if eos_ids is not None else _eos_ids(model, tokenizer)
     new_ids: list[int] = []
     emitted = 0
     text = ""

@@ -323,8 +323,12 @@ class Registry:
             return row["status"]
 
     def claim_next(self, worker: str, sweep: str | None = None, stale_after_s: float = 600.0,
-                   retry_failed: bool = False) -> tuple[RunRecord, str] | None:
-        """Claim the first claimable run (by idx) atomically; returns (record, previous status)."""
+                   retry_failed: bool = False, exclude: set[str] | frozenset[str] = frozenset()
+                   ) -> tuple[RunRecord, str] | None:
+        """Claim the first claimable run (by idx) atomically; returns (record, previous status).
+
+        `exclude` lists runs this caller already tried, so one pass never retries a run twice.
+        """
         now = time.time()
         with self.transaction() as c:
             q = "SELECT * FROM runs WHERE status != 'finished'"
@@ -333,7 +337,7 @@ class Registry:
                 q += " AND sweep = ?"
                 args.append(sweep)
             for row in c.execute(q + " ORDER BY idx, run_id", args).fetchall():
-                if self._claimable(row, now, stale_after_s, retry_failed):
+                if row["run_id"] not in exclude and self._claimable(row, now, stale_after_s, retry_failed):
                     c.execute("UPDATE runs SET status = 'running', worker = ?, host = ?, pid = ?, started_at = ?, "
                               "heartbeat_at = ?, updated_at = ?, attempts = attempts + 1, error = NULL "
                               "WHERE run_id = ?",

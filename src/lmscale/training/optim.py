@@ -81,7 +81,7 @@ def lr_at(step: int, total_steps: int, train_cfg: Any) -> float:
         start = total - decay
         if step < start:
             return peak
-        progress = min((step - start + 1) / decay, 1.0)
+        progress = min((step - start) / decay, 1.0)
         return peak + (floor - peak) * progress
     span = max(total - warm, 1)
     progress = min(max((step - warm) / span, 0.0), 1.0)

@@ -1,0 +1,48 @@
+"""`lmscale convert`: transformers checkpoints in, our checkpoints out (and back)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "convert between transformers checkpoints (BERT, GPT-2, GPT, T5) and lmscale model dirs"
+DESCRIPTION = (
+    "lmscale convert --from-hf HF_DIR --out MODEL_DIR imports a transformers BertForMaskedLM / "
+    "BertModel / BertForPreTraining, GPT2LMHeadModel, OpenAIGPTLMHeadModel or "
+    "T5ForConditionalGeneration directory; lmscale convert --to-hf CKPT --out HF_DIR exports a "
+    "model dir or run dir (its best/newest checkpoint) to safetensors + config + tokenizer files."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-hf", metavar="HF_DIR", help="transformers model directory to import")
+    src.add_argument("--to-hf", metavar="CKPT", help="lmscale model dir or run dir to export")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary only")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lmscale.errors import CheckpointError
+    from lmscale.models import hf
+    from lmscale.models.io import load, save_model_dir
+
+    if args.from_hf:
+        if not Path(args.from_hf).is_dir():
+            raise CheckpointError(f"{args.from_hf}: not a directory")
+        model, tok = hf.from_hf(args.from_hf)
+        save_model_dir(model, tok, args.out)
+        arch = model.config.family
+    else:
+        model, tok = load(args.to_hf)
+        hf.to_hf(model, tok, args.out)
+        arch = json.loads((Path(args.out) / "config.json").read_text())["architectures"][0]
+    summary = {"out": str(args.out), "family": model.config.family, "architecture": arch,
+               "params": model.num_parameters(), "tokenizer": tok is not None}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        n = summary["params"]["total"]
+        print(f"wrote {args.out}: {arch} ({n:,} parameters){'' if tok is not None else ', no tokenizer'}")
+    return 0

@@ -1,0 +1,152 @@
+"""`lmscale eval perplexity|fewshot`: perplexity of a corpus split; few-shot in-context evaluation."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "evaluate a checkpoint: corpus perplexity, or few-shot BIG-bench tasks (GPT-3 protocol)"
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shots wants comma-separated integers like 0,1,8, got {text!r}") from None
+    if not vals or any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"--shots wants non-negative integers, got {text!r}")
+    return vals
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="eval_command", metavar="{perplexity,fewshot}")
+    pp = sub.add_parser("perplexity", help="token/word perplexity and bits per byte of a corpus split "
+                                           "(pseudo-perplexity for encoders)")
+    pp.add_argument("checkpoint", metavar="CKPT")
+    pp.add_argument("--corpus", default="wikitext-2", help="catalog name or text file (default wikitext-2)")
+    pp.add_argument("--split", default="test")
+    pp.add_argument("--window", type=int, default=None, help="tokens per window (default: the model's context)")
+    pp.add_argument("--stride", type=int, default=None, help="tokens the window advances (default: half the window)")
+    pp.add_argument("--max-tokens", type=int, default=None,
+                    help="stop after the document that reaches this many tokens (quick estimates)")
+    pp.add_argument("--batch-size", type=int, default=8)
+    pp.add_argument("--device", default="cpu")
+    pp.add_argument("--out", default=None, help="also write the result as JSON to this file")
+    pp.add_argument("--json", action="store_true")
+
+    fp = sub.add_parser("fewshot", help="zero/one/few-shot accuracy on BIG-bench JSON (or JSONL) tasks")
+    fp.add_argument("checkpoint", metavar="CKPT", nargs="?", default=None)
+    fp.add_argument("--task", action="append", required=True, metavar="PATH_OR_NAME",
+                    help="task.json / .jsonl file, task directory, or BIG-bench task name (repeatable)")
+    fp.add_argument("--shots", type=_shots, default=[0], help="comma-separated, e.g. 0,1,8 (default 0)")
+    fp.add_argument("--seed", type=int, default=1234, help="seed of the demonstration draws")
+    fp.add_argument("--limit", type=int, default=None, help="evaluate a seeded sample of this many items per task")
+    fp.add_argument("--hf", default=None, metavar="DIR", help="evaluate a local transformers causal LM directory")
+    fp.add_argument("--batch-tokens", type=int, default=2048, help="tokens per scoring batch")
+    fp.add_argument("--samples", action="store_true", help="include every item's prompt and scores in --out")
+    fp.add_argument("--device", default="cpu")
+    fp.add_argument("--out", default=None, help="write lm-evaluation-harness shaped JSON here")
+    fp.add_argument("--json", action="store_true")
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.console import Console
+    from rich.progress import Progress
+
+    prog = Progress(console=Console(stderr=True), transient=True)
+    task = prog.add_task(desc, total=total)
+    prog.start()
+    return prog, (lambda n: prog.advance(task, n))
+
+
+def _run_perplexity(args: argparse.Namespace) -> int:
+    import lmscale
+    from lmscale.errors import CheckpointError
+    from lmscale.evaluation.perplexity import corpus_documents, perplexity
+    from lmscale.io import atomic_write_json
+
+    model, tok = lmscale.load(args.checkpoint, device=args.device)
+    if tok is None:
+        raise CheckpointError(f"{args.checkpoint}: no tokenizer saved with the model")
+    docs = corpus_documents(args.corpus, args.split)
+    prog, advance = _progress(args.max_tokens or 0, "scoring", args.json)
+    try:
+        res = perplexity(model, tok, docs, window=args.window, stride=args.stride, batch_size=args.batch_size,
+                         max_tokens=args.max_tokens, progress=advance)
+    finally:
+        if prog is not None:
+            prog.stop()
+    out = {"checkpoint": str(args.checkpoint), "corpus": args.corpus, "split": args.split, **res.to_dict()}
+    if args.out:
+        atomic_write_json(args.out, out)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    name = "pseudo-perplexity (masked, not comparable with a decoder's)" if res.kind == "pseudo-perplexity" \
+        else res.kind
+    print(f"{args.corpus} {args.split}: {res.n_documents} documents, {res.n_tokens:,} tokens, "
+          f"{res.n_words:,} words, {res.n_bytes:,} bytes (window {res.window}, stride {res.stride})")
+    print(f"  {name}")
+    print(f"  token-level : {res.token_perplexity:.3f}   (loss {res.loss:.4f} nats/token)")
+    if res.word_perplexity is not None:
+        print(f"  word-level  : {res.word_perplexity:.3f}")
+    if res.bits_per_byte is not None:
+        print(f"  bits/byte   : {res.bits_per_byte:.4f}")
+    return 0
+
+
+def _run_fewshot(args: argparse.Namespace) -> int:
+    from lmscale.errors import CheckpointError, LmscaleError
+    from lmscale.evaluation.fewshot import evaluate, format_table
+    from lmscale.evaluation.lm import load_hf_causal_lm, scoring_lm
+    from lmscale.evaluation.tasks import load_tasks
+    from lmscale.io import atomic_write_json
+
+    if (args.checkpoint is None) == (args.hf is None):
+        raise LmscaleError("give either CKPT or --hf DIR (exactly one)")
+    tasks = [t for spec in args.task for t in load_tasks(spec)]
+    if args.hf is not None:
+        lm = load_hf_causal_lm(args.hf, device=args.device, batch_tokens=args.batch_tokens)
+        model_args = str(Path(args.hf))
+    else:
+        import lmscale
+
+        model, tok = lmscale.load(args.checkpoint, device=args.device)
+        if tok is None:
+            raise CheckpointError(f"{args.checkpoint}: no tokenizer saved with the model")
+        lm = scoring_lm(model, tok, batch_tokens=args.batch_tokens, name=f"lmscale:{Path(args.checkpoint).name}")
+        model_args = str(Path(args.checkpoint))
+    total = sum(min(len(t.examples), args.limit or len(t.examples)) for t in tasks) * len(args.shots)
+    prog, advance = _progress(total, "few-shot", args.json)
+    try:
+        result = evaluate(lm, tasks, shots=args.shots, seed=args.seed, limit=args.limit,
+                          keep_samples=args.samples, progress=advance, model_args=model_args)
+    finally:
+        if prog is not None:
+            prog.stop()
+    if args.out:
+        atomic_write_json(args.out, result)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    rows = format_table(result)
+    header = ["task", "shots", "metric", "value", "stderr", "n", "truncated"]
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    if args.out:
+        print(f"results written to {args.out}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "eval_command", None) == "perplexity":
+        return _run_perplexity(args)
+    if getattr(args, "eval_command", None) == "fewshot":
+        return _run_fewshot(args)
+    args._parser.print_help()
+    return 2

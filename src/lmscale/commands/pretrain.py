@@ -1,0 +1,78 @@
+"""`lmscale pretrain`: train an encoder (MLM), decoder (causal LM) or encoder-decoder (span corruption)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "pretrain a BERT/GPT/T5-style model from a corpus or token shards (also under torchrun)"
+DESCRIPTION = (
+    "Pretrain from a config file or a preset. Any config field can be overridden with "
+    "--section.key value (e.g. --train.lr 3e-4 --model.n_layers 2). Budgets: --max-steps, "
+    "--train.max_tokens, --train.max_flops or --train.max_time_s; the LR schedule length follows the "
+    "budget. Data parallel: torchrun --nproc_per_node N -m lmscale pretrain ..."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.yaml", help="run config (sections model/tokenizer/data/objective/train)")
+    p.add_argument("--preset", help="start from a preset (see `lmscale presets`), e.g. gpt-tiny")
+    p.add_argument("--corpus", help="catalog name (wikitext-2) or a local text file/directory")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory; trained on the corpus when omitted")
+    p.add_argument("--shards", metavar="DIR", help="token shard directory (default RUN_DIR/shards)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (metrics, checkpoints, summary.json)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (the schedule length)")
+    p.add_argument("--seed", type=int, help="seed for initialisation, data order and masking")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every K steps (0 = only at the end)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR exactly from its newest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
+    p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+    p.set_defaults(_accepts_overrides=True)
+
+
+def _shortcut_overrides(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    for flag, key in (("corpus", "data.corpus"), ("tokenizer", "data.tokenizer"), ("shards", "data.shards"),
+                      ("out", "out"), ("max_steps", "train.max_steps"), ("seed", "train.seed"),
+                      ("checkpoint_every", "train.checkpoint_every")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmscale.config import ConfigError, apply_overrides, load_run_config, parse_override_args
+
+    overrides = parse_override_args(list(getattr(args, "_extra", []) or []))
+    overrides.update(_shortcut_overrides(args))
+    resume = args.resume is not None
+    if resume:
+        from lmscale.training.loop import load_run_dir_config
+
+        if args.config or args.preset:
+            raise ConfigError("--resume continues a run with its own config; drop --config/--preset")
+        cfg = load_run_dir_config(args.resume)
+        overrides["out"] = args.resume
+        cfg = apply_overrides(cfg, overrides)
+    else:
+        if not args.config and not args.preset:
+            raise ConfigError("give --config FILE.yaml or --preset NAME (see `lmscale presets`), or --resume RUN_DIR")
+        cfg = load_run_config(args.config, args.preset, overrides)
+    if cfg.out is None:
+        raise ConfigError("no run directory: add --out RUN_DIR")
+
+    from lmscale.training.loop import pretrain
+
+    summary = pretrain(cfg, resume=resume, progress=not (args.no_progress or args.json))
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
+                  f"val_loss {summary['final_val_loss']}, run dir {cfg.out}")
+            if summary.get("error"):
+                print(f"lmscale pretrain: {summary['error']}", file=sys.stderr)
+    return 0 if summary["status"] == "finished" else 1

@@ -1,0 +1,138 @@
+"""`lmscale tokenizer train|encode|explain`: train the three tokenizer families, inspect them, and
+walk through the classic byte-pair-encoding algorithm step by step."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "train a tokenizer (bpe | wordpiece | unigram), encode text, or explain BPE step by step"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    t = sub.add_parser("train", help="train a tokenizer on files or a catalog corpus",
+                       description="Train a byte-level BPE (GPT), WordPiece (BERT) or Unigram (T5) tokenizer "
+                                   "and save it as tokenizer.json + tokenizer_meta.json.")
+    t.add_argument("--kind", required=True, choices=["bpe", "wordpiece", "unigram"])
+    t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size including special tokens")
+    t.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                   help="text files (.txt, .txt.gz, .jsonl), directories, or a catalog corpus name (its train split)")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--lowercase", action="store_true")
+    t.add_argument("--min-frequency", type=int, default=2, help="bpe/wordpiece: minimum pair/piece frequency")
+    t.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                   help="undecodable bytes: fail naming the file and offset, or replace and count them")
+    t.add_argument("--json", action="store_true", help="machine-readable output")
+
+    e = sub.add_parser("encode", help="print the tokens and ids of a text")
+    e.add_argument("text")
+    e.add_argument("--tokenizer", required=True, help="tokenizer dir, tokenizer.json, or GPT-2 vocab.json+merges.txt dir")
+    e.add_argument("--special", action="store_true", help="add the family's special tokens ([CLS] ... [SEP], </s>)")
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+
+    x = sub.add_parser("explain", help="the classic BPE algorithm step by step (aaabdaaabac)",
+                       description="Start from characters and repeatedly replace the most frequent adjacent "
+                                   "pair by a new symbol, printing each step. With --words, learn merges over "
+                                   "a word-frequency table with an end-of-word marker (Sennrich et al. 2016) "
+                                   "and split rare words with them.")
+    x.add_argument("text", nargs="?", help="the text (or use --file)")
+    x.add_argument("--file", help="read the text from a file")
+    x.add_argument("--merges", type=int, default=3, help="number of merges (default 3)")
+    x.add_argument("--words", action="store_true", help="subword BPE over words (Sennrich et al. 2016)")
+    x.add_argument("--split", action="append", default=[], metavar="WORD",
+                   help="with --words: word to segment with the learned merges (default: the rarest words)")
+    x.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _train_inputs(inputs: list[str], errors: str):
+    from pathlib import Path
+
+    from lmscale.data import catalog
+    from lmscale.data.readers import expand_paths, iter_text_lines
+
+    names = {c["name"] for c in catalog.list_corpora()}
+    for item in inputs:
+        if item in names and not Path(item).exists():
+            corpus = catalog.resolve_corpus(item, errors=errors)
+            for doc in corpus.iter_documents("train"):
+                yield from doc.splitlines()
+        else:
+            for f in expand_paths(item):
+                yield from iter_text_lines(f, errors=errors)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import time
+    import warnings
+
+    from lmscale.errors import DataError
+    from lmscale.tokenization import train_tokenizer
+
+    t0 = time.perf_counter()
+    if args.vocab_size < 1:
+        raise DataError(f"--vocab-size must be positive, got {args.vocab_size}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inputs = list(_train_inputs(args.input, args.errors))
+        tok = train_tokenizer(args.kind, inputs, args.vocab_size, lowercase=args.lowercase,
+                              min_frequency=args.min_frequency)
+    tok.save(args.out)
+    info = {"out": str(args.out), "kind": tok.kind, "vocab_size": tok.vocab_size, "hash": tok.hash,
+            "seconds": round(time.perf_counter() - t0, 3), "warnings": [str(w.message) for w in caught]}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        import sys
+
+        for w in info["warnings"]:
+            print(f"lmscale tokenizer: warning: {w}", file=sys.stderr)
+        print(f"trained {tok.kind} tokenizer: {tok.vocab_size} tokens in {info['seconds']:.2f}s -> {args.out}")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from lmscale.tokenization import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
+    enc = tok.backend.encode(args.text, add_special_tokens=args.special)
+    if args.json:
+        print(json.dumps({"tokens": enc.tokens, "ids": enc.ids}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(enc.ids)} tokens ({tok.kind}, vocab {tok.vocab_size})")
+    table.add_column("#", justify="right")
+    table.add_column("token")
+    table.add_column("id", justify="right")
+    for i, (t, k) in enumerate(zip(enc.tokens, enc.ids)):
+        table.add_row(str(i), repr(t)[1:-1], str(k))
+    Console().print(table)
+    print("ids:", " ".join(map(str, enc.ids)))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from lmscale.errors import LmscaleError
+    from lmscale.tokenization.explain import explain_chars, explain_words, format_explanation
+
+    if args.file:
+        from lmscale.data.readers import read_text
+
+        text, _ = read_text(args.file)
+    elif args.text is not None:
+        text = args.text
+    else:
+        raise LmscaleError("give a TEXT to explain (or --file PATH)")
+    if args.merges < 0:
+        raise LmscaleError(f"--merges must be >= 0, got {args.merges}")
+    if not text.strip():
+        raise LmscaleError("the text to explain is empty")
+    result = explain_words(text, args.merges, args.split) if args.words else explain_chars(text, args.merges)
+    print(json.dumps(result, ensure_ascii=False) if args.json else format_explanation(result))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"train": _train, "encode": _encode, "explain": _explain}[args.verb](args)

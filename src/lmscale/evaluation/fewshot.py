@@ -1,0 +1,291 @@
+"""Few-shot in-context evaluation in the GPT-3 protocol (Brown et al. 2020, section 2.4).
+
+For each test item, k demonstrations are drawn at random from the task's other examples, written
+before the item in the task's own format, and the model is scored without any weight update:
+multiple choice by the log-likelihood of each choice given the prompt (`acc`), also normalised by
+the choice's length in characters (`acc_norm`, as lm-evaluation-harness does), and generative
+items by exact match of a greedy continuation after normalisation. Every metric has its standard
+error (sample standard deviation over items / sqrt(n)), because on tasks of a few hundred items a
+difference of a few points is often noise.
+
+The random draws depend only on (seed, k, item index), so a result is reproducible from the seed
+and does not change when other items or tasks are added.
+"""
+from __future__ import annotations
+
+import math
+import re
+import string
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from lmscale.errors import DataError, LmscaleError
+from lmscale.evaluation.lm import ScoringLM
+from lmscale.evaluation.tasks import Example, Task
+
+DEFAULT_OUTPUT_REGEX = r"[^\.\?\!\;\n]+"  # BIG-bench's default answer extractor
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def format_item(task: Task, ex: Example, rng: np.random.Generator) -> str:
+    """The item as the model sees it, up to where the answer starts (BIG-bench's format)."""
+    text = ex.input
+    if task.multiple_choice and task.append_choices and ex.choices:
+        perm = [str(c) for c in rng.permutation(sorted(ex.choices))]
+        text = text + task.choice_prefix + task.choice_prefix.join(perm)
+    return task.input_prefix + text + task.output_prefix
+
+
+def demo_answer(task: Task, ex: Example, rng: np.random.Generator) -> str:
+    """The answer written after a demonstration: a best-scoring choice for multiple-choice tasks,
+    otherwise one of the targets."""
+    options = ex.best_choices if task.multiple_choice and ex.choices else ex.targets
+    return options[int(rng.integers(len(options)))]
+
+
+def _identity(ex: Example) -> tuple:
+    return (ex.input.strip(), tuple(sorted(ex.choices)) if ex.choices else None,
+            tuple(sorted(ex.targets)))
+
+
+@dataclass
+class Prompt:
+    text: str
+    demo_indices: list[int]  # example indices of the demonstrations, in prompt order
+
+
+def build_prompt(task: Task, position: int, k: int, seed: int) -> Prompt:
+    """The k-shot prompt for `task.examples[position]`.
+
+    Demonstrations are sampled without replacement from the other examples, excluding any copy of
+    the test item (same input and same answers), so the item is never shown with its answer.
+    """
+    ex = task.examples[position]
+    rng = np.random.default_rng([int(seed), int(k), int(ex.index)])
+    demos: list[Example] = []
+    if k > 0:
+        key = _identity(ex)
+        pool = [j for j, e in enumerate(task.examples) if j != position and _identity(e) != key]
+        if len(pool) < k:
+            raise DataError(f"{task.path}: {k}-shot needs {k} demonstrations besides the test item, "
+                            f"but only {len(pool)} other distinct examples exist")
+        demos = [task.examples[pool[j]] for j in rng.choice(len(pool), size=k, replace=False).tolist()]
+    parts = [format_item(task, d, rng) + task.target_delimiter + demo_answer(task, d, rng) for d in demos]
+    parts.append(format_item(task, ex, rng))
+    return Prompt(task.task_prefix + task.separator.join(parts), [d.index for d in demos])
+
+
+# ----------------------------------------------------------------------------- scoring math
+
+def normalize_answer(text: str) -> str:
+    """Exact-match normalisation: Unicode NFKC, lower case, whitespace collapsed, surrounding
+    quotes and trailing sentence punctuation removed. Signs and inner punctuation are kept, so
+    '-12' never matches '12'."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = " ".join(text.split())
+    text = text.strip("\"'`“”‘’ ")
+    text = text.rstrip(".!?,;:")
+    return text.strip("\"'`“”‘’ ")
+
+
+def extract_answer(text: str, output_regex: str | None = None, stop_string: str | None = None) -> str:
+    """BIG-bench's post-processing of a generation: cut at the stop string, then take the first
+    match of the task's answer regex."""
+    if stop_string:
+        i = text.find(stop_string)
+        if i > 0:
+            text = text[: i + len(stop_string)]
+    regex = output_regex if output_regex is not None else (None if stop_string else DEFAULT_OUTPUT_REGEX)
+    if regex:
+        m = re.search(regex, text)
+        text = m.group(0) if m else ""
+    return text
+
+
+def exact_match(prediction: str, targets: Sequence[str]) -> float:
+    p = normalize_answer(prediction)
+    return float(any(p == normalize_answer(t) for t in targets))
+
+
+def mean_stderr(values: Sequence[float]) -> float | None:
+    """Standard error of the mean with the sample standard deviation (lm-evaluation-harness)."""
+    n = len(values)
+    if n < 2:
+        return None
+    arr = np.asarray(values, dtype=float)
+    return float(arr.std(ddof=1) / math.sqrt(n))
+
+
+def choice_metrics(logliks: Sequence[float], choices: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
+    """`acc` is the score of the argmax choice (BIG-bench's multiple_choice_grade: 1/0 for a single
+    correct answer); `acc_norm` picks by log-likelihood per character of the choice."""
+    ll = np.asarray(logliks, dtype=float)
+    lengths = np.asarray([max(1, len(c)) for c in choices], dtype=float)
+    pred = int(np.argmax(ll))
+    pred_norm = int(np.argmax(ll / lengths))
+    return {"acc": float(scores[pred]), "acc_norm": float(scores[pred_norm]), "pred": pred,
+            "pred_norm": pred_norm}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@dataclass
+class TaskResult:
+    task: str
+    shots: int
+    n: int
+    metrics: dict[str, float | None]
+    truncated: int  # items whose prompt was cut from the left to fit the model's window
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _max_gen_tokens(lm: ScoringLM, task: Task) -> int:
+    longest = max((len(lm.tok.encode(t)) for e in task.examples for t in e.targets), default=8)
+    return min(128, longest + 8)
+
+
+def _stop_strings(task: Task) -> list[str]:
+    stops = []
+    if task.separator.strip() == "" and task.separator:
+        stops.append(task.separator if "\n" in task.separator else "\n")
+    if "\n" not in "".join(stops):
+        stops.append("\n")
+    return stops
+
+
+def evaluate_task(
+    lm: ScoringLM,
+    task: Task,
+    shots: int,
+    seed: int = 1234,
+    limit: int | None = None,
+    keep_samples: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> TaskResult:
+    """Score one task at one number of shots."""
+    positions = list(range(len(task.examples)))
+    if limit is not None and limit < len(positions):
+        rng = np.random.default_rng([int(seed), 0x5EED])
+        positions = sorted(rng.choice(len(positions), size=limit, replace=False).tolist())
+    gen_tokens = _max_gen_tokens(lm, task) if task.generative else 0
+    stops = _stop_strings(task)
+    per: dict[str, list[float]] = {}
+    samples: list[dict[str, Any]] = []
+    truncated = 0
+    generative = task.generative and lm.family != "encoder"
+    for pos in positions:
+        ex = task.examples[pos]
+        prompt = build_prompt(task, pos, shots, seed)
+        rec: dict[str, Any] = {"index": ex.index, "demos": prompt.demo_indices}
+        trunc = False
+        if task.multiple_choice:
+            reqs = [(prompt.text, task.target_delimiter + c) for c in ex.choices or []]
+            scores = lm.loglikelihood(reqs)
+            trunc = any(s.truncated for s in scores)
+            m = choice_metrics([s.logprob for s in scores], ex.choices or [], ex.scores or [])
+            per.setdefault("acc", []).append(m["acc"])
+            per.setdefault("acc_norm", []).append(m["acc_norm"])
+            rec.update(loglikelihoods=[s.logprob for s in scores], pred=m["pred"], acc=m["acc"],
+                       acc_norm=m["acc_norm"])
+        if generative:
+            text, t2 = lm.greedy_until(prompt.text, stops, gen_tokens)
+            trunc = trunc or t2
+            answer = extract_answer(text, task.output_regex, task.stop_string)
+            em = exact_match(answer, ex.targets)
+            per.setdefault("exact_match", []).append(em)
+            rec.update(generation=text, answer=answer, exact_match=em)
+        truncated += int(trunc)
+        rec["truncated"] = trunc
+        if keep_samples:
+            rec["prompt"] = prompt.text
+            samples.append(rec)
+        if progress is not None:
+            progress(1)
+    metrics: dict[str, float | None] = {}
+    for name, vals in per.items():
+        metrics[name] = float(np.mean(vals))
+        metrics[f"{name}_stderr"] = mean_stderr(vals)
+    return TaskResult(task=task.name, shots=shots, n=len(positions), metrics=metrics,
+                      truncated=truncated, samples=samples)
+
+
+def evaluate(
+    lm: ScoringLM,
+    tasks: Sequence[Task],
+    shots: Sequence[int] = (0,),
+    seed: int = 1234,
+    limit: int | None = None,
+    keep_samples: bool = False,
+    progress: Callable[[int], None] | None = None,
+    model_args: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate every task at every shot count; returns an lm-evaluation-harness shaped dict.
+
+    `results` has one entry per (task, shots): the task's name, suffixed `@{k}shot` when several
+    shot counts were asked. `curve` holds the same numbers as task -> shots -> metrics.
+    """
+    shots = list(shots)
+    if not shots or any(k < 0 for k in shots):
+        raise LmscaleError(f"shots must be non-negative integers, got {shots}")
+    if lm.family == "encoder" and all(t.generative and not t.multiple_choice for t in tasks):
+        raise LmscaleError("encoders (BERT-style) cannot generate, and every task asked needs exact match")
+    results: dict[str, Any] = {}
+    n_shot: dict[str, int] = {}
+    curve: dict[str, dict[str, Any]] = {}
+    all_samples: dict[str, list] = {}
+    versions: dict[str, int] = {}
+    for task in tasks:
+        for k in shots:
+            r = evaluate_task(lm, task, k, seed=seed, limit=limit, keep_samples=keep_samples,
+                              progress=progress)
+            key = task.name if len(shots) == 1 else f"{task.name}@{k}shot"
+            entry = dict(r.metrics)
+            entry.update(n=r.n, truncated=r.truncated, num_fewshot=k)
+            if task.skipped_metrics:
+                entry["unscored_metrics"] = task.skipped_metrics
+            if task.generative and lm.family == "encoder":
+                entry["unscored_metrics"] = entry.get("unscored_metrics", []) + ["exact_str_match"]
+            results[key] = entry
+            n_shot[key] = k
+            versions[key] = 0
+            curve.setdefault(task.name, {})[str(k)] = entry
+            if keep_samples:
+                all_samples[key] = r.samples
+    out: dict[str, Any] = {
+        "results": results,
+        "versions": versions,
+        "n-shot": n_shot,
+        "curve": curve,
+        "config": {
+            "model": lm.name,
+            "model_family": lm.family,
+            "model_args": model_args,
+            "num_fewshot": shots if len(shots) > 1 else shots[0],
+            "seed": seed,
+            "limit": limit,
+            "max_length": lm.max_length,
+            "tasks": {t.name: str(t.path) for t in tasks},
+            "protocol": "GPT-3 in-context: k seeded demonstrations from the task's other examples; "
+                        "acc = log-likelihood argmax, acc_norm = per-character, exact_match = greedy",
+        },
+    }
+    if keep_samples:
+        out["samples"] = all_samples
+    return out
+
+
+def format_table(result: dict[str, Any]) -> list[list[str]]:
+    """Rows of task, shots, metric, value, stderr, n, truncated for printing."""
+    rows = []
+    for task, by_k in result["curve"].items():
+        for k, entry in by_k.items():
+            for metric in ("acc", "acc_norm", "exact_match"):
+                if metric in entry:
+                    se = entry.get(f"{metric}_stderr")
+                    rows.append([task, k, metric, f"{entry[metric]:.4f}",
+                                 "-" if se is None else f"{se:.4f}", str(entry["n"]), str(entry["truncated"])])
+    return rows

@@ -1,0 +1,286 @@
+"""Perplexity of a corpus split, comparable across tokenizers.
+
+Token-level perplexity depends on the tokenizer (a model with a bigger vocabulary predicts fewer,
+harder tokens), so alongside it we report the same total negative log-likelihood normalised by
+the corpus's whitespace-separated words (word-level perplexity) and by its UTF-8 bytes (bits per
+byte). Those two compare models with different tokenizers.
+
+Decoders are scored with a sliding window: every token is predicted exactly once, from at least
+`window - stride` tokens of context once the window is full. Encoders have no left-to-right
+factorisation; they get pseudo-perplexity (each token masked in turn and predicted from both
+sides, Salazar et al. 2020), which is *not* comparable with a decoder's perplexity. Encoder-
+decoders predict each chunk of `stride` tokens with the decoder, the preceding text given to the
+encoder with a sentinel where the chunk belongs (the span-corruption shape they were trained on).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from lmscale.errors import DataError, LmscaleError
+from lmscale.inference.generate import _decoder_start, model_family
+
+
+@dataclass
+class PerplexityResult:
+    kind: str  # perplexity | pseudo-perplexity | conditional perplexity
+    nll: float  # total negative log-likelihood in nats
+    n_tokens: int  # tokens predicted
+    n_words: int
+    n_bytes: int
+    n_documents: int
+    window: int
+    stride: int
+    n_windows: int
+
+    @property
+    def loss(self) -> float:
+        return self.nll / max(1, self.n_tokens)
+
+    @property
+    def token_perplexity(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+    @property
+    def word_perplexity(self) -> float | None:
+        return math.exp(min(self.nll / self.n_words, 700.0)) if self.n_words else None
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        return self.nll / (math.log(2) * self.n_bytes) if self.n_bytes else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(loss=self.loss, token_perplexity=self.token_perplexity,
+                 word_perplexity=self.word_perplexity, bits_per_byte=self.bits_per_byte)
+        return d
+
+
+# ----------------------------------------------------------------------------- window bookkeeping
+
+def sliding_windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """Decoder windows as (begin, end, first_target): the model reads tokens[begin:end] and is
+    scored on targets first_target..end-1, each predicted from the tokens before it in the window.
+
+    Position 0 has no context and is never a target; every other position is a target exactly once.
+    """
+    if window < 2 or stride < 1 or stride > window:
+        raise LmscaleError(f"need window >= 2 and 1 <= stride <= window (got window={window}, stride={stride})")
+    out: list[tuple[int, int, int]] = []
+    prev_end, begin = 1, 0
+    while n > 1:
+        end = min(begin + window, n)
+        first = max(prev_end, begin + 1)
+        if first < end:
+            out.append((begin, end, first))
+        prev_end = end
+        if end == n:
+            break
+        begin += stride
+    return out
+
+
+def centered_windows(n: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Bidirectional windows as (begin, end, score_from, score_to): scored tokens sit in the middle
+    of their window, so they have context on both sides; every position is scored exactly once."""
+    if window < 1 or stride < 1 or stride > window:
+        raise LmscaleError(f"need 1 <= stride <= window (got window={window}, stride={stride})")
+    margin = (window - stride) // 2
+    out = []
+    for s in range(0, n, stride):
+        e = min(s + stride, n)
+        begin = max(0, s - margin)
+        end = min(n, begin + window)
+        begin = max(0, end - window)
+        out.append((begin, end, s, e))
+    return out
+
+
+# ----------------------------------------------------------------------------- scorers
+
+def _decoder_nll(model: Any, ids: list[int], window: int, stride: int, batch_size: int,
+                 progress: Callable[[int], None] | None) -> tuple[float, int, int]:
+    wins = sliding_windows(len(ids), window, stride)
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for b in range(0, len(wins), batch_size):
+            chunk = wins[b: b + batch_size]
+            T = max(e - s for s, e, _ in chunk)
+            x = torch.zeros(len(chunk), T, dtype=torch.long)
+            for r, (s, e, _) in enumerate(chunk):
+                x[r, : e - s] = torch.tensor(ids[s:e])
+            logp = torch.log_softmax(model(input_ids=x.to(device)).logits.float(), dim=-1)
+            for r, (s, e, f) in enumerate(chunk):
+                tgt = torch.tensor(ids[f:e], device=logp.device)
+                lp = logp[r, f - s - 1: e - s - 1].gather(-1, tgt[:, None])
+                nll -= float(lp.sum())
+                count += e - f
+            if progress is not None:
+                progress(sum(e - f for _, e, f in chunk))
+    return nll, count, len(wins)
+
+
+def _encoder_pll(model: Any, tok: Any, ids: list[int], window: int, stride: int, batch_size: int,
+                 progress: Callable[[int], None] | None) -> tuple[float, int, int]:
+    mask_id = getattr(tok, "mask_id", None)
+    if mask_id is None:
+        raise LmscaleError("pseudo-perplexity needs a tokenizer with a [MASK] token")
+    cls = [tok.cls_id] if getattr(tok, "cls_id", None) is not None else []
+    sep = [tok.sep_id] if getattr(tok, "sep_id", None) is not None else []
+    inner = window - len(cls) - len(sep)
+    wins = centered_windows(len(ids), inner, min(stride, inner))
+    device = next(model.parameters()).device
+    segments = bool(getattr(model.config, "type_vocab_size", 0))
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for begin, end, s, e in wins:
+            seq = cls + ids[begin:end] + sep
+            positions = [len(cls) + p - begin for p in range(s, e)]
+            for b in range(0, len(positions), batch_size):
+                pos = positions[b: b + batch_size]
+                x = torch.tensor([seq] * len(pos), device=device)
+                rows = torch.arange(len(pos), device=device)
+                p = torch.tensor(pos, device=device)
+                x[rows, p] = mask_id
+                kw: dict[str, Any] = {"attention_mask": torch.ones_like(x)}
+                if segments:
+                    kw["token_type_ids"] = torch.zeros_like(x)
+                logits = model(input_ids=x, **kw).logits[rows, p].float()
+                tgt = torch.tensor([seq[i] for i in pos], device=logits.device)
+                nll -= float(torch.log_softmax(logits, -1).gather(-1, tgt[:, None]).sum())
+                count += len(pos)
+            if progress is not None:
+                progress(e - s)
+    return nll, count, len(wins)
+
+
+def _seq2seq_nll(model: Any, tok: Any, ids: list[int], window: int, stride: int,
+                 progress: Callable[[int], None] | None) -> tuple[float, int, int]:
+    sentinel = list(getattr(tok, "sentinel_ids", []) or [])[:1]
+    eos = [tok.eos_id] if getattr(tok, "eos_id", None) is not None else []
+    ctx_len = window - len(sentinel) - len(eos)
+    start = _decoder_start(model)
+    device = next(model.parameters()).device
+    nll, count, n_win = 0.0, 0, 0
+    with torch.inference_mode():
+        for s in range(0, len(ids), stride):
+            target = ids[s: s + stride]
+            enc = ids[max(0, s - ctx_len): s] + sentinel + eos
+            dec = [start] + sentinel + target[:-1]
+            x = torch.tensor([enc], device=device)
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x),
+                           decoder_input_ids=torch.tensor([dec], device=device)).logits[0, -len(target):]
+            tgt = torch.tensor(target, device=logits.device)
+            nll -= float(torch.log_softmax(logits.float(), -1).gather(-1, tgt[:, None]).sum())
+            count += len(target)
+            n_win += 1
+            if progress is not None:
+                progress(len(target))
+    return nll, count, n_win
+
+
+# ----------------------------------------------------------------------------- public API
+
+def token_stream(tokenizer: Any, documents: Iterable[str], max_tokens: int | None = None,
+                 family: str = "decoder") -> tuple[list[int], int, int, int]:
+    """Documents -> one token list with the tokenizer's document separator after each document
+    (as in the pretraining shards) and, for decoders, before the first, so the first word is
+    predicted too. Returns (ids, n_words, n_bytes, n_documents); with `max_tokens`, whole documents
+    are taken until the budget is reached, so the word and byte counts match the tokens scored."""
+    sep = getattr(tokenizer, "doc_separator_id", None)
+    ids: list[int] = [int(sep)] if (sep is not None and family == "decoder") else []
+    n_words = n_bytes = n_docs = 0
+    for doc in documents:
+        if not doc.strip():
+            continue
+        ids.extend(tokenizer.encode(doc))
+        if sep is not None:
+            ids.append(int(sep))
+        n_words += len(doc.split())
+        n_bytes += len(doc.encode("utf-8"))
+        n_docs += 1
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+    if n_docs == 0:
+        raise DataError("no text to evaluate (every document is empty)")
+    return ids, n_words, n_bytes, n_docs
+
+
+def perplexity(
+    model: Any,
+    tokenizer: Any,
+    documents: Iterable[str] | str,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PerplexityResult:
+    """Score `documents` (an iterable of texts, or one text). `window` defaults to the model's
+    context length, `stride` to half of it (decoders, encoders) or 64 tokens (encoder-decoders)."""
+    if isinstance(documents, str):
+        documents = [documents]
+    family = model_family(model)
+    model.eval()
+    cfg = model.config
+    window = int(window or getattr(cfg, "max_positions", 512))
+    if getattr(cfg, "position", "learned") == "learned" and window > cfg.max_positions:
+        raise LmscaleError(f"window={window} is longer than the model's {cfg.max_positions} positions")
+    ids, n_words, n_bytes, n_docs = token_stream(tokenizer, documents, max_tokens, family)
+    if family == "decoder":
+        stride = int(stride or max(1, window // 2))
+        nll, n, n_win = _decoder_nll(model, ids, window, stride, batch_size, progress)
+        kind = "perplexity"
+    elif family == "encoder":
+        stride = int(stride or max(1, (window - 2) // 2))
+        nll, n, n_win = _encoder_pll(model, tokenizer, ids, window, stride, batch_size * 4, progress)
+        kind = "pseudo-perplexity"
+    else:
+        stride = int(stride or min(64, window))
+        nll, n, n_win = _seq2seq_nll(model, tokenizer, ids, window, stride, progress)
+        kind = "conditional perplexity"
+    return PerplexityResult(kind=kind, nll=nll, n_tokens=n, n_words=n_words, n_bytes=n_bytes,
+                            n_documents=n_docs, window=window, stride=stride, n_windows=n_win)
+
+
+def corpus_documents(corpus: str, split: str) -> Iterable[str]:
+    """Documents of a corpus split: a catalog name (`wikitext-2`) or a local text file/directory
+    (all of it, cut into documents as the data pipeline cuts them). Without the data catalog,
+    names resolve in the `LMSCALE_DATA_DIR` mirror and a file is read one document per line."""
+    p = Path(corpus).expanduser()
+    try:
+        from lmscale.data import catalog
+    except ImportError:
+        catalog = None  # type: ignore[assignment]
+    if catalog is not None:
+        if p.exists():
+            from lmscale.data.readers import file_documents
+
+            files = catalog.expand_paths(p) if p.is_dir() else [p]
+            return (d for f in files for d in file_documents(f))
+        c = catalog.resolve_corpus(corpus)
+        return c.documents(split)
+    if p.is_file():
+        return _file_lines(p)
+    f = Path(os.environ.get("LMSCALE_DATA_DIR", "")) / corpus / f"wiki.{split}.raw"
+    if not f.is_file():
+        raise DataError(f"cannot find corpus {corpus!r} split {split!r} (looked for {f}); "
+                        "pass a text file or set LMSCALE_DATA_DIR")
+    return _file_lines(f)
+
+
+def _file_lines(path: Path) -> Iterable[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield line.rstrip("\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None

@@ -1,0 +1,36 @@
+"""Fine-tuning: task heads for all three families, task loaders, GLUE metrics, and the
+effect-of-pretraining experiment. Heavy modules (torch) load on first use."""
+from __future__ import annotations
+
+from lmscale.finetune.metrics import (
+    accuracy, classification_metrics, f1, matthews_corrcoef, pearson, regression_metrics, spearman,
+)
+from lmscale.finetune.tasks import (
+    Example, TaskData, TaskSpec, load_task, mixing_rates, read_inputs, sample_mixture, text_to_text_examples,
+)
+
+_LAZY = {
+    "FinetuneConfig": "lmscale.finetune.trainer",
+    "FinetunedModel": "lmscale.finetune.trainer",
+    "finetune": "lmscale.finetune.trainer",
+    "load_body": "lmscale.finetune.api",
+    "random_body": "lmscale.finetune.api",
+    "mixture_task": "lmscale.finetune.api",
+    "run_pretraining_effect": "lmscale.finetune.experiment",
+    "pretrain_encoder": "lmscale.finetune.experiment",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(name)
+
+
+__all__ = [
+    "Example", "TaskData", "TaskSpec", "load_task", "read_inputs", "mixing_rates", "sample_mixture",
+    "text_to_text_examples", "accuracy", "f1", "matthews_corrcoef", "pearson", "spearman",
+    "classification_metrics", "regression_metrics", *_LAZY,
+]

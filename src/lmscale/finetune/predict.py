@@ -1,0 +1,30 @@
+"""Predictions for new inputs from a fine-tuned model (the `lmscale predict` library side)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from lmscale.finetune.tasks import Example, TaskSpec, read_inputs
+
+
+def predict_texts(model, texts: Sequence[str], text_pair: Optional[str] = None,
+                  batch_size: int = 128) -> tuple[list[Example], list[dict[str, Any]]]:
+    exs = [Example(" ".join(t.split()), text_pair, source="<argv>", line=i + 1) for i, t in enumerate(texts)]
+    return exs, model.predict(exs, batch_size)
+
+
+def predict_file(model, path: str | Path, text_column: Optional[str] = None,
+                 text_pair_column: Optional[str] = None, fmt: Optional[str] = None,
+                 batch_size: int = 128) -> tuple[list[Example], list[dict[str, Any]]]:
+    """Read inputs with the columns the model was trained with (unless overridden)."""
+    saved = dict(model.meta.get("task_spec") or {})
+    spec = TaskSpec(
+        kind=saved.get("kind", model.kind),
+        text_column=text_column or saved.get("text_column", "sentence"),
+        text_pair_column=text_pair_column or saved.get("text_pair_column"),
+        choice_columns=saved.get("choice_columns"),
+        input_column=text_column or saved.get("input_column", "input"),
+        format=fmt,
+    )
+    exs = read_inputs(path, spec)
+    return exs, model.predict(exs, batch_size)

@@ -1,0 +1,9 @@
+"""Using a pretrained model: fill-mask (encoders), generation with a KV cache and T5 span infilling."""
+from __future__ import annotations
+
+from lmscale.inference.fill_mask import fill_mask
+from lmscale.inference.generate import GenerationResult, InfillResult, generate, infill, iter_token_ids
+from lmscale.inference.sampling import SamplingConfig
+
+__all__ = ["fill_mask", "generate", "infill", "iter_token_ids", "GenerationResult", "InfillResult",
+           "SamplingConfig"]

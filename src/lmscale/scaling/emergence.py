@@ -1,0 +1,495 @@
+"""Emergence and phase transitions: is a capability's rise with scale abrupt, and where is it going?
+
+Three questions, each answered from (scale, metric) rows — sweep records, the Pythia suite's
+published evaluations, or any CSV:
+
+1. Fit the metric against log-compute with a sigmoid (Wei et al. 2022's "emergent abilities"
+   picture: flat at chance, then a jump) and with a smoothly broken power law (Caballero et al.
+   2022), and detect the break: a broken law that beats a plain power law by a BIC margin, with
+   the break inside the observed range.
+2. Put a discontinuous metric (accuracy, exact match) next to a continuous one of the same task
+   (log-likelihood, perplexity, Brier score): Schaeffer et al. 2023 argue that much apparent
+   emergence is the metric's doing — a smooth per-token improvement turned into a jump by an
+   all-or-nothing score. The sharpness of each is measured the same way (decades of compute the
+   sigmoid takes to go from 10% to 90% of its rise).
+3. Capability extrapolation ("how much more compute, how many more parameters to reach accuracy
+   X?") with a bootstrap interval, refusing with the reason when the fit does not support it:
+   no rise seen yet, a target above the fitted ceiling, or a reach far beyond the data.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from lmscale.errors import DataError, LmscaleError
+
+LN10 = math.log(10.0)
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class ScaleMetric:
+    """Rows of one metric against scale. `compute` in FLOPs (C = 6ND), `params` N, `tokens` D."""
+
+    compute: np.ndarray
+    value: np.ndarray
+    params: np.ndarray | None = None
+    tokens: np.ndarray | None = None
+    label: str = ""
+    metric: str = ""
+    group: list[str] | None = None  # e.g. the model name per row, for plotting one line per model
+
+    def __post_init__(self) -> None:
+        self.compute = np.asarray(self.compute, dtype=float)
+        self.value = np.asarray(self.value, dtype=float)
+        keep = np.isfinite(self.compute) & np.isfinite(self.value) & (self.compute > 0)
+        if self.compute.shape != self.value.shape:
+            raise DataError("scale and metric columns have different lengths")
+        self.compute, self.value = self.compute[keep], self.value[keep]
+        if self.params is not None:
+            self.params = np.asarray(self.params, dtype=float)[keep]
+        if self.tokens is not None:
+            self.tokens = np.asarray(self.tokens, dtype=float)[keep]
+        if self.group is not None:
+            self.group = [g for g, k in zip(self.group, keep) if k]
+        if len(self.compute) < 4:
+            raise DataError(f"{self.label or 'metric'}: need at least 4 rows with positive scale and a finite value, got {len(self.compute)}")
+
+    @property
+    def x(self) -> np.ndarray:
+        return np.log10(self.compute)
+
+
+def _float(v: str, path: Path, line: int, col: str) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}:{line}: column {col!r} has {v!r}, not a number") from None
+
+
+def read_scale_metric_csv(path: str | os.PathLike, metric_col: str, scale_col: str | None = None,
+                          params_col: str | None = None, tokens_col: str | None = None,
+                          where: dict[str, str] | None = None, label: str = "") -> ScaleMetric:
+    """Any CSV of (scale, metric) rows. Scale is `scale_col` (compute), or 6 * params * tokens."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        need = [c for c in (metric_col, scale_col, params_col, tokens_col) if c] + list((where or {}).keys())
+        missing = [c for c in need if c not in cols]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; columns are {cols}")
+        if scale_col is None and not (params_col and tokens_col):
+            raise DataError("give the compute column, or both the parameter and token columns")
+        c, v, n, d = [], [], [], []
+        for i, row in enumerate(reader, start=2):
+            if where and any(row[k] != str(val) for k, val in where.items()):
+                continue
+            val = _float(row[metric_col], path, i, metric_col)
+            nn = _float(row[params_col], path, i, params_col) if params_col else math.nan
+            dd = _float(row[tokens_col], path, i, tokens_col) if tokens_col else math.nan
+            cc = _float(row[scale_col], path, i, scale_col) if scale_col else 6.0 * nn * dd
+            c.append(cc), v.append(val), n.append(nn), d.append(dd)
+    return ScaleMetric(np.array(c), np.array(v), np.array(n) if params_col else None,
+                       np.array(d) if tokens_col else None, label=label or metric_col, metric=metric_col)
+
+
+def pythia_non_embedding_params(n_layers: int, d_model: int) -> float:
+    """12 * n_layer * d_model^2 (Kaplan et al. 2020): 18.9M for pythia-70m, as published."""
+    return 12.0 * n_layers * d_model ** 2
+
+
+def read_pythia(path: str | os.PathLike, task: str, metric: str, deduped: bool | None = False,
+                min_step: int = 1) -> ScaleMetric:
+    """The Pythia suite's zero-shot results: every (model, checkpoint) as one point at C = 6ND.
+
+    N is the non-embedding count 12·L·d²; D = step x 2,097,152 tokens. Step 0 (no training) has
+    no compute and is dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    c, v, n, d, g = [], [], [], [], []
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        need = {"model", "deduped", "n_layers", "d_model", "step", "tokens", "task", "metric", "value"}
+        if not need <= set(reader.fieldnames or []):
+            raise DataError(f"{path}: not a Pythia results CSV (need columns {sorted(need)})")
+        for i, row in enumerate(reader, start=2):
+            if row["task"] != task or row["metric"] != metric:
+                continue
+            if deduped is not None and row["deduped"] != ("1" if deduped else "0"):
+                continue
+            if int(row["step"]) < min_step:
+                continue
+            nn = pythia_non_embedding_params(int(row["n_layers"]), int(row["d_model"]))
+            dd = _float(row["tokens"], path, i, "tokens")
+            c.append(6.0 * nn * dd), v.append(_float(row["value"], path, i, "value"))
+            n.append(nn), d.append(dd), g.append(row["model"])
+    if not c:
+        raise DataError(f"{path}: no rows for task={task!r} metric={metric!r}")
+    return ScaleMetric(np.array(c), np.array(v), np.array(n), np.array(d), label=f"{task} {metric}",
+                       metric=metric, group=g)
+
+
+# ----------------------------------------------------------------------------- fits
+
+def _bic(rss: float, n: int, k: int) -> float:
+    return n * math.log(max(rss, 1e-300) / n) + k * math.log(n)
+
+
+@dataclass
+class SigmoidFit:
+    """y = lo + (hi - lo) / (1 + exp(-k (x - x0))), x = log10(compute).
+
+    `lo` is fixed at `chance` when given (the floor a random guesser gets); `hi` is bounded by
+    `ceiling` (1 for accuracies).
+    """
+
+    chance: float | None = None
+    ceiling: float | None = 1.0
+    params_: dict[str, float] = field(default_factory=dict)
+    rss_: float = math.nan
+    n_: int = 0
+
+    def _unpack(self, p: np.ndarray) -> tuple[float, float, float, float]:
+        if self.chance is None:
+            lo, hi, k, x0 = p
+        else:
+            hi, k, x0 = p
+            lo = self.chance
+        return lo, hi, k, x0
+
+    @staticmethod
+    def curve(x, lo, hi, k, x0):
+        z = np.clip(-k * (np.asarray(x, dtype=float) - x0), -60, 60)
+        return lo + (hi - lo) / (1.0 + np.exp(z))
+
+    def fit(self, x: Sequence[float], y: Sequence[float], p0: np.ndarray | None = None) -> "SigmoidFit":
+        from scipy.optimize import least_squares
+
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        ymin, ymax = float(y.min()), float(y.max())
+        span = max(ymax - ymin, 1e-6)
+        hi_max = self.ceiling if self.ceiling is not None else ymax + 10 * span
+        lo0 = self.chance if self.chance is not None else ymin
+        best = None
+        starts = [p0] if p0 is not None else [
+            np.array(([lo0] if self.chance is None else []) + [min(ymax, hi_max - 1e-6), k0, x0])
+            for x0 in np.quantile(x, [0.2, 0.4, 0.6, 0.8]) for k0 in (2.0,)]
+        lb = ([ymin - 10 * span] if self.chance is None else []) + [-np.inf if self.ceiling is None else lo0 - span, 1e-3, x.min() - 10]
+        ub = ([ymax + span] if self.chance is None else []) + [hi_max, 200.0, x.max() + 10]
+        for s in starts:
+            s = np.clip(s, np.array(lb) + 1e-9, np.array(ub) - 1e-9)
+            r = least_squares(lambda p: self.curve(x, *self._unpack(p)) - y, s, bounds=(lb, ub), method="trf",
+                              max_nfev=400)
+            if best is None or r.cost < best.cost:
+                best = r
+        lo, hi, k, x0 = self._unpack(best.x)
+        self.params_ = {"lo": float(lo), "hi": float(hi), "k": float(k), "x0": float(x0)}
+        self.rss_ = float(2 * best.cost)
+        self.n_ = len(x)
+        self._p = best.x
+        return self
+
+    @property
+    def n_free(self) -> int:
+        return 4 if self.chance is None else 3
+
+    def predict(self, x):
+        p = self.params_
+        return self.curve(x, p["lo"], p["hi"], p["k"], p["x0"])
+
+    def inverse(self, y: float) -> float:
+        """log10(compute) at which the curve reaches `y` (nan if it never does)."""
+        p = self.params_
+        lo, hi = p["lo"], p["hi"]
+        frac = (y - lo) / (hi - lo) if hi != lo else math.nan
+        if not 0 < frac < 1:
+            return math.nan
+        return p["x0"] + math.log(frac / (1 - frac)) / p["k"]
+
+    @property
+    def width_decades(self) -> float:
+        """Decades of compute from 10% to 90% of the rise: 2 ln 9 / k."""
+        return 2 * math.log(9.0) / self.params_["k"]
+
+    @property
+    def bic(self) -> float:
+        return _bic(self.rss_, self.n_, self.n_free)
+
+
+@dataclass
+class BrokenPowerLawFit:
+    """Smoothly broken power law with one break (Caballero et al. 2022), in log10 compute x:
+
+        y = a + b * 10^(-c0 x) * (1 + 10^((x - xb) / f))^(-c1 f)
+
+    fitted to a quantity that falls with scale (an error rate, a loss). Below the break the
+    slope in log-log is -c0, above it -(c0 + c1); `f` (decades) is how sharp the bend is.
+    With `breaks=0` it is a plain power law y = a + b 10^(-c0 x).
+    """
+
+    breaks: int = 1
+    params_: dict[str, float] = field(default_factory=dict)
+    rss_: float = math.nan
+    n_: int = 0
+
+    @staticmethod
+    def curve(x, a, logb, c0, c1=0.0, xb=0.0, f=1.0):
+        x = np.asarray(x, float)
+        t = np.clip((x - xb) / f, -300, 300)
+        soft = np.where(t > 30, t, np.log10(1 + 10 ** np.minimum(t, 30)))  # log10(1 + 10^t)
+        return a + 10 ** np.clip(logb - c0 * x - c1 * f * soft, -300, 300)
+
+    def fit(self, x: Sequence[float], y: Sequence[float]) -> "BrokenPowerLawFit":
+        from scipy.optimize import least_squares
+
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        xm = float(x.mean())
+        xs = x - xm  # centred, so logb is well scaled
+        ymin, ymax = float(y.min()), float(y.max())
+        span = max(ymax - ymin, 1e-9)
+        best = None
+        a_hi = max(ymin, 0.0) + 1e-12
+        if self.breaks == 0:
+            lb, ub = [-span, -30, -5], [a_hi, 30, 5]
+            starts = [[a0, math.log10(max(ymax - a0, 1e-9)), c0] for a0 in (0.0, 0.5 * ymin) for c0 in (0.05, 0.5)]
+        else:
+            lb, ub = [-span, -30, -5, -10, xs.min(), 0.02], [a_hi, 30, 5, 10, xs.max(), 3.0]
+            starts = [[0.5 * ymin, math.log10(max(ymax - 0.5 * ymin, 1e-9)), 0.0, c1, xb, 0.2]
+                      for c1 in (0.3, 2.0) for xb in np.quantile(xs, [0.15, 0.35, 0.5, 0.65, 0.85])]
+        lb_a, ub_a = np.array(lb, float), np.array(ub, float)
+        for s in starts:
+            s = np.clip(np.array(s, float), lb_a + 1e-9, ub_a - 1e-9)
+            try:
+                r = least_squares(lambda p: self.curve(xs, *p) - y, s, bounds=(lb_a, ub_a), method="trf",
+                                  max_nfev=300)
+            except ValueError:
+                continue
+            if best is None or r.cost < best.cost:
+                best = r
+        if best is None:
+            raise LmscaleError("broken power law fit failed from every start")
+        p = list(best.x)
+        names = ["a", "logb", "c0"] + (["c1", "xb", "f"] if self.breaks else [])
+        self.params_ = dict(zip(names, map(float, p)))
+        self.params_["logb"] += self.params_["c0"] * xm  # undo the centring: logb - c0 (x - xm)
+        if self.breaks:
+            self.params_["xb"] += xm
+        self._xm = xm
+        self._p = p
+        self.rss_ = float(2 * best.cost)
+        self.n_ = len(x)
+        return self
+
+    def predict(self, x):
+        p = self._p
+        return self.curve(np.asarray(x, float) - self._xm, *p)
+
+    @property
+    def bic(self) -> float:
+        return _bic(self.rss_, self.n_, 3 + 3 * self.breaks)
+
+
+# ----------------------------------------------------------------------------- analysis
+
+@dataclass
+class EmergenceAnalysis:
+    label: str
+    metric: str
+    higher_is_better: bool
+    n_points: int
+    sigmoid: dict[str, float]
+    transition_width_decades: float
+    broken_power_law: dict[str, float]
+    power_law: dict[str, float]
+    bic: dict[str, float]
+    break_detected: bool
+    break_compute: float | None
+    break_reason: str
+    slopes: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _decreasing(values: np.ndarray, higher_is_better: bool, ceiling: float | None) -> np.ndarray:
+    """The quantity a power law describes: the error left (ceiling - metric), or the metric itself."""
+    if not higher_is_better:
+        return values
+    return (ceiling if ceiling is not None else float(values.max()) * 1.05) - values
+
+
+def analyze(data: ScaleMetric, higher_is_better: bool = True, chance: float | None = None,
+            ceiling: float | None = 1.0, bic_margin: float = 10.0, log_metric: bool = False) -> EmergenceAnalysis:
+    """Sigmoid and broken/plain power-law fits of one metric against log10 compute.
+
+    A break is reported when the broken power law's BIC beats the plain power law's by
+    `bic_margin` (very strong evidence on Kass & Raftery's scale) and the break lies inside the
+    observed compute range. `log_metric` fits log10 of a positive metric (perplexity).
+    """
+    x = data.x
+    y = np.log10(data.value) if log_metric else data.value
+    sig_ceiling = ceiling if (higher_is_better and not log_metric) else None
+    sig = SigmoidFit(chance=chance if higher_is_better else None, ceiling=sig_ceiling).fit(x, y)
+    dec = _decreasing(y, higher_is_better, ceiling if not log_metric else None)
+    if log_metric:
+        dec = y - float(y.min()) + 1e-3 * max(float(np.ptp(y)), 1e-9)
+    pl = BrokenPowerLawFit(breaks=0).fit(x, dec)
+    bp = BrokenPowerLawFit(breaks=1).fit(x, dec)
+    inside = bool(bp.params_["xb"] > x.min() + 0.05 * np.ptp(x) and bp.params_["xb"] < x.max() - 0.05 * np.ptp(x))
+    gain = pl.bic - bp.bic
+    detected = bool(gain >= bic_margin and inside)
+    if detected:
+        reason = f"broken power law beats a plain power law by dBIC={gain:.1f} (>= {bic_margin:g}), break inside the data"
+    elif gain < bic_margin:
+        reason = f"a break improves BIC by only {gain:.1f} (< {bic_margin:g}): no evidence of a phase transition"
+    else:
+        reason = f"best break at 10^{bp.params_['xb']:.2f} FLOPs lies at the edge of the data (dBIC={gain:.1f})"
+    return EmergenceAnalysis(
+        label=data.label, metric=data.metric, higher_is_better=higher_is_better, n_points=len(x),
+        sigmoid=sig.params_, transition_width_decades=sig.width_decades, broken_power_law=bp.params_,
+        power_law=pl.params_, bic={"sigmoid": sig.bic, "broken_power_law": bp.bic, "power_law": pl.bic},
+        break_detected=detected, break_compute=float(10 ** bp.params_["xb"]) if detected else None,
+        break_reason=reason,
+        slopes={"before": -bp.params_["c0"], "after": -(bp.params_["c0"] + bp.params_["c1"])},
+    )
+
+
+def normalized_sharpness(data: ScaleMetric, higher_is_better: bool, log_metric: bool = False) -> dict[str, float]:
+    """Sharpness of a metric's rise, comparable across metrics of different units.
+
+    The metric is mapped to "progress" in [0, 1] (worst observed -> 0, best -> 1; log10 first
+    for perplexities), a free sigmoid is fitted to progress against log10 compute, and its
+    10%->90% width in decades is returned with the largest one-decade jump in progress.
+    """
+    y = np.log10(data.value) if log_metric else data.value.copy()
+    if not higher_is_better:
+        y = -y
+    lo, hi = np.quantile(y, 0.02), np.quantile(y, 0.98)
+    prog = np.clip((y - lo) / max(hi - lo, 1e-12), -0.2, 1.2)
+    sig = SigmoidFit(chance=None, ceiling=None).fit(data.x, prog)
+    grid = np.linspace(data.x.min(), data.x.max() - 1.0, 200) if np.ptp(data.x) > 1 else np.array([data.x.min()])
+    jump = float(np.max(sig.predict(grid + 1.0) - sig.predict(grid))) / max(sig.params_["hi"] - sig.params_["lo"], 1e-12)
+    return {"width_decades": sig.width_decades, "max_jump_per_decade": jump, "midpoint_log10_compute": sig.params_["x0"]}
+
+
+def compare_metrics(discontinuous: ScaleMetric, continuous: ScaleMetric, continuous_higher_is_better: bool = False,
+                    continuous_log: bool = True) -> dict[str, Any]:
+    """Schaeffer et al. 2023: the same task under an all-or-nothing and a continuous metric."""
+    d = normalized_sharpness(discontinuous, True)
+    c = normalized_sharpness(continuous, continuous_higher_is_better, log_metric=continuous_log)
+    return {"discontinuous": {"label": discontinuous.label, **d}, "continuous": {"label": continuous.label, **c},
+            "sharpness_ratio": c["width_decades"] / d["width_decades"] if d["width_decades"] > 0 else math.inf}
+
+
+# ----------------------------------------------------------------------------- extrapolation
+
+@dataclass
+class Extrapolation:
+    ok: bool
+    target: float
+    reason: str
+    observed_max_compute: float
+    observed_best: float
+    compute: float | None = None
+    compute_ci95: tuple[float, float] | None = None
+    extra_compute_factor: float | None = None
+    params: float | None = None
+    params_ci95: tuple[float, float] | None = None
+    tokens_per_param: float = 20.0
+    reachable_fraction: float | None = None
+    fit: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def extrapolate(data: ScaleMetric, target: float, chance: float | None = None, ceiling: float = 1.0,
+                max_decades: float = 2.0, n_bootstrap: int = 200, seed: int = 0, tokens_per_param: float = 20.0,
+                min_rise_sigmas: float = 3.0, noise: float | None = None) -> Extrapolation:
+    """How much compute (and, compute-optimally, how many parameters) reaches accuracy `target`?
+
+    The sigmoid in log10 compute is fitted, and resampled (cases bootstrap) for an interval.
+    Parameters assume compute-optimal training, D = `tokens_per_param` x N (Hoffmann et al.
+    2022), so N = sqrt(C / (6 x tokens_per_param)). Refuses (ok=False, with the reason) when:
+    the metric has not risen above chance (midpoint and ceiling unidentified), the target is
+    above the fitted ceiling, fewer than 95% of bootstrap refits reach the target, or reaching
+    it needs more than `max_decades` decades of compute beyond the largest observed run.
+    """
+    x, y = data.x, data.value
+    cmax = float(data.compute.max())
+    best = float(y.max())
+    base = dict(target=target, observed_max_compute=cmax, observed_best=best, tokens_per_param=tokens_per_param)
+
+    def n_of(c):
+        return math.sqrt(c / (6.0 * tokens_per_param))
+
+    if not 0 < target < ceiling:
+        return Extrapolation(False, reason=f"target {target} is outside (0, {ceiling})", **base)
+    floor = chance if chance is not None else float(np.quantile(y, 0.1))
+    sig = SigmoidFit(chance=chance, ceiling=ceiling).fit(x, y)
+    resid = y - sig.predict(x)
+    sd = noise if noise is not None else float(np.std(resid, ddof=min(len(y) - 1, sig.n_free)))
+    top = np.sort(y)[-max(3, len(y) // 10):].mean()
+    if top - floor < min_rise_sigmas * max(sd, 1e-6):
+        return Extrapolation(False, reason=(f"no rise above chance yet: the best observed values ({top:.3f}) are within "
+                                            f"{min_rise_sigmas:g} sd ({sd:.3f}) of chance ({floor:.3f}), so the sigmoid's midpoint "
+                                            "and ceiling are not identified by the data"), fit=sig.params_, **base)
+    if best >= target:
+        c_reach = float(data.compute[y >= target].min())
+        return Extrapolation(True, reason="already reached within the observed range", compute=c_reach,
+                             compute_ci95=(c_reach, c_reach), extra_compute_factor=1.0, params=n_of(c_reach),
+                             params_ci95=(n_of(c_reach), n_of(c_reach)), reachable_fraction=1.0, fit=sig.params_, **base)
+    rng = np.random.default_rng(seed)
+    xs = []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, len(x), len(x))
+        if np.ptp(x[idx]) == 0:
+            continue
+        b = SigmoidFit(chance=chance, ceiling=ceiling).fit(x[idx], y[idx], p0=sig._p)
+        xs.append(b.inverse(target))
+    xs_arr = np.array(xs)
+    reach = np.isfinite(xs_arr)
+    frac = float(reach.mean()) if len(xs_arr) else 0.0
+    x_hat = sig.inverse(target)
+    fitres = dict(sig.params_)
+    if not math.isfinite(x_hat):
+        return Extrapolation(False, reason=(f"target {target} is above the fitted ceiling {sig.params_['hi']:.3f}: "
+                                            "the fit says more compute alone does not get there"),
+                             reachable_fraction=frac, fit=fitres, **base)
+    if frac < 0.95:
+        return Extrapolation(False, reason=(f"only {100 * frac:.0f}% of bootstrap refits ever reach {target} "
+                                            "(the ceiling is not pinned down by the data)"),
+                             reachable_fraction=frac, fit=fitres, **base)
+    lo, hi = np.quantile(xs_arr[reach], [0.025, 0.975])
+    beyond = hi - math.log10(cmax)
+    if beyond > max_decades:
+        return Extrapolation(False, reason=(f"the 95% interval reaches 10^{hi:.1f} FLOPs, {beyond:.1f} decades beyond the "
+                                            f"largest observed run (limit {max_decades:g}): too far to extrapolate"),
+                             compute=10 ** x_hat, compute_ci95=(10 ** lo, 10 ** hi), reachable_fraction=frac,
+                             fit=fitres, **base)
+    c = 10 ** x_hat
+    return Extrapolation(True, reason="within the supported extrapolation range", compute=c,
+                         compute_ci95=(10 ** lo, 10 ** hi), extra_compute_factor=c / cmax, params=n_of(c),
+                         params_ci95=(n_of(10 ** lo), n_of(10 ** hi)), reachable_fraction=frac, fit=fitres, **base)
+
+
+def from_records(records: Iterable[Any], metric: str = "final_val_loss", params: str = "non_embedding") -> ScaleMetric:
+    """Sweep registry records as (compute, metric) rows."""
+    rows = [r for r in records if r.status == "finished" and getattr(r, metric, None) is not None]
+    key = "params_non_embedding" if params == "non_embedding" else "params_total"
+    n = np.array([float(getattr(r, key)) for r in rows])
+    d = np.array([float(r.tokens) for r in rows])
+    return ScaleMetric(6 * n * d, np.array([float(getattr(r, metric)) for r in rows]), n, d, label=metric,
+                       metric=metric, group=[r.name for r in rows])

@@ -1,0 +1,640 @@
+"""Scaling sweeps that run themselves: designs, a run per `lmscale pretrain`, one SQLite registry.
+
+A sweep is planned once (grid of sizes x token budgets, or IsoFLOP slices), every planned run is
+written into the registry, and then workers claim runs from the registry until none is left.
+Because the registry (not the process) holds the state, re-running the same command skips
+finished runs, resumes interrupted ones from their checkpoints (`lmscale pretrain --resume`), and
+records failures with their error without stopping the other runs; several sweep processes, or
+the tasks of a Slurm job array, can work on one sweep at once.
+
+Each run is an ordinary `lmscale pretrain` subprocess, so whatever the training engine supports
+(torchrun DDP/FSDP on GPUs) a sweep supports by changing the command prefix; the only scheduler
+here is the local worker pool.
+
+Budgets are set by tokens: every run gets `train.max_tokens = D` and the matching number of
+steps, so its learning-rate schedule decays over exactly its own budget (Hoffmann et al. 2022
+found that a cosine schedule longer than the run overestimates the loss of small-budget runs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from lmscale.config import ConfigError, RunConfig, from_dict, load_preset, to_dict
+from lmscale.errors import LmscaleError
+from lmscale.io import atomic_path, atomic_write_json, atomic_write_text
+from lmscale.scaling.registry import Registry, RunRecord
+from lmscale.scaling.shapes import ShapeRule, describe, shape_for
+
+DESIGNS = ("grid", "isoflop")
+LAUNCHERS = ("local", "torchrun", "slurm")
+
+
+@dataclass
+class SweepConfig:
+    """What `lmscale sweep run CONFIG.yaml` reads.
+
+    `sizes` are target parameter counts (non-embedding by default, see `shape.count`) and
+    `tokens` token budgets for a grid; `flops` are compute budgets C for an IsoFLOP design, each
+    with `n_sizes` models spread log-uniformly over a factor `size_span` around the size with
+    `tokens_per_param` tokens per parameter, and D = C / (6N). `base` holds RunConfig sections
+    (model/data/train/...) applied over `preset`.
+    """
+
+    name: str = "sweep"
+    design: str = "grid"
+    preset: str | None = "gpt-tiny"
+    base: dict[str, Any] = field(default_factory=dict)
+    sizes: list[float] = field(default_factory=list)
+    tokens: list[float] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)
+    n_sizes: int = 5
+    size_span: float = 8.0
+    tokens_per_param: float = 20.0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    shape: dict[str, Any] = field(default_factory=dict)
+    flops_params: str = "non_embedding"  # which N enters C = 6ND: non_embedding | total
+    evals_per_run: int = 8
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.design not in DESIGNS:
+            raise ConfigError(f"sweep design={self.design!r} is not one of {', '.join(DESIGNS)}")
+        if self.flops_params not in ("non_embedding", "total"):
+            raise ConfigError(f"sweep flops_params={self.flops_params!r} must be non_embedding or total")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ConfigError(f"sweep name {self.name!r} may contain only letters, digits, '_', '.', '-'")
+        if self.design == "grid" and (not self.sizes or not self.tokens):
+            raise ConfigError("a grid sweep needs both `sizes` (parameter counts) and `tokens` (token budgets)")
+        if self.design == "isoflop" and not self.flops:
+            raise ConfigError("an isoflop sweep needs `flops` (a list of compute budgets C)")
+        for key in ("sizes", "tokens", "flops"):
+            vals = [float(v) for v in getattr(self, key)]
+            if any(not (v > 0 and math.isfinite(v)) for v in vals):
+                raise ConfigError(f"sweep {key} must be positive numbers, got {getattr(self, key)}")
+            setattr(self, key, vals)
+        if self.n_sizes < 1 or self.size_span < 1:
+            raise ConfigError("sweep n_sizes must be >= 1 and size_span >= 1")
+        if not self.seeds:
+            raise ConfigError("sweep seeds must list at least one seed")
+        self.rule  # validates the shape section
+
+    @property
+    def rule(self) -> ShapeRule:
+        names = {f.name for f in fields(ShapeRule)}
+        bad = set(self.shape) - names
+        if bad:
+            raise ConfigError(f"unknown sweep shape keys {sorted(bad)}; valid: {sorted(names)}")
+        return ShapeRule(**self.shape)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SweepConfig":
+        names = {f.name for f in fields(cls)}
+        bad = set(data) - names
+        if bad:
+            raise ConfigError(f"unknown sweep keys {sorted(bad)}; valid: {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SweepConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"sweep config {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a sweep config is a mapping")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def base_config(self) -> RunConfig:
+        data = to_dict(load_preset(self.preset)) if self.preset else {}
+        for section, values in (self.base or {}).items():
+            if isinstance(values, dict) and isinstance(data.get(section), dict):
+                data[section].update(values)
+            else:
+                data[section] = values
+        return from_dict(RunConfig, data)
+
+
+# The demo: 9 decoders on WikiText-2, 8x in non-embedding parameters and 4x in tokens.
+DEMO_SWEEP: dict[str, Any] = {
+    "name": "demo",
+    "design": "grid",
+    "preset": "gpt-tiny",
+    "base": {
+        "model": {"vocab_size": 4096, "max_positions": 128},
+        "tokenizer": {"vocab_size": 4096},
+        "data": {"corpus": "wikitext-2"},
+        "train": {"seq_len": 128, "batch_size": 16, "lr": 0.002, "warmup_fraction": 0.05,
+                  "schedule": "cosine", "eval_batches": 16, "log_every": 20, "device": "cpu"},
+    },
+    "sizes": [1.0e5, 3.0e5, 8.0e5],
+    "tokens": [7.5e5, 1.5e6, 3.0e6],
+    "seeds": [0],
+}
+
+
+@dataclass
+class RunSpec:
+    """One planned run: its full RunConfig plus the scaling coordinates it was planned at."""
+
+    run_id: str
+    name: str
+    config: RunConfig
+    params: dict[str, int]
+    tokens: float
+    flops: float
+    seed: int
+
+    def record(self, sweep: str, idx: int) -> RunRecord:
+        return RunRecord(
+            run_id=self.run_id, name=self.name, sweep=sweep, idx=idx, config=to_dict(self.config),
+            family=self.config.model.family, params_total=self.params["params_total"],
+            params_embedding=self.params["params_embedding"],
+            params_non_embedding=self.params["params_non_embedding"], tokens=self.tokens,
+            flops=self.flops, seed=self.seed, run_dir=self.config.out,
+        )
+
+
+def _run_id(cfg: RunConfig) -> str:
+    d = to_dict(cfg)
+    d.pop("out", None)
+    d["data"] = {k: v for k, v in d["data"].items() if k not in ("tokenizer", "shards")}
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _fmt(x: float) -> str:
+    e = int(math.floor(math.log10(x)))
+    return f"{x / 10 ** e:.3g}e{e}".replace(".", "p")
+
+
+def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
+    """Every run of the sweep with its shape, budget and schedule; largest compute first."""
+    from lmscale.scaling.counting import count_parameters
+
+    base = sweep.base_config()
+    rule = sweep.rule
+    tps = base.train.batch_size * base.train.seq_len
+    out = Path(out_dir)
+    points: list[tuple[Any, float]] = []  # (model config, tokens)
+    if sweep.design == "grid":
+        for size in sweep.sizes:
+            m = shape_for(size, base.model, rule)
+            for d in sweep.tokens:
+                points.append((m, d))
+    else:
+        for c in sweep.flops:
+            centre = math.sqrt(c / (6.0 * sweep.tokens_per_param))
+            n = sweep.n_sizes
+            for i in range(n):
+                frac = (i / (n - 1) - 0.5) if n > 1 else 0.0
+                m = shape_for(centre * sweep.size_span ** frac, base.model, rule)
+                counts = count_parameters(m)
+                n_c = counts["params_non_embedding" if sweep.flops_params == "non_embedding" else "params_total"]
+                points.append((m, c / (6.0 * n_c)))
+    specs: list[RunSpec] = []
+    seen: set[str] = set()
+    for m, d in points:
+        steps = max(1, int(round(d / tps)))
+        tokens = steps * tps
+        counts = count_parameters(m)
+        n_c = counts["params_non_embedding" if sweep.flops_params == "non_embedding" else "params_total"]
+        for seed in sweep.seeds:
+            name = f"{describe(m)}-D{_fmt(tokens)}-s{seed}"
+            data = to_dict(base)
+            data["model"] = to_dict(m)
+            data["train"].update(
+                max_steps=steps, max_tokens=tokens, seed=seed, max_flops=None, max_time_s=None,
+                eval_every=max(1, steps // max(1, sweep.evals_per_run)), checkpoint_every=max(1, steps // 4),
+            )
+            data["out"] = str(out / "runs" / name)
+            cfg = from_dict(RunConfig, data)
+            rid = _run_id(cfg)
+            if rid in seen:
+                continue
+            seen.add(rid)
+            specs.append(RunSpec(rid, name, cfg, counts, float(tokens), 6.0 * n_c * tokens, seed))
+    specs.sort(key=lambda s: (-s.flops, s.name))
+    return specs
+
+
+# --------------------------------------------------------------------------- data shared by all runs
+
+def prepare_data(base: RunConfig, out_dir: Path) -> tuple[str, str]:
+    """Train one tokenizer and write one set of token shards for the whole sweep.
+
+    Losses of different runs are only comparable when they are measured in the same tokens on
+    the same validation windows, so no run may train its own tokenizer.
+    """
+    from lmscale.data.catalog import resolve_corpus
+    from lmscale.data.shards import prepare
+    from lmscale.tokenization import Tokenizer, train_tokenizer
+
+    data_dir = out_dir / "data"
+    tok_dir = Path(base.data.tokenizer) if base.data.tokenizer else data_dir / "tokenizer"
+    shard_dir = Path(base.data.shards) if base.data.shards else data_dir / "shards"
+    if base.data.corpus is None and base.data.shards is None:
+        raise ConfigError("the sweep's base config needs data.corpus (e.g. wikitext-2) or data.shards")
+    if (tok_dir / "tokenizer.json").exists():
+        tok = Tokenizer.load(tok_dir)
+    else:
+        corpus = resolve_corpus(base.data.corpus, errors=base.data.errors)
+        tok = train_tokenizer(base.tokenizer_kind, corpus.iter_documents("train"),
+                              base.tokenizer.vocab_size or base.model.vocab_size,
+                              lowercase=base.tokenizer.lowercase, min_frequency=base.tokenizer.min_frequency)
+        tok.save(tok_dir)
+    if not (shard_dir / "index.json").exists():
+        corpus = resolve_corpus(base.data.corpus, errors=base.data.errors)
+        prepare(corpus, tok, shard_dir, valid_fraction=base.data.valid_fraction,
+                split_seed=base.data.split_seed, errors=base.data.errors)
+    return str(tok_dir), str(shard_dir)
+
+
+# --------------------------------------------------------------------------- reading a run dir
+
+def read_run_dir(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Summary and curves of a `lmscale pretrain` run directory (missing pieces are None/[])."""
+    run_dir = Path(run_dir)
+    out: dict[str, Any] = {"summary": None, "loss_curve": [], "train_curve": []}
+    sp = run_dir / "summary.json"
+    if sp.exists():
+        try:
+            out["summary"] = json.loads(sp.read_text())
+        except json.JSONDecodeError:
+            out["summary"] = None
+    mp = run_dir / "metrics.jsonl"
+    if mp.exists():
+        evals: dict[int, list[float]] = {}
+        trains: dict[int, list[float]] = {}
+        for line in mp.read_text().splitlines():
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            step = ev.get("step")
+            if step is None:
+                continue
+            if ev.get("val_loss") is not None:
+                evals[int(step)] = [int(step), float(ev.get("tokens") or 0), float(ev["val_loss"])]
+            elif ev.get("event") == "train" and ev.get("loss") is not None:
+                trains[int(step)] = [int(step), float(ev.get("tokens") or 0), float(ev["loss"])]
+        out["loss_curve"] = [evals[k] for k in sorted(evals)]
+        out["train_curve"] = [trains[k] for k in sorted(trains)]
+    return out
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    ck = Path(run_dir) / "checkpoints"
+    return ck.is_dir() and any(p.name.startswith("step_") for p in ck.iterdir())
+
+
+def _results(info: dict[str, Any]) -> dict[str, Any]:
+    s = info["summary"] or {}
+    res: dict[str, Any] = {"loss_curve": info["loss_curve"], "train_curve": info["train_curve"]}
+    for key in ("final_val_loss", "best_val_loss", "wall_s", "steps"):
+        if s.get(key) is not None:
+            res[key] = s[key]
+    if s.get("tokens") is not None:
+        res["tokens_trained"] = float(s["tokens"])
+    if s.get("flops") is not None:
+        res["flops_trained"] = float(s["flops"])
+    params = s.get("params") or {}
+    for k in ("total", "embedding", "non_embedding"):
+        if params.get(k) is not None:
+            res[f"params_{k}"] = int(params[k])
+    curve = info["loss_curve"]
+    if "final_val_loss" not in res and curve:
+        res["final_val_loss"] = curve[-1][2]
+    if "best_val_loss" not in res and curve:
+        res["best_val_loss"] = min(c[2] for c in curve)
+    return res
+
+
+# --------------------------------------------------------------------------- launching
+
+def pretrain_command(config_path: Path, run_dir: Path, resume: bool, launcher: str = "local",
+                     nproc_per_node: int = 1, python: str | None = None) -> list[str]:
+    """The `lmscale pretrain` invocation of one run (torchrun-prefixed for multi-device runs)."""
+    py = python or sys.executable
+    if launcher == "torchrun":
+        prefix = [py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+                  "-m", "lmscale"]
+    else:
+        prefix = [py, "-m", "lmscale"]
+    cmd = prefix + ["pretrain", "--config", str(config_path)]
+    if resume:
+        cmd += ["--resume", str(run_dir)]
+    return cmd
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    name: str
+    status: str  # finished | failed | skipped | stopped
+    resumed: bool = False
+    error: str | None = None
+
+
+def _tail(path: Path, n: int = 25) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def execute_run(reg: Registry, rec: RunRecord, prev_status: str, out_dir: Path, worker: str,
+                command: Callable[[Path, Path, bool], list[str]], threads: int | None = None,
+                heartbeat_s: float = 30.0, stop: threading.Event | None = None) -> RunOutcome:
+    """Train one claimed run in a subprocess and record its outcome in the registry."""
+    run_dir = Path(rec.run_dir or out_dir / "runs" / rec.name)
+    info = read_run_dir(run_dir)
+    if (info["summary"] or {}).get("status") == "finished":
+        reg.finish(rec.run_id, **_results(info))
+        return RunOutcome(rec.run_id, rec.name, "finished")
+    resume = has_checkpoint(run_dir)
+    cfg_path = out_dir / "configs" / f"{rec.name}.yaml"
+    atomic_write_text(cfg_path, yaml.safe_dump(rec.config, sort_keys=False))
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["MKL_NUM_THREADS"] = str(threads)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    cmd = command(cfg_path, run_dir, resume)
+    log_path = out_dir / "logs" / f"{rec.name}.log"
+    rc: int | None = None
+    interrupted = False
+    with atomic_path(log_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as log:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    stdin=subprocess.DEVNULL)
+            try:
+                while True:
+                    try:
+                        rc = proc.wait(timeout=heartbeat_s)
+                        break
+                    except subprocess.TimeoutExpired:
+                        reg.heartbeat(rec.run_id, worker)
+                        if stop is not None and stop.is_set():
+                            raise KeyboardInterrupt
+            except BaseException:
+                interrupted = True
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        log_text = Path(tmp).read_text(errors="replace")
+    info = read_run_dir(run_dir)
+    results = _results(info)
+    summary = info["summary"] or {}
+    killed = rc is not None and (rc < 0 or rc in (130, 137, 143))
+    if interrupted or killed or (stop is not None and stop.is_set() and rc != 0) \
+            or summary.get("status") == "stopped":
+        # interrupted (Ctrl-C, a signal, the engine's own stop): resumable from its checkpoints
+        note = summary.get("error") or (f"interrupted (exit code {rc})" if rc is not None else "interrupted")
+        reg.release(rec.run_id, status="stopped", error=str(note)[-4000:], **results)
+        return RunOutcome(rec.run_id, rec.name, "stopped", resume, str(note))
+    if rc == 0 and summary.get("status") == "finished":
+        reg.finish(rec.run_id, **results)
+        return RunOutcome(rec.run_id, rec.name, "finished", resume)
+    err = summary.get("error") or ""
+    tail = "\n".join(log_text.splitlines()[-25:])
+    error = (f"exit code {rc}; " if rc else "") + (f"status {summary.get('status')}; " if summary else "") + \
+        (err or tail or "no output").strip()
+    reg.fail(rec.run_id, error=error[-4000:], **results)
+    return RunOutcome(rec.run_id, rec.name, "failed", resume, error)
+
+
+@dataclass
+class SweepResult:
+    planned: int
+    outcomes: list[RunOutcome]
+    counts: dict[str, int]
+    registry: str
+    script: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"planned": self.planned, "registry": self.registry, "counts": self.counts,
+                "script": self.script, "runs": [asdict(o) for o in self.outcomes]}
+
+
+def register(sweep: SweepConfig, out_dir: str | os.PathLike, registry: str | os.PathLike | None = None,
+             journal_mode: str | None = None, prepare: bool = True) -> tuple[Registry, list[RunSpec]]:
+    """Plan the sweep, prepare its shared data, and write its runs into the registry."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reg = Registry(registry or out / "registry.sqlite", journal_mode=journal_mode)
+    specs = plan(sweep, out)
+    base = sweep.base_config()
+    tok = shards = None
+    if prepare and specs:
+        tok, shards = prepare_data(base, out)
+    for i, spec in enumerate(specs):
+        if tok is not None:
+            spec.config.data.tokenizer = tok
+            spec.config.data.shards = shards
+        reg.add_run(spec.record(sweep.name, i), replace_plan=True)
+    reg.set_meta(f"sweep:{sweep.name}", json.dumps({"config": sweep.to_dict(), "out": str(out.resolve())}))
+    atomic_write_text(out / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    return reg, specs
+
+
+def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike, workers: int = 1, launcher: str = "local",
+              nproc_per_node: int = 1, threads_per_worker: int | None = None, retry_failed: bool = False,
+              registry: str | os.PathLike | None = None, stale_after_s: float = 600.0,
+              heartbeat_s: float = 30.0, command: Callable[[Path, Path, bool], list[str]] | None = None,
+              prepare: bool = True, slurm_directives: list[str] | None = None,
+              progress: Callable[[RunOutcome], None] | None = None) -> SweepResult:
+    """Plan, register and run (or, with launcher="slurm", script) a sweep; returns the outcomes."""
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher={launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if workers < 1:
+        raise ConfigError(f"workers={workers} must be >= 1")
+    out = Path(out_dir)
+    reg, specs = register(sweep, out, registry, journal_mode="delete" if launcher == "slurm" else None,
+                          prepare=prepare)
+    reg_path = str(reg.path)
+    if launcher == "slurm":
+        script = write_slurm_script(sweep, out, reg.path, len(specs), slurm_directives or [],
+                                    nproc_per_node=nproc_per_node)
+        return SweepResult(len(specs), [], reg.counts(sweep.name), reg_path, str(script))
+    cmd = command or (lambda c, r, resume: pretrain_command(c, r, resume, launcher, nproc_per_node))
+    if threads_per_worker is None and launcher == "local":
+        threads_per_worker = max(1, (os.cpu_count() or 1) // workers)
+    outcomes: list[RunOutcome] = []
+    skipped = [RunOutcome(r.run_id, r.name, "skipped") for r in reg.runs(sweep.name, status="finished")]
+    lock = threading.Lock()
+    stop = threading.Event()
+    tried: set[str] = set()
+
+    def work(wid: int) -> None:
+        wreg = Registry(reg.path)
+        worker = f"{socket.gethostname()}:{os.getpid()}:{wid}"
+        try:
+            while not stop.is_set():
+                with lock:
+                    claimed = wreg.claim_next(worker, sweep=sweep.name, stale_after_s=stale_after_s,
+                                              retry_failed=retry_failed, exclude=frozenset(tried))
+                    if claimed is not None:
+                        tried.add(claimed[0].run_id)
+                if claimed is None:
+                    return
+                rec, prev = claimed
+                o = execute_run(wreg, rec, prev, out, worker, cmd, threads_per_worker, heartbeat_s, stop)
+                with lock:
+                    outcomes.append(o)
+                if progress is not None:
+                    progress(o)
+        finally:
+            wreg.close()
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
+    return SweepResult(len(specs), skipped + outcomes, reg.counts(sweep.name), reg_path)
+
+
+def exec_index(registry: str | os.PathLike, index: int, sweep_name: str | None = None,
+               launcher: str = "local", nproc_per_node: int = 1, retry_failed: bool = False,
+               stale_after_s: float = 600.0, heartbeat_s: float = 30.0) -> RunOutcome:
+    """Run the sweep's run number `index` (a Slurm array task): skip it if done or taken."""
+    reg = Registry(registry)
+    names = reg.sweeps() if sweep_name is None else [sweep_name]
+    if len(names) != 1:
+        raise LmscaleError(f"{registry} holds sweeps {names}; name one with --sweep")
+    meta = json.loads(reg.get_meta(f"sweep:{names[0]}") or "{}")
+    out = Path(meta.get("out") or Path(registry).parent)
+    recs = [r for r in reg.runs(names[0]) if r.idx == index]
+    if not recs:
+        raise LmscaleError(f"sweep {names[0]!r} has no run with index {index} (0..{len(reg.runs(names[0])) - 1})")
+    rec = recs[0]
+    if rec.status == "finished":
+        return RunOutcome(rec.run_id, rec.name, "skipped")
+    worker = f"{socket.gethostname()}:{os.getpid()}:task{index}"
+    prev = reg.claim(rec.run_id, worker, stale_after_s=stale_after_s, retry_failed=retry_failed)
+    if prev is None:
+        return RunOutcome(rec.run_id, rec.name, "skipped", error=f"run is {reg.get(rec.run_id).status}")
+    rec = reg.get(rec.run_id)
+    cmd = lambda c, r, resume: pretrain_command(c, r, resume, launcher, nproc_per_node)  # noqa: E731
+    return execute_run(reg, rec, prev, out, worker, cmd, None, heartbeat_s)
+
+
+SLURM_HEADER = """\
+# lmscale sweep {name}: one Slurm array task per run ({n} runs).
+#
+# Shared-filesystem requirement: every node must see {out}
+# (run directories, checkpoints, the shared tokenizer/shards) and the registry
+# {registry} at the same path, on a filesystem with working POSIX (fcntl)
+# locks (NFSv4 with lockd, Lustre or GPFS with locking enabled). The registry
+# uses SQLite's rollback journal (WAL needs shared memory on one host). Without
+# working locks, do not run tasks concurrently (use --array=...%1).
+#
+# Each task claims its run in the registry, skips it when it is finished or
+# taken by a live task, resumes it from its checkpoints when it was interrupted,
+# and records its losses or its error. Re-submitting this script is safe.
+"""
+
+
+def write_slurm_script(sweep: SweepConfig, out: Path, registry: Path, n_runs: int,
+                       directives: list[str], nproc_per_node: int = 1) -> Path:
+    """A job-array script whose tasks each run `lmscale sweep exec` for one run index."""
+    out = out.resolve()
+    registry = Path(registry).resolve()
+    lines = ["#!/bin/bash", f"#SBATCH --job-name=lmscale-{sweep.name}", f"#SBATCH --array=0-{max(0, n_runs - 1)}",
+             f"#SBATCH --output={out}/logs/slurm-%A_%a.out"]
+    if nproc_per_node > 1:
+        lines.append(f"#SBATCH --gpus-per-task={nproc_per_node}")
+    lines += [d if d.startswith("#SBATCH") else f"#SBATCH {d}" for d in directives]
+    lines.append(SLURM_HEADER.format(name=sweep.name, n=n_runs, out=out, registry=registry))
+    launcher = "torchrun" if nproc_per_node > 1 else "local"
+    lines.append("set -euo pipefail")
+    lines.append(f"mkdir -p {shlex.quote(str(out / 'logs'))}")
+    lines.append(f"exec {shlex.quote(sys.executable)} -m lmscale sweep exec {shlex.quote(str(registry))} "
+                 f"--sweep {shlex.quote(sweep.name)} --index \"$SLURM_ARRAY_TASK_ID\" "
+                 f"--launcher {launcher} --nproc-per-node {nproc_per_node}")
+    path = out / f"{sweep.name}.sbatch"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+# --------------------------------------------------------------------------- fitting the registry
+
+def records_table(records: list[RunRecord], params: str = "non_embedding") -> dict[str, list[float]]:
+    """N, D, C and final loss of the finished runs (N by `params`, C = 6ND as planned)."""
+    rows = [r for r in records if r.status == "finished" and r.final_val_loss is not None]
+    key = "params_non_embedding" if params == "non_embedding" else "params_total"
+    n = [float(getattr(r, key)) for r in rows]
+    d = [float(r.tokens) for r in rows]
+    return {"name": [r.name for r in rows], "N": n, "D": d, "C": [6.0 * a * b for a, b in zip(n, d)],
+            "loss": [float(r.final_val_loss) for r in rows]}
+
+
+def fit_chinchilla(N, D, loss, holdout: str | None = "largest", n_holdout: int | None = None,
+                   n_bootstrap: int = 0, seed: int = 0, grid: Any = None) -> dict[str, Any]:
+    """Fit L = E + A/N^alpha + B/D^beta, holding out the largest-compute runs.
+
+    `holdout="largest"` holds out the top fifth of the runs by compute (at least one; or
+    `n_holdout`), so the check is an extrapolation in compute, the way the law is used.
+    The returned dict is JSON-ready except for `_law`, the fitted `ChinchillaLaw`.
+    """
+    import numpy as np
+
+    from lmscale.scaling.laws import ChinchillaLaw
+
+    N, D, loss = (np.asarray(x, dtype=float) for x in (N, D, loss))
+    if holdout == "largest" and n_holdout is None:
+        n_holdout = max(1, int(round(0.2 * len(loss))))
+    kw = {"grid": grid} if grid is not None else {}
+    law = ChinchillaLaw(**kw).fit(N, D, loss, holdout=holdout if holdout == "largest" else None,
+                                  n_holdout=n_holdout if holdout == "largest" else None)
+    out: dict[str, Any] = {"law": "chinchilla", "params": {k: float(v) for k, v in law.params_.items()},
+                           "n_points": int(len(loss)), "n_fit": int(law.n_points_), "holdout": []}
+    if law.holdout_ is not None:
+        h = law.holdout_
+        out["holdout"] = [{"index": int(i), "N": float(N[i]), "D": float(D[i]), "C": float(6 * N[i] * D[i]),
+                           "loss": float(a), "predicted": float(p), "rel_error": float(r)}
+                          for i, a, p, r in zip(h["indices"], h["actual"], h["predicted"], h["relative_error"])]
+        out["max_abs_rel_error"] = float(h["max_abs_relative_error"])
+    if n_bootstrap:
+        b = law.bootstrap(n_bootstrap, seed=seed)
+        out["ci95"] = {k: [float(v[0]), float(v[1])] for k, v in b.ci(0.95).items()}
+    out["_law"] = law
+    return out
+
+
+def save_result(path: str | os.PathLike, obj: dict[str, Any]) -> None:
+    atomic_write_json(path, {k: v for k, v in obj.items() if not k.startswith("_")})

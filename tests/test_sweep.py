@@ -1,0 +1,240 @@
+"""Sweep designs, shapes, and the runner's skip / resume / failure handling with real processes.
+
+The runner is exercised with a stand-in for `lmscale pretrain` (a small script that follows the
+run-directory contract: metrics.jsonl, checkpoints/step_*, summary.json) so these tests need no
+training; `test_sweep_e2e.py` runs the real engine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmscale.config import ConfigError, preset_model
+from lmscale.scaling.counting import count_parameters
+from lmscale.scaling.registry import Registry
+from lmscale.scaling.shapes import ShapeRule, shape_for
+from lmscale.scaling.sweep import DEMO_SWEEP, SweepConfig, plan, run_sweep
+
+FAKE_PRETRAIN = textwrap.dedent('''
+    import json, os, sys, time, yaml
+    from pathlib import Path
+    args = sys.argv[1:]
+    cfg = yaml.safe_load(open(args[args.index("--config") + 1]))
+    resume = "--resume" in args
+    run = Path(cfg["out"]); run.mkdir(parents=True, exist_ok=True)
+    t, m = cfg["train"], cfg["model"]
+    n = 12 * m["n_layers"] * m["d_model"] ** 2
+    tps = t["batch_size"] * t["seq_len"]
+    start = 0
+    if resume:
+        start = max(int(p.name[5:]) for p in (run / "checkpoints").glob("step_*"))
+    law = lambda tokens: 1.7 + 400.0 / n ** 0.34 + 400.0 / max(tokens, 1) ** 0.28
+    if t["seed"] == 13:
+        json.dump({"status": "failed", "error": "simulated divergence at step 3"}, open(run / "summary.json", "w"))
+        sys.exit(1)
+    with open(run / "metrics.jsonl", "a") as f:
+        for step in range(start + 1, t["max_steps"] + 1):
+            time.sleep(float(os.environ.get("FAKE_STEP_S", "0")))
+            f.write(json.dumps({"event": "train", "step": step, "tokens": step * tps, "loss": law(step * tps) + 0.05}) + "\\n")
+            if step % t["eval_every"] == 0 or step == t["max_steps"]:
+                f.write(json.dumps({"event": "eval", "step": step, "tokens": step * tps, "val_loss": law(step * tps)}) + "\\n")
+            f.flush()
+            if step % t["checkpoint_every"] == 0:
+                (run / "checkpoints" / f"step_{step:08d}").mkdir(parents=True, exist_ok=True)
+    final = law(t["max_steps"] * tps)
+    json.dump({"status": "finished", "steps": t["max_steps"], "tokens": t["max_steps"] * tps, "wall_s": 0.1,
+               "final_val_loss": final, "best_val_loss": final, "resumed_from": start, "error": None,
+               "params": {"total": n + 1000, "embedding": 1000, "non_embedding": n}},
+              open(run / "summary.json", "w"))
+''')
+
+
+def _fake(tmp_path: Path):
+    script = tmp_path / "fake_pretrain.py"
+    script.write_text(FAKE_PRETRAIN)
+
+    def command(cfg, run_dir, resume):
+        return [sys.executable, str(script), "pretrain", "--config", str(cfg)] + (["--resume", str(run_dir)] if resume else [])
+    return script, command
+
+
+def _tiny_sweep(**kw) -> SweepConfig:
+    data = dict(name="t", design="grid", preset="gpt-tiny",
+                base={"train": {"batch_size": 2, "seq_len": 16}, "model": {"vocab_size": 256}},
+                sizes=[2e4, 8e4], tokens=[320, 640], seeds=[0], evals_per_run=2)
+    data.update(kw)
+    return SweepConfig.from_dict(data)
+
+
+# ------------------------------------------------------------------------- shapes
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "bert-tiny", "t5-tiny", "gpt2-small"])
+@pytest.mark.parametrize("target", [1e5, 8e5, 1e7, 3e8])
+def test_shapes_hit_target_within_a_few_percent(preset, target):
+    cfg = shape_for(target, preset_model(preset))
+    n = count_parameters(cfg)["params_non_embedding"]
+    assert abs(n / target - 1) < 0.03
+    assert cfg.family == preset_model(preset).family and cfg.d_model % cfg.n_heads == 0
+    assert cfg.ffn_dim == 4 * cfg.d_model
+
+
+def test_shapes_follow_one_aspect_ratio_and_grow_monotonically():
+    rule = ShapeRule(aspect_ratio=32)
+    shapes = [shape_for(t, preset_model("gpt-tiny"), rule) for t in (1e6, 1e7, 1e8, 1e9)]
+    for s in shapes:
+        assert 32 / 2.5 < s.d_model / s.n_layers < 32 * 2.5
+    assert [s.n_layers for s in shapes] == sorted(s.n_layers for s in shapes)
+    assert [s.d_model for s in shapes] == sorted(s.d_model for s in shapes)
+    # Kaplan et al. 2020: 12 * n_layer * d_model^2 approximates non-embedding parameters
+    for s, t in zip(shapes, (1e6, 1e7, 1e8, 1e9)):
+        assert abs(12 * s.n_layers * s.d_model ** 2 / t - 1) < 0.05
+
+
+def test_shape_for_rejects_bad_targets():
+    with pytest.raises(ConfigError):
+        shape_for(0, preset_model("gpt-tiny"))
+
+
+# ------------------------------------------------------------------------- designs
+
+def test_grid_plan_matches_schedule_to_each_budget(tmp_path):
+    specs = plan(_tiny_sweep(), tmp_path)
+    assert len(specs) == 4
+    for s in specs:
+        t = s.config.train
+        assert t.max_steps * t.batch_size * t.seq_len == t.max_tokens == s.tokens
+        assert s.flops == pytest.approx(6 * s.params["params_non_embedding"] * s.tokens)
+        assert s.config.out.startswith(str(tmp_path))
+    assert [s.flops for s in specs] == sorted((s.flops for s in specs), reverse=True)
+    assert len({s.run_id for s in specs}) == 4
+    assert [s.run_id for s in plan(_tiny_sweep(), tmp_path / "elsewhere")] == [s.run_id for s in specs]
+
+
+def test_isoflop_plan_is_centred_with_d_equal_c_over_6n(tmp_path):
+    sw = _tiny_sweep(design="isoflop", sizes=[], tokens=[], flops=[1e12, 4e12], n_sizes=5, size_span=8.0,
+                     base={"train": {"batch_size": 1, "seq_len": 8}, "model": {"vocab_size": 256}})
+    specs = plan(sw, tmp_path)
+    assert len(specs) == 10
+    for c in (1e12, 4e12):
+        sl = sorted((s for s in specs if abs(s.flops / c - 1) < 0.05), key=lambda s: s.params["params_non_embedding"])
+        assert len(sl) == 5
+        ns = [s.params["params_non_embedding"] for s in sl]
+        assert ns[-1] / ns[0] == pytest.approx(8.0, rel=0.1)
+        centre = math.sqrt(c / (6 * 20.0))
+        assert ns[2] == pytest.approx(centre, rel=0.05)
+        for s in sl:
+            assert s.tokens == pytest.approx(c / (6 * s.params["params_non_embedding"]), rel=0.01)
+
+
+def test_demo_sweep_design_meets_the_spans():
+    sw = SweepConfig.from_dict(DEMO_SWEEP)
+    specs = plan(sw, "/tmp/demo-plan")
+    assert len(specs) >= 9
+    ns = [s.params["params_non_embedding"] for s in specs]
+    ds = [s.tokens for s in specs]
+    assert max(ns) / min(ns) >= 8 * 0.97 and max(ds) / min(ds) >= 4
+    assert all(s.config.model.family == "decoder" and s.config.data.corpus == "wikitext-2" for s in specs)
+
+
+def test_bad_sweep_configs_say_what_to_change(tmp_path):
+    with pytest.raises(ConfigError, match="grid sweep needs"):
+        SweepConfig.from_dict({"name": "x", "design": "grid", "sizes": [1e5]})
+    with pytest.raises(ConfigError, match="unknown sweep keys"):
+        SweepConfig.from_dict({"name": "x", "sizez": [1]})
+    with pytest.raises(ConfigError, match="design"):
+        SweepConfig.from_dict({"name": "x", "design": "random"})
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "design": "isoflop", "flops": [-1]}))
+    with pytest.raises(ConfigError, match="positive"):
+        SweepConfig.load(p)
+
+
+# ------------------------------------------------------------------------- runner
+
+def test_sweep_records_runs_skips_finished_and_records_failures(tmp_path):
+    _, command = _fake(tmp_path)
+    sw = _tiny_sweep(seeds=[0, 13])
+    res = run_sweep(sw, tmp_path / "out", workers=2, command=command, prepare=False, heartbeat_s=1)
+    assert res.counts["finished"] == 4 and res.counts["failed"] == 4
+    reg = Registry(res.registry)
+    for r in reg.runs("t"):
+        if r.seed == 13:
+            assert r.status == "failed" and "simulated divergence" in r.error
+        else:
+            assert r.status == "finished" and r.final_val_loss is not None
+            assert r.loss_curve[-1][1] == r.tokens and r.loss_curve[-1][2] == r.final_val_loss
+            assert r.params_non_embedding == 12 * r.config["model"]["n_layers"] * r.config["model"]["d_model"] ** 2
+            assert (tmp_path / "out" / "logs" / f"{r.name}.log").exists()
+    # the same sweep again: nothing re-trains, failures stay recorded
+    again = run_sweep(sw, tmp_path / "out", workers=2, command=command, prepare=False)
+    assert {o.status for o in again.outcomes} == {"skipped"} and len(again.outcomes) == 4
+    retry = run_sweep(sw, tmp_path / "out", workers=1, command=command, prepare=False, retry_failed=True)
+    assert sorted(o.status for o in retry.outcomes if o.status != "skipped") == ["failed"] * 4
+    assert all(r.attempts == 2 for r in Registry(res.registry).runs("t") if r.seed == 13)
+
+
+def test_killed_sweep_resumes_interrupted_run_from_checkpoint(tmp_path):
+    script, _ = _fake(tmp_path)
+    sw = _tiny_sweep(sizes=[2e4], tokens=[640])  # one run, 20 steps, checkpoint every 5
+    out = tmp_path / "out"
+    code = textwrap.dedent(f'''
+        import sys
+        from lmscale.scaling.sweep import SweepConfig, run_sweep
+        sw = SweepConfig.from_dict({sw.to_dict()!r})
+        cmd = lambda c, r, resume: [sys.executable, {str(script)!r}, "--config", str(c)] + (["--resume", str(r)] if resume else [])
+        run_sweep(sw, {str(out)!r}, command=cmd, prepare=False, heartbeat_s=0.5)
+    ''')
+    env = dict(os.environ, FAKE_STEP_S="0.15")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(out.glob("runs/*/checkpoints/step_00000010")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep process and its pretrain child die together
+    proc.wait()
+    reg = Registry(out / "registry.sqlite")
+    (rec,) = reg.runs("t")
+    assert rec.status == "running"  # as the dead worker left it
+    res = run_sweep(sw, out, command=_fake(tmp_path)[1], prepare=False)
+    (o,) = res.outcomes
+    assert o.status == "finished" and o.resumed
+    summary = json.loads((Path(rec.run_dir) / "summary.json").read_text())
+    assert summary["resumed_from"] >= 10
+    rec = reg.get(rec.run_id)
+    assert rec.status == "finished" and rec.attempts == 2
+    steps = [c[0] for c in rec.train_curve]
+    assert steps == sorted(set(steps)) and steps[-1] == 20
+
+
+def test_slurm_launcher_writes_a_job_array_reporting_to_the_registry(tmp_path):
+    res = run_sweep(_tiny_sweep(), tmp_path / "out", launcher="slurm", prepare=False,
+                    slurm_directives=["--time=01:00:00", "#SBATCH --partition=gpu"])
+    text = Path(res.script).read_text()
+    assert text.startswith("#!/bin/bash") and "#SBATCH --array=0-3" in text
+    assert "#SBATCH --time=01:00:00" in text and "#SBATCH --partition=gpu" in text
+    assert "Shared-filesystem requirement" in text and "sweep exec" in text and str(Path(res.registry).resolve()) in text
+    assert Registry(res.registry).journal_mode == "delete"
+    assert res.counts["pending"] == 4
+    # bash accepts the script
+    subprocess.run(["bash", "-n", res.script], check=True)
+
+
+def test_exec_index_runs_one_task_and_skips_it_when_done(tmp_path, monkeypatch):
+    from lmscale.scaling import sweep as sweep_mod
+
+    _, command = _fake(tmp_path)
+    res = run_sweep(_tiny_sweep(), tmp_path / "out", launcher="slurm", prepare=False)
+    monkeypatch.setattr(sweep_mod, "pretrain_command", lambda c, r, resume, *a, **k: command(c, r, resume))
+    o = sweep_mod.exec_index(res.registry, 2)
+    assert o.status == "finished"
+    assert sweep_mod.exec_index(res.registry, 2).status == "skipped"
+    assert Registry(res.registry).counts("t")["finished"] == 1

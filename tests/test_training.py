@@ -1,0 +1,370 @@
+"""The training engine: schedules vs transformers' reference schedulers, budgets, all three
+families end to end, exact resume after a real SIGKILL, 2-process DDP vs one process, non-finite
+steps, fail-fast validation, checkpoint retention and the CLI."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lmscale.config import ConfigError, TrainConfig, load_run_config, to_dict
+from lmscale.training import checkpoint as ckpt
+from lmscale.training import loop
+from lmscale.training.optim import build_optimizer, lr_at, parameter_groups, schedule_steps
+
+WORDS = ("the cat sat on a mat while dogs were running over lazy foxes and birds sang in quick "
+         "brown trees near rivers under bright skies").split()
+
+TINY = {
+    "decoder": ("gpt-tiny", "bpe", {"model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2,
+                                    "model.d_ff": 64, "model.vocab_size": 300}),
+    "encoder": ("bert-tiny", "wordpiece", {"model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2,
+                                           "model.d_ff": 64, "model.vocab_size": 300}),
+    "encoder-decoder": ("t5-tiny", "unigram", {"model.d_model": 32, "model.n_layers": 1, "model.n_decoder_layers": 1,
+                                               "model.n_heads": 2, "model.d_head": 16, "model.d_ff": 64,
+                                               "model.vocab_size": 300}),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A generated corpus, one tokenizer per family and its token shards (built once)."""
+    from lmscale.data.shards import prepare
+    from lmscale.tokenization import train_tokenizer
+
+    root = tmp_path_factory.mktemp("train-data")
+    r = random.Random(0)
+    corpus = root / "corpus.txt"
+    corpus.write_text("".join(" ".join(r.choice(WORDS) for _ in range(r.randint(20, 80))) + ".\n\n"
+                              for _ in range(300)))
+    out = {"corpus": corpus}
+    for family, (_, kind, _) in TINY.items():
+        tok = train_tokenizer(kind, [corpus.read_text()], 300)
+        tok_dir = root / f"tok-{kind}"
+        tok.save(tok_dir)
+        prepare(str(corpus), tok, root / f"shards-{kind}", workers=1, progress=False)
+        out[family] = (tok_dir, root / f"shards-{kind}")
+    return out
+
+
+def make_cfg(data, run_dir: Path, family: str = "decoder", **overrides):
+    preset, _, model = TINY[family]
+    tok_dir, shard_dir = data[family]
+    ov = {**model, "data.tokenizer": str(tok_dir), "data.shards": str(shard_dir), "out": str(run_dir),
+          "train.seq_len": 32, "train.batch_size": 8, "train.max_steps": 6, "train.eval_every": 0,
+          "train.eval_batches": 2, "train.log_every": 1, "train.warmup_steps": 2}
+    ov.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return load_run_config(preset=preset, overrides=ov)
+
+
+def read_metrics(run_dir: Path, event: str = "train") -> list[dict]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+@pytest.fixture
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+# ----------------------------------------------------------------------------- schedules and budgets
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd", "constant"])
+def test_schedules_match_transformers(schedule):
+    """After warm-up, each schedule equals transformers' reference scheduler with the same floor."""
+    from transformers import optimization as hf
+
+    total, warm, ratio = 100, 10, 0.1 if schedule in ("cosine", "wsd") else 0.0
+    tc = TrainConfig(lr=1e-3, schedule=schedule, warmup_steps=warm, min_lr_ratio=ratio, decay_fraction=0.2)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    if schedule == "cosine":
+        sched = hf.get_cosine_with_min_lr_schedule_with_warmup(opt, warm, total, min_lr_rate=ratio)
+    elif schedule == "linear":
+        sched = hf.get_linear_schedule_with_warmup(opt, warm, total)
+    elif schedule == "wsd":
+        sched = hf.get_wsd_schedule(opt, warm, num_decay_steps=20, num_training_steps=total,
+                                    decay_type="linear", min_lr_ratio=ratio)
+    else:
+        sched = hf.get_constant_schedule_with_warmup(opt, warm)
+    for step in range(total):
+        if step >= warm:
+            assert lr_at(step, total, tc) == pytest.approx(sched.get_last_lr()[0], rel=1e-9, abs=1e-15)
+        else:  # linear warm-up that reaches the peak on its last step, never a zero-LR step
+            assert lr_at(step, total, tc) == pytest.approx(1e-3 * (step + 1) / warm)
+        opt.step()
+        sched.step()
+
+
+def test_budgets_set_schedule_length():
+    from lmscale.scaling.counting import flops_per_token
+
+    from lmscale.training.metrics import training_flops_per_token
+
+    cfg = load_run_config(preset="gpt-tiny")
+    fpt = training_flops_per_token(cfg.model, 128)
+    assert fpt == flops_per_token(cfg.model, 128, "palm")["palm"]
+    per_step = 32 * 128
+    tc = TrainConfig(max_tokens=10 * per_step + 1)
+    assert schedule_steps(tc) == (11, "tokens")
+    tc = TrainConfig(max_flops=fpt * per_step * 7.5)
+    assert schedule_steps(tc, fpt) == (7, "flops")
+    tc = TrainConfig(max_time_s=60.0)
+    assert schedule_steps(tc, step_time_s=0.25) == (240, "time")
+    tc = TrainConfig(max_steps=50, max_tokens=per_step * 20, max_time_s=1000.0)
+    assert schedule_steps(tc, fpt, step_time_s=0.1) == (20, "tokens")  # the smallest budget wins
+    with pytest.raises(ConfigError, match="budget"):
+        schedule_steps(TrainConfig())
+
+
+def test_parameter_groups_exclude_biases_norms_embeddings():
+    from lmscale.models import build_model
+
+    cfg = load_run_config(preset="gpt-tiny", overrides=TINY["decoder"][2])
+    model = build_model(cfg.model)
+    decay, plain = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    plain_names = {names[id(p)] for p in plain["params"]}
+    assert all(p.ndim == 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert plain["weight_decay"] == 0.0
+    assert not any("emb" in n or "norm" in n or n.endswith("bias") for n in decay_names)
+    assert {"tok_emb.weight", "pos_emb.weight"} <= plain_names
+    assert sum(p.numel() for p in decay["params"] + plain["params"]) == model.num_parameters()["total"]
+    opt = build_optimizer(model, cfg.train)
+    assert isinstance(opt, torch.optim.AdamW)
+
+
+# ----------------------------------------------------------------------------- runs
+
+SUMMARY_KEYS = {"status", "steps", "tokens", "flops", "wall_s", "final_val_loss", "best_val_loss",
+                "params", "tokens_per_s", "error"}
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder-decoder"])
+def test_each_family_trains(data, tmp_path, family, one_thread):
+    import lmscale
+
+    run = tmp_path / "run"
+    cfg = make_cfg(data, run, family, train__max_steps=12, train__eval_every=6, train__lr=3e-3)
+    summary = loop.pretrain(cfg, progress=False)
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["status"] == "finished" and summary["steps"] == 12 and summary["error"] is None
+    assert summary["tokens"] == 12 * 8 * 32
+    assert json.loads((run / "summary.json").read_text()) == summary
+    losses = [r["loss"] for r in read_metrics(run)]
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    evals = read_metrics(run, "eval")
+    assert [e["step"] for e in evals] == [6, 12]
+    assert all({"val_loss", "val_ppl", "val_bpb"} <= set(e) for e in evals)
+    assert evals[-1]["val_ppl"] == pytest.approx(math.exp(evals[-1]["val_loss"]))
+    rec = read_metrics(run)[-1]
+    assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "flops", "mfu", "wall_s"} <= set(rec)
+    model, tok = lmscale.load(run)
+    assert tok.vocab_size <= model.config.vocab_size
+    assert summary["params"]["total"] == model.num_parameters()["total"]
+
+
+def test_budget_by_tokens_gives_short_schedule(data, tmp_path, one_thread):
+    run = tmp_path / "run"
+    cfg = make_cfg(data, run, train__max_steps=None, train__max_tokens=5 * 8 * 32 + 1, train__warmup_steps=1,
+                   train__min_lr_ratio=0.0, train__schedule="linear")
+    summary = loop.pretrain(cfg, progress=False)
+    assert summary["steps"] == 6
+    recs = read_metrics(run)
+    assert recs[-1]["lr"] == pytest.approx(lr_at(5, 6, cfg.train))
+    start = read_metrics(run, "start")[0]
+    assert start["budget"] == "tokens" and start["total_steps"] == 6
+
+
+def test_budget_by_wall_clock(data, tmp_path, one_thread):
+    run = tmp_path / "run"
+    cfg = make_cfg(data, run, train__max_steps=None, train__max_time_s=0.5)
+    summary = loop.pretrain(cfg, progress=False)
+    start = read_metrics(run, "start")[0]
+    assert start["budget"] == "time" and start["step_time_estimate_s"] > 0
+    assert summary["status"] == "finished" and summary["steps"] >= 1
+    assert summary["steps"] <= start["total_steps"]
+    assert ckpt.latest_checkpoint(run) is not None
+
+
+def test_checkpoint_retention(data, tmp_path, one_thread):
+    run = tmp_path / "run"
+    cfg = make_cfg(data, run, train__max_steps=8, train__checkpoint_every=2, train__keep_last=2,
+                   train__eval_every=4)
+    loop.pretrain(cfg, progress=False)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["best", "step_00000006", "step_00000008"]
+    best = json.loads((run / "checkpoints" / "best" / "best.json").read_text())
+    assert best["val_loss"] == min(e["val_loss"] for e in read_metrics(run, "eval"))
+    (run / "checkpoints" / "step_00000010").mkdir()  # an incomplete directory is never a resume point
+    (run / "checkpoints" / "step_00000010" / "config.json").write_text("{}")
+    assert ckpt.latest_checkpoint(run).name == "step_00000008"
+    state = ckpt.load_trainer_state(ckpt.latest_checkpoint(run))
+    assert state["step"] == 8 and state["tokens"] == 8 * 8 * 32 and "optimizer" in state and "sampler" in state
+
+
+def test_nonfinite_step_is_skipped_and_counted(data, tmp_path, monkeypatch, one_thread):
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real = loop.compute_loss
+
+    def flaky(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(loop, "compute_loss", flaky)
+    summary = loop.pretrain(make_cfg(data, run), progress=False)
+    assert summary["status"] == "finished" and summary["steps"] == 6
+    bad = read_metrics(run, "nonfinite")
+    assert [b["step"] for b in bad] == [3]
+    assert read_metrics(run, "end")[0]["bad_steps"] == 1
+
+
+def test_nonfinite_streak_stops_and_keeps_checkpoint(data, tmp_path, monkeypatch, one_thread):
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real = loop.compute_loss
+
+    def broken(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        return loss * float("inf") if calls["n"] >= 4 and model.training else loss
+
+    monkeypatch.setattr(loop, "compute_loss", broken)
+    cfg = make_cfg(data, run, train__max_steps=20, train__checkpoint_every=2, train__max_bad_steps=3)
+    summary = loop.pretrain(cfg, progress=False)
+    assert summary["status"] == "failed" and summary["steps"] == 6
+    assert "3 consecutive steps with a non-finite" in summary["error"]
+    latest = ckpt.latest_checkpoint(run)
+    assert latest.name == "step_00000004"
+    monkeypatch.setattr(loop, "compute_loss", real)
+    import lmscale
+
+    model, _ = lmscale.load(latest)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- fail fast
+
+def test_fail_fast_errors(data, tmp_path):
+    with pytest.raises(ConfigError, match="model.vocab_size"):
+        loop.pretrain(make_cfg(data, tmp_path / "a", model__vocab_size=100), progress=False)
+    with pytest.raises(ConfigError, match="max_positions"):
+        make_cfg(data, tmp_path / "b", train__seq_len=256, model__max_positions=128)
+    with pytest.raises(ConfigError, match="shard directory .* does not exist"):
+        loop.pretrain(make_cfg(data, tmp_path / "c", data__shards=str(tmp_path / "nope")), progress=False)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot write to the run directory"):
+        loop.pretrain(make_cfg(data, blocker / "run"), progress=False)
+    with pytest.raises(ConfigError, match="tokenizer .* does not exist"):
+        loop.pretrain(make_cfg(data, tmp_path / "d", data__tokenizer=str(tmp_path / "no-tok")), progress=False)
+    with pytest.raises(ConfigError, match="no training budget"):
+        loop.pretrain(make_cfg(data, tmp_path / "e", train__max_steps=None), progress=False)
+    for name in "acde":
+        assert not (tmp_path / name / "checkpoints").exists()
+
+
+def test_cli_pretrain_json(data, tmp_path, capsys, one_thread):
+    from lmscale.cli import main
+
+    tok_dir, shard_dir = data["decoder"]
+    run = tmp_path / "run"
+    argv = ["pretrain", "--preset", "gpt-tiny", "--tokenizer", str(tok_dir), "--shards", str(shard_dir),
+            "--out", str(run), "--max-steps", "3", "--seed", "5", "--checkpoint-every", "2", "--json"]
+    argv += [f"--{k}={v}" for k, v in TINY["decoder"][2].items()]
+    argv += ["--train.seq_len", "32", "--train.batch_size", "4"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3 and summary["status"] == "finished"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["seed"] == 5 and saved["model"]["d_model"] == 32
+    assert main(["pretrain", "--resume", str(run), "--json"]) == 0  # already finished: nothing to do
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    assert main(["pretrain", "--preset", "gpt-tiny", "--out", str(tmp_path / "x"), "--max-steps", "1"]) == 2
+    assert "corpus" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- processes
+
+def _write_config(cfg, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(data, tmp_path, one_thread):
+    """Kill -9 a real training process mid-run; the resumed run's per-step losses equal an
+    uninterrupted run's exactly (dropout on, so RNG state restore matters too)."""
+    n_steps = 150
+    common = dict(train__max_steps=n_steps, train__checkpoint_every=5, train__eval_every=50, model__dropout=0.1)
+    ref = loop.pretrain(make_cfg(data, tmp_path / "ref", **common), progress=False)
+    run = tmp_path / "run"
+    cfg_file = _write_config(make_cfg(data, run, **common), tmp_path / "run.yaml")
+    cmd = [sys.executable, "-m", "lmscale", "pretrain", "--config", str(cfg_file), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists():
+            steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
+                     if l.endswith("}") and '"train"' in l]
+            if steps and max(steps) >= 12:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_at = max(steps)
+                break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert killed_at is not None and killed_at < n_steps
+    assert not (run / "summary.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "lmscale", "pretrain", "--resume", str(run), "--no-progress"],
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    want = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "ref")}
+    got = [(r["step"], r["loss"]) for r in read_metrics(run)]
+    assert [s for s, _ in got] == list(range(1, n_steps + 1))
+    assert dict(got) == want
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == n_steps and summary["final_val_loss"] == ref["final_val_loss"]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(data, tmp_path, one_thread):
+    """torchrun, 2 gloo processes x 2 micro-batches of 2 == 1 process x 2 micro-batches of 4."""
+    common = dict(train__max_steps=8, train__batch_size=8)
+    loop.pretrain(make_cfg(data, tmp_path / "single", train__micro_batch_size=4, **common), progress=False)
+    run = tmp_path / "ddp"
+    cfg_file = _write_config(make_cfg(data, run, train__micro_batch_size=2, **common), tmp_path / "ddp.yaml")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lmscale", "pretrain", "--config", str(cfg_file), "--no-progress"]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    single = [r["loss"] for r in read_metrics(tmp_path / "single")]
+    ddp = [r["loss"] for r in read_metrics(run)]
+    assert len(single) == len(ddp) == 8
+    for a, b in zip(single, ddp):
+        assert abs(a - b) <= 1e-5 * abs(a)
+    assert read_metrics(run, "start")[0]["world_size"] == 2
+    assert read_metrics(run, "start")[0]["accum_steps"] == 2
