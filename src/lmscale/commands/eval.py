@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fp.add_argument("--json", action="store_true")
 
 
-def _progress(total: int, desc: str, quiet: bool):
+def _progress(total: int | None, desc: str, quiet: bool):
     if quiet or not sys.stderr.isatty():
         return None, None
     from rich.console import Console
@@ -72,7 +72,7 @@ def _run_perplexity(args: argparse.Namespace) -> int:
     if tok is None:
         raise CheckpointError(f"{args.checkpoint}: no tokenizer saved with the model")
     docs = corpus_documents(args.corpus, args.split)
-    prog, advance = _progress(args.max_tokens or 0, "scoring", args.json)
+    prog, advance = _progress(args.max_tokens, "scoring tokens", args.json)
     try:
         res = perplexity(model, tok, docs, window=args.window, stride=args.stride, batch_size=args.batch_size,
                          max_tokens=args.max_tokens, progress=advance)

@@ -79,6 +79,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(_accepts_overrides=True)
 
 
+def _reclaim_override_value(args: argparse.Namespace) -> list[str]:
+    """argparse hands the value of the first unknown `--model.key VALUE` to the optional
+    CHECKPOINT positional; with --preset that value is put back where it belongs."""
+    extra = list(args._extra)
+    if not (args.preset and args.checkpoint):
+        return extra
+    for i, tok in enumerate(extra):
+        if tok.startswith("--") and "=" not in tok and (i + 1 == len(extra) or extra[i + 1].startswith("--")):
+            extra.insert(i + 1, args.checkpoint)
+            args.checkpoint = None
+            break
+    return extra
+
+
 def run(args: argparse.Namespace) -> int:
     from lmscale.config import parse_override_args
     from lmscale.errors import LmscaleError
@@ -86,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from lmscale.finetune.tasks import load_task
     from lmscale.finetune.trainer import FinetuneConfig, finetune
 
-    overrides = parse_override_args(args._extra)
+    overrides = parse_override_args(_reclaim_override_value(args))
     if bool(args.checkpoint) == bool(args.preset):
         raise LmscaleError("give a checkpoint or --preset NAME (random initialisation), not both or neither")
     if overrides and not args.preset:

@@ -53,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"<extra_id_{k}> -> {s!r}")
             print(res.text)
         return 0
+    if model_family(model) == "encoder":
+        from lmscale.errors import LmscaleError
+
+        raise LmscaleError(f"{args.checkpoint} is an encoder (BERT-style), which cannot generate text; "
+                           "use `lmscale fill-mask`")
     on_text = None
     if not args.json:
         if model_family(model) == "decoder":

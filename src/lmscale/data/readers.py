@@ -137,7 +137,7 @@ def expand_paths(path: str | Path) -> list[Path]:
     return files
 
 
-_WIKITEXT_HEADER = re.compile(r"^ = [^=].*[^=] = \n", re.M)
+_WIKITEXT_HEADER = re.compile(r"^ = (?!=)[^\n]* = \n", re.M)
 _HEADER = re.compile(r"^= [^=].* =[ \t]*$", re.M)
 _BLANK = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
 

@@ -309,8 +309,7 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
             return old
 
     dtype = token_dtype(tok.vocab_size)
-    split_docs = {s: corpus.documents(s) for s in corpus.available_splits}
-    split_docs = {s: d for s, d in split_docs.items() if d}
+    split_docs = {s: d for s, d in corpus.all_documents().items() if d}
     if "train" not in split_docs:
         raise DataError(f"corpus {corpus.name!r} has no training documents")
     n_bytes = {s: sum(len(d.encode("utf-8")) for d in docs) for s, docs in split_docs.items()}

@@ -67,7 +67,8 @@ def sliding_windows(n: int, window: int, stride: int) -> list[tuple[int, int, in
     """Decoder windows as (begin, end, first_target): the model reads tokens[begin:end] and is
     scored on targets first_target..end-1, each predicted from the tokens before it in the window.
 
-    Position 0 has no context and is never a target; every other position is a target exactly once.
+    Position 0 has no context and is never a target; every other position is a target exactly once
+    (with stride == window, windows overlap by one token so that no target starts a window).
     """
     if window < 2 or stride < 1 or stride > window:
         raise LmscaleError(f"need window >= 2 and 1 <= stride <= window (got window={window}, stride={stride})")
@@ -81,7 +82,7 @@ def sliding_windows(n: int, window: int, stride: int) -> list[tuple[int, int, in
         prev_end = end
         if end == n:
             break
-        begin += stride
+        begin = min(begin + stride, end - 1)  # the next target needs one token of context in its window
     return out
 
 

@@ -192,6 +192,9 @@ def generate(
     if max_new_tokens < 1:
         raise LmscaleError(f"max_new_tokens={max_new_tokens} must be at least 1")
     family = model_family(model)
+    if family == "encoder":
+        raise LmscaleError("encoders (BERT-style) do not generate text; use fill-mask, "
+                           "or a decoder / encoder-decoder checkpoint")
     if isinstance(prompt, str):
         if tokenizer is None:
             raise LmscaleError("a text prompt needs a tokenizer")

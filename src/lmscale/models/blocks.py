@@ -66,7 +66,6 @@ class MLP(nn.Module):
         self.fc_in = nn.Linear(cfg.d_model, ffn * (2 if self.gated else 1), bias=cfg.bias)
         self.fc_out = nn.Linear(ffn, cfg.d_model, bias=cfg.bias)
         self.act = activation_fn(cfg.activation)
-        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc_in(x)
@@ -75,7 +74,7 @@ class MLP(nn.Module):
             h = self.act(gate) * up
         else:
             h = self.act(h)
-        return self.fc_out(self.drop(h))
+        return self.fc_out(h)
 
 
 # ----------------------------------------------------------------------------- positions

@@ -65,7 +65,7 @@ def parameter_breakdown(cfg: ModelConfig) -> dict[str, int]:
     n_stacks = 2 if cfg.family == "encoder-decoder" else 1
     out["position_embedding"] = n_stacks * cfg.max_positions * d if learned else 0
     out["segment_embedding"] = cfg.type_vocab_size * d if cfg.family == "encoder" else 0
-    out["embedding_norm"] = n_stacks * _norm_params(cfg) if cfg.embedding_norm else 0
+    out["embedding_norm"] = _norm_params(cfg) if (cfg.embedding_norm and cfg.family == "encoder") else 0
     if cfg.family == "encoder-decoder":
         out["encoder"] = _stack(cfg, cfg.n_layers, cross_attention=False)
         out["decoder"] = _stack(cfg, cfg.decoder_layers, cross_attention=True)

@@ -74,8 +74,8 @@ def _unpack(theta: np.ndarray) -> list[np.ndarray]:
 
 
 def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
-    a = np.abs(r)
-    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+    c = np.clip(r, -delta, delta)
+    return c * (r - 0.5 * c)
 
 
 def _lse(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -93,12 +93,14 @@ def _lse(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
 # ----------------------------------------------------------------------------- optimisation
 
 def _batched_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], X0: np.ndarray,
-                   maxiter: int = 300, m: int = 8, gtol: float = 1e-7, ftol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+                   maxiter: int = 300, m: int = 8, gtol: float = 1e-5, ftol: float = 1e-9,
+                   merge: float = 3e-2) -> tuple[np.ndarray, np.ndarray]:
     """L-BFGS run from every row of X0 at once (numpy-vectorised over starts).
 
     Same algorithm as scipy's (two-loop recursion, memory m, Armijo backtracking), but one
     objective call advances all starts, so a grid of thousands of initialisations costs about as
-    much as a few hundred single runs. Its end points are refined with scipy afterwards.
+    much as a few hundred single runs. Starts that meet (same cell of size `merge` in theta) are
+    merged, keeping the lower objective. The end points are refined with scipy afterwards.
     """
     X = np.array(X0, dtype=np.float64)
     K, p = X.shape
@@ -109,7 +111,16 @@ def _batched_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], X
     rho = np.zeros((K, m))
     count = np.zeros(K, dtype=np.int64)
     active = np.isfinite(f) & np.all(np.isfinite(g), axis=1)
-    for _ in range(maxiter):
+    for it in range(maxiter):
+        if merge and it % 5 == 4:
+            # starts that have met follow the same path from here on: keep the best of each cell
+            idx = np.flatnonzero(active)
+            keys = np.round(X[idx] / merge)
+            order = np.lexsort((f[idx],) + tuple(keys.T[::-1]))
+            ks = keys[order]
+            dup = np.zeros(order.size, dtype=bool)
+            dup[1:] = np.all(ks[1:] == ks[:-1], axis=1)
+            active[idx[order[dup]]] = False
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
@@ -297,8 +308,8 @@ class _LogHuberLaw:
                    w: np.ndarray | None) -> tuple[float, np.ndarray]:
         f, J = self._log_pred(theta, F)
         r = f - y
-        h = huber(r, self.delta)
         dh = np.clip(r, -self.delta, self.delta)
+        h = dh * (r - 0.5 * dh)
         if w is not None:
             h = h * w
             dh = dh * w
@@ -308,8 +319,9 @@ class _LogHuberLaw:
         return float(h.sum()), g
 
     def _minimize(self, theta0: np.ndarray, F: dict[str, Any], y: np.ndarray, w: np.ndarray | None):
-        res = minimize(self._objective, theta0, args=(F, y, w), jac=True, method="L-BFGS-B",
-                       options={"maxiter": self.maxiter, "gtol": self.gtol, "ftol": self.ftol})
+        with np.errstate(all="ignore"):
+            res = minimize(self._objective, theta0, args=(F, y, w), jac=True, method="L-BFGS-B",
+                           options={"maxiter": self.maxiter, "gtol": self.gtol, "ftol": self.ftol})
         ok = bool(res.success) or (np.all(np.isfinite(res.jac)) and float(np.max(np.abs(res.jac))) < 1e-7)
         ok = ok and bool(np.all(np.isfinite(res.x))) and math.isfinite(float(res.fun))
         return res, ok
@@ -364,8 +376,9 @@ class _LogHuberLaw:
         if self.method == "scipy":
             candidates = starts
         else:
-            ends, fends = _batched_lbfgs(lambda T: self._objective(T, F, y, None), starts,
-                                         maxiter=self.batch_maxiter)
+            with np.errstate(all="ignore"):
+                ends, fends = _batched_lbfgs(lambda T: self._objective(T, F, y, None), starts,
+                                             maxiter=self.batch_maxiter)
             candidates = _distinct_best(ends, fends, self.n_polish)
         best = None
         n_ok = 0
@@ -537,6 +550,32 @@ class ChinchillaLaw(_LogHuberLaw):
         f, (w1, w2, w3) = _lse(e, a - al * x, b - be * u)
         return f, [w1, w2, w3, -w2 * x, -w3 * u]
 
+    def _objective(self, theta, F, y, w):
+        # fused form of the generic objective: exp(e) is per start, two full-size exps remain
+        e, a, b, al, be = _unpack(theta)
+        x, u = F["x"], F["u"]
+        E2 = np.exp(np.minimum(a - al * x, 700.0))
+        E3 = np.exp(np.minimum(b - be * u, 700.0))
+        S = E2 + E3
+        S += np.exp(np.minimum(e, 700.0))
+        r = np.log(S) - y
+        c = np.clip(r, -self.delta, self.delta)
+        h = c * (r - 0.5 * c)
+        if w is not None:
+            h = h * w
+            c = c * w
+        c /= S
+        q2 = c * E2
+        q3 = c * E3
+        s2 = q2.sum(axis=-1)
+        s3 = q3.sum(axis=-1)
+        g = np.stack([c.sum(axis=-1) * np.exp(np.minimum(e[..., 0], 700.0)) if np.ndim(theta) == 2
+                      else float(c.sum() * np.exp(min(float(theta[0]), 700.0))),
+                      s2, s3, -(q2 @ x), -(q3 @ u)], axis=-1)
+        if np.ndim(theta) == 2:
+            return h.sum(axis=-1), g
+        return float(h.sum()), g
+
     def _to_params(self, theta, F):
         e, a, b, al, be = theta
         return {"E": float(np.exp(e)), "A": float(np.exp(a + al * F["mx"])), "B": float(np.exp(b + be * F["mu"])),
@@ -697,12 +736,12 @@ class BrokenPowerLaw(_LogHuberLaw):
         x = F["x"]
         ymin = float(np.exp(y.min()))
         default = {
-            "a": (np.log(0.3 * ymin), np.log(0.7 * ymin), np.log(0.95 * ymin)),
-            "b": (-2.0, 0.0, 1.0),
-            "c0": (0.05, 0.3, 1.0),
-            "c1": (-0.3, 0.0, 0.3, 1.0),
+            "a": (np.log(0.5 * ymin), np.log(0.9 * ymin)),
+            "b": (-1.0, 1.0),
+            "c0": (0.1, 0.5),
+            "c1": (-0.3, 0.3, 1.0),
             "d1": tuple(np.quantile(x, [0.25, 0.5, 0.75])),
-            "f1": (np.log(0.3), np.log(1.0), np.log(3.0)),
+            "f1": (np.log(0.3), np.log(1.0)),
         }
         g = _grid_from(self.grid, default)
         return np.array(list(itertools.product(g["a"], g["b"], g["c0"], g["c1"], g["d1"], g["f1"])), dtype=np.float64)

@@ -147,7 +147,7 @@ DEMO_SWEEP: dict[str, Any] = {
         "train": {"seq_len": 128, "batch_size": 16, "lr": 0.002, "warmup_fraction": 0.05,
                   "schedule": "cosine", "eval_batches": 16, "log_every": 20, "device": "cpu"},
     },
-    "sizes": [1.0e5, 3.0e5, 8.0e5],
+    "sizes": [1.0e5, 3.0e5, 8.4e5],
     "tokens": [7.5e5, 1.5e6, 3.0e6],
     "seeds": [0],
 }
@@ -254,17 +254,20 @@ def prepare_data(base: RunConfig, out_dir: Path) -> tuple[str, str]:
     shard_dir = Path(base.data.shards) if base.data.shards else data_dir / "shards"
     if base.data.corpus is None and base.data.shards is None:
         raise ConfigError("the sweep's base config needs data.corpus (e.g. wikitext-2) or data.shards")
+
+    def corpus():
+        return resolve_corpus(base.data.corpus, errors=base.data.errors, valid_fraction=base.data.valid_fraction,
+                              split_seed=base.data.split_seed)
+
     if (tok_dir / "tokenizer.json").exists():
         tok = Tokenizer.load(tok_dir)
     else:
-        corpus = resolve_corpus(base.data.corpus, errors=base.data.errors)
-        tok = train_tokenizer(base.tokenizer_kind, corpus.iter_documents("train"),
+        tok = train_tokenizer(base.tokenizer_kind, corpus().iter_documents("train"),
                               base.tokenizer.vocab_size or base.model.vocab_size,
                               lowercase=base.tokenizer.lowercase, min_frequency=base.tokenizer.min_frequency)
         tok.save(tok_dir)
     if not (shard_dir / "index.json").exists():
-        corpus = resolve_corpus(base.data.corpus, errors=base.data.errors)
-        prepare(corpus, tok, shard_dir, valid_fraction=base.data.valid_fraction,
+        prepare(corpus(), tok, shard_dir, valid_fraction=base.data.valid_fraction,
                 split_seed=base.data.split_seed, errors=base.data.errors)
     return str(tok_dir), str(shard_dir)
 
@@ -340,10 +343,9 @@ def pretrain_command(config_path: Path, run_dir: Path, resume: bool, launcher: s
                   "-m", "lmscale"]
     else:
         prefix = [py, "-m", "lmscale"]
-    cmd = prefix + ["pretrain", "--config", str(config_path)]
-    if resume:
-        cmd += ["--resume", str(run_dir)]
-    return cmd
+    if resume:  # a resumed run continues with the config saved in its own run directory
+        return prefix + ["pretrain", "--resume", str(run_dir), "--no-progress"]
+    return prefix + ["pretrain", "--config", str(config_path), "--no-progress"]
 
 
 @dataclass

@@ -461,6 +461,8 @@ class Trainer:
     def _plain_model_for_saving(self) -> tuple[torch.nn.Module, dict]:
         model_sd, optim_sd = dist_util.full_state_dicts(self.model, self.optimizer)
         if dist_util.is_fsdp(self.model):
+            if not self.info.is_main:  # the full state is gathered on rank 0 only
+                return None, optim_sd
             from lmscale.models import build_model
 
             cpu_model = build_model(self.cfg.model)

@@ -1,0 +1,173 @@
+"""`lmscale fit CSV --law NAME`: fit a scaling law to run records, with bootstrap intervals."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "fit a scaling law (chinchilla, kaplan, power-*, broken-*, data-constrained, envelope, isoflop) to a CSV"
+
+CANDIDATES = {
+    "N": ("N", "n", "params", "parameters", "Model Size", "model_size", "params_total", "n_params"),
+    "D": ("D", "tokens", "Training Tokens", "training_tokens", "n_tokens"),
+    "C": ("C", "flops", "FLOPs", "Training FLOP", "training_flops", "compute"),
+    "loss": ("loss", "Loss", "final_loss", "val_loss", "best_val_loss", "final_val_loss"),
+    "U": ("U", "unique_tokens", "Unique Tokens"),
+}
+NEEDS = {
+    "chinchilla": ("N", "D"), "kaplan": ("N", "D"), "data-constrained": ("N", "D", "U"),
+    "power-n": ("N",), "power-d": ("D",), "power-c": ("C",),
+    "broken-n": ("N",), "broken-d": ("D",), "broken-c": ("C",),
+    "envelope": ("N", "D"), "isoflop": ("N", "D"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("csv", help="CSV of runs (one row per run, or per point of a training curve)")
+    p.add_argument("--law", default="chinchilla", choices=sorted(NEEDS), help="law to fit (default chinchilla)")
+    for v, h in (("n", "parameters"), ("d", "training tokens"), ("c", "training FLOPs"), ("u", "unique tokens"),
+                 ("loss", "final loss")):
+        p.add_argument(f"--{v}-col", default=None, help=f"column with {h} (default: auto-detected)")
+    p.add_argument("--run-col", default=None, help="column identifying a run / IsoFLOP group (envelope, isoflop)")
+    p.add_argument("--exclude-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss rows")
+    p.add_argument("--holdout", choices=("largest",), default=None,
+                   help="fit on all but the largest-compute runs and report their relative errors")
+    p.add_argument("--n-holdout", type=int, default=None, help="runs to hold out (default 10%%)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits for intervals (0 = none)")
+    p.add_argument("--grid", choices=("hoffmann", "coarse"), default="hoffmann",
+                   help="initialisation grid for the chinchilla law")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the fit (with bootstrap samples) to this JSON file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def read_columns(path: str, args: argparse.Namespace, needs: tuple[str, ...]):
+    """Numeric columns {N, D, C, loss, U, runs} from the CSV; D <- C/6N and C <- 6ND when missing."""
+    import csv
+    from pathlib import Path
+
+    import numpy as np
+
+    from lmscale.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: no such file")
+    with p.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        rows = list(reader)
+    if not header:
+        raise DataError(f"{path}: empty CSV (no header)")
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+    explicit = {"N": args.n_col, "D": args.d_col, "C": args.c_col, "U": args.u_col, "loss": args.loss_col}
+
+    def find(key: str):
+        if explicit[key] is not None:
+            if explicit[key] not in header:
+                raise DataError(f"{path}: column {explicit[key]!r} not found; columns are {', '.join(header)}")
+            return explicit[key]
+        for c in CANDIDATES[key]:
+            if c in header:
+                return c
+        return None
+
+    def column(name: str):
+        vals = []
+        for i, r in enumerate(rows):
+            raw = (r.get(name) or "").strip()
+            try:
+                vals.append(float(raw))
+            except ValueError:
+                raise DataError(f"{path}: line {i + 2}, column {name!r}: {raw!r} is not a number") from None
+        return np.array(vals)
+
+    cols = {k: find(k) for k in explicit}
+    if cols["loss"] is None:
+        raise DataError(f"{path}: no loss column (looked for {', '.join(CANDIDATES['loss'])}; use --loss-col); "
+                        f"columns are {', '.join(header)}")
+    data = {k: column(c) for k, c in cols.items() if c is not None}
+    if "D" in needs and "D" not in data:
+        if "C" in data and "N" in data:
+            data["D"] = data["C"] / (6.0 * data["N"])
+    if "C" in needs and "C" not in data and "N" in data and "D" in data:
+        data["C"] = 6.0 * data["N"] * data["D"]
+    for k in needs:
+        if k not in data:
+            raise DataError(f"{path}: law {args.law} needs {k} but no column for it was found "
+                            f"(use --{k.lower()}-col); columns are {', '.join(header)}")
+    if args.run_col is not None:
+        if args.run_col not in header:
+            raise DataError(f"{path}: column {args.run_col!r} not found; columns are {', '.join(header)}")
+        data["runs"] = np.array([r[args.run_col] for r in rows])
+    return data
+
+
+def fit_from_args(args: argparse.Namespace):
+    import numpy as np
+
+    from lmscale.errors import DataError
+    from lmscale.scaling.laws import COARSE_GRID, HOFFMANN_GRID, make_law
+
+    needs = NEEDS[args.law]
+    data = read_columns(args.csv, args, needs)
+    n = data["loss"].size
+    if args.exclude_top_loss:
+        k = args.exclude_top_loss
+        if k < 0 or k >= n:
+            raise DataError(f"--exclude-top-loss {k}: must be between 0 and {n - 1}")
+        if np.isnan(data["loss"]).any():
+            raise DataError(f"{args.csv}: loss column has NaN values")
+        keep = np.sort(np.argsort(data["loss"], kind="stable")[: n - k])
+        data = {key: v[keep] for key, v in data.items()}
+    kw = {}
+    if args.law == "chinchilla":
+        kw["grid"] = COARSE_GRID if args.grid == "coarse" else HOFFMANN_GRID
+    elif args.law == "data-constrained":
+        kw["base_grid"] = COARSE_GRID if args.grid == "coarse" else HOFFMANN_GRID
+    law = make_law(args.law, **kw)
+    X = [data[k] for k in needs]
+    if args.law in ("envelope", "isoflop"):
+        if args.holdout:
+            raise DataError("--holdout applies to parametric laws, not to envelope/isoflop")
+        law.fit(data["N"], data["D"], data["loss"], runs=data.get("runs"))
+    else:
+        law.fit(*X, loss=data["loss"], holdout=args.holdout, n_holdout=args.n_holdout)
+    if args.bootstrap:
+        law.bootstrap(args.bootstrap, seed=args.seed)
+    return law
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmscale.io import atomic_write_json
+
+    law = fit_from_args(args)
+    full = law.to_dict()
+    out = {"law": full["law"], "params": full["params"], "ci95": full.get("ci95"), "n_points": full["n_points"],
+           "objective": full["objective"], "converged": True}
+    for k in ("derived", "holdout", "optima"):
+        if k in full:
+            out[k] = full[k]
+    if "bootstrap" in full:
+        out["bootstrap_failed"] = full["bootstrap"]["n_failed"]
+    if args.out:
+        atomic_write_json(args.out, full)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"law {out['law']}: {out['n_points']} points, objective {out['objective'] if out['objective'] is not None else '-'}")
+    for k, v in out["params"].items():
+        ci = (out.get("ci95") or {}).get(k)
+        ci_s = f"  95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
+        print(f"  {k:>10} = {v:.6g}{ci_s}")
+    for k, v in (out.get("derived") or {}).items():
+        ci = (out.get("ci95") or {}).get(k)
+        ci_s = f"  95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
+        print(f"  {k:>10} = {v:.6g}{ci_s}  (derived)")
+    if out.get("holdout"):
+        h = out["holdout"]
+        print(f"  holdout: {h['n_holdout']} largest-compute runs, mean |relative error| "
+              f"{h['mean_abs_relative_error']:.3%}, max {h['max_abs_relative_error']:.3%}")
+    if args.out:
+        print(f"  wrote {args.out}")
+    return 0

@@ -1,0 +1,25 @@
+"""`lmscale plot SOURCE -o DIR`: the scaling figures as PNG files."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from lmscale.commands.report import add_source_arguments, build, summarize
+
+HELP = "scaling figures (loss vs C/N/D with fits and bands, IsoFLOPs, allocation, curves) as PNG files"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_source_arguments(p)
+    p.add_argument("-o", "--out", required=True, help="directory for the PNG files")
+
+
+def run(args: argparse.Namespace) -> int:
+    res = build(args, None, args.out)
+    if args.json:
+        print(json.dumps(res, indent=2, default=float))
+    else:
+        print(summarize(res))
+        for p in res["pngs"]:
+            print(p)
+    return 0

@@ -1,0 +1,68 @@
+"""`lmscale report SOURCE -o report.html`: every scaling figure and the fitted law in one HTML file."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "one self-contained HTML scaling report (figures embedded) from a sweep registry or a CSV of runs"
+
+
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="sweep registry (SQLite) or CSV of runs (e.g. chinchilla_fig4_epoch.csv)")
+    p.add_argument("--sweep", help="sweep name inside the registry (default: all runs)")
+    p.add_argument("--params", choices=("non_embedding", "total"), default="non_embedding",
+                   help="which parameter count is N for registry runs")
+    p.add_argument("--n-col", help="CSV column of parameters N")
+    p.add_argument("--d-col", help="CSV column of tokens D")
+    p.add_argument("--c-col", help="CSV column of compute C (D = C/6N when there is no D column)")
+    p.add_argument("--loss-col", help="CSV column of the final loss")
+    p.add_argument("--holdout", choices=("largest", "none"), default="largest",
+                   help="check the fit by predicting the largest-compute runs from the others")
+    p.add_argument("--n-holdout", type=int, help="how many largest-compute runs to hold out (default: a fifth)")
+    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap refits for the 95%% bands (0: none)")
+    p.add_argument("--grid", choices=("coarse", "hoffmann", "small"), default="coarse",
+                   help="fit starting grid: 243 points (default), Hoffmann et al.'s 5,400, or 32")
+    p.add_argument("--emergence", metavar="CSV", help="Pythia-style evaluation CSV for the emergence figures")
+    p.add_argument("--task", default="lambada_openai", help="task of --emergence (accuracy vs perplexity)")
+    p.add_argument("--icl", metavar="JSON", help="result of `lmscale emergence icl` to include")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build(args: argparse.Namespace, html: str | None, png_dir: str | None) -> dict:
+    from lmscale.scaling.report import build_report
+
+    return build_report(
+        args.source, html, png_dir=png_dir, sweep=args.sweep, emergence_csv=args.emergence,
+        emergence_task=args.task, icl_json=args.icl, holdout=None if args.holdout == "none" else "largest",
+        n_holdout=args.n_holdout, n_bootstrap=args.bootstrap, params=args.params, n_col=args.n_col,
+        d_col=args.d_col, c_col=args.c_col, loss_col=args.loss_col, grid=args.grid,
+    )
+
+
+def summarize(res: dict) -> str:
+    lines = [f"{res['n_runs']} runs, {len(res['figures'])} figures"]
+    fit = res.get("fit")
+    if fit:
+        p = fit["params"]
+        lines.append("L(N, D) = {E:.4g} + {A:.4g}/N^{alpha:.3f} + {B:.4g}/D^{beta:.3f}".format(**p))
+        hc = fit.get("holdout_check")
+        if hc:
+            lines.append(f"held-out largest-compute runs ({len(hc['holdout'])}): max |relative error| "
+                         f"{100 * hc['max_abs_rel_error']:.2f}%")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_source_arguments(p)
+    p.add_argument("-o", "--out", required=True, help="HTML file to write")
+    p.add_argument("--png-dir", help="also write the figures as PNG files here")
+
+
+def run(args: argparse.Namespace) -> int:
+    res = build(args, args.out, args.png_dir)
+    if args.json:
+        print(json.dumps(res, indent=2, default=float))
+    else:
+        print(summarize(res))
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,224 @@
+"""Synthetic in-context-learning tasks small enough to watch a phase transition on a CPU.
+
+Two tasks, mixed in training, both solvable only from the context:
+
+- associative recall, the lecture's `thanks -> merci, hello -> bonjour, otter -> ?` with a fresh
+  random mapping in every sequence: `k1 -> v1 , k2 -> v2 , ... , q -> ?`. Memorising a mapping
+  is useless; the model must find the key in its context and copy what followed it.
+- induction / copying: a random token sequence followed by its repeat; from the second copy on,
+  every next token can be read off the first copy (Olsson et al. 2022's induction heads).
+
+Both need a two-step attention circuit that forms abruptly during training, so in-context
+accuracy sits at chance for a while and then jumps (Olsson et al. 2022). The driver trains
+decoders of several sizes with the library's model and optimizer and records accuracy (a
+discontinuous metric) next to the log-probability of the right answer (a continuous one).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+PAD, SEP, ARROW = 0, 1, 2
+N_SPECIAL = 3
+
+
+@dataclass
+class ICLConfig:
+    """Task sizes and the training budget. `small()` is the seconds-long setting for tests."""
+
+    n_keys: int = 32
+    n_values: int = 32
+    n_pairs: int = 6
+    n_queries: int = 4
+    copy_len: int = 20
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    n_layers: int = 2
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    eval_every: int = 50
+    eval_episodes: int = 256
+    recall_fraction: float = 0.5
+    seed: int = 0
+
+    @classmethod
+    def small(cls) -> "ICLConfig":
+        return cls(n_keys=12, n_values=12, n_pairs=4, n_queries=2, copy_len=8, widths=[16, 32], steps=60,
+                   batch_size=16, eval_every=20, eval_episodes=64)
+
+    @property
+    def vocab_size(self) -> int:
+        return N_SPECIAL + self.n_keys + self.n_values
+
+    @property
+    def recall_len(self) -> int:
+        return 1 + 4 * self.n_pairs + 4 * self.n_queries
+
+    @property
+    def copy_total(self) -> int:
+        return 1 + 2 * self.copy_len
+
+    @property
+    def seq_len(self) -> int:
+        return max(self.recall_len, self.copy_total)
+
+
+def recall_episode(cfg: ICLConfig, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Tokens of one recall episode and its (position of `->` before the answer, answer) queries."""
+    keys = rng.choice(cfg.n_keys, cfg.n_pairs, replace=False) + N_SPECIAL
+    vals = rng.integers(0, cfg.n_values, cfg.n_pairs) + N_SPECIAL + cfg.n_keys
+    toks = [PAD]
+    for k, v in zip(keys, vals):
+        toks += [int(k), ARROW, int(v), SEP]
+    queries = []
+    for j in rng.choice(cfg.n_pairs, cfg.n_queries, replace=cfg.n_queries > cfg.n_pairs):
+        toks += [int(keys[j]), ARROW]
+        queries.append((len(toks) - 1, int(vals[j])))
+        toks += [int(vals[j]), SEP]
+    out = np.full(cfg.seq_len, PAD, dtype=np.int64)
+    out[: len(toks)] = toks
+    return out, queries
+
+
+def copy_episode(cfg: ICLConfig, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A random sequence and its repeat; targets are the repeat's tokens after its first."""
+    seq = rng.integers(N_SPECIAL, cfg.vocab_size, cfg.copy_len)
+    toks = np.concatenate([[PAD], seq, seq])
+    out = np.full(cfg.seq_len, PAD, dtype=np.int64)
+    out[: len(toks)] = toks
+    start = 1 + cfg.copy_len
+    return out, [(p, int(toks[p + 1])) for p in range(start, start + cfg.copy_len - 1)]
+
+
+def batch(cfg: ICLConfig, rng: np.random.Generator, n: int) -> np.ndarray:
+    rows = [(recall_episode if rng.random() < cfg.recall_fraction else copy_episode)(cfg, rng)[0] for _ in range(n)]
+    return np.stack(rows)
+
+
+def evaluate(model: Any, episodes: list[tuple[np.ndarray, list[tuple[int, int]]]], answer_ids: np.ndarray | None = None) -> dict[str, float]:
+    """Accuracy (argmax == answer) and mean log-probability of the answer at the query positions.
+
+    `answer_ids` restricts the argmax to the tokens an answer can be (the values, for recall).
+    """
+    import torch
+
+    x = torch.from_numpy(np.stack([e[0] for e in episodes]))
+    with torch.no_grad():
+        logits = model(x).logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    correct, lp, n = 0, 0.0, 0
+    for b, (_, qs) in enumerate(episodes):
+        for pos, ans in qs:
+            row = logp[b, pos]
+            if answer_ids is not None:
+                pred = int(answer_ids[int(torch.argmax(row[answer_ids]))])
+            else:
+                pred = int(torch.argmax(row))
+            correct += pred == ans
+            lp += float(row[ans])
+            n += 1
+    return {"accuracy": correct / n, "answer_logprob": lp / n}
+
+
+def _lr(step: int, cfg: ICLConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train one decoder on the task mix and evaluate both tasks every `eval_every` steps."""
+    import torch
+
+    from lmscale.config import ModelConfig, TrainConfig
+    from lmscale.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    mcfg = ModelConfig(family="decoder", vocab_size=cfg.vocab_size, d_model=width, n_layers=cfg.n_layers,
+                       n_heads=max(1, width // 16), d_ff=4 * width, max_positions=max(64, cfg.seq_len),
+                       position="learned", activation="gelu", norm="layernorm", norm_position="pre",
+                       tie_embeddings=True, dropout=0.0)
+    model = build_model(mcfg)
+    try:
+        from lmscale.training.optim import build_optimizer
+
+        opt = build_optimizer(model, TrainConfig(lr=cfg.lr, weight_decay=0.01, beta1=0.9, beta2=0.98))
+    except ImportError:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    counts = model.num_parameters()
+    erng = np.random.default_rng(10_000 + cfg.seed)
+    rec_eval = [recall_episode(cfg, erng) for _ in range(cfg.eval_episodes)]
+    copy_eval = [copy_episode(cfg, erng) for _ in range(cfg.eval_episodes)]
+    values = np.arange(N_SPECIAL + cfg.n_keys, cfg.vocab_size)
+    rng = np.random.default_rng(cfg.seed)
+    evals = []
+    t0 = time.perf_counter()
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+
+    def do_eval(step: int) -> None:
+        model.eval()
+        r = evaluate(model, rec_eval, values)
+        c = evaluate(model, copy_eval)
+        model.train()
+        evals.append({"step": step, "tokens": step * tokens_per_step, "recall": r, "induction": c})
+        if log:
+            log(f"d_model={width} step {step}: recall acc {r['accuracy']:.3f}, induction acc {c['accuracy']:.3f}")
+
+    model.train()
+    for step in range(cfg.steps):
+        if step % cfg.eval_every == 0 and step > 0:
+            do_eval(step)
+        x = torch.from_numpy(batch(cfg, rng, cfg.batch_size))
+        labels = x.clone()
+        labels[:, 1:][x[:, 1:] == PAD] = -100  # padding after short episodes
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg)
+        loss = model(x, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    do_eval(cfg.steps)
+    return {"d_model": width, "n_layers": cfg.n_layers, "params_total": int(counts["total"]),
+            "params_non_embedding": int(counts["non_embedding"]), "wall_s": time.perf_counter() - t0,
+            "evals": evals, "transition": transition(evals)}
+
+
+def transition(evals: list[dict[str, Any]], task: str = "recall") -> dict[str, Any]:
+    """Where and how abruptly accuracy rises: tokens at half the rise, and the largest single jump.
+
+    `jump_fraction` is the share of the total rise that happens between two consecutive
+    evaluations; a smooth rise over a log-spaced budget spreads it out, a phase transition
+    concentrates it.
+    """
+    acc = np.array([e[task]["accuracy"] for e in evals])
+    tok = np.array([e["tokens"] for e in evals], dtype=float)
+    if len(acc) < 2:
+        return {"risen": False}
+    rise = float(acc.max() - acc[0])
+    if rise <= 0:
+        return {"risen": False, "rise": rise}
+    half = acc[0] + rise / 2
+    i = int(np.argmax(acc >= half))
+    jumps = np.diff(acc)
+    j = int(np.argmax(jumps))
+    return {"risen": rise > 0.2, "rise": rise, "tokens_at_half_rise": float(tok[i]),
+            "largest_jump": float(jumps[j]), "jump_fraction": float(jumps[j] / rise),
+            "jump_between_tokens": [float(tok[j]), float(tok[j + 1])]}
+
+
+def run_icl(cfg: ICLConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train every width; the result JSON feeds `plots.plot_icl` and the report."""
+    import torch
+
+    models = [train_one(cfg, w, log) for w in cfg.widths]
+    return {"config": asdict(cfg), "torch_threads": torch.get_num_threads(),
+            "chance": {"recall": 1.0 / cfg.n_values, "recall_in_context": 1.0 / cfg.n_pairs,
+                       "induction": 1.0 / (cfg.vocab_size - N_SPECIAL)},
+            "models": models}

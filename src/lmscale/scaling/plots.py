@@ -1,0 +1,442 @@
+"""Scaling figures: loss against compute, parameters and tokens, IsoFLOPs, allocation, emergence.
+
+Every figure is drawn from plain arrays (a `RunsTable`) so the same code serves a sweep
+registry and a CSV of published runs (the Chinchilla paper's). Power laws are straight lines on
+log-log axes, so every scale axis is logarithmic, and every axis says its unit.
+Figures are rendered with the Agg backend (no display needed) and written atomically.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lmscale.errors import DataError
+from lmscale.io import atomic_path
+
+LOSS_LABEL = "validation loss (nats/token)"
+C_LABEL = "training compute C = 6ND (FLOPs)"
+N_LABEL = "parameters N"
+D_LABEL = "training tokens D"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@dataclass
+class RunsTable:
+    """Finished runs as arrays: N (parameters), D (tokens), loss; optional names and curves."""
+
+    N: np.ndarray
+    D: np.ndarray
+    loss: np.ndarray
+    names: list[str] = field(default_factory=list)
+    curves: list[list[list[float]]] = field(default_factory=list)  # per run [step, tokens, val_loss]
+    n_kind: str = "non-embedding"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.N, self.D, self.loss = (np.asarray(a, dtype=float) for a in (self.N, self.D, self.loss))
+        ok = np.isfinite(self.N) & np.isfinite(self.D) & np.isfinite(self.loss) & (self.N > 0) & (self.D > 0) & (self.loss > 0)
+        if not ok.all():
+            keep = np.flatnonzero(ok)
+            self.N, self.D, self.loss = self.N[keep], self.D[keep], self.loss[keep]
+            self.names = [self.names[i] for i in keep] if self.names else []
+            self.curves = [self.curves[i] for i in keep] if self.curves else []
+        if not self.names:
+            self.names = [f"run{i}" for i in range(len(self.N))]
+
+    @property
+    def C(self) -> np.ndarray:
+        return 6.0 * self.N * self.D
+
+    def __len__(self) -> int:
+        return len(self.N)
+
+    @classmethod
+    def from_records(cls, records: Sequence[Any], params: str = "non_embedding", source: str = "") -> "RunsTable":
+        rows = [r for r in records if r.status == "finished" and r.final_val_loss is not None]
+        key = "params_non_embedding" if params == "non_embedding" else "params_total"
+        return cls(np.array([float(getattr(r, key)) for r in rows]), np.array([float(r.tokens) for r in rows]),
+                   np.array([float(r.final_val_loss) for r in rows]), [r.name for r in rows],
+                   [r.loss_curve for r in rows], n_kind=params.replace("_", "-"), source=source)
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike, n_col: str | None = None, d_col: str | None = None,
+                 c_col: str | None = None, loss_col: str | None = None) -> "RunsTable":
+        """A CSV of runs. Column names default to those of the Chinchilla Fig. 4 extraction
+        (`Model Size`, `Training FLOP`, `loss`) or a registry export (`params_non_embedding`,
+        `tokens`, `final_val_loss`); D = C / (6N) when only C is given."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path} does not exist")
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            rows = list(reader)
+
+        def pick(given, *cands):
+            if given:
+                if given not in cols:
+                    raise DataError(f"{path}: no column {given!r}; columns are {cols}")
+                return given
+            return next((c for c in cands if c in cols), None)
+
+        n_c = pick(n_col, "params_non_embedding", "Model Size", "N", "params")
+        d_c = pick(d_col, "tokens", "D")
+        c_c = pick(c_col, "Training FLOP", "flops", "C")
+        l_c = pick(loss_col, "final_val_loss", "loss", "Loss", "L")
+        if n_c is None or l_c is None or (d_c is None and c_c is None):
+            raise DataError(f"{path}: need parameter, token (or compute) and loss columns; columns are {cols} "
+                            "(name them with --n-col/--d-col/--c-col/--loss-col)")
+        N, D, L, names = [], [], [], []
+        for i, row in enumerate(rows, start=2):
+            if "status" in row and row["status"] not in ("finished", ""):
+                continue
+            try:
+                n = float(row[n_c])
+                d = float(row[d_c]) if d_c else float(row[c_c]) / (6.0 * n)
+                loss = float(row[l_c])
+            except (TypeError, ValueError, ZeroDivisionError):
+                raise DataError(f"{path}:{i}: non-numeric N/D/C/loss in {row}") from None
+            N.append(n), D.append(d), L.append(loss), names.append(row.get("name") or f"row{i}")
+        if len(N) < 2:
+            raise DataError(f"{path}: fewer than 2 runs")
+        return cls(np.array(N), np.array(D), np.array(L), names, n_kind="", source=str(path))
+
+
+def _loss_axis(ax) -> None:
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(plt_null())
+
+
+def plt_null():
+    from matplotlib.ticker import NullFormatter
+
+    return NullFormatter()
+
+
+def save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    plt = _plt()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _n_label(t: RunsTable) -> str:
+    return f"{N_LABEL} ({t.n_kind})" if t.n_kind else N_LABEL
+
+
+def _groups(values: np.ndarray, rel: float = 0.1) -> list[np.ndarray]:
+    """Indices of runs whose value agrees within `rel` (runs planned at one budget)."""
+    order = np.argsort(values)
+    groups, cur = [], [order[0]]
+    for i in order[1:]:
+        if values[i] <= values[cur[0]] * (1 + rel):
+            cur.append(i)
+        else:
+            groups.append(np.array(cur))
+            cur = [i]
+    groups.append(np.array(cur))
+    return groups
+
+
+def frontier(C: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Indices of the efficient frontier: runs no cheaper run beats (lowest loss so far in C)."""
+    order = np.argsort(C)
+    best, idx = math.inf, []
+    for i in order:
+        if loss[i] < best:
+            best = loss[i]
+            idx.append(i)
+    return np.array(idx, dtype=int)
+
+
+def law_frontier(law: Any, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compute-optimal N and loss of a fitted Chinchilla law along C (closed form, D = C/6N)."""
+    p, dv = law.params_, law.derived_()
+    n_opt = dv["G"] * (C / 6.0) ** dv["a"]
+    return n_opt, law.predict(n_opt, C / (6.0 * n_opt))
+
+
+def plot_loss_vs_compute(t: RunsTable, law: Any = None):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    sc = ax.scatter(t.C, t.loss, c=np.log10(t.N), cmap="viridis", s=28, zorder=3)
+    cb = fig.colorbar(sc, ax=ax)
+    cb.set_label(f"log10 {_n_label(t)}")
+    f = frontier(t.C, t.loss)
+    ax.plot(t.C[f], t.loss[f], "k--", lw=1.2, label="efficient frontier (runs)", zorder=2)
+    if law is not None:
+        cg = np.logspace(np.log10(t.C.min()), np.log10(t.C.max()) + 0.5, 100)
+        _, lg = law_frontier(law, cg)
+        ax.plot(cg, lg, color="tab:red", lw=1.5, label="compute-optimal frontier (fitted law)")
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel(C_LABEL), ax.set_ylabel(LOSS_LABEL)
+    _loss_axis(ax)
+    ax.set_title("Loss vs compute")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _band(law: Any, N, D) -> dict[str, np.ndarray] | None:
+    if law is None or getattr(law, "bootstrap_", None) is None:
+        return None
+    return law.prediction_interval(N, D)
+
+
+def plot_loss_vs(t: RunsTable, var: str, law: Any = None):
+    """Loss against N (one line per token budget) or against D (one line per model size)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    x, other = (t.N, t.D) if var == "N" else (t.D, t.N)
+    groups = _groups(other) if len(t) <= 400 else [np.arange(len(t))]
+    reps = None
+    if len(groups) > 8:  # too many budgets to draw one line each: colour by the other variable
+        sc = ax.scatter(x, t.loss, c=np.log10(other), cmap="plasma", s=14, alpha=0.7)
+        fig.colorbar(sc, ax=ax).set_label("log10 " + (D_LABEL if var == "N" else _n_label(t)))
+        reps = np.quantile(other, [0.1, 0.5, 0.9])
+        groups = []
+    cmap = plt.get_cmap("viridis")
+    if reps is not None and law is not None:
+        pcm = plt.get_cmap("plasma")
+        lo_o, hi_o = np.log10(other.min()), np.log10(other.max())
+        for o in reps:
+            col = pcm((np.log10(o) - lo_o) / max(hi_o - lo_o, 1e-9))
+            xg = np.logspace(np.log10(x.min()) - 0.2, np.log10(x.max()) + 0.3, 60)
+            args = (xg, np.full_like(xg, o)) if var == "N" else (np.full_like(xg, o), xg)
+            ax.plot(xg, law.predict(*args), color=col, lw=1.4, label=(f"law at D={o:.3g}" if var == "N" else f"law at N={o:.3g}"))
+            band = _band(law, *args)
+            if band is not None:
+                ax.fill_between(xg, band["ci_low"], band["ci_high"], color=col, alpha=0.25, lw=0)
+        ax.legend(fontsize=7)
+    for gi, g in enumerate(groups):
+        col = cmap(gi / max(1, len(groups) - 1))
+        o = float(np.exp(np.mean(np.log(other[g]))))
+        lab = f"D={o:.3g}" if var == "N" else f"N={o:.3g}"
+        ax.scatter(x[g], t.loss[g], color=col, s=28, zorder=3, label=lab)
+        if law is not None:
+            xg = np.logspace(np.log10(x.min()) - 0.2, np.log10(x.max()) + 0.3, 60)
+            og = np.full_like(xg, o)
+            args = (xg, og) if var == "N" else (og, xg)
+            ax.plot(xg, law.predict(*args), color=col, lw=1.2)
+            band = _band(law, *args)
+            if band is not None:
+                ax.fill_between(xg, band["ci_low"], band["ci_high"], color=col, alpha=0.2, lw=0)
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel(_n_label(t) if var == "N" else D_LABEL)
+    ax.set_ylabel(LOSS_LABEL)
+    _loss_axis(ax)
+    title = "Loss vs parameters" if var == "N" else "Loss vs tokens"
+    if law is not None:
+        title += " (lines: fitted law" + (", bands: 95% CI)" if _band(law, t.N[:1], t.D[:1]) is not None else ")")
+    ax.set_title(title, fontsize=10)
+    if groups:
+        ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def isoflop_minima(t: RunsTable, min_runs: int = 4, rel: float = 0.35) -> list[dict[str, float]]:
+    """Approach 2 (Hoffmann et al.): per compute budget, a parabola in log N through the runs; its minimum."""
+    out = []
+    for g in _groups(t.C, rel):
+        if len(g) < min_runs or len(np.unique(np.round(np.log10(t.N[g]), 3))) < 3:
+            continue
+        x, y = np.log10(t.N[g]), t.loss[g]
+        a, b, c = np.polyfit(x, y, 2)
+        if a <= 0:
+            continue
+        xm = -b / (2 * a)
+        if not (x.min() - 0.5 <= xm <= x.max() + 0.5):
+            continue
+        cm = float(np.exp(np.mean(np.log(t.C[g]))))
+        out.append({"C": cm, "N_opt": float(10 ** xm), "D_opt": cm / (6 * 10 ** xm), "loss": float(a * xm ** 2 + b * xm + c),
+                    "indices": g.tolist(), "coef": [float(a), float(b), float(c)]})
+    return out
+
+
+def plot_isoflop(t: RunsTable, law: Any = None, budgets: Sequence[float] | None = None):
+    """IsoFLOP curves: measured slices with their parabola minima, else the fitted law's."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    mins = isoflop_minima(t)
+    cmap = plt.get_cmap("plasma")
+    if mins:
+        for i, m in enumerate(mins):
+            col = cmap(i / max(1, len(mins) - 1) * 0.85)
+            g = np.array(m["indices"])
+            ax.scatter(t.N[g], t.loss[g], color=col, s=24, zorder=3, label=f"C={m['C']:.2g}")
+            xg = np.linspace(np.log10(t.N[g]).min() - 0.1, np.log10(t.N[g]).max() + 0.1, 50)
+            ax.plot(10 ** xg, np.polyval(m["coef"], xg), color=col, lw=1)
+            ax.plot([m["N_opt"]], [m["loss"]], marker="*", color=col, ms=12, mec="k", zorder=4)
+        ax.set_title("IsoFLOP slices (parabola fits in log N, stars: minima)", fontsize=10)
+    elif law is not None:
+        cs = budgets or np.logspace(np.log10(t.C.min()), np.log10(t.C.max()), 4)
+        for i, c in enumerate(cs):
+            col = cmap(i / max(1, len(cs) - 1) * 0.85)
+            n_opt, l_opt = law_frontier(law, np.array([c]))
+            ng = n_opt[0] * np.logspace(-1, 1, 60)
+            ax.plot(ng, law.predict(ng, c / (6 * ng)), color=col, lw=1.3, label=f"C={c:.2g}")
+            ax.plot(n_opt, l_opt, marker="*", color=col, ms=12, mec="k")
+        ax.set_title("IsoFLOP curves of the fitted law (stars: minima)", fontsize=10)
+    else:
+        ax.text(0.5, 0.5, "no IsoFLOP slices and no fitted law", ha="center", transform=ax.transAxes)
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel(_n_label(t)), ax.set_ylabel(LOSS_LABEL)
+    _loss_axis(ax)
+    ax.legend(fontsize=6, ncol=2)
+    return fig
+
+
+def plot_allocation(t: RunsTable, law: Any = None):
+    """N_opt(C) and D_opt(C): the fitted law's closed form with bootstrap bands, IsoFLOP minima as points."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    cg = np.logspace(np.log10(t.C.min()) - 0.5, np.log10(t.C.max()) + 1.5, 80)
+    if law is not None:
+        dv = law.derived_()
+        n_opt = dv["G"] * (cg / 6) ** dv["a"]
+        ax.plot(cg, n_opt, color="tab:blue", label=f"N_opt ∝ C^{dv['a']:.2f} (fitted law)")
+        ax.plot(cg, cg / (6 * n_opt), color="tab:orange", label=f"D_opt ∝ C^{dv['b']:.2f} (fitted law)")
+        b = getattr(law, "bootstrap_", None)
+        if b is not None and {"G", "a"} <= set(b.samples):
+            G, a = b.samples["G"][:, None], b.samples["a"][:, None]
+            ok = np.isfinite(G[:, 0]) & np.isfinite(a[:, 0])
+            ns = G[ok] * (cg[None, :] / 6) ** a[ok]
+            lo, hi = np.percentile(ns, [2.5, 97.5], axis=0)
+            ax.fill_between(cg, lo, hi, color="tab:blue", alpha=0.2, lw=0, label="95% CI")
+            ax.fill_between(cg, cg / (6 * hi), cg / (6 * lo), color="tab:orange", alpha=0.2, lw=0)
+    ax.plot(cg, np.sqrt(cg / 120), "k:", lw=1, label="20 tokens/parameter rule")
+    mins = isoflop_minima(t)
+    if mins:
+        ax.scatter([m["C"] for m in mins], [m["N_opt"] for m in mins], color="tab:blue", marker="*", s=80, zorder=3,
+                   label="IsoFLOP minima")
+        ax.scatter([m["C"] for m in mins], [m["D_opt"] for m in mins], color="tab:orange", marker="*", s=80, zorder=3)
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel(C_LABEL), ax.set_ylabel("compute-optimal N (parameters) and D (tokens)")
+    ax.set_title("Compute-optimal allocation")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_training_curves(t: RunsTable):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    cmap = plt.get_cmap("viridis")
+    lo, hi = np.log10(t.N.min()), np.log10(t.N.max())
+    drawn = 0
+    for i, curve in enumerate(t.curves):
+        pts = [(c[1], c[2]) for c in curve if c[1] and c[1] > 0]
+        if not pts:
+            continue
+        x, y = zip(*pts)
+        col = cmap((np.log10(t.N[i]) - lo) / max(hi - lo, 1e-9))
+        ax.plot(x, y, color=col, lw=1, marker=".", ms=3)
+        drawn += 1
+    if drawn == 0:
+        ax.text(0.5, 0.5, "no training curves in this source", ha="center", transform=ax.transAxes)
+    else:
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
+        fig.colorbar(sm, ax=ax).set_label(f"log10 {_n_label(t)}")
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel("tokens seen (tokens)"), ax.set_ylabel(LOSS_LABEL)
+    _loss_axis(ax)
+    ax.set_title("Training curves (validation loss during training)")
+    return fig
+
+
+def plot_emergence(data: Any, analysis: Any, log_metric: bool = False, ax=None):
+    """A metric against compute with the sigmoid and broken-power-law fits and the break."""
+    from lmscale.scaling.emergence import BrokenPowerLawFit, SigmoidFit
+
+    plt = _plt()
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    groups = sorted(set(data.group)) if data.group else []
+    if groups and len(groups) <= 20:
+        cmap = plt.get_cmap("viridis")
+        order = sorted(groups, key=lambda g: float(np.median(data.params[np.array(data.group) == g])) if data.params is not None else 0)
+        for i, g in enumerate(order):
+            m = np.array(data.group) == g
+            ax.plot(data.compute[m], data.value[m], "o", ms=3, color=cmap(i / max(1, len(order) - 1)), label=g)
+    else:
+        ax.plot(data.compute, data.value, "o", ms=3, color="tab:blue", label="runs")
+    xg = np.linspace(data.x.min(), data.x.max(), 300)
+    s = analysis.sigmoid
+    ys = SigmoidFit.curve(xg, s["lo"], s["hi"], s["k"], s["x0"])
+    b = analysis.broken_power_law
+    yb = BrokenPowerLawFit.curve(xg, b["a"], b["logb"], b["c0"], b["c1"], b["xb"], b["f"])
+    if analysis.higher_is_better and not log_metric:
+        yb = 1.0 - yb
+    if log_metric:
+        ys = 10 ** ys
+        yb = 10 ** (yb + np.log10(data.value).min() - 1e-3 * max(np.ptp(np.log10(data.value)), 1e-9))
+        ax.set_yscale("log")
+    ax.plot(10 ** xg, ys, "k-", lw=1.5, label=f"sigmoid (10-90%: {analysis.transition_width_decades:.2f} decades)")
+    ax.plot(10 ** xg, yb, "r--", lw=1.5, label="broken power law")
+    if analysis.break_detected:
+        ax.axvline(analysis.break_compute, color="r", lw=0.8, ls=":", label=f"break at {analysis.break_compute:.2g} FLOPs")
+    ax.set_xscale("log")
+    ax.set_xlabel(C_LABEL)
+    ax.set_ylabel(f"{analysis.label or analysis.metric}")
+    ax.set_title(analysis.label or analysis.metric, fontsize=10)
+    ax.legend(fontsize=6, ncol=2)
+    return fig
+
+
+def plot_metric_pair(disc: Any, disc_an: Any, cont: Any, cont_an: Any, comparison: dict[str, Any] | None = None):
+    """Schaeffer et al. 2023: the same task under a discontinuous and a continuous metric."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    plot_emergence(disc, disc_an, ax=a1)
+    plot_emergence(cont, cont_an, log_metric=True, ax=a2)
+    if comparison:
+        d, c = comparison["discontinuous"], comparison["continuous"]
+        fig.suptitle(f"Same task, two metrics: 10-90% rise over {d['width_decades']:.2f} decades ({d['label']}) "
+                     f"vs {c['width_decades']:.2f} ({c['label']})", fontsize=10)
+    return fig
+
+
+def plot_icl(result: dict[str, Any]):
+    """In-context accuracy (and answer log-likelihood) against training tokens, one line per size."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cmap = plt.get_cmap("viridis")
+    models = result["models"]
+    for i, m in enumerate(models):
+        col = cmap(i / max(1, len(models) - 1))
+        tok = [e["tokens"] for e in m["evals"]]
+        for task, ls in (("recall", "-"), ("induction", "--")):
+            a1.plot(tok, [e[task]["accuracy"] for e in m["evals"]], ls, color=col,
+                    label=f"{task}, N={m['params_non_embedding'] / 1e3:.0f}k")
+        a2.plot(tok, [e["recall"]["answer_logprob"] for e in m["evals"]], "-", color=col,
+                label=f"recall, N={m['params_non_embedding'] / 1e3:.0f}k")
+    chance = result.get("chance", {}).get("recall")
+    if chance:
+        a1.axhline(chance, color="grey", lw=0.8, ls=":", label="chance (recall)")
+    for ax in (a1, a2):
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens (tokens)")
+        ax.legend(fontsize=6)
+    a1.set_ylabel("in-context accuracy (fraction of queries)")
+    a1.set_title("In-context accuracy (discontinuous metric)", fontsize=10)
+    a2.set_ylabel("log-probability of the correct answer (nats)")
+    a2.set_title("Answer log-likelihood (continuous metric)", fontsize=10)
+    return fig

@@ -1,0 +1,260 @@
+"""The scaling report: every figure plus the fitted law in one self-contained HTML file.
+
+The report opens offline and can be mailed as one file: images are embedded as base64 PNGs and
+the styling is inline. It is built from a sweep registry or from any CSV of runs (the
+Chinchilla paper's published runs among them), so it can be checked without training anything.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmscale.errors import DataError
+from lmscale.io import atomic_write_text
+from lmscale.scaling import plots
+from lmscale.scaling.plots import RunsTable
+
+
+def is_sqlite(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def load_runs(source: str | os.PathLike, sweep: str | None = None, params: str = "non_embedding",
+              **csv_cols: Any) -> RunsTable:
+    """Finished runs of a registry (SQLite) or a CSV of runs."""
+    p = Path(source)
+    if not p.exists():
+        raise DataError(f"{p} does not exist")
+    if is_sqlite(p):
+        from lmscale.scaling.registry import Registry
+
+        reg = Registry(p)
+        try:
+            table = RunsTable.from_records(reg.runs(sweep), params=params, source=str(p))
+        finally:
+            reg.close()
+    else:
+        table = RunsTable.from_csv(p, **{k: v for k, v in csv_cols.items() if v})
+    if len(table) < 2:
+        raise DataError(f"{p}: fewer than 2 finished runs to report on")
+    return table
+
+
+def _hoffmann_grid():
+    from lmscale.scaling.laws import HOFFMANN_GRID
+
+    return HOFFMANN_GRID
+
+
+def _coarse_grid():
+    from lmscale.scaling.laws import COARSE_GRID
+
+    return COARSE_GRID
+
+
+# Starting points of the approach-3 fit: Hoffmann et al.'s 5,400, a 243-point coarse grid, or 32
+# (enough for well-behaved sweeps, and fast).
+GRIDS = {"hoffmann": _hoffmann_grid, "coarse": _coarse_grid,
+         "small": lambda: {"e": (0.0, 1.0), "a": (5.0, 10.0), "b": (5.0, 10.0), "alpha": (0.3, 0.6), "beta": (0.3, 0.6)}}
+
+
+def fit_table(t: RunsTable, holdout: str | None = "largest", n_holdout: int | None = None,
+              n_bootstrap: int = 100, grid: Any = "coarse", seed: int = 0) -> dict[str, Any] | None:
+    """Chinchilla fit with the held-out check, then a fit on all runs with bootstrap bands."""
+    from lmscale.scaling.laws import ChinchillaLaw
+    from lmscale.scaling.sweep import fit_chinchilla
+
+    if len(t) < 6:
+        return None
+    g = GRIDS[grid]() if isinstance(grid, str) else grid
+    res: dict[str, Any] = {}
+    if holdout == "largest" and len(t) >= 8:
+        check = fit_chinchilla(t.N, t.D, t.loss, holdout="largest", n_holdout=n_holdout, grid=g)
+        check.pop("_law")
+        res["holdout_check"] = check
+    law = ChinchillaLaw(grid=g).fit(t.N, t.D, t.loss)
+    if n_bootstrap:
+        b = law.bootstrap(n_bootstrap, seed=seed)
+        res["ci95"] = {k: [float(v[0]), float(v[1])] for k, v in b.ci(0.95).items()}
+    res["params"] = {k: float(v) for k, v in law.params_.items()}
+    res["derived"] = {k: float(v) for k, v in law.derived_().items()}
+    res["n_points"] = len(t)
+    res["_law"] = law
+    return res
+
+
+def make_figures(t: RunsTable, fit: dict[str, Any] | None, emergence: dict[str, Any] | None = None,
+                 icl: dict[str, Any] | None = None) -> dict[str, Any]:
+    """name -> (matplotlib figure, caption)."""
+    law = fit["_law"] if fit else None
+    figs: dict[str, Any] = {
+        "loss_vs_compute": (plots.plot_loss_vs_compute(t, law), "Final validation loss against training compute; "
+                            "dashed: the runs' efficient frontier; red: the fitted law's compute-optimal frontier."),
+        "loss_vs_params": (plots.plot_loss_vs(t, "N", law), "Loss against parameters, one colour per token budget; "
+                           "lines: fitted Chinchilla law, bands: 95% bootstrap confidence interval."),
+        "loss_vs_tokens": (plots.plot_loss_vs(t, "D", law), "Loss against tokens, one colour per model size; "
+                           "lines and bands as above."),
+        "isoflop": (plots.plot_isoflop(t, law), "IsoFLOP curves with their minima (Hoffmann et al. approach 2)."),
+        "allocation": (plots.plot_allocation(t, law), "Compute-optimal parameters N_opt and tokens D_opt against compute."),
+    }
+    if any(t.curves):
+        figs["training_curves"] = (plots.plot_training_curves(t), "Validation loss during training for every run.")
+    if emergence:
+        for key, item in emergence.items():
+            figs[key] = item
+    if icl:
+        figs["icl"] = (plots.plot_icl(icl), "Synthetic in-context tasks: accuracy (left) and the log-probability "
+                       "of the right answer (right) against training tokens, per model size.")
+    return figs
+
+
+def emergence_figures(csv_path: str | os.PathLike, task: str = "lambada_openai", metric: str = "acc",
+                      continuous_metric: str = "ppl", chance: float | None = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Figures and numbers for a Pythia-style CSV: the discontinuous and continuous metric of one task."""
+    from lmscale.scaling.emergence import analyze, compare_metrics, read_pythia
+
+    disc = read_pythia(csv_path, task, metric)
+    cont = read_pythia(csv_path, task, continuous_metric)
+    da = analyze(disc, chance=chance)
+    ca = analyze(cont, higher_is_better=False, log_metric=True)
+    cmp = compare_metrics(disc, cont)
+    figs = {
+        "emergence": (plots.plot_emergence(disc, da), f"{task} {metric} against compute (every Pythia model and "
+                      "checkpoint): sigmoid and broken power law fits. " + da.break_reason + "."),
+        "emergence_metrics": (plots.plot_metric_pair(disc, da, cont, ca, cmp),
+                              "The same task under a discontinuous and a continuous metric (Schaeffer et al. 2023)."),
+    }
+    numbers = {"task": task, "discontinuous": da.to_dict(), "continuous": ca.to_dict(), "comparison": cmp}
+    return figs, numbers
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+figure{margin:1em 0;display:inline-block;vertical-align:top;max-width:100%}
+figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555;max-width:640px}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th{background:#f5f5f5}.ok{color:#070}.bad{color:#a00}code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v == 0 or not math.isfinite(v):
+            return str(v)
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(t: RunsTable, fit: dict[str, Any] | None, images: dict[str, tuple[bytes, str]],
+                title: str, extra: dict[str, Any] | None = None) -> str:
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p>{len(t)} runs from <code>{html.escape(t.source or 'input')}</code>; N = "
+             f"{html.escape(t.n_kind or 'parameters')} parameters, D = training tokens, C = 6ND; "
+             f"loss in nats/token. N spans {t.N.min():.3g}&ndash;{t.N.max():.3g} "
+             f"({t.N.max() / t.N.min():.1f}&times;), D spans {t.D.min():.3g}&ndash;{t.D.max():.3g} "
+             f"({t.D.max() / t.D.min():.1f}&times;).</p>"]
+    if fit:
+        p = fit["params"]
+        ci = fit.get("ci95", {})
+        rows = [{"parameter": k, "estimate": v, "95% CI low": ci.get(k, [math.nan])[0],
+                 "95% CI high": ci.get(k, [math.nan, math.nan])[1]} for k, v in p.items()]
+        for k, v in fit["derived"].items():
+            rows.append({"parameter": f"{k} (derived)", "estimate": v, "95% CI low": ci.get(k, [math.nan])[0],
+                         "95% CI high": ci.get(k, [math.nan, math.nan])[1]})
+        parts.append("<h2>Fitted law: L(N, D) = E + A/N<sup>&alpha;</sup> + B/D<sup>&beta;</sup></h2>")
+        parts.append(_table(rows, ["parameter", "estimate", "95% CI low", "95% CI high"]))
+        parts.append("<p>Fitted by Huber loss on log-loss residuals from a grid of starts (Hoffmann et al. 2022, "
+                     "approach 3); intervals from a bootstrap over runs. a and b: N_opt &prop; C<sup>a</sup>, "
+                     "D_opt &prop; C<sup>b</sup>.</p>")
+        hc = fit.get("holdout_check")
+        if hc:
+            ok = hc["max_abs_rel_error"] <= 0.03
+            parts.append(f"<h2>Held-out check</h2><p>Fitted on the {hc['n_fit']} smaller-compute runs, the law predicts "
+                         f"the {len(hc['holdout'])} largest-compute runs with a largest relative error of "
+                         f"<b class='{'ok' if ok else 'bad'}'>{100 * hc['max_abs_rel_error']:.2f}%</b>.</p>")
+            parts.append(_table([{**h, "rel. error (%)": 100 * h["rel_error"]} for h in hc["holdout"]],
+                                ["N", "D", "C", "loss", "predicted", "rel. error (%)"]))
+    else:
+        parts.append("<p>Fewer than 6 runs: no law fitted.</p>")
+    parts.append("<h2>Figures</h2>")
+    for name, (png, caption) in images.items():
+        b64 = base64.b64encode(png).decode("ascii")
+        parts.append(f"<figure id='fig-{name}'><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if extra:
+        for heading, obj in extra.items():
+            parts.append(f"<h2>{html.escape(heading)}</h2><pre>{html.escape(json.dumps(obj, indent=1, default=float))}</pre>")
+    runs = [{"run": n, "N": float(a), "D": float(b), "C": float(6 * a * b), "loss": float(c)}
+            for n, a, b, c in sorted(zip(t.names, t.N, t.D, t.loss), key=lambda r: 6 * r[1] * r[2])]
+    if len(runs) <= 400:
+        parts.append("<h2>Runs</h2>" + _table(runs, ["run", "N", "D", "C", "loss"]))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None = None,
+                 png_dir: str | os.PathLike | None = None, sweep: str | None = None,
+                 emergence_csv: str | os.PathLike | None = None, emergence_task: str = "lambada_openai",
+                 icl_json: str | os.PathLike | None = None, holdout: str | None = "largest",
+                 n_holdout: int | None = None, n_bootstrap: int = 100, title: str | None = None,
+                 params: str = "non_embedding", grid: Any = "coarse", **csv_cols: Any) -> dict[str, Any]:
+    """Fit, draw and write: PNGs into `png_dir`, one self-contained HTML at `out_html`."""
+    from lmscale.io import atomic_write_bytes
+
+    t = load_runs(source, sweep=sweep, params=params, **csv_cols)
+    fit = fit_table(t, holdout=holdout, n_holdout=n_holdout, n_bootstrap=n_bootstrap, grid=grid)
+    extra: dict[str, Any] = {}
+    em_figs = None
+    if emergence_csv:
+        em_figs, numbers = emergence_figures(emergence_csv, task=emergence_task)
+        extra["Emergence analysis"] = numbers
+    icl = None
+    if icl_json:
+        p = Path(icl_json)
+        if not p.is_file():
+            raise DataError(f"{p} does not exist")
+        icl = json.loads(p.read_text())
+        extra["In-context learning phase transition"] = {k: v for k, v in icl.items() if k != "models"} | {
+            "models": [{k: v for k, v in m.items() if k != "evals"} for m in icl["models"]]}
+    figs = make_figures(t, fit, em_figs, icl)
+    import io as _io
+
+    plt = plots._plt()
+    images: dict[str, tuple[bytes, str]] = {}
+    written = []
+    for name, (fig, caption) in figs.items():
+        buf = _io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        images[name] = (buf.getvalue(), caption)
+        if png_dir is not None:
+            written.append(str(atomic_write_bytes(Path(png_dir) / f"{name}.png", buf.getvalue())))
+    result: dict[str, Any] = {"n_runs": len(t), "figures": list(images), "pngs": written}
+    if fit:
+        result["fit"] = {k: v for k, v in fit.items() if not k.startswith("_")}
+    if extra:
+        result.update({"emergence": extra.get("Emergence analysis")} if emergence_csv else {})
+    if out_html is not None:
+        text = render_html(t, fit, images, title or f"Scaling report: {Path(source).name}", extra)
+        atomic_write_text(out_html, text)
+        result["html"] = str(out_html)
+    return result

@@ -1,0 +1,114 @@
+"""Bulk byte-level BPE encoding with a word cache, for tokenizing whole corpora.
+
+The `tokenizers` pipeline spends most of its time per character in pre-tokenization (it tracks
+alignments for offsets nobody asks for when preparing shards). GPT-2's own encoder took a
+shorter road: split the text with the GPT-2 regular expression, and look each piece up in a
+cache, running the BPE merges only for pieces not seen before. Natural text repeats its words,
+so after the first few hundred kilobytes nearly every piece is a cache hit.
+
+This module does that, and stays exactly equal to the library's output: it applies only to
+byte-level BPE tokenizers wired as GPT-2's (no normalizer, a plain ByteLevel pre-tokenizer),
+checks every distinct character it meets against the library's own pre-tokenizer (so a
+difference in Unicode tables between the two regex engines can only send a document back to the
+library, never change its tokens), and leaves documents containing added tokens to the library.
+"""
+from __future__ import annotations
+
+import json
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+MAX_CACHE = 2_000_000
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's reversible byte -> printable character map (the ByteLevel alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = [""] * 256
+    for b, c in zip(bs, cs):
+        table[b] = chr(c)
+    return table
+
+
+_B2U = _bytes_to_unicode()
+
+
+def applicable(tok) -> bool:
+    """True when `tok` is a byte-level BPE that this encoder reproduces exactly."""
+    if tok.kind != "bpe":
+        return False
+    try:
+        import regex  # noqa: F401
+    except ImportError:
+        return False
+    spec = json.loads(tok.backend.to_str())
+    pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+    return (spec.get("normalizer") is None and pre.get("type") == "ByteLevel"
+            and not pre.get("add_prefix_space", False) and pre.get("use_regex", True)
+            and model.get("type") == "BPE" and not model.get("dropout"))
+
+
+class CachedByteLevelEncoder:
+    def __init__(self, tok) -> None:
+        import regex
+
+        self.tok = tok
+        self.model = tok.backend.model
+        self.pre = tok.backend.pre_tokenizer
+        self.pattern = regex.compile(GPT2_PATTERN)
+        self.cache: dict[str, list[int]] = {}
+        self.char_ok: dict[str, bool] = {}
+        self.added = [t.content for t in tok.backend.get_added_tokens_decoder().values()]
+        self.fallback_docs = 0
+
+    def _map(self, piece: str) -> str:
+        return "".join(_B2U[b] for b in piece.encode("utf-8"))
+
+    def _check_chars(self, chars: set[str]) -> None:
+        """Compare this regex with the library's pre-tokenizer on probes around each new character."""
+        for c in chars:
+            probe = f"a{c} 1{c} !{c} {c}{c}a {c}\n{c} x{c}{c}"
+            ours = [self._map(p) for p in self.pattern.findall(probe)]
+            theirs = [p for p, _ in self.pre.pre_tokenize_str(probe)]
+            self.char_ok[c] = ours == theirs and "".join(self.pattern.findall(probe)) == probe
+
+    def _usable(self, doc: str) -> bool:
+        if any(a in doc for a in self.added):
+            return False
+        new = set(doc).difference(self.char_ok)
+        if new:
+            self._check_chars(new)
+        return all(self.char_ok[c] for c in set(doc))
+
+    def encode(self, doc: str) -> list[int]:
+        cache, ids = self.cache, []
+        for piece in self.pattern.findall(doc):
+            v = cache.get(piece)
+            if v is None:
+                v = [t.id for t in self.model.tokenize(self._map(piece))]
+                if len(cache) < MAX_CACHE:
+                    cache[piece] = v
+            ids.extend(v)
+        return ids
+
+    def encode_batch(self, docs: list[str]) -> list[list[int]]:
+        out: list[list[int] | None] = []
+        slow: list[int] = []
+        for i, d in enumerate(docs):
+            if self._usable(d):
+                out.append(self.encode(d))
+            else:
+                out.append(None)
+                slow.append(i)
+        if slow:
+            self.fallback_docs += len(slow)
+            enc = getattr(self.tok.backend, "encode_batch_fast", self.tok.backend.encode_batch)
+            for i, e in zip(slow, enc([docs[i] for i in slow], add_special_tokens=False)):
+                out[i] = e.ids
+        return out  # type: ignore[return-value]
