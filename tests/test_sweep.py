@@ -32,6 +32,7 @@ FAKE_PRETRAIN = textwrap.dedent('''
     cfg = yaml.safe_load(open(args[args.index("--config") + 1]))
     resume = "--resume" in args
     run = Path(cfg["out"]); run.mkdir(parents=True, exist_ok=True)
+    (run / "pid").write_text(str(os.getpid()))
     t, m = cfg["train"], cfg["model"]
     n = 12 * m["n_layers"] * m["d_model"] ** 2
     tps = t["batch_size"] * t["seq_len"]
@@ -213,6 +214,36 @@ def test_killed_sweep_resumes_interrupted_run_from_checkpoint(tmp_path):
     assert rec.status == "finished" and rec.attempts == 2
     steps = [c[0] for c in rec.train_curve]
     assert steps == sorted(set(steps)) and steps[-1] == 20
+
+
+def test_ctrl_c_stops_the_children_and_marks_runs_resumable(tmp_path):
+    script, command = _fake(tmp_path)
+    sw = _tiny_sweep(sizes=[2e4], tokens=[640])
+    out = tmp_path / "out"
+    code = textwrap.dedent(f'''
+        import sys
+        from lmscale.cli import main
+        from lmscale.scaling.sweep import SweepConfig, run_sweep
+        sw = SweepConfig.from_dict({sw.to_dict()!r})
+        cmd = lambda c, r, resume: [sys.executable, {str(script)!r}, "--config", str(c)] + (["--resume", str(r)] if resume else [])
+        try:
+            run_sweep(sw, {str(out)!r}, command=cmd, prepare=False, heartbeat_s=30)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    ''')
+    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, FAKE_STEP_S="0.2"))
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(out.glob("runs/*/checkpoints/step_00000005")):
+        time.sleep(0.05)
+    child = int(next(out.glob("runs/*/pid")).read_text())
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(60) == 130
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    (rec,) = Registry(out / "registry.sqlite").runs("t")
+    assert rec.status == "stopped"
+    (o,) = run_sweep(sw, out, command=command, prepare=False).outcomes
+    assert o.status == "finished" and o.resumed
 
 
 def test_slurm_launcher_writes_a_job_array_reporting_to_the_registry(tmp_path):

@@ -126,11 +126,21 @@ def test_add_special_tokens_are_never_split(trained, tmp_path):
     assert set(ids) <= tok.special_ids and tok.hash != before
 
 
-def test_gpt2_vocab_and_merges_give_transformers_ids(shared_data):
+@pytest.fixture(scope="module")
+def gpt2() -> Tokenizer:
+    from conftest import _shared_data_dir
+
+    d = _shared_data_dir()
+    if d is None:
+        pytest.skip("real-data mirror ../shared/data is not present")
+    return Tokenizer.load(d / "gpt2-tokenizer")
+
+
+def test_gpt2_vocab_and_merges_give_transformers_ids(shared_data, gpt2):
     from transformers import GPT2TokenizerFast
 
     d = shared_data / "gpt2-tokenizer"
-    ours = Tokenizer.load(d)
+    ours = gpt2
     params = inspect.signature(GPT2TokenizerFast.__init__).parameters
     if "vocab_file" in params:
         ref = GPT2TokenizerFast(vocab_file=str(d / "vocab.json"), merges_file=str(d / "merges.txt"))
@@ -244,3 +254,37 @@ def test_tokenizer_cli_train_encode_explain(tmp_path, capsys):
     assert main(["tokenizer", "train", "--kind", "bpe", "--vocab-size", "300", "--input",
                  str(tmp_path / "nope.txt"), "--out", str(tmp_path / "t2")]) == 2
     assert "nope.txt" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bulk encoder
+
+
+def test_cached_byte_level_encoder_equals_the_library_on_any_text(trained):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from lmscale.tokenization import fast_bpe
+
+    bpe = trained["bpe"]
+    assert fast_bpe.applicable(bpe)
+    assert not fast_bpe.applicable(trained["wordpiece"]) and not fast_bpe.applicable(trained["unigram"])
+    enc = fast_bpe.CachedByteLevelEncoder(bpe)
+    alphabet = st.one_of(st.characters(), st.sampled_from(list(" \n\t\r\u00a0\u2003\u200b\x1c\x85's1!a")))
+
+    @settings(max_examples=80, deadline=None, derandomize=True)
+    @given(st.lists(st.text(alphabet, max_size=40), min_size=1, max_size=4))
+    def check(texts):
+        assert enc.encode_batch(texts) == bpe.encode_batch(texts)
+
+    check()
+    assert enc.encode_batch(["a<|endoftext|>b"]) == [bpe.encode("a<|endoftext|>b")]  # added tokens: library path
+
+
+def test_cached_encoder_on_gpt2_and_wikitext(shared_data, gpt2):
+    from lmscale.tokenization import fast_bpe
+
+    tok = gpt2
+    lines = (shared_data / "wikitext-2" / "wiki.valid.raw").read_text("utf-8").splitlines(keepends=True)[:2000]
+    docs = ["".join(lines[i:i + 50]) for i in range(0, len(lines), 50)]
+    enc = fast_bpe.CachedByteLevelEncoder(tok)
+    assert enc.encode_batch(docs) == tok.encode_batch(docs) and enc.fallback_docs == 0

@@ -8,7 +8,7 @@ HELP = "count parameters and training FLOPs/token of a preset or config (no mode
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", help="preset name (see `lmscale presets`) or a YAML/JSON config file")
+    p.add_argument("target", help="preset name (see `lmscale presets`), a YAML/JSON config file, or a model directory")
     p.add_argument("--seq-len", type=int, default=None, help="context length for the FLOP conventions "
                    "(default: train.seq_len of the config, else model.max_positions)")
     p.add_argument("--mlm-fraction", type=float, default=0.15,
@@ -26,6 +26,8 @@ def load_model_config(target: str, overrides: dict | None = None):
 
     path = Path(target)
     published = None
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"  # a saved model directory
     if path.exists() and path.is_file():
         text = path.read_text(encoding="utf-8")
         import yaml

@@ -43,11 +43,12 @@ def _list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="lmscale corpora")
+    table = Table(title="lmscale corpora (sources tried in order; LMSCALE_DATA_DIR is the mirror)")
     for col in ("name", "kind", "local", "sources", "description"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("name", "kind", "local"))
     for r in rows:
-        table.add_row(r["name"], r["kind"], "yes" if r["available"] else "-", ", ".join(r["sources"]), r["description"])
+        sources = ", ".join(s.split("==")[0] for s in r["sources"])
+        table.add_row(r["name"], r["kind"], "yes" if r["available"] else "-", sources, r["description"].split(";")[0])
     Console().print(table)
     return 0
 

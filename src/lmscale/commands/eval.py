@@ -138,6 +138,14 @@ def _run_fewshot(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    if len(args.shots) > 1:
+        print("\nin-context learning curve (main metric by number of shots)")
+        ks = [str(k) for k in args.shots]
+        print("  ".join(["task".ljust(widths[0])] + [f"{k + '-shot':>8}" for k in ks]))
+        for task, by_k in result["curve"].items():
+            metric = "exact_match" if "exact_match" in by_k[ks[0]] else "acc"
+            cells = [f"{by_k[k][metric]:8.3f}" for k in ks]
+            print("  ".join([task.ljust(widths[0])] + cells) + f"  ({metric})")
     if args.out:
         print(f"results written to {args.out}")
     return 0

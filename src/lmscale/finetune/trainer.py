@@ -51,6 +51,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     dropout: float = 0.1
     patience: Optional[int] = 3  # evaluations without dev improvement before stopping
+    eval_every: Optional[int] = None  # evaluate every N steps instead of after each epoch
     seed: int = 0
     padding_side: str = "right"  # decoders: left or right padding
     symmetric: bool = False  # pair tasks whose order does not matter (GPT similarity)
@@ -227,6 +228,15 @@ class FinetunedModel(nn.Module):
     @torch.no_grad()
     def predict_encoded(self, encs: Sequence[Encoded], batch_size: int = 128) -> dict[str, Any]:
         """Raw predictions: class indices + probabilities, scores, or output strings."""
+        # length-sorted batches waste little on padding; results go back to the input order
+        order = sorted(range(len(encs)), key=lambda i: sum(len(v) for v in encs[i].views))
+        out = self._predict_sorted([encs[i] for i in order], batch_size)
+        inverse = [0] * len(order)
+        for pos, i in enumerate(order):
+            inverse[i] = pos
+        return {k: [v[inverse[i]] for i in range(len(order))] if v else v for k, v in out.items()}
+
+    def _predict_sorted(self, encs: Sequence[Encoded], batch_size: int) -> dict[str, Any]:
         was_training = self.training
         self.eval()
         try:
@@ -466,6 +476,7 @@ def finetune(
     total = epochs * steps_per_epoch
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
+    epochs = math.ceil(total / steps_per_epoch)
     warmup = int(cfg.warmup_fraction * total)
     metric = cfg.metric or M.main_metric(task.kind)
     rng = random.Random(cfg.seed)
@@ -478,10 +489,39 @@ def finetune(
     params = [p for g in groups for p in g["params"]]
     model.train()
     stopped_early = False
-    for epoch in range(1, epochs + 1):
+    dev_encs = splits_encs["dev"][0]
+
+    def evaluate_now(epoch: float, losses: list[float]) -> bool:
+        """Evaluate on dev, keep the best state; True when early stopping says stop."""
+        nonlocal best, best_state, bad_evals
+        dev = model.evaluate(dev_encs, cfg.eval_batch_size)
+        if metric not in dev:
+            raise DataError(f"metric {metric!r} is not computed for {task.kind} tasks (have {', '.join(dev)})")
+        value = dev[metric]
+        record = {"event": "eval", "epoch": round(epoch, 3), "step": step,
+                  "train_loss": float(np.mean(losses)) if losses else None,
+                  "dev": dev, "wall_s": round(time.perf_counter() - t0, 3)}
+        history.append(record)
+        if log:
+            log(record)
+        if best is None or (math.isfinite(value) and (not math.isfinite(best["value"]) or value > best["value"])):
+            best = {"value": value, "epoch": record["epoch"], "step": step, "dev": dev}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            bad_evals = 0
+            if out_dir is not None:
+                model.save(Path(out_dir) / "best")
+        else:
+            bad_evals += 1
+        if out_dir is not None:
+            atomic_write_text(Path(out_dir) / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        return cfg.patience is not None and bad_evals >= cfg.patience
+
+    losses: list[float] = []
+    epoch = 0
+    while step < total and not stopped_early:
+        epoch += 1
         order = list(range(n))
         rng.shuffle(order)
-        losses = []
         for i in range(0, n, cfg.batch_size):
             if step >= total:
                 break
@@ -499,43 +539,26 @@ def finetune(
             opt.step()
             step += 1
             losses.append(loss.item())
-        dev = model.evaluate(splits_encs["dev"][0], cfg.eval_batch_size)
-        value = dev.get(metric, float("nan"))
-        if metric not in dev:
-            raise DataError(f"metric {metric!r} is not computed for {task.kind} tasks (have {', '.join(dev)})")
-        record = {"event": "eval", "epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
-                  "dev": dev, "wall_s": round(time.perf_counter() - t0, 3)}
-        history.append(record)
-        if log:
-            log(record)
-        improved = best is None or (math.isfinite(value) and (not math.isfinite(best["value"]) or value > best["value"]))
-        if improved:
-            best = {"value": value, "epoch": epoch, "step": step}
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            bad_evals = 0
-            if out_dir is not None:
-                model.save(Path(out_dir) / "best")
-        else:
-            bad_evals += 1
-        if out_dir is not None:
-            atomic_write_text(Path(out_dir) / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-        if step >= total:
-            break
-        if cfg.patience is not None and bad_evals >= cfg.patience:
-            stopped_early = True
-            break
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+                stopped_early = evaluate_now(epoch - 1 + (i + cfg.batch_size) / n, losses) and step < total
+                losses = []
+                if stopped_early:
+                    break
+        if not cfg.eval_every and not stopped_early:
+            stopped_early = evaluate_now(epoch, losses) and step < total
+            losses = []
     assert best is not None and best_state is not None
     model.load_state_dict(best_state)
     model.eval()
     results: dict[str, Any] = {
         "task": task.name, "kind": task.kind, "family": model.family, "mode": model.meta["mode"],
-        "metric": metric,
-        "dev": model.evaluate(splits_encs["dev"][0], cfg.eval_batch_size),
+        "metric": metric, "dev": best["dev"],
     }
     if "test" in splits_encs:
         results["test"] = model.evaluate(splits_encs["test"][0], cfg.eval_batch_size)
     results.update({
-        "best_epoch": best["epoch"], "best_step": best["step"], "epochs_run": len(history), "steps": step,
+        "best_epoch": best["epoch"], "best_step": best["step"], "epochs_run": epoch, "evaluations": len(history),
+        "steps": step,
         "stopped_early": stopped_early, "train_examples": n, "truncated": truncated,
         "max_length": cfg.max_length, "labels": task.labels, "wall_s": round(time.perf_counter() - t0, 3),
         "config": asdict(cfg),

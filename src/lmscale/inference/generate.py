@@ -23,8 +23,8 @@ SENTINEL_ALIASES = {"<X>": 0, "<Y>": 1, "<Z>": 2}
 
 @dataclass
 class GenerationResult:
-    token_ids: list[int]  # new tokens only (the end-of-sequence token included when it ended the text)
-    text: str
+    token_ids: list[int]  # new tokens only: the end-of-sequence token, or the token that completed a stop string, included
+    text: str  # decoded new tokens, cut before a stop string
     stop_reason: str  # eos | stop | length | context
     prompt_ids: list[int] = field(default_factory=list)
     prompt_truncated: int = 0  # prompt tokens dropped from the left to fit the context window
@@ -115,7 +115,7 @@ def iter_token_ids(
     device = next(model.parameters()).device
     gen = None
     if not cfg.greedy:
-        gen = torch.Generator(device="cpu")
+        gen = torch.Generator(device=device)
         gen.manual_seed(int(cfg.seed) if cfg.seed is not None else random.SystemRandom().randrange(2**63))
     ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
     with torch.inference_mode():

@@ -30,6 +30,20 @@ from lmscale.config import ModelConfig
 CONVENTIONS = ("6N", "6N_non_embedding", "kaplan", "palm", "chinchilla", "exact")
 
 
+def _model_config(cfg: Any) -> ModelConfig:
+    """Accept a ModelConfig, a RunConfig (its .model) or a preset name."""
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    if isinstance(cfg, str):
+        from lmscale.config import preset_model
+
+        return preset_model(cfg)
+    model = getattr(cfg, "model", None)
+    if isinstance(model, ModelConfig):
+        return model
+    raise TypeError(f"expected a ModelConfig, RunConfig or preset name, got {type(cfg).__name__}")
+
+
 def _norm_params(cfg: ModelConfig) -> int:
     return 2 * cfg.d_model if cfg.norm == "layernorm" else cfg.d_model
 
@@ -59,6 +73,7 @@ def _stack(cfg: ModelConfig, n_layers: int, cross_attention: bool) -> int:
 
 def parameter_breakdown(cfg: ModelConfig) -> dict[str, int]:
     """Parameters by component (token/position/segment embeddings, stacks, heads)."""
+    cfg = _model_config(cfg)
     d, v = cfg.d_model, cfg.vocab_size
     out: dict[str, int] = {"token_embedding": v * d}
     learned = cfg.position == "learned"
@@ -160,6 +175,7 @@ def flops_per_token(
         names = [convention]
     else:
         names = list(convention)
+    cfg = _model_config(cfg)
     for n in names:
         if n not in CONVENTIONS:
             raise ValueError(f"unknown FLOP convention {n!r}; choose from {', '.join(CONVENTIONS)}")
@@ -192,6 +208,10 @@ def flops_per_token(
 
 def training_flops(cfg: ModelConfig, tokens: float, convention: str = "6N", **kw: Any) -> float:
     """Total training FLOPs for `tokens` training tokens (C = flops_per_token x D)."""
-    if not tokens > 0:
-        raise ValueError(f"tokens={tokens} must be positive")
-    return flops_per_token(cfg, convention=convention, **kw)[convention] * float(tokens)
+    try:
+        t = float(tokens)
+    except (TypeError, ValueError):
+        raise ValueError(f"tokens={tokens!r} must be a positive number") from None
+    if not (t > 0 and t != float("inf")):
+        raise ValueError(f"tokens={tokens!r} must be a positive number")
+    return flops_per_token(cfg, convention=convention, **kw)[convention] * t

@@ -367,7 +367,8 @@ def _tail(path: Path, n: int = 25) -> str:
 
 def execute_run(reg: Registry, rec: RunRecord, prev_status: str, out_dir: Path, worker: str,
                 command: Callable[[Path, Path, bool], list[str]], threads: int | None = None,
-                heartbeat_s: float = 30.0, stop: threading.Event | None = None) -> RunOutcome:
+                heartbeat_s: float = 30.0, stop: threading.Event | None = None,
+                active: dict[str, subprocess.Popen] | None = None) -> RunOutcome:
     """Train one claimed run in a subprocess and record its outcome in the registry."""
     run_dir = Path(rec.run_dir or out_dir / "runs" / rec.name)
     info = read_run_dir(run_dir)
@@ -392,6 +393,8 @@ def execute_run(reg: Registry, rec: RunRecord, prev_status: str, out_dir: Path, 
             log.flush()
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     stdin=subprocess.DEVNULL)
+            if active is not None:
+                active[rec.run_id] = proc
             try:
                 while True:
                     try:
@@ -409,6 +412,9 @@ def execute_run(reg: Registry, rec: RunRecord, prev_status: str, out_dir: Path, 
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            finally:
+                if active is not None:
+                    active.pop(rec.run_id, None)
         log_text = Path(tmp).read_text(errors="replace")
     info = read_run_dir(run_dir)
     results = _results(info)
@@ -493,6 +499,9 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike, workers: int = 1, 
     stop = threading.Event()
     tried: set[str] = set()
 
+    active: dict[str, subprocess.Popen] = {}
+    done = [threading.Event() for _ in range(workers)]
+
     def work(wid: int) -> None:
         wreg = Registry(reg.path)
         worker = f"{socket.gethostname()}:{os.getpid()}:{wid}"
@@ -506,25 +515,35 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike, workers: int = 1, 
                 if claimed is None:
                     return
                 rec, prev = claimed
-                o = execute_run(wreg, rec, prev, out, worker, cmd, threads_per_worker, heartbeat_s, stop)
+                o = execute_run(wreg, rec, prev, out, worker, cmd, threads_per_worker, heartbeat_s, stop, active)
                 with lock:
                     outcomes.append(o)
                 if progress is not None:
                     progress(o)
         finally:
             wreg.close()
+            done[wid].set()
 
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
     for t in threads:
         t.start()
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
+        while not all(d.wait(0.5) for d in done):
+            pass
     except KeyboardInterrupt:
+        # stop the children here (not only from the workers' next heartbeat), then let every
+        # worker record its run as "stopped" so the next sweep resumes it
         stop.set()
-        for t in threads:
-            t.join()
+        for proc in list(active.values()):
+            proc.terminate()
+        deadline = time.monotonic() + 60
+        try:
+            while not all(d.is_set() for d in done) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        for proc in list(active.values()):
+            proc.kill()
         raise
     return SweepResult(len(specs), skipped + outcomes, reg.counts(sweep.name), reg_path)
 

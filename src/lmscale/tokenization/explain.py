@@ -187,3 +187,24 @@ def format_explanation(result: dict) -> str:
         for w, seg in result["segmentations"].items():
             lines.append(f"split {w!r}: {' '.join(seg)}")
     return "\n".join(lines)
+
+
+class Explanation:
+    """An explanation's data (`to_dict`) and its printed walk-through (`render`)."""
+
+    def __init__(self, result: dict) -> None:
+        self.result = result
+
+    def to_dict(self) -> dict:
+        return self.result
+
+    def render(self) -> str:
+        return format_explanation(self.result)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def explain_bpe(text: str, merges: int = 3, words: bool = False, split_words: list[str] | None = None) -> Explanation:
+    """Character-level (Gage) or, with `words=True`, word-level (Sennrich) BPE, step by step."""
+    return Explanation(explain_words(text, merges, split_words) if words else explain_chars(text, merges))

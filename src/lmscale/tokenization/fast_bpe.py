@@ -15,6 +15,7 @@ library, never change its tokens), and leaves documents containing added tokens 
 from __future__ import annotations
 
 import json
+from itertools import chain
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 MAX_CACHE = 2_000_000
@@ -37,6 +38,7 @@ def _bytes_to_unicode() -> list[str]:
 
 
 _B2U = _bytes_to_unicode()
+_LATIN1_TO_B2U = {b: c for b, c in enumerate(_B2U)}
 
 
 def applicable(tok) -> bool:
@@ -64,11 +66,13 @@ class CachedByteLevelEncoder:
         self.pattern = regex.compile(GPT2_PATTERN)
         self.cache: dict[str, list[int]] = {}
         self.char_ok: dict[str, bool] = {}
+        self.bad_chars: set[str] = set()
         self.added = [t.content for t in tok.backend.get_added_tokens_decoder().values()]
         self.fallback_docs = 0
 
-    def _map(self, piece: str) -> str:
-        return "".join(_B2U[b] for b in piece.encode("utf-8"))
+    @staticmethod
+    def _map(piece: str) -> str:
+        return piece.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_B2U)
 
     def _check_chars(self, chars: set[str]) -> None:
         """Compare this regex with the library's pre-tokenizer on probes around each new character."""
@@ -76,26 +80,31 @@ class CachedByteLevelEncoder:
             probe = f"a{c} 1{c} !{c} {c}{c}a {c}\n{c} x{c}{c}"
             ours = [self._map(p) for p in self.pattern.findall(probe)]
             theirs = [p for p, _ in self.pre.pre_tokenize_str(probe)]
-            self.char_ok[c] = ours == theirs and "".join(self.pattern.findall(probe)) == probe
+            self.char_ok[c] = ok = ours == theirs and "".join(self.pattern.findall(probe)) == probe
+            if not ok:
+                self.bad_chars.add(c)
 
     def _usable(self, doc: str) -> bool:
         if any(a in doc for a in self.added):
             return False
-        new = set(doc).difference(self.char_ok)
+        chars = set(doc)
+        new = chars.difference(self.char_ok)
         if new:
             self._check_chars(new)
-        return all(self.char_ok[c] for c in set(doc))
+        return chars.isdisjoint(self.bad_chars)
 
     def encode(self, doc: str) -> list[int]:
-        cache, ids = self.cache, []
-        for piece in self.pattern.findall(doc):
-            v = cache.get(piece)
-            if v is None:
-                v = [t.id for t in self.model.tokenize(self._map(piece))]
-                if len(cache) < MAX_CACHE:
-                    cache[piece] = v
-            ids.extend(v)
-        return ids
+        pieces = self.pattern.findall(doc)
+        cache = self.cache
+        missing = set(pieces).difference(cache)
+        if missing:
+            if len(cache) + len(missing) > MAX_CACHE:
+                cache.clear()
+                missing = set(pieces)
+            tokenize, to_bytes = self.model.tokenize, self._map
+            for piece in missing:
+                cache[piece] = [t.id for t in tokenize(to_bytes(piece))]
+        return list(chain.from_iterable(map(cache.__getitem__, pieces)))
 
     def encode_batch(self, docs: list[str]) -> list[list[int]]:
         out: list[list[int] | None] = []

@@ -186,6 +186,7 @@ class Trainer:
         self.consecutive_bad = 0
         self.best_val_loss: Optional[float] = None
         self.last_val_loss: Optional[float] = None
+        self.last_eval_step: Optional[int] = None
         self.total_steps = 0
         self.budget = "steps"
         self.logger: Optional[MetricsLogger] = None
@@ -332,6 +333,7 @@ class Trainer:
         self.consecutive_bad = int(st["consecutive_bad"])
         self.best_val_loss = st.get("best_val_loss")
         self.last_val_loss = st.get("last_val_loss")
+        self.last_eval_step = st.get("last_eval_step")
         self.total_steps = int(st["total_steps"])
         self.budget = st.get("budget", "steps")
 
@@ -496,6 +498,7 @@ class Trainer:
                 "consecutive_bad": self.consecutive_bad,
                 "best_val_loss": self.best_val_loss,
                 "last_val_loss": self.last_val_loss,
+                "last_eval_step": self.last_eval_step,
                 "world_size": info.world_size,
                 "tokenizer_hash": self.tokenizer.hash,
             }
@@ -598,30 +601,19 @@ class Trainer:
                     })
                     bar.update(self.step, mean_loss, tps)
                     interval_tokens, interval_time, interval_losses = 0, 0.0, []
-                improved = False
                 at_end = self.step == self.total_steps
                 if tc.eval_every and (self.step % tc.eval_every == 0 or at_end):
-                    ev = self.evaluate()
-                    if ev is not None:
-                        self.last_val_loss = ev["val_loss"]
-                        if self.best_val_loss is None or ev["val_loss"] < self.best_val_loss:
-                            self.best_val_loss = ev["val_loss"]
-                            improved = True
-                        self.logger.log({"event": "eval", "step": self.step, "tokens": self.tokens, **ev,
-                                         "wall_s": round(self.wall_s, 3)})
-                        bar.message(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
-                if improved:
-                    self.save_best()
+                    self.run_eval(bar)
+                saved = False
                 if (tc.checkpoint_every and self.step % tc.checkpoint_every == 0) or at_end:
                     self.save()
-                if tc.max_time_s is not None and self._out_of_time():
-                    if self.step % (tc.checkpoint_every or 1) != 0 or not tc.checkpoint_every:
+                    saved = True
+                if tc.max_time_s is not None and not at_end and self._out_of_time():
+                    if not saved:
                         self.save()
                     break
-            if status == "finished" and self.last_val_loss is None and self.val_windows is not None:
-                ev = self.evaluate()
-                if ev is not None:
-                    self.last_val_loss = self.best_val_loss = ev["val_loss"]
+            if status == "finished" and self.last_eval_step != self.step:
+                self.run_eval(bar)  # the summary's final_val_loss belongs to the final weights
         except KeyboardInterrupt:
             status, error = "stopped", "interrupted"
             self._finish(status, error, bar)
@@ -630,6 +622,21 @@ class Trainer:
             self._finish("failed", f"{type(exc).__name__}: {exc}", bar)
             raise
         return self._finish(status, error, bar)
+
+    def run_eval(self, bar: Progress) -> None:
+        ev = self.evaluate()
+        if ev is None:
+            return
+        self.last_eval_step = self.step
+        self.last_val_loss = ev["val_loss"]
+        improved = self.best_val_loss is None or ev["val_loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss = ev["val_loss"]
+        self.logger.log({"event": "eval", "step": self.step, "tokens": self.tokens, **ev,
+                         "wall_s": round(self.wall_s, 3)})
+        bar.message(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
+        if improved:
+            self.save_best()
 
     def _out_of_time(self) -> bool:
         over = self.wall_s >= float(self.cfg.train.max_time_s)

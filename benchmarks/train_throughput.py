@@ -1,0 +1,173 @@
+"""Training throughput of lmscale models vs `transformers` on identical architectures (CPU, fp32).
+
+For each family the same architecture is built twice: our model, and the `transformers` class that
+`lmscale.models.hf` exports it to (GPT2LMHeadModel, BertForMaskedLM, T5ForConditionalGeneration),
+loaded with the very same weights. Both train on the same batches with the same step: forward,
+backward, gradient clipping, AdamW (same parameter groups), fp32. The two alternate in the same
+process, round after round, so machine load hits both alike; the reported number is the median
+tokens/s over rounds. MFU for the width-512 decoder uses the PaLM convention (6N + 12·L·d·T
+FLOPs per token) against a fp32 matmul rate measured in the same run.
+
+    python benchmarks/train_throughput.py [--rounds 3] [--steps 2] [--batch 4] [--threads 1] [--out FILE.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from lmscale.config import ModelConfig  # noqa: E402
+from lmscale.data.objectives import compute_input_and_target_lengths  # noqa: E402
+from lmscale.io import atomic_write_json  # noqa: E402
+from lmscale.models import build_model  # noqa: E402
+from lmscale.models.hf import hf_state_dict  # noqa: E402
+from lmscale.training.metrics import measure_cpu_matmul_flops, training_flops_per_token  # noqa: E402
+from lmscale.training.optim import build_optimizer  # noqa: E402
+
+SEQ = 128
+VOCAB = 8192
+
+
+def configs() -> dict[str, ModelConfig]:
+    common = dict(vocab_size=VOCAB, max_positions=SEQ, dropout=0.0, attention_dropout=0.0)
+    return {
+        "decoder-256": ModelConfig(family="decoder", d_model=256, n_layers=4, n_heads=4, activation="gelu_tanh",
+                                   norm_position="pre", **common),
+        "decoder-512": ModelConfig(family="decoder", d_model=512, n_layers=4, n_heads=8, activation="gelu_tanh",
+                                   norm_position="pre", **common),
+        "encoder-256": ModelConfig(family="encoder", d_model=256, n_layers=4, n_heads=4, activation="gelu",
+                                   norm_position="post", embedding_norm=True, type_vocab_size=2, norm_eps=1e-12,
+                                   **common),
+        "encoder-decoder-256": ModelConfig(family="encoder-decoder", d_model=256, n_layers=4, n_decoder_layers=4,
+                                           n_heads=4, d_head=64, position="relative", norm="rmsnorm", bias=False,
+                                           activation="relu", norm_eps=1e-6, vocab_size=VOCAB, max_positions=512),
+    }
+
+
+def hf_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model of the same architecture, holding the same weights."""
+    import transformers
+
+    arch, c, state = hf_state_dict(model)
+    c = {k: v for k, v in c.items() if k != "architectures"}
+    config = transformers.AutoConfig.for_model(c.pop("model_type"), **c)
+    hf = getattr(transformers, arch)(config)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if unexpected:
+        raise RuntimeError(f"{arch}: unexpected tensors {unexpected}")
+    ours_n = model.num_parameters()["total"]
+    hf_n = sum(p.numel() for p in hf.parameters())
+    if ours_n != hf_n:
+        raise RuntimeError(f"{arch}: {hf_n} parameters, ours {ours_n}")
+    return hf
+
+
+def make_batches(cfg: ModelConfig, batch: int, n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, cfg.vocab_size, (batch, SEQ), generator=g)
+        if cfg.family == "decoder":
+            out.append({"input_ids": ids, "labels": ids.clone()})
+        elif cfg.family == "encoder":
+            selected = torch.rand(batch, SEQ, generator=g) < 0.15
+            labels = torch.where(selected, ids, torch.full_like(ids, -100))
+            inputs = torch.where(selected, torch.full_like(ids, 4), ids)
+            out.append({"input_ids": inputs, "attention_mask": torch.ones_like(ids),
+                        "token_type_ids": torch.zeros_like(ids), "labels": labels})
+        else:
+            _, tgt = compute_input_and_target_lengths(SEQ, 0.15, 3.0)
+            labels = torch.randint(5, cfg.vocab_size, (batch, tgt), generator=g)
+            dec = torch.cat([torch.zeros(batch, 1, dtype=torch.long), labels[:, :-1]], 1)
+            out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": dec,
+                        "labels": labels})
+    return out
+
+
+def train_steps(model, opt, batches, train_cfg) -> float:
+    """Seconds for one optimizer step per batch (forward, backward, clip, AdamW)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.perf_counter()
+    for b in batches:
+        loss = model(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per engine per round")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 by default: on a shared machine more threads mostly measure contention)")
+    ap.add_argument("--only", nargs="*", help="subset of configs")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
+    args = ap.parse_args()
+
+    from lmscale.config import TrainConfig
+
+    tc = TrainConfig(lr=1e-4, weight_decay=0.1)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results = {}
+    peak = measure_cpu_matmul_flops(size=1024, seconds=1.0)
+    print(f"fp32 matmul peak (1024^2, {torch.get_num_threads()} threads): {peak / 1e9:.1f} GFLOP/s", flush=True)
+    for name, cfg in configs().items():
+        if args.only and name not in args.only:
+            continue
+        ours = build_model(cfg)
+        hf = hf_twin(ours)
+        ours.train()
+        hf.train()
+        engines = {"lmscale": (ours, build_optimizer(ours, tc)), "transformers": (hf, build_optimizer(hf, tc))}
+        batches = make_batches(cfg, args.batch, args.steps)
+        warm = make_batches(cfg, args.batch, 1, seed=1)
+        for m, o in engines.values():
+            train_steps(m, o, warm, tc)
+        tps: dict[str, list[float]] = {k: [] for k in engines}
+        for r in range(args.rounds):
+            order = list(engines) if r % 2 == 0 else list(reversed(engines))
+            for k in order:
+                m, o = engines[k]
+                dt = train_steps(m, o, batches, tc)
+                tps[k].append(args.batch * SEQ * len(batches) / dt)
+        med = {k: statistics.median(v) for k, v in tps.items()}
+        ratio = med["lmscale"] / med["transformers"]
+        fpt = training_flops_per_token(cfg, SEQ, ours.num_parameters()["total"])
+        row = {"params": ours.num_parameters()["total"], "tokens_per_s": med, "ratio": ratio,
+               "rounds": tps, "flops_per_token_palm": fpt,
+               "mfu_vs_measured_peak": {k: fpt * v / peak for k, v in med.items()}}
+        results[name] = row
+        print(f"{name:22s} lmscale {med['lmscale']:8.0f} tok/s  transformers {med['transformers']:8.0f} tok/s  "
+              f"ratio {ratio:.2f}x  MFU lmscale {row['mfu_vs_measured_peak']['lmscale']:.0%}", flush=True)
+        del engines, ours, hf
+    out = {
+        "benchmark": "train_throughput",
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+        "setup": {"seq_len": SEQ, "batch": args.batch, "dtype": "fp32", "optimizer": "AdamW (foreach)",
+                  "rounds": args.rounds, "steps_per_round": args.steps, "flop_convention": "palm 6N+12LdT"},
+        "peak_fp32_matmul_flops": peak,
+        "results": results,
+    }
+    if args.out:
+        atomic_write_json(args.out, out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

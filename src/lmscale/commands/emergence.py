@@ -1,0 +1,168 @@
+"""`lmscale emergence`: phase transitions, metric choice, capability extrapolation, synthetic ICL."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "emergence: sigmoid / broken-power-law fits, accuracy vs likelihood, extrapolation, synthetic ICL"
+DESCRIPTION = """Emergence and phase transitions. `fit` fits a metric against log-compute with a sigmoid and
+a broken power law and says whether there is a break; `compare` shows a task's discontinuous
+metric (accuracy) next to its continuous one (perplexity) as Schaeffer et al. 2023 argue;
+`extrapolate` answers "how much more compute / how many parameters to reach accuracy X" with an
+interval, or refuses with the reason; `icl` trains small decoders on synthetic in-context tasks
+and records the abrupt rise of in-context accuracy. Sources: a Pythia-style evaluation CSV
+(--task), any CSV of (scale, metric) rows, or a sweep registry."""
+
+
+def _source(p: argparse.ArgumentParser, metric_default: str | None = "acc") -> None:
+    p.add_argument("source", help="CSV (Pythia-style with --task, or any (scale, metric) rows) or sweep registry")
+    p.add_argument("--task", help="Pythia-style CSV: the task (e.g. lambada_openai)")
+    p.add_argument("--metric", default=metric_default, help="metric name (Pythia CSV) or column (plain CSV)")
+    p.add_argument("--scale-col", help="plain CSV: compute column (FLOPs)")
+    p.add_argument("--params-col", help="plain CSV: parameter column (with --tokens-col: C = 6ND)")
+    p.add_argument("--tokens-col", help="plain CSV: token column")
+    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="plain CSV row filter")
+    p.add_argument("--deduped", action="store_true", help="Pythia CSV: the deduplicated-data models")
+    p.add_argument("--chance", type=float, help="the metric's chance level (fixes the sigmoid's floor)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _load(args, metric: str | None = None):
+    from lmscale.errors import DataError
+    from lmscale.scaling.emergence import from_records, read_pythia, read_scale_metric_csv
+    from lmscale.scaling.report import is_sqlite
+
+    metric = metric or args.metric
+    if is_sqlite(args.source):
+        from lmscale.scaling.registry import Registry
+
+        return from_records(Registry(args.source).runs(), metric=metric or "final_val_loss")
+    if args.task:
+        return read_pythia(args.source, args.task, metric, deduped=args.deduped)
+    where = {}
+    for w in args.where:
+        if "=" not in w:
+            raise DataError(f"--where {w!r}: use COL=VALUE")
+        k, v = w.split("=", 1)
+        where[k] = v
+    return read_scale_metric_csv(args.source, metric, scale_col=args.scale_col, params_col=args.params_col,
+                                 tokens_col=args.tokens_col, where=where or None)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    f = sub.add_parser("fit", help="sigmoid and broken power law against log-compute; is there a break?")
+    _source(f)
+    f.add_argument("--lower-is-better", action="store_true", help="the metric falls with scale (loss, perplexity)")
+    f.add_argument("--log-metric", action="store_true", help="fit log10 of the metric (perplexity)")
+    f.add_argument("--plot", metavar="PNG", help="write the figure")
+
+    c = sub.add_parser("compare", help="a discontinuous and a continuous metric of one task (Schaeffer et al. 2023)")
+    _source(c)
+    c.add_argument("--continuous", default="ppl", help="the continuous metric (lower is better; fitted in log10)")
+    c.add_argument("--plot", metavar="PNG", help="write the side-by-side figure")
+
+    e = sub.add_parser("extrapolate", help="compute / parameters to reach accuracy X, with an interval, or a refusal")
+    _source(e)
+    e.add_argument("--target", type=float, required=True, help="accuracy to reach")
+    e.add_argument("--max-decades", type=float, default=2.0, help="furthest extrapolation allowed beyond the data")
+    e.add_argument("--bootstrap", type=int, default=200)
+    e.add_argument("--tokens-per-param", type=float, default=20.0, help="compute-optimal D/N for the parameter answer")
+
+    i = sub.add_parser("icl", help="train small decoders on synthetic in-context tasks; watch the abrupt rise")
+    i.add_argument("--out", required=True, help="directory for icl.json and icl.png")
+    i.add_argument("--small", action="store_true", help="the seconds-long setting (machinery check)")
+    i.add_argument("--widths", type=int, nargs="+", help="model widths (d_model), 2 layers each")
+    i.add_argument("--steps", type=int, help="training steps per model")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--json", action="store_true")
+
+
+def _print_analysis(a) -> None:
+    s = a.sigmoid
+    unit = "" if a.higher_is_better else " (log10 of the metric)"
+    print(f"{a.label}: {a.n_points} points{unit}")
+    print(f"  sigmoid: floor {s['lo']:.3g}, ceiling {s['hi']:.3g}, midpoint 10^{s['x0']:.2f} FLOPs, "
+          f"10-90% rise over {a.transition_width_decades:.2f} decades of compute")
+    print(f"  break: {'yes at %.3g FLOPs' % a.break_compute if a.break_detected else 'no'} ({a.break_reason})")
+    print(f"  log-log slope of the remaining error: {a.slopes['before']:.3f} before, {a.slopes['after']:.3f} after")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmscale.scaling import emergence as em
+
+    if args.verb == "fit":
+        data = _load(args)
+        a = em.analyze(data, higher_is_better=not args.lower_is_better, chance=args.chance,
+                       log_metric=args.log_metric)
+        if args.plot:
+            from lmscale.scaling.plots import plot_emergence, save
+
+            save(plot_emergence(data, a, log_metric=args.log_metric), args.plot)
+        print(json.dumps(a.to_dict(), indent=2)) if args.json else _print_analysis(a)
+        return 0
+    if args.verb == "compare":
+        disc, cont = _load(args), _load(args, args.continuous)
+        da = em.analyze(disc, chance=args.chance)
+        ca = em.analyze(cont, higher_is_better=False, log_metric=True)
+        cmp = em.compare_metrics(disc, cont)
+        if args.plot:
+            from lmscale.scaling.plots import plot_metric_pair, save
+
+            save(plot_metric_pair(disc, da, cont, ca, cmp), args.plot)
+        if args.json:
+            print(json.dumps({"discontinuous": da.to_dict(), "continuous": ca.to_dict(), "comparison": cmp}, indent=2))
+        else:
+            _print_analysis(da)
+            _print_analysis(ca)
+            d, c = cmp["discontinuous"], cmp["continuous"]
+            print(f"normalised 10-90% rise: {d['width_decades']:.2f} decades ({d['label']}) vs "
+                  f"{c['width_decades']:.2f} ({c['label']}); midpoints 10^{d['midpoint_log10_compute']:.2f} vs "
+                  f"10^{c['midpoint_log10_compute']:.2f} FLOPs")
+        return 0
+    if args.verb == "extrapolate":
+        data = _load(args)
+        r = em.extrapolate(data, args.target, chance=args.chance, max_decades=args.max_decades,
+                           n_bootstrap=args.bootstrap, tokens_per_param=args.tokens_per_param)
+        if args.json:
+            print(json.dumps(r.to_dict(), indent=2))
+        elif r.ok and r.extra_compute_factor == 1.0:
+            print(f"{data.label}: {args.target} is already reached at C = {r.compute:.3g} FLOPs (observed)")
+        elif r.ok:
+            lo, hi = r.compute_ci95
+            print(f"{data.label}: accuracy {args.target} at C = {r.compute:.3g} FLOPs (95% CI {lo:.3g} - {hi:.3g}), "
+                  f"{r.extra_compute_factor:.3g}x the largest observed ({r.observed_max_compute:.3g}); "
+                  f"compute-optimal N = {r.params:.3g} parameters (95% CI {r.params_ci95[0]:.3g} - "
+                  f"{r.params_ci95[1]:.3g}) at {r.tokens_per_param:g} tokens/parameter")
+        else:
+            print(f"{data.label}: cannot say how much compute reaches {args.target}: {r.reason}")
+        return 0 if r.ok else 3
+    if args.verb == "icl":
+        from pathlib import Path
+
+        from lmscale.io import atomic_write_json
+        from lmscale.scaling.icl_tasks import ICLConfig, run_icl
+        from lmscale.scaling.plots import plot_icl, save
+
+        cfg = ICLConfig.small() if args.small else ICLConfig()
+        if args.widths:
+            cfg.widths = args.widths
+        if args.steps:
+            cfg.steps = args.steps
+        cfg.seed = args.seed
+        res = run_icl(cfg, log=None if args.json else (lambda s: print(s, flush=True)))
+        out = Path(args.out)
+        atomic_write_json(out / "icl.json", res)
+        save(plot_icl(res), out / "icl.png")
+        if args.json:
+            print(json.dumps({k: v for k, v in res.items()}, indent=2))
+        else:
+            for m in res["models"]:
+                t = m["transition"]
+                desc = (f"rose by {t['rise']:.2f}, half the rise by {t['tokens_at_half_rise']:.3g} tokens, "
+                        f"largest jump {t['largest_jump']:.2f} ({100 * t['jump_fraction']:.0f}% of the rise in one "
+                        "evaluation interval)") if t.get("risen") else "no rise"
+                print(f"d_model={m['d_model']} (N={m['params_non_embedding']:,} non-embedding): recall {desc}")
+            print(f"wrote {out / 'icl.json'} and {out / 'icl.png'}")
+        return 0
+    return 2
