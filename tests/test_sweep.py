@@ -269,3 +269,29 @@ def test_exec_index_runs_one_task_and_skips_it_when_done(tmp_path, monkeypatch):
     assert o.status == "finished"
     assert sweep_mod.exec_index(res.registry, 2).status == "skipped"
     assert Registry(res.registry).counts("t")["finished"] == 1
+
+
+def test_sweep_cli_status_fit_export_and_dry_run(tmp_path, capsys):
+    from lmscale.cli import main
+
+    _, command = _fake(tmp_path)
+    sw = _tiny_sweep(sizes=[2e4, 8e4, 3e5], tokens=[320, 960, 2880])
+    res = run_sweep(sw, tmp_path / "out", workers=2, command=command, prepare=False)
+    assert res.counts["finished"] == 9
+    db = res.registry
+    assert main(["sweep", "status", db]) == 0
+    assert "finished 9" in capsys.readouterr().out
+    # the stand-in's losses follow L = 1.7 + 400/N^0.34 + 400/D^0.28 exactly, with N = 12 L d^2
+    assert main(["sweep", "fit", db, "--holdout", "largest", "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    assert fit["params"]["alpha"] == pytest.approx(0.34, rel=0.05) and fit["params"]["E"] == pytest.approx(1.7, rel=0.05)
+    assert len(fit["holdout"]) == 2 and fit["max_abs_rel_error"] < 0.03
+    assert main(["sweep", "export", db, "-o", str(tmp_path / "runs.csv")]) == 0
+    assert len((tmp_path / "runs.csv").read_text().splitlines()) == 10
+    capsys.readouterr()
+    assert main(["sweep", "run", "--demo", "--dry-run", "--json", "--out", str(tmp_path / "demo")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 9 and not (tmp_path / "demo").exists()
+    assert main(["sweep", "demo-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["name"] == "demo"
+    assert main(["sweep", "run", str(tmp_path / "missing.yaml")]) == 2

@@ -22,7 +22,7 @@ def test_real_sweep_trains_records_skips_and_records_failures(tmp_path):
     corpus = _corpus(tmp_path / "corpus.txt")
     sw = SweepConfig.from_dict({
         "name": "e2e", "design": "grid", "preset": "gpt-tiny",
-        "base": {"model": {"vocab_size": 128, "max_positions": 32}, "tokenizer": {"vocab_size": 128},
+        "base": {"model": {"vocab_size": 320, "max_positions": 32}, "tokenizer": {"vocab_size": 320},
                  "data": {"corpus": str(corpus), "valid_fraction": 0.1},
                  "train": {"seq_len": 32, "batch_size": 4, "eval_batches": 2, "log_every": 1, "device": "cpu"}},
         "sizes": [2e4, 6e4], "tokens": [512], "evals_per_run": 2,

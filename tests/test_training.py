@@ -153,6 +153,21 @@ def test_parameter_groups_exclude_biases_norms_embeddings():
     assert isinstance(opt, torch.optim.AdamW)
 
 
+def test_peak_flops_table_and_cached_cpu_probe(tmp_path, monkeypatch):
+    from lmscale.training import metrics
+
+    monkeypatch.setenv("LMSCALE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(metrics, "_PROBED", {})
+    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", lambda: 1.25e10)
+    assert metrics.peak_flops("cpu") == 1.25e10
+    assert list(json.loads((tmp_path / "cpu_peak_flops.json").read_text()).values()) == [1.25e10]
+    monkeypatch.setattr(metrics, "_PROBED", {})
+    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", lambda: 1 / 0)  # cached: no new probe
+    assert metrics.peak_flops("cpu") == 1.25e10
+    # vendor dense peaks (bf16 tensor cores): A100 312 TFLOP/s, H100 SXM 989 TFLOP/s
+    assert metrics.GPU_PEAK_FLOPS["A100"][0] == 312e12 and metrics.GPU_PEAK_FLOPS["H100"][0] == 989e12
+
+
 # ----------------------------------------------------------------------------- runs
 
 SUMMARY_KEYS = {"status", "steps", "tokens", "flops", "wall_s", "final_val_loss", "best_val_loss",
@@ -303,6 +318,18 @@ def test_cli_pretrain_json(data, tmp_path, capsys, one_thread):
     assert json.loads(capsys.readouterr().out)["steps"] == 3
     assert main(["pretrain", "--preset", "gpt-tiny", "--out", str(tmp_path / "x"), "--max-steps", "1"]) == 2
     assert "corpus" in capsys.readouterr().err
+
+
+def test_pretrain_from_raw_corpus_trains_tokenizer_and_shards(data, tmp_path, one_thread):
+    run = tmp_path / "run"
+    cfg = make_cfg(data, run, data__tokenizer=None, data__shards=None, data__corpus=str(data["corpus"]),
+                   train__max_steps=2)
+    summary = loop.pretrain(cfg, progress=False)
+    assert summary["status"] == "finished"
+    assert (run / "tokenizer" / "tokenizer.json").is_file() and (run / "shards" / "index.json").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["tokenizer"] == str(run / "tokenizer")  # a resume reuses it
+    assert summary["final_val_loss"] is not None
 
 
 # ----------------------------------------------------------------------------- processes

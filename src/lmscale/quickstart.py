@@ -6,6 +6,7 @@ instead of redoing the work, so an interrupted quickstart continues where it sto
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class Budget:
     """Stage budgets: the full walk-through fits in ~20 minutes on 2 cores, --fast in ~5."""
 
     tokenizer_vocab: int
+    tokenizer_bytes: int  # 0 = the whole training split
     pretrain_s: float
     finetune_sizes: tuple[int, ...]
     finetune_seeds: int
@@ -46,9 +48,9 @@ class Budget:
     @classmethod
     def for_mode(cls, fast: bool) -> "Budget":
         if fast:
-            return cls(tokenizer_vocab=8192, pretrain_s=35.0, finetune_sizes=(100, 1000),
+            return cls(tokenizer_vocab=8192, tokenizer_bytes=2_000_000, pretrain_s=35.0, finetune_sizes=(100, 1000),
                        finetune_seeds=2, finetune_epochs=2, sweep_runs=4, sweep_max_s=60.0)
-        return cls(tokenizer_vocab=8192, pretrain_s=150.0, finetune_sizes=(100, 1000, 0),
+        return cls(tokenizer_vocab=8192, tokenizer_bytes=0, pretrain_s=150.0, finetune_sizes=(100, 1000, 0),
                    finetune_seeds=3, finetune_epochs=3, sweep_runs=9, sweep_max_s=330.0)
 
 
@@ -97,6 +99,18 @@ def stage_data(ctx: Context) -> dict:
     return {"corpus": corpus.name, "splits": splits, "bytes": n_bytes}
 
 
+def _head_lines(files: list[str], max_bytes: int):
+    """The first `max_bytes` of the training text, line by line (a quicker tokenizer fit)."""
+    seen = 0
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                seen += len(line)
+                if seen > max_bytes:
+                    return
+                yield line
+
+
 def stage_tokenizers(ctx: Context) -> dict:
     from lmscale.tokenization import train_tokenizer
     from lmscale.tokenization.explain import explain_bpe
@@ -107,7 +121,8 @@ def stage_tokenizers(ctx: Context) -> dict:
     table.add_column("word")
     for kind, lower in (("bpe", False), ("wordpiece", True), ("unigram", False)):
         t0 = time.perf_counter()
-        tok = train_tokenizer(kind, train_files, vocab_size=ctx.budget.tokenizer_vocab, lowercase=lower)
+        source = _head_lines(train_files, ctx.budget.tokenizer_bytes) if ctx.budget.tokenizer_bytes else train_files
+        tok = train_tokenizer(kind, source, vocab_size=ctx.budget.tokenizer_vocab, lowercase=lower)
         d = ctx.path("tokenizers", kind)
         tok.save(d)
         out["tokenizers"][kind] = {"dir": str(d), "vocab_size": tok.vocab_size,
@@ -118,14 +133,124 @@ def stage_tokenizers(ctx: Context) -> dict:
         table.add_row(w, *[" ".join(out["rare_words"][k][w]) for k in ("bpe", "wordpiece", "unigram")])
     ctx.console.print(table)
     steps = explain_bpe("aaabdaaabac", merges=3)
-    out["bpe_explain"] = steps.to_dict() if hasattr(steps, "to_dict") else steps
-    ctx.console.print(steps.render() if hasattr(steps, "render") else str(steps))
+    out["bpe_explain"] = steps.to_dict()
+    out["bpe_explain_text"] = steps.render()
+    ctx.console.print(steps.render())
     return out
+
+
+PRETRAIN_PLAN = (
+    # family, preset, tokenizer kind
+    ("encoder", "bert-tiny", "wordpiece"),
+    ("decoder", "gpt-tiny", "bpe"),
+    ("encoder-decoder", "t5-tiny", "unigram"),
+)
+
+
+def _read_curve(run_dir: Path) -> dict[str, list]:
+    curve: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "val_loss": []}
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return curve
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by an interruption
+        if rec.get("event") == "train" and rec.get("loss") is not None:
+            curve["step"].append(rec["step"])
+            curve["loss"].append(rec["loss"])
+        elif rec.get("event") == "eval" and rec.get("val_loss") is not None:
+            curve["eval_step"].append(rec["step"])
+            curve["val_loss"].append(rec["val_loss"])
+    return curve
+
+
+def stage_pretrain(ctx: Context) -> dict:
+    from lmscale.config import load_run_config
+    from lmscale.training.loop import pretrain
+
+    out: dict[str, Any] = {}
+    table = Table(title=f"Pretraining ({ctx.budget.pretrain_s:.0f} s each, CPU, fp32)")
+    for col in ("family", "objective", "params", "steps", "tokens", "tokens/s", "val loss", "val ppl"):
+        table.add_column(col)
+    for family, preset, kind in PRETRAIN_PLAN:
+        run_dir = ctx.out / "runs" / family
+        tok_dir = ctx.results["tokenizers"]["tokenizers"][kind]["dir"]
+        cfg = load_run_config(preset=preset, overrides={
+            "data.corpus": ctx.corpus, "data.tokenizer": tok_dir,
+            "data.shards": str(ctx.out / "shards" / kind),
+            "train.max_time_s": ctx.budget.pretrain_s, "train.eval_every": 100,
+            "train.eval_batches": 8, "train.log_every": 10, "train.seed": 1234,
+            "train.device": "cpu", "out": str(run_dir),
+        })
+        resume = (run_dir / "checkpoints").is_dir() and not (run_dir / "summary.json").exists()
+        ctx.console.print(f"[bold]{preset}[/] ({family}, {cfg.objective_kind} objective)"
+                          + (" - resuming" if resume else ""))
+        summary = pretrain(cfg, resume=resume)
+        if summary.get("status") == "failed":
+            raise StageUnavailable(f"pretraining {preset} failed: {summary.get('error')}")
+        val = summary.get("final_val_loss")
+        out[family] = {"preset": preset, "run_dir": str(run_dir), "objective": cfg.objective_kind,
+                       "summary": summary, "curve": _read_curve(run_dir)}
+        table.add_row(family, cfg.objective_kind, f"{summary['params']['total'] / 1e6:.2f}M",
+                      str(summary["steps"]), f"{summary['tokens']:,}", f"{summary['tokens_per_s']:.0f}",
+                      f"{val:.3f}" if val is not None else "-",
+                      f"{math.exp(val):.1f}" if val is not None else "-")
+    ctx.console.print(table)
+    return out
+
+
+def stage_use(ctx: Context) -> dict:
+    import lmscale
+    from lmscale.inference.fill_mask import fill_mask
+    from lmscale.inference.generate import generate, infill
+
+    runs = ctx.results["pretrain"]
+    out: dict[str, Any] = {"fill_mask": [], "generation": [], "infill": None}
+    model, tok = lmscale.load(runs["encoder"]["run_dir"])
+    for prompt in FILL_MASK_PROMPTS:
+        preds = fill_mask(model, tok, prompt, top_k=5)[0]
+        out["fill_mask"].append({"prompt": prompt, "predictions": preds})
+        table = Table(title=prompt)
+        table.add_column("candidate")
+        table.add_column("probability", justify="right")
+        for p in preds:
+            table.add_row(p["token"], f"{p['probability']:.3f}")
+        ctx.console.print(table)
+    model, tok = lmscale.load(runs["decoder"]["run_dir"])
+    for prompt in GENERATION_PROMPTS:
+        for mode, kwargs in (("greedy", {"greedy": True}),
+                             ("sampled (T=0.8, top-p 0.95)", {"temperature": 0.8, "top_p": 0.95, "seed": 0})):
+            res = generate(model, tok, prompt, max_new_tokens=30, **kwargs)
+            out["generation"].append({"prompt": prompt, "mode": mode, "text": res.text})
+            ctx.console.print(f"[bold]{mode}[/]: {prompt}[cyan]{res.text}[/]")
+    model, tok = lmscale.load(runs["encoder-decoder"]["run_dir"])
+    res = infill(model, tok, INFILL_PROMPT.replace("<extra_id_0>", "<X>").replace("<extra_id_1>", "<Y>"))
+    out["infill"] = {"prompt": "Thank you <X> me to your party <Y> week.", "spans": res.spans, "text": res.text}
+    ctx.console.print(f"T5 infilling: spans {res.spans} -> [cyan]{res.text}[/]")
+    return out
+
+
+def stage_finetune(ctx: Context) -> dict:
+    from lmscale.finetune.experiment import run_pretraining_effect
+
+    sizes = [s if s else None for s in ctx.budget.finetune_sizes]
+    result = run_pretraining_effect(
+        ctx.out / "finetune", checkpoint=ctx.results["pretrain"]["encoder"]["run_dir"],
+        sizes=sizes, seeds=list(range(ctx.budget.finetune_seeds)), regression=not ctx.fast,
+        epochs=ctx.budget.finetune_epochs, minilm_sizes=None, log=ctx.console.print,
+    )
+    return {"tables": result.get("tables", {}), "plot": str(ctx.out / "finetune" / "pretraining_effect.png"),
+            "results": str(ctx.out / "finetune" / "results.json")}
 
 
 STAGES: list[Stage] = [
     Stage("data", "1. Fetch WikiText-2 through the corpus catalog", stage_data),
     Stage("tokenizers", "2. Train BPE, WordPiece and Unigram tokenizers", stage_tokenizers),
+    Stage("pretrain", "3. Pretrain an encoder (MLM), a decoder (causal LM) and an encoder-decoder (span corruption)", stage_pretrain),
+    Stage("use", "4. Use them: fill-mask, generation, span infilling", stage_use),
+    Stage("finetune", "5. Fine-tune on movie-review sentiment: pretrained vs random initialisation", stage_finetune),
 ]
 
 

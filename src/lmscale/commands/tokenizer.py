@@ -63,6 +63,7 @@ def _train_inputs(inputs: list[str], errors: str):
 
 
 def _train(args: argparse.Namespace) -> int:
+    import sys
     import time
     import warnings
 
@@ -74,17 +75,15 @@ def _train(args: argparse.Namespace) -> int:
         raise DataError(f"--vocab-size must be positive, got {args.vocab_size}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        inputs = list(_train_inputs(args.input, args.errors))
-        tok = train_tokenizer(args.kind, inputs, args.vocab_size, lowercase=args.lowercase,
-                              min_frequency=args.min_frequency)
+        tok = train_tokenizer(args.kind, _train_inputs(args.input, args.errors), args.vocab_size,
+                              lowercase=args.lowercase, min_frequency=args.min_frequency,
+                              show_progress=sys.stderr.isatty() and not args.json)
     tok.save(args.out)
     info = {"out": str(args.out), "kind": tok.kind, "vocab_size": tok.vocab_size, "hash": tok.hash,
             "seconds": round(time.perf_counter() - t0, 3), "warnings": [str(w.message) for w in caught]}
     if args.json:
         print(json.dumps(info))
     else:
-        import sys
-
         for w in info["warnings"]:
             print(f"lmscale tokenizer: warning: {w}", file=sys.stderr)
         print(f"trained {tok.kind} tokenizer: {tok.vocab_size} tokens in {info['seconds']:.2f}s -> {args.out}")

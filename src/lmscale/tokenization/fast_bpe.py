@@ -18,7 +18,7 @@ import json
 from itertools import chain
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-MAX_CACHE = 2_000_000
+MAX_CACHE = 500_000
 
 
 def _bytes_to_unicode() -> list[str]:

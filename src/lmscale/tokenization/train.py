@@ -26,8 +26,8 @@ def _min_vocab(kind: str) -> int:
             "unigram": len(UNIGRAM_SPECIALS) + len(SENTINELS) + 1}[kind]
 
 
-def build_untrained(kind: str, lowercase: bool = False) -> tuple[_Backend, object]:
-    """An empty backend of the given family plus the model to train inside it."""
+def build_untrained(kind: str, lowercase: bool = False) -> _Backend:
+    """An empty backend of the given family, wired as the family's published tokenizer."""
     if kind == "bpe":
         backend = _Backend(models.BPE())
         if lowercase:
@@ -52,7 +52,7 @@ def build_untrained(kind: str, lowercase: bool = False) -> tuple[_Backend, objec
         backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     else:
         raise DataError(f"tokenizer kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    return backend, None
+    return backend
 
 
 def _post_processor(kind: str, backend: _Backend) -> None:
@@ -122,7 +122,7 @@ def train_tokenizer(kind: str, files_or_iterator, vocab_size: int, lowercase: bo
     if int(vocab_size) < _min_vocab(kind):
         raise DataError(f"vocab_size={vocab_size} is too small for a {kind} tokenizer "
                         f"(needs at least {_min_vocab(kind)} for its alphabet/special tokens)")
-    backend, _ = build_untrained(kind, lowercase)
+    backend = build_untrained(kind, lowercase)
     if kind == "bpe":
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                       special_tokens=[BPE_EOS], show_progress=show_progress,
