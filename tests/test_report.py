@@ -80,7 +80,7 @@ def chinchilla_csv(shared_data):
 
 
 def test_report_from_the_published_chinchilla_runs(chinchilla_csv, tmp_path):
-    res = build_report(chinchilla_csv, tmp_path / "c.html", n_bootstrap=10)
+    res = build_report(chinchilla_csv, tmp_path / "c.html", n_bootstrap=10, holdout=None)
     assert res["n_runs"] == 245
     p = res["fit"]["params"]
     # Hoffmann et al. 2022 / Besiroglu et al. 2024: alpha and beta in [0.25, 0.6], E near 1.7-2.0
@@ -109,12 +109,18 @@ def test_report_from_a_registry_with_training_curves(tmp_path):
     reg.add_run(RunRecord(run_id="f", name="f", sweep="s", status="failed", error="boom"))
     reg.close()
     assert main(["report", str(tmp_path / "reg.sqlite"), "-o", str(tmp_path / "r.html"), "--bootstrap", "10",
-                 "--grid", "small"]) == 0
+                 "--grid", "small", "--png-dir", str(tmp_path / "png")]) == 0
     html = (tmp_path / "r.html").read_text()
     assert "fig-training_curves" in html and len(_images(html)) == 6
-    assert main(["plot", str(tmp_path / "reg.sqlite"), "-o", str(tmp_path / "png"), "--bootstrap", "0",
-                 "--holdout", "none", "--grid", "small"]) == 0
     assert (tmp_path / "png" / "training_curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_command_without_enough_runs_for_a_fit(tmp_path, capsys):
+    p = tmp_path / "few.csv"
+    p.write_text("N,D,loss\n1e6,2e7,3.5\n4e6,8e7,3.1\n1.6e7,3.2e8,2.8\n")
+    assert main(["plot", str(p), "-o", str(tmp_path / "png")]) == 0
+    assert "3 runs" in capsys.readouterr().out
+    assert (tmp_path / "png" / "loss_vs_compute.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_report_bad_inputs(tmp_path):

@@ -248,10 +248,10 @@ def test_ctrl_c_stops_the_children_and_marks_runs_resumable(tmp_path):
 
 def test_slurm_launcher_writes_a_job_array_reporting_to_the_registry(tmp_path):
     res = run_sweep(_tiny_sweep(), tmp_path / "out", launcher="slurm", prepare=False,
-                    slurm_directives=["--time=01:00:00", "#SBATCH --partition=gpu"])
+                    slurm_directives=["--time=01:00:00", "#SBATCH --partition=gpu", "mem=8G"])
     text = Path(res.script).read_text()
     assert text.startswith("#!/bin/bash") and "#SBATCH --array=0-3" in text
-    assert "#SBATCH --time=01:00:00" in text and "#SBATCH --partition=gpu" in text
+    assert "#SBATCH --time=01:00:00" in text and "#SBATCH --partition=gpu" in text and "#SBATCH --mem=8G" in text
     assert "Shared-filesystem requirement" in text and "sweep exec" in text and str(Path(res.registry).resolve()) in text
     assert Registry(res.registry).journal_mode == "delete"
     assert res.counts["pending"] == 4
@@ -295,3 +295,26 @@ def test_sweep_cli_status_fit_export_and_dry_run(tmp_path, capsys):
     assert main(["sweep", "demo-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["name"] == "demo"
     assert main(["sweep", "run", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_pretrain_commands_for_each_launcher(tmp_path):
+    from lmscale.scaling.sweep import pretrain_command
+
+    cfg, run = tmp_path / "c.yaml", tmp_path / "run"
+    local = pretrain_command(cfg, run, resume=False)
+    assert local[1:] == ["-m", "lmscale", "pretrain", "--config", str(cfg), "--no-progress"]
+    assert pretrain_command(cfg, run, resume=True)[-3:] == ["--resume", str(run), "--no-progress"]
+    tr = pretrain_command(cfg, run, resume=False, launcher="torchrun", nproc_per_node=4)
+    assert tr[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "lmscale"]
+    assert tr[7:9] == ["pretrain", "--config"]
+
+
+def test_changed_plan_leaves_old_runs_alone(tmp_path):
+    _, command = _fake(tmp_path)
+    out = tmp_path / "out"
+    run_sweep(_tiny_sweep(sizes=[2e4], tokens=[320]), out, command=command, prepare=False)
+    res = run_sweep(_tiny_sweep(sizes=[2e4], tokens=[640, 960]), out, command=command, prepare=False)
+    assert sorted(o.status for o in res.outcomes) == ["finished", "finished"]
+    runs = Registry(res.registry).runs("t")
+    assert sorted(r.idx for r in runs) == [-1, 0, 1]  # the first plan's run is kept, outside the index
+    assert res.counts["finished"] == 2

@@ -235,6 +235,9 @@ def test_checkpoint_retention(data, tmp_path, one_thread):
     assert ckpt.latest_checkpoint(run).name == "step_00000008"
     state = ckpt.load_trainer_state(ckpt.latest_checkpoint(run))
     assert state["step"] == 8 and state["tokens"] == 8 * 8 * 32 and "optimizer" in state and "sampler" in state
+    loop.pretrain(make_cfg(data, run, train__max_steps=2), progress=False)  # a fresh start replaces the old run
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step_00000002"]
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
 
 
 def test_nonfinite_step_is_skipped_and_counted(data, tmp_path, monkeypatch, one_thread):

@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symmetric", action="store_true", help="decoders: similarity (both orders) for pairs")
     g.add_argument("--padding-side", default="right", choices=("left", "right"))
     g.add_argument("--label-words", default=None, help="text-to-text targets per class, comma-separated")
-    g.add_argument("--max-length", type=int, default=64)
+    g.add_argument("--max-length", type=int, default=64, help="tokens per input; longer ones are truncated and counted")
+    g.add_argument("--max-target-length", type=int, default=16, help="text-to-text target tokens")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--epochs", type=int, default=3)
     g.add_argument("--min-steps", type=int, default=0)
@@ -126,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         raise LmscaleError("no task: pass --task DIR or --train FILE --dev FILE")
     cfg = FinetuneConfig(
         mode="text-to-text" if task.kind == "text-to-text" else args.mode, pooling=args.pooling,
-        freeze_body=args.freeze_body, max_length=args.max_length, batch_size=args.batch_size,
+        freeze_body=args.freeze_body, max_length=args.max_length, max_target_length=args.max_target_length,
+        batch_size=args.batch_size,
         epochs=args.epochs, min_steps=args.min_steps, max_steps=args.max_steps, lr=args.lr,
         weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction, dropout=args.dropout,
         patience=args.patience or None, seed=args.seed, padding_side=args.padding_side,

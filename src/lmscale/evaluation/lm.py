@@ -9,6 +9,7 @@ same code.
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -90,7 +91,7 @@ def _batches(order: list[int], lengths: list[int], max_tokens: int, max_batch: i
     return out
 
 
-class ScoringLM:
+class ScoringLM(abc.ABC):
     """Base: request encoding (lm-evaluation-harness's whitespace rule) and truncation counting."""
 
     family = "decoder"
@@ -122,11 +123,13 @@ class ScoringLM:
             return ctx, self.tok.encode(continuation)
         return whole[:ctx_len], whole[ctx_len:]
 
+    @abc.abstractmethod
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[Score]:
-        raise NotImplementedError
+        """Summed log-probability of each continuation given its context."""
 
+    @abc.abstractmethod
     def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int) -> tuple[str, bool]:
-        raise NotImplementedError
+        """Greedy continuation cut at the first stop string, and whether the context was truncated."""
 
 
 class CausalLM(ScoringLM):

@@ -86,6 +86,17 @@ class LMBase(nn.Module):
     def _resize_extra(self, n: int) -> None:
         pass
 
+    def _output_weight(self) -> torch.Tensor:
+        return self.lm_head.weight if getattr(self, "lm_head", None) is not None else self.tok_emb.weight
+
+    def _fused_loss(self, h: torch.Tensor) -> bool:
+        """Training steps on CPU fuse the output projection into the loss; `logits` is then None
+        (the [B, T, vocab] tensor is the largest in a small model's step and the loss does not
+        need it). Evaluation, inference and GPU training return logits as usual."""
+        from lmscale.models.blocks import fused_loss_applies
+
+        return self.training and fused_loss_applies(h)
+
     def _lm_logits(self, h: torch.Tensor) -> torch.Tensor:
         if getattr(self, "lm_head", None) is not None:
             return self.lm_head(h)

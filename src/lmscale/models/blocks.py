@@ -162,7 +162,9 @@ class RelativeBias(nn.Module):
         q_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]
         k_pos = torch.arange(k_len, device=device)[None, :]
         buckets = relative_position_bucket(k_pos - q_pos, self.bidirectional, self.num_buckets, self.max_distance)
-        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)
+        # index_select's backward is an index_add, far cheaper on CPU than embedding's
+        bias = self.embedding.weight.index_select(0, buckets.reshape(-1)).view(q_len, k_len, -1)
+        return bias.permute(2, 0, 1).unsqueeze(0)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -241,8 +243,8 @@ class SelfAttention(nn.Module):
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, Optional[KV]]:
         b, t, _ = x.shape
-        qkv = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # unbind, not indexing: indexing's backward zero-fills the whole q|k|v tensor three times
+        q, k, v = (z.transpose(1, 2) for z in self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2))
         if rope is not None:
             q = apply_rotary(q, *rope)
             k = apply_rotary(k, *rope)
@@ -277,8 +279,8 @@ class CrossAttention(nn.Module):
 
     def project_kv(self, memory: torch.Tensor) -> KV:
         b, s, _ = memory.shape
-        kv = self.kv(memory).view(b, s, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return kv[0], kv[1]
+        k, v = self.kv(memory).view(b, s, 2, self.n_heads, self.head_dim).unbind(2)
+        return k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(
         self,
@@ -397,3 +399,73 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
     n = (labels != -100).sum().clamp(min=1)
     return loss / n
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Output projection + mean cross-entropy, chunk by chunk, gradients formed in the forward.
+
+    The [N, vocab] logits never exist at once: each chunk's logits become softmax - onehot in place
+    and are multiplied straight into the input and weight gradients while they are hot in cache.
+    On CPU this removes the log-softmax backward pass and the full-size logits traffic, the
+    largest non-matmul costs of a small language model's training step.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, labels, chunk):  # type: ignore[override]
+        n = h.shape[0]
+        valid = labels != -100
+        count = valid.sum().clamp(min=1).to(torch.float32)
+        safe = labels.clamp(min=0)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = grad_b = None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            hc = h[s:e]
+            logp = torch.log_softmax(F.linear(hc, weight, bias).float(), -1)
+            v = valid[s:e].to(torch.float32)
+            total -= (logp.gather(1, safe[s:e, None]).squeeze(1) * v).sum()
+            if not (need_h or need_w or need_b):
+                continue
+            g = logp.exp_()
+            g[torch.arange(e - s, device=h.device), safe[s:e]] -= 1.0
+            g.mul_((v / count)[:, None])
+            g = g.to(h.dtype)
+            if grad_h is not None:
+                torch.mm(g, weight, out=grad_h[s:e])
+            if need_w:
+                grad_w = g.t() @ hc if grad_w is None else grad_w.addmm_(g.t(), hc)
+            if bias is not None and need_b:
+                grad_b = g.sum(0) if grad_b is None else grad_b.add_(g.sum(0))
+        ctx.grads = (grad_h, grad_w, grad_b)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        grad_h, grad_w, grad_b = ctx.grads
+        ctx.grads = None
+        scale = grad_out.to(torch.float32)
+        out = [None if g is None else (g * scale.to(g.dtype)) for g in (grad_h, grad_w, grad_b)]
+        return out[0], out[1], out[2], None, None
+
+
+def fused_loss_applies(h: torch.Tensor) -> bool:
+    """Training on CPU in one precision: the loss is fused with the output projection (no full
+    logits). GPUs and autocast keep the plain path, which their kernels and compilers handle."""
+    return (
+        h.device.type == "cpu"
+        and h.requires_grad
+        and torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of `F.linear(h, weight, bias)` against labels (-100 ignored)."""
+    h = h.reshape(-1, h.shape[-1])
+    labels = labels.reshape(-1)
+    chunk = max(64, min(512, (1 << 22) // max(weight.shape[0], 1)))
+    return _LinearCrossEntropy.apply(h, weight, bias, labels, chunk)

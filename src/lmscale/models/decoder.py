@@ -11,7 +11,7 @@ from lmscale.config import ModelConfig
 from lmscale.models.base import LMBase, ModelOutput
 from lmscale.models.blocks import (
     Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, init_weights,
-    make_norm, sinusoidal_table,
+    linear_cross_entropy, make_norm, sinusoidal_table,
 )
 
 
@@ -19,7 +19,8 @@ class DecoderModel(LMBase):
     """Token (+ position) embeddings, causal blocks, final norm (pre-LN), LM head.
 
     `labels` has the shape of `input_ids`; the model shifts internally (position t predicts
-    labels[t+1]) and ignores -100, so a batch builder never has to shift.
+    labels[t+1]) and ignores -100, so a batch builder never has to shift. In a CPU training step
+    with labels, `logits` is None (the loss is fused with the output projection).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -65,13 +66,14 @@ class DecoderModel(LMBase):
                 )
             if bool(attention_mask.all()):
                 attention_mask = None
-        if position_ids is None:
-            if attention_mask is not None:
+        if position_ids is None and attention_mask is None:
+            position_ids = torch.arange(past_len, k_len, device=input_ids.device)[None]
+            check_length(cfg, k_len)
+        else:
+            if position_ids is None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
-            else:
-                position_ids = torch.arange(past_len, k_len, device=input_ids.device)[None]
-        if cfg.position == "learned":
-            check_length(cfg, int(position_ids.max()) + 1 if position_ids.numel() else 0)
+            if cfg.position == "learned" and position_ids.numel():
+                check_length(cfg, int(position_ids.max()) + 1)
 
         x = self.tok_emb(input_ids)
         if cfg.embedding_scale:
@@ -94,10 +96,15 @@ class DecoderModel(LMBase):
                 presents.append(present)
         if self.norm is not None:
             x = self.norm(x)
-        logits = self._lm_logits(x)
-        loss = None
+        logits = loss = None
         if labels is not None:
             shifted = torch.full_like(labels, -100)
             shifted[:, :-1] = labels[:, 1:]
-            loss = cross_entropy(logits, shifted)
+            if self._fused_loss(x):
+                loss = linear_cross_entropy(x, self._output_weight(), None, shifted)
+            else:
+                logits = self._lm_logits(x)
+                loss = cross_entropy(logits, shifted)
+        else:
+            logits = self._lm_logits(x)
         return ModelOutput(logits=logits, loss=loss, hidden_states=x, past_key_values=presents)

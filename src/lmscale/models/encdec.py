@@ -11,7 +11,7 @@ from lmscale.config import ModelConfig
 from lmscale.models.base import LMBase, ModelOutput
 from lmscale.models.blocks import (
     Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, init_weights,
-    make_norm, sinusoidal_table,
+    linear_cross_entropy, make_norm, sinusoidal_table,
 )
 
 
@@ -150,8 +150,13 @@ class EncoderDecoderModel(LMBase):
             past_key_values=past_key_values,
             use_cache=use_cache,
         )
-        logits = self._lm_logits(h * self.output_scale if self.output_scale is not None else h)
-        loss = cross_entropy(logits, labels) if labels is not None else None
+        scaled = h * self.output_scale if self.output_scale is not None else h
+        logits = loss = None
+        if labels is not None and self._fused_loss(scaled):
+            loss = linear_cross_entropy(scaled, self._output_weight(), None, labels)
+        else:
+            logits = self._lm_logits(scaled)
+            loss = cross_entropy(logits, labels) if labels is not None else None
         return ModelOutput(
             logits=logits, loss=loss, hidden_states=h, past_key_values=presents,
             encoder_hidden_states=encoder_hidden_states,

@@ -11,7 +11,7 @@ from lmscale.config import ModelConfig
 from lmscale.models.base import LMBase, ModelOutput
 from lmscale.models.blocks import (
     Block, RelativeBias, Rotary, activation_fn, attention_mask_for, check_length, cross_entropy,
-    init_weights, make_norm, sinusoidal_table,
+    init_weights, linear_cross_entropy, make_norm, sinusoidal_table,
 )
 
 
@@ -37,7 +37,8 @@ class EncoderModel(LMBase):
     """Embeddings (+ segment, + embedding norm), bidirectional blocks, MLM head, pooler, NSP.
 
     With `labels`, the MLM head runs only where labels != -100 (about 15% of positions, as
-    cramming does) and `logits` is [n_selected, vocab]; without labels it covers every position.
+    cramming does) and `logits` is [n_selected, vocab] (None in a CPU training step, where the
+    loss is fused with the vocabulary projection); without labels it covers every position.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -130,8 +131,17 @@ class EncoderModel(LMBase):
         loss = None
         if labels is not None:
             selected = labels != -100
-            logits = self.mlm_logits(x[selected])
-            loss = cross_entropy(logits, labels[selected])
+            picked = x[selected]
+            if self._fused_loss(picked):
+                logits = None
+                h = picked
+                if self.mlm.transform is not None:
+                    h = self.mlm.norm(self.mlm.act(self.mlm.transform(h)))
+                w = self.mlm.decoder.weight if self.mlm.decoder is not None else self.tok_emb.weight
+                loss = linear_cross_entropy(h, w, self.mlm.bias, labels[selected])
+            else:
+                logits = self.mlm_logits(picked)
+                loss = cross_entropy(logits, labels[selected])
         else:
             logits = self.mlm_logits(x)
         pooled = nsp_logits = None

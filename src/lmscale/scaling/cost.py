@@ -29,7 +29,7 @@ GPU on 3.14e23 FLOPs; `estimate_cost` reproduces both when given those inputs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lmscale.errors import LmscaleError

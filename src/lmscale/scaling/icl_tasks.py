@@ -37,7 +37,7 @@ class ICLConfig:
     copy_len: int = 20
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])
     n_layers: int = 2
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 50
@@ -158,7 +158,7 @@ def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = No
     values = np.arange(N_SPECIAL + cfg.n_keys, cfg.vocab_size)
     rng = np.random.default_rng(cfg.seed)
     evals = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     tokens_per_step = cfg.batch_size * cfg.seq_len
 
     def do_eval(step: int) -> None:
@@ -187,6 +187,7 @@ def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = No
     do_eval(cfg.steps)
     return {"d_model": width, "n_layers": cfg.n_layers, "params_total": int(counts["total"]),
             "params_non_embedding": int(counts["non_embedding"]), "wall_s": time.perf_counter() - t0,
+            "cpu_s": time.process_time() - c0,
             "evals": evals, "transition": transition(evals)}
 
 

@@ -96,14 +96,14 @@ def _lse(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
 # ----------------------------------------------------------------------------- optimisation
 
 def _batched_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], X0: np.ndarray,
-                   maxiter: int = 300, m: int = 8, gtol: float = 1e-5, ftol: float = 1e-9,
+                   maxiter: int = 300, m: int = 8, gtol: float = 1e-4, ftol: float = 1e-7,
                    merge: float = 3e-2) -> tuple[np.ndarray, np.ndarray]:
     """L-BFGS run from every row of X0 at once (numpy-vectorised over starts).
 
     Same algorithm as scipy's (two-loop recursion, memory m, Armijo backtracking), but one
     objective call advances all starts, so a grid of thousands of initialisations costs about as
-    much as a few hundred single runs. Starts that meet (same cell of size `merge` in theta) are
-    merged, keeping the lower objective. The end points are refined with scipy afterwards.
+    much as a few hundred single runs. Starts that meet (same cell of size `merge` in theta), or
+    reach the cell of a start that has already converged, are merged, keeping the lower objective. The end points are refined with scipy afterwards.
     """
     X = np.array(X0, dtype=np.float64)
     K, p = X.shape
@@ -114,6 +114,7 @@ def _batched_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], X
     rho = np.zeros((K, m))
     count = np.zeros(K, dtype=np.int64)
     active = np.isfinite(f) & np.all(np.isfinite(g), axis=1)
+    finished: set[tuple] = set()
     for it in range(maxiter):
         if merge and it % 5 == 4:
             # starts that have met follow the same path from here on: keep the best of each cell
@@ -123,6 +124,8 @@ def _batched_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], X
             ks = keys[order]
             dup = np.zeros(order.size, dtype=bool)
             dup[1:] = np.all(ks[1:] == ks[:-1], axis=1)
+            if finished:
+                dup |= np.array([tuple(k) in finished for k in ks.tolist()], dtype=bool)
             active[idx[order[dup]]] = False
         idx = np.flatnonzero(active)
         if idx.size == 0:
@@ -188,6 +191,8 @@ def _batched_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], X
             (fold - fn[done]) <= ftol * np.maximum(np.maximum(np.abs(fold), np.abs(fn[done])), 1.0))
         active[gi[conv]] = False
         active[idx[failed]] = False
+        if merge:
+            finished.update(tuple(k) for k in np.round(X[gi[conv]] / merge).tolist())
     return X, f
 
 
@@ -265,7 +270,7 @@ class _LogHuberLaw:
 
     def __init__(self, delta: float = HUBER_DELTA, grid: Any = None, maxiter: int = 2000,
                  gtol: float = 1e-9, ftol: float = 1e-13, method: str = "batched",
-                 n_polish: int = 16, batch_maxiter: int = 300) -> None:
+                 n_polish: int = 16, batch_maxiter: int = 300, init: dict[str, float] | None = None) -> None:
         if not delta > 0:
             raise ValueError(f"delta={delta} must be positive")
         if method not in ("batched", "scipy"):
@@ -273,6 +278,7 @@ class _LogHuberLaw:
         self.method = method
         self.n_polish = int(n_polish)
         self.batch_maxiter = int(batch_maxiter)
+        self.init = dict(init) if init is not None else None
         self.delta = float(delta)
         self.grid = grid
         self.maxiter = int(maxiter)
@@ -371,8 +377,10 @@ class _LogHuberLaw:
         return self._fit_arrays(X, loss_a)
 
     def _grid_array(self, F: dict[str, Any], y: np.ndarray) -> np.ndarray:
-        g = self._grid(F, y)
-        return np.atleast_2d(np.asarray(g, dtype=np.float64))
+        g = np.atleast_2d(np.asarray(self._grid(F, y), dtype=np.float64))
+        if self.init is not None:  # e.g. a previous fit's parameters, added to the grid
+            g = np.vstack([self._to_theta(self.init, F)[None, :], g])
+        return g
 
     def _fit_arrays(self, X: list[np.ndarray], loss: np.ndarray) -> "_LogHuberLaw":
         F = self._features(*X)
@@ -461,7 +469,7 @@ class _LogHuberLaw:
         self._check_fitted()
         if self.bootstrap_ is None:
             raise FitError(f"{self.name}: run .bootstrap() before asking for intervals")
-        arrs = [np.asarray(x, dtype=np.float64)[None, ...] for x in X]
+        arrs = [a[None, ...] for a in np.broadcast_arrays(*[np.asarray(x, dtype=np.float64) for x in X])]
         s = self.bootstrap_.samples
         P = {k: s[k].reshape((-1,) + (1,) * (arrs[0].ndim - 1)) for k in self.param_names}
         preds = np.asarray(self._predict(P, *arrs))
@@ -469,7 +477,7 @@ class _LogHuberLaw:
         lo, hi = 50 * (1 - level), 50 * (1 + level)
         with_noise = (preds[:, None, ...] * noise).reshape((-1,) + preds.shape[1:])
         return {
-            "prediction": self.predict(*X),
+            "prediction": self.predict(*[a[0] for a in arrs]),
             "ci_low": np.percentile(preds, lo, axis=0), "ci_high": np.percentile(preds, hi, axis=0),
             "pi_low": np.percentile(with_noise, lo, axis=0), "pi_high": np.percentile(with_noise, hi, axis=0),
         }

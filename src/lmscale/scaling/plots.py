@@ -168,9 +168,15 @@ def frontier(C: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return np.array(idx, dtype=int)
 
 
+def law_derived(law: Any) -> dict[str, Any]:
+    """Derived quantities of a fitted law (a, b, G for Chinchilla), property or method alike."""
+    d = law.derived_
+    return d() if callable(d) else d
+
+
 def law_frontier(law: Any, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Compute-optimal N and loss of a fitted Chinchilla law along C (closed form, D = C/6N)."""
-    p, dv = law.params_, law.derived_()
+    p, dv = law.params_, law_derived(law)
     n_opt = dv["G"] * (C / 6.0) ** dv["a"]
     return n_opt, law.predict(n_opt, C / (6.0 * n_opt))
 
@@ -310,7 +316,7 @@ def plot_allocation(t: RunsTable, law: Any = None):
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     cg = np.logspace(np.log10(t.C.min()) - 0.5, np.log10(t.C.max()) + 1.5, 80)
     if law is not None:
-        dv = law.derived_()
+        dv = law_derived(law)
         n_opt = dv["G"] * (cg / 6) ** dv["a"]
         ax.plot(cg, n_opt, color="tab:blue", label=f"N_opt ∝ C^{dv['a']:.2f} (fitted law)")
         ax.plot(cg, cg / (6 * n_opt), color="tab:orange", label=f"D_opt ∝ C^{dv['b']:.2f} (fitted law)")

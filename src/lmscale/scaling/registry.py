@@ -249,14 +249,14 @@ class Registry:
             cur = c.execute(f"INSERT OR IGNORE INTO runs ({cols}) VALUES ({marks})",
                             [_to_db(k, data[k]) for k in _COLUMNS])
             inserted = cur.rowcount == 1
+            if not inserted:
+                c.execute("UPDATE runs SET idx = ?, sweep = ? WHERE run_id = ?", (record.idx, record.sweep, record.run_id))
             if not inserted and replace_plan:
-                plan = ("sweep", "idx", "name", "config", "family", "params_total", "params_embedding",
+                plan = ("name", "config", "family", "params_total", "params_embedding",
                         "params_non_embedding", "tokens", "flops", "seed", "run_dir")
                 sets = ", ".join(f"{k} = ?" for k in plan)
                 c.execute(f"UPDATE runs SET {sets}, updated_at = ? WHERE run_id = ? AND status = 'pending'",
                           [_to_db(k, data[k]) for k in plan] + [now, record.run_id])
-            else:
-                c.execute("UPDATE runs SET idx = ?, sweep = ? WHERE run_id = ?", (record.idx, record.sweep, record.run_id))
         return inserted
 
     def get(self, run_id: str) -> RunRecord | None:
@@ -323,11 +323,12 @@ class Registry:
             return row["status"]
 
     def claim_next(self, worker: str, sweep: str | None = None, stale_after_s: float = 600.0,
-                   retry_failed: bool = False, exclude: set[str] | frozenset[str] = frozenset()
-                   ) -> tuple[RunRecord, str] | None:
+                   retry_failed: bool = False, exclude: set[str] | frozenset[str] = frozenset(),
+                   only: set[str] | frozenset[str] | None = None) -> tuple[RunRecord, str] | None:
         """Claim the first claimable run (by idx) atomically; returns (record, previous status).
 
-        `exclude` lists runs this caller already tried, so one pass never retries a run twice.
+        `exclude` lists runs this caller already tried, so one pass never retries a run twice;
+        `only` restricts the claim to the runs of the caller's current plan.
         """
         now = time.time()
         with self.transaction() as c:
@@ -337,7 +338,8 @@ class Registry:
                 q += " AND sweep = ?"
                 args.append(sweep)
             for row in c.execute(q + " ORDER BY idx, run_id", args).fetchall():
-                if row["run_id"] not in exclude and self._claimable(row, now, stale_after_s, retry_failed):
+                if (row["run_id"] not in exclude and (only is None or row["run_id"] in only)
+                        and self._claimable(row, now, stale_after_s, retry_failed)):
                     c.execute("UPDATE runs SET status = 'running', worker = ?, host = ?, pid = ?, started_at = ?, "
                               "heartbeat_at = ?, updated_at = ?, attempts = attempts + 1, error = NULL "
                               "WHERE run_id = ?",

@@ -14,12 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from lmscale.errors import DataError
 from lmscale.io import atomic_write_text
 from lmscale.scaling import plots
-from lmscale.scaling.plots import RunsTable
+from lmscale.scaling.plots import RunsTable, law_derived
 
 
 def is_sqlite(path: str | os.PathLike) -> bool:
@@ -88,7 +87,7 @@ def fit_table(t: RunsTable, holdout: str | None = "largest", n_holdout: int | No
         b = law.bootstrap(n_bootstrap, seed=seed)
         res["ci95"] = {k: [float(v[0]), float(v[1])] for k, v in b.ci(0.95).items()}
     res["params"] = {k: float(v) for k, v in law.params_.items()}
-    res["derived"] = {k: float(v) for k, v in law.derived_().items()}
+    res["derived"] = {k: float(v) for k, v in law_derived(law).items()}
     res["n_points"] = len(t)
     res["_law"] = law
     return res

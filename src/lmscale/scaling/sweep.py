@@ -11,6 +11,13 @@ Each run is an ordinary `lmscale pretrain` subprocess, so whatever the training 
 (torchrun DDP/FSDP on GPUs) a sweep supports by changing the command prefix; the only scheduler
 here is the local worker pool.
 
+Slurm: `launcher="slurm"` writes `OUT/NAME.sbatch`, a job array with one task per run; each
+task runs `lmscale sweep exec REGISTRY --index $SLURM_ARRAY_TASK_ID`, which claims its run in
+the registry and records the result there. The sweep directory (run directories, checkpoints,
+the shared tokenizer and shards, the registry) must be on a filesystem that every node mounts
+at the same path and whose POSIX locks work; the registry then uses SQLite's rollback journal,
+since WAL needs memory shared by all its users, i.e. one host.
+
 Budgets are set by tokens: every run gets `train.max_tokens = D` and the matching number of
 steps, so its learning-rate schedule decays over exactly its own budget (Hoffmann et al. 2022
 found that a cosine schedule longer than the run overestimates the loss of small-budget runs).
@@ -466,6 +473,10 @@ def register(sweep: SweepConfig, out_dir: str | os.PathLike, registry: str | os.
             spec.config.data.tokenizer = tok
             spec.config.data.shards = shards
         reg.add_run(spec.record(sweep.name, i), replace_plan=True)
+    planned = {spec.run_id for spec in specs}
+    for r in reg.runs(sweep.name):
+        if r.run_id not in planned and r.idx >= 0:
+            reg.update(r.run_id, idx=-1)  # left over from an earlier plan: kept, never run by index
     reg.set_meta(f"sweep:{sweep.name}", json.dumps({"config": sweep.to_dict(), "out": str(out.resolve())}))
     atomic_write_text(out / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     return reg, specs
@@ -494,7 +505,9 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike, workers: int = 1, 
     if threads_per_worker is None and launcher == "local":
         threads_per_worker = max(1, (os.cpu_count() or 1) // workers)
     outcomes: list[RunOutcome] = []
-    skipped = [RunOutcome(r.run_id, r.name, "skipped") for r in reg.runs(sweep.name, status="finished")]
+    planned = frozenset(s.run_id for s in specs)  # a changed plan does not run the old plan's leftovers
+    skipped = [RunOutcome(r.run_id, r.name, "skipped") for r in reg.runs(sweep.name, status="finished")
+               if r.run_id in planned]
     lock = threading.Lock()
     stop = threading.Event()
     tried: set[str] = set()
@@ -509,7 +522,7 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike, workers: int = 1, 
             while not stop.is_set():
                 with lock:
                     claimed = wreg.claim_next(worker, sweep=sweep.name, stale_after_s=stale_after_s,
-                                              retry_failed=retry_failed, exclude=frozenset(tried))
+                                              retry_failed=retry_failed, exclude=frozenset(tried), only=planned)
                     if claimed is not None:
                         tried.add(claimed[0].run_id)
                 if claimed is None:
@@ -545,7 +558,11 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike, workers: int = 1, 
         for proc in list(active.values()):
             proc.kill()
         raise
-    return SweepResult(len(specs), skipped + outcomes, reg.counts(sweep.name), reg_path)
+    counts = {k: 0 for k in ("pending", "running", "finished", "failed", "stopped")}
+    for r in reg.runs(sweep.name):
+        if r.run_id in planned:
+            counts[r.status] = counts.get(r.status, 0) + 1
+    return SweepResult(len(specs), skipped + outcomes, counts, reg_path)
 
 
 def exec_index(registry: str | os.PathLike, index: int, sweep_name: str | None = None,
@@ -598,7 +615,8 @@ def write_slurm_script(sweep: SweepConfig, out: Path, registry: Path, n_runs: in
              f"#SBATCH --output={out}/logs/slurm-%A_%a.out"]
     if nproc_per_node > 1:
         lines.append(f"#SBATCH --gpus-per-task={nproc_per_node}")
-    lines += [d if d.startswith("#SBATCH") else f"#SBATCH {d}" for d in directives]
+    lines += [d if d.startswith("#SBATCH") else f"#SBATCH {d if d.startswith('-') else '--' + d}"
+              for d in directives]
     lines.append(SLURM_HEADER.format(name=sweep.name, n=n_runs, out=out, registry=registry))
     launcher = "torchrun" if nproc_per_node > 1 else "local"
     lines.append("set -euo pipefail")

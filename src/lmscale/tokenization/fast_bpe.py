@@ -14,7 +14,6 @@ library, never change its tokens), and leaves documents containing added tokens 
 """
 from __future__ import annotations
 
-import json
 from itertools import chain
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -49,11 +48,10 @@ def applicable(tok) -> bool:
         import regex  # noqa: F401
     except ImportError:
         return False
-    spec = json.loads(tok.backend.to_str())
-    pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
-    return (spec.get("normalizer") is None and pre.get("type") == "ByteLevel"
-            and not pre.get("add_prefix_space", False) and pre.get("use_regex", True)
-            and model.get("type") == "BPE" and not model.get("dropout"))
+    b = tok.backend
+    pre, model = b.pre_tokenizer, b.model
+    return (b.normalizer is None and type(pre).__name__ == "ByteLevel" and not pre.add_prefix_space
+            and pre.use_regex and type(model).__name__ == "BPE" and not model.dropout)
 
 
 class CachedByteLevelEncoder:

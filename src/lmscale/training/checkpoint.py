@@ -104,6 +104,16 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def clear_checkpoints(run_dir: str | Path) -> None:
+    """Remove step checkpoints and `best` (a fresh run that reuses a run directory)."""
+    ck = Path(run_dir) / "checkpoints"
+    if not ck.is_dir():
+        return
+    for d in ck.iterdir():
+        if d.is_dir() and (_STEP_RE.fullmatch(d.name) or d.name == "best"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
     path = Path(ckpt_dir) / STATE_FILE
     if not path.is_file():

@@ -11,7 +11,15 @@ a pure function of (seed, step, micro-step, rank), so the resumed run recomputes
 
 Loss weighting: each micro-batch's mean loss is weighted by its share of the step's target tokens
 (counted over all processes), so the gradient is that of the global batch's mean token loss no
-matter how the batch is split across processes and micro-steps.
+matter how the batch is split across processes and micro-steps. For the causal objective the
+batches themselves are identical too, so N processes reproduce a single process's losses; masking
+(MLM) and span noise draw per rank, so there they agree in distribution.
+
+Budgets: steps, tokens (global batch x seq_len per step), training FLOPs (PaLM convention, see
+`metrics`) or wall-clock. For wall-clock, three forward/backward passes are timed before the first
+step (the model is not updated and the RNG is restored), the schedule length is
+`max_time_s / step_time`, recorded in the `start` event as `step_time_estimate_s`, and the run also
+stops (with a checkpoint) when the clock runs out first.
 """
 from __future__ import annotations
 
@@ -200,6 +208,8 @@ class Trainer:
         problem = dist_util.broadcast_object(problem, info)
         if problem:
             raise ConfigError(f"cannot write to the run directory {self.run_dir} ({problem}); choose another --out")
+        if info.is_main and not (self.run_dir / CONFIG_FILE).exists():
+            save_run_config(self.run_dir, cfg)  # early, so a run killed while preparing data can --resume
         if info.world_size > 1 and tc.batch_size % info.world_size:
             raise ConfigError(
                 f"train.batch_size={tc.batch_size} is not divisible by the {info.world_size} processes; "
@@ -472,7 +482,7 @@ class Trainer:
             return cpu_model, optim_sd
         return dist_util.unwrap(self.model), optim_sd
 
-    def save(self, best: bool = False) -> None:
+    def save(self) -> None:
         info = self.info
         rngs = [ckpt.rng_state()]
         if info.enabled:
@@ -543,7 +553,11 @@ class Trainer:
         if self.resume_state is not None:
             self.logger.truncate_after(self.step)
         elif info.is_main:
+            # a fresh start replaces an earlier run's records, so --resume never mixes the two
             self.logger.truncate_after(-1)
+            ckpt.clear_checkpoints(self.run_dir)
+            (self.run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+        dist_util.barrier(info)
         self.plan_schedule()
         tc = self.cfg.train
         if self.resume_state is None:

@@ -62,7 +62,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("LMSCALE_CACHE_DIR", Path.home() / ".cache" / "lmscale"))
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -73,21 +73,27 @@ def _cpu_name() -> str:
 
 
 def measure_cpu_matmul_flops(size: int = 512, seconds: float = 0.3) -> float:
-    """fp32 matmul FLOP/s this process achieves with its current thread count."""
+    """fp32 matmul FLOP/s of this machine's cores at the process's thread count.
+
+    Timed in process CPU time divided by the thread count, so other jobs on a shared machine do
+    not lower the peak (they lower the achieved rate, which is what MFU should show).
+    """
     import torch
 
     g = torch.Generator().manual_seed(0)  # never touch the global RNG the training run relies on
     a = torch.randn(size, size, generator=g)
     b = torch.randn(size, size, generator=g)
     torch.mm(a, b)
+    threads = max(torch.get_num_threads(), 1)
     reps, best = 0, 0.0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or reps < 3:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(4):
             torch.mm(a, b)
-        dt = time.perf_counter() - t0
-        best = max(best, 4 * 2 * size**3 / dt)
+        dt = (time.process_time() - t0) / threads
+        if dt > 0:
+            best = max(best, 4 * 2 * size**3 / dt)
         reps += 1
     return best
 
@@ -107,7 +113,7 @@ def peak_flops(device: Any = "cpu", dtype: str = "fp32") -> float:
                 return half if dtype in ("bf16", "fp16") else single
         return float("nan")
     threads = torch.get_num_threads()
-    key = f"{_cpu_name()}|threads={threads}|torch={torch.__version__}"
+    key = f"{cpu_name()}|threads={threads}|torch={torch.__version__}"
     if key in _PROBED:
         return _PROBED[key]
     path = _cache_dir() / "cpu_peak_flops.json"
