@@ -143,8 +143,11 @@ def test_sentiment_and_bigbench_entries_on_the_mirror(shared_data, monkeypatch):
     c = resolve_corpus("sentiment-movies")
     paths = c.labeled_splits()
     assert paths["dev"] == shared_data / "sentiment" / "movieReviewSnippets" / "dev.tsv"
-    n = sum(len(p.read_text().splitlines()) - 1 for p in paths.values())
-    assert n == 10_568 - 3 * 0 - (10_568 - n) and n > 10_000  # neutral snippets dropped from 10,568
+    import csv
+
+    rows = [r for p in paths.values() for r in csv.DictReader(p.open(encoding="utf-8"), delimiter="\t")]
+    assert 10_000 < len(rows) <= 10_568  # the published 10,568 snippets, neutral ones dropped
+    assert all(float(r["score"]) != 0.0 and int(r["label"]) == (float(r["score"]) > 0) for r in rows)
     assert c.documents("train")[0] == paths["train"].read_text().splitlines()[1].split("\t")[0]
     tasks = resolve_corpus("bigbench").tasks()
     assert len(tasks) == 45 and "arithmetic/2_digit_addition" in tasks

@@ -33,10 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--minilm-sizes", default="100,1000", help="sizes run for --minilm (it is slow on CPU)")
     e.add_argument("--seeds", type=int, default=3)
     e.add_argument("--no-regression", action="store_true", help="skip the score regression (Pearson/Spearman)")
+    e.add_argument("--no-classification", action="store_true", help="run only the score regression")
     e.add_argument("--pretrain-seconds", type=float, default=180.0)
     e.add_argument("--pretrain-corpus", default="wikitext-2")
     e.add_argument("--epochs", type=int, default=3)
-    e.add_argument("--min-steps", type=int, default=150)
+    e.add_argument("--min-steps", type=int, default=150, help="fine-tuning steps at least (small training sets)")
+    e.add_argument("--max-steps", type=int, default=500, help="fine-tuning steps at most (large training sets)")
+    e.add_argument("--evaluations", type=int, default=5, help="dev evaluations per run (best one kept)")
+    e.add_argument("--pooling", default=None, help="encoder pooling: mean (default), cls or pooler")
     e.add_argument("--json", action="store_true", help="print results.json only")
 
 
@@ -47,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
         args.out, checkpoint=args.checkpoint, minilm=args.minilm, task=args.task,
         sizes=_sizes(args.sizes), seeds=tuple(range(args.seeds)), regression=not args.no_regression,
         pretrain_time_s=args.pretrain_seconds, pretrain_corpus=args.pretrain_corpus,
-        epochs=args.epochs, min_steps=args.min_steps, minilm_sizes=_sizes(args.minilm_sizes),
+        classification=not args.no_classification, epochs=args.epochs, min_steps=args.min_steps,
+        max_steps=args.max_steps, evaluations=args.evaluations, pooling=args.pooling,
+        minilm_sizes=_sizes(args.minilm_sizes),
         log=None if args.json else print,
     )
     if args.json:

@@ -122,6 +122,7 @@ def run_pretraining_effect(
     sizes: Sequence[Optional[int]] = (100, 1000, None),
     seeds: Sequence[int] = (0, 1, 2),
     regression: bool = True,
+    classification: bool = True,
     pretrain_time_s: float = 180.0,
     pretrain_corpus: str = "wikitext-2",
     pretrain_overrides: Optional[dict[str, Any]] = None,
@@ -171,11 +172,15 @@ def run_pretraining_effect(
     lrs = {"pretrained": 1e-3, "random": 1e-3, "minilm": 1e-4}
     lrs.update(lr or {})
 
-    kinds = [("classification", TaskSpec(kind="classification", label_column="label"), "accuracy")]
+    kinds = []
+    if classification:
+        kinds.append(("classification", TaskSpec(kind="classification", label_column="label"), "accuracy"))
     if regression:
         kinds.append(("regression", TaskSpec(kind="regression", label_column="score"), "pearson"))
     tasks = {k: load_task(task, spec) for k, spec, _ in kinds}
-    n_train = len(tasks["classification"].splits["train"])
+    if not tasks:
+        raise LmscaleError("nothing to run: enable classification and/or regression")
+    n_train = len(next(iter(tasks.values())).splits["train"])
 
     inits: list[tuple[str, Callable[[int], tuple[Any, Any]]]] = []
 

@@ -356,7 +356,7 @@ class Block(nn.Module):
         return x, present
 
 
-# ----------------------------------------------------------------------------- init / helpers
+# ----------------------------------------------------------------------------- init and utilities
 
 def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     """Normal(0, init_std) for matrices and embeddings, zero biases, unit norms; pre-LN residual
