@@ -40,7 +40,7 @@ def test_transition_finds_the_jump():
     acc = [0.03, 0.03, 0.04, 0.05, 0.85, 0.9, 0.92]
     evals = [{"tokens": 1000 * (i + 1), "recall": {"accuracy": a}} for i, a in enumerate(acc)]
     t = transition(evals)
-    assert t["risen"] and t["jump_between_tokens"] == [4000, 5000]
+    assert t["risen"] and t["accuracy_after"] == 0.92 and t["jump_between_tokens"] == [4000, 5000]
     assert t["jump_fraction"] == pytest.approx(0.80 / 0.89)
 
 
@@ -53,7 +53,7 @@ def test_icl_driver_small_setting(tmp_path):
     for e in m["evals"]:
         assert 0 <= e["recall"]["accuracy"] <= 1 and e["recall"]["answer_logprob"] < 0
         assert e["tokens"] == e["step"] * cfg.batch_size * cfg.seq_len
-    assert m["params_non_embedding"] > 0
+    assert m["params_non_embedding"] > 0 and set(m["transition"]) == {"recall", "induction"}
     from lmscale.scaling.plots import plot_icl, save
 
     assert save(plot_icl(res), tmp_path / "icl.png").read_bytes()[:4] == b"\x89PNG"

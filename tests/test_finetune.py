@@ -355,3 +355,36 @@ def test_cli_t5_mixture_with_cap(tmp_path, capsys):
     assert rc == 0 and "exact_match" in res["dev"]
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["train_examples"] == 60 + 40 and saved["kind"] == "text-to-text"
+
+
+def test_finetune_from_a_transformers_bert_directory(task_dir, tmp_path):
+    """A `BertModel` directory (no MLM head, as all-MiniLM-L6-v2 ships): its [CLS] / mean
+    features equal transformers' last_hidden_state, and it fine-tunes like our own checkpoints."""
+    transformers = pytest.importorskip("transformers")
+    from lmscale.finetune.api import load_body
+    from lmscale.finetune.heads import body_features
+
+    tok = tokenizer("wordpiece")
+    vocab = sorted(tok.backend.get_vocab().items(), key=lambda kv: kv[1])
+    hf_dir = tmp_path / "hf"
+    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
+    torch.manual_seed(0)
+    hf = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    hf.save_pretrained(hf_dir)
+    (hf_dir / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
+    body, hf_tok = load_body(str(hf_dir))
+    encs = _featurize("encoder", hf_tok, [Example("the film was good", "a plot"), Example("dull", "boring story")],
+                      input_format="pair")
+    batch = collate(encs, hf_tok.pad_id)
+    with torch.no_grad():
+        ref = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 token_type_ids=batch["token_type_ids"]).last_hidden_state
+        for pooling, want in (("cls", ref[:, 0]),
+                              ("mean", (ref * batch["attention_mask"][..., None]).sum(1)
+                               / batch["attention_mask"].sum(1, keepdim=True))):
+            got = body_features(body, "encoder", pooling, batch["input_ids"], batch["attention_mask"],
+                                batch["token_type_ids"])
+            assert torch.allclose(got, want, atol=1e-5), pooling
+    res = finetune(body, hf_tok, load_task(task_dir), FinetuneConfig(epochs=1, lr=3e-3, patience=None))
+    assert set(res["dev"]) == {"accuracy", "f1", "mcc"}

@@ -207,3 +207,10 @@ def test_text_to_text_cast_with_task_prefix(tmp_path):
     out = text_to_text_examples(task, "train", label_words=["negative", "positive"])
     assert out[0].text == "sst2 sentence: nice" and out[0].label == "positive"
     assert out[1].label == "negative" and out[0].task == "sst2"
+
+
+def test_sentiment_movies_resolves_through_the_catalog(shared_data, monkeypatch):
+    monkeypatch.setenv("LMSCALE_DATA_DIR", str(shared_data))
+    task = load_task("sentiment-movies")
+    assert task.name == "sentiment-movies" and task.labels == ["0", "1"]
+    assert {k: len(v) for k, v in task.splits.items()} == {"train": 8454, "dev": 1057, "test": 1057}

@@ -245,12 +245,98 @@ def stage_finetune(ctx: Context) -> dict:
             "results": str(ctx.out / "finetune" / "results.json")}
 
 
+def _sweep_design(fast: bool) -> tuple[list[float], list[float]]:
+    """Target non-embedding sizes and token budgets of the quickstart's grid sweep."""
+    if fast:
+        return [1.5e4, 4.0e4, 1.0e5], [6.0e4, 1.2e5]
+    return [2.0e4, 6.0e4, 1.6e5], [2.0e5, 4.0e5, 8.0e5]
+
+
+def stage_scaling(ctx: Context) -> dict:
+    from lmscale.scaling.allocation import compute_optimal
+    from lmscale.scaling.report import build_report, fit_table, load_runs
+    from lmscale.scaling.sweep import SweepConfig, run_sweep
+
+    sizes, tokens = _sweep_design(ctx.fast)
+    tok = ctx.results["tokenizers"]["tokenizers"]["bpe"]
+    sweep = SweepConfig.from_dict({
+        "name": "quickstart-fast" if ctx.fast else "quickstart",
+        "design": "grid", "preset": "gpt-tiny", "sizes": sizes, "tokens": tokens, "seeds": [0],
+        "base": {
+            "model": {"vocab_size": tok["vocab_size"], "max_positions": 64},
+            "data": {"corpus": ctx.corpus, "tokenizer": tok["dir"], "shards": str(ctx.out / "shards" / "bpe")},
+            "train": {"seq_len": 64, "batch_size": 16, "lr": 0.003, "warmup_fraction": 0.05,
+                      "schedule": "cosine", "eval_batches": 16, "log_every": 20, "device": "cpu"},
+        },
+    })
+    sweep_dir = ctx.out / "sweep"
+    ctx.console.print(f"grid sweep: {len(sizes)} sizes x {len(tokens)} token budgets, 2 workers")
+
+    def progress(o) -> None:
+        ctx.console.print(f"  {o.name}: {o.status}" + (f" ({o.error})" if getattr(o, "error", None) else ""))
+
+    result = run_sweep(sweep, sweep_dir, workers=2, progress=progress)
+    if result.counts.get("finished", 0) < 6:
+        raise StageUnavailable(f"only {result.counts.get('finished', 0)} sweep runs finished "
+                               f"(counts: {result.counts}); see {sweep_dir}")
+    report = build_report(result.registry, out_html=sweep_dir / "report.html", png_dir=sweep_dir / "figures",
+                          sweep=sweep.name, n_bootstrap=200, title="Quickstart scaling sweep")
+    fit = report.get("fit") or {}
+    law = {"law": "chinchilla", "params": fit.get("params", {})}
+    out: dict[str, Any] = {"registry": result.registry, "report": str(sweep_dir / "report.html"),
+                           "figures": report.get("pngs", []), "fit": fit, "counts": result.counts}
+    if fit.get("params"):
+        p, ci = fit["params"], fit.get("ci95", {})
+        table = Table(title="Chinchilla fit L(N, D) = E + A/N^alpha + B/D^beta (95% bootstrap intervals)")
+        table.add_column("parameter")
+        table.add_column("value", justify="right")
+        table.add_column("95% interval", justify="right")
+        for k in ("E", "A", "B", "alpha", "beta"):
+            lo_hi = ci.get(k)
+            table.add_row(k, f"{p[k]:.4g}", f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else "-")
+        ctx.console.print(table)
+        check = fit.get("holdout_check", {})
+        if check.get("holdout"):
+            errs = [h["rel_error"] for h in check["holdout"]]
+            out["holdout_rel_errors"] = errs
+            ctx.console.print("held-out largest-compute runs, relative error of the predicted loss: "
+                              + ", ".join(f"{e:+.1%}" for e in errs))
+        budget = 1e15
+        t = load_runs(result.registry, sweep=sweep.name)
+        refit = fit_table(t, holdout=None, n_bootstrap=200)
+        alloc = compute_optimal(refit["_law"] if refit else law, budget)
+        out["allocation"] = alloc
+        ci = alloc.get("ci", {})
+
+        def with_ci(key: str) -> str:
+            lo_hi = ci.get(key)
+            return f"{alloc[key]:.3g}" + (f" [{lo_hi[0]:.3g}, {lo_hi[1]:.3g}]" if lo_hi else "")
+
+        rule = alloc["rule_of_thumb_20"]
+        ctx.console.print(
+            f"compute-optimal at C = {budget:.0e} FLOPs (95% intervals): N_opt = {with_ci('N_opt')} non-embedding "
+            f"parameters, D_opt = {with_ci('D_opt')} tokens, {with_ci('tokens_per_param')} tokens/parameter, "
+            f"predicted loss {with_ci('loss')}.\n20-tokens-per-parameter rule of thumb: N = {rule['N']:.3g}, "
+            f"D = {rule['D']:.3g}" + (f", predicted loss {rule['loss']:.3f}" if "loss" in rule else ""))
+    return out
+
+
+def stage_report(ctx: Context) -> dict:
+    from lmscale.quickstart_report import write_report
+
+    path = write_report(ctx.out, ctx.results, fast=ctx.fast)
+    ctx.console.print(f"report written to [bold]{path}[/]")
+    return {"report": str(path)}
+
+
 STAGES: list[Stage] = [
     Stage("data", "1. Fetch WikiText-2 through the corpus catalog", stage_data),
     Stage("tokenizers", "2. Train BPE, WordPiece and Unigram tokenizers", stage_tokenizers),
     Stage("pretrain", "3. Pretrain an encoder (MLM), a decoder (causal LM) and an encoder-decoder (span corruption)", stage_pretrain),
     Stage("use", "4. Use them: fill-mask, generation, span infilling", stage_use),
     Stage("finetune", "5. Fine-tune on movie-review sentiment: pretrained vs random initialisation", stage_finetune),
+    Stage("scaling", "6. A small scaling sweep, a Chinchilla fit and a compute-optimal recommendation", stage_scaling),
+    Stage("report", "7. Write report.html", stage_report),
 ]
 
 

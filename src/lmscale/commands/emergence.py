@@ -158,11 +158,12 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({k: v for k, v in res.items()}, indent=2))
         else:
             for m in res["models"]:
-                t = m["transition"]
-                desc = (f"rose by {t['rise']:.2f}, half the rise by {t['tokens_at_half_rise']:.3g} tokens, "
-                        f"largest jump {t['largest_jump']:.2f} ({100 * t['jump_fraction']:.0f}% of the rise in one "
-                        "evaluation interval)") if t.get("risen") else "no rise"
-                print(f"d_model={m['d_model']} (N={m['params_non_embedding']:,} non-embedding): recall {desc}")
+                for task, t in m["transition"].items():
+                    desc = (f"accuracy {t['accuracy_before']:.2f} -> {t['accuracy_after']:.2f}, half the rise by "
+                            f"{t['tokens_at_half_rise']:.3g} tokens, largest jump {t['largest_jump']:.2f} "
+                            f"({100 * t['jump_fraction']:.0f}% of the rise in one evaluation interval)"
+                            ) if t.get("risen") else "no rise above chance"
+                    print(f"d_model={m['d_model']} (N={m['params_non_embedding']:,} non-embedding) {task}: {desc}")
             print(f"wrote {out / 'icl.json'} and {out / 'icl.png'}")
         return 0
     return 2

@@ -54,7 +54,7 @@ def load_body(
         return body, tok
     if not preset:
         raise LmscaleError("give a checkpoint or a preset")
-    from lmscale.config import FAMILY_TOKENIZER, load_preset, apply_overrides
+    from lmscale.config import apply_overrides, load_preset
 
     run_cfg = load_preset(preset)
     if overrides:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from lmscale.errors import LmscaleError
-from lmscale.finetune.tasks import TaskData, TaskSpec, load_task
+from lmscale.finetune.tasks import TaskSpec, load_task
 from lmscale.io import atomic_path, atomic_write_json, atomic_write_text
 
 DEFAULT_TASK = "sentiment-movies"
@@ -149,8 +149,6 @@ def run_pretraining_effect(
     Writes `out_dir/results.json` (every run plus the summary tables) and
     `out_dir/pretraining_effect.png`, and returns the same dict as results.json.
     """
-    import torch
-
     from lmscale.finetune.api import random_body
     from lmscale.finetune.trainer import FinetuneConfig, finetune
     from lmscale.models.io import load

@@ -10,7 +10,7 @@ probe), trains with it.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn

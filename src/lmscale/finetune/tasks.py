@@ -21,7 +21,7 @@ FORMATS = ("tsv", "csv", "jsonl")
 SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "validation", "valid", "val"), "test": ("test",)}
 EXTENSIONS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 
-csv.field_size_limit(min(2**31 - 1, 2**63 - 1))
+csv.field_size_limit(2**31 - 1)
 
 
 @dataclass

@@ -7,12 +7,11 @@ epoch, keeps the best checkpoint, stops early when dev stops improving, and writ
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -25,7 +24,7 @@ from lmscale.errors import CheckpointError, DataError
 from lmscale.finetune import metrics as M
 from lmscale.finetune.features import Encoded, Featurizer, InputFormat, add_gpt_tokens, collate, pad_batch
 from lmscale.finetune.heads import DEFAULT_POOLING, SequenceHead
-from lmscale.finetune.tasks import Example, TaskData, TaskSpec, text_to_text_examples
+from lmscale.finetune.tasks import Example, TaskData
 from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
 
 FORMAT = "lmscale-finetune"
@@ -449,7 +448,8 @@ def finetune(
     log: Optional[Callable[[dict[str, Any]], None]] = None,
     train_examples: Optional[list[Example]] = None,
 ) -> dict[str, Any]:
-    """Fine-tune `body` (trained in place) on `task`; returns the results dict.
+    """Fine-tune `body` (trained in place) on `task`; returns the results dict, whose `model`
+    entry is the `FinetunedModel` with the best checkpoint's weights (ready for `predict`).
 
     With `out_dir`, the best checkpoint is kept in `out_dir/best/`, one JSON line per evaluation
     goes to `out_dir/metrics.jsonl`, and `out_dir/results.json` holds the best checkpoint's

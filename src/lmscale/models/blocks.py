@@ -219,6 +219,73 @@ def _sdpa_mask(mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[tor
 
 # ----------------------------------------------------------------------------- attention
 
+class _BiasAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + bias) v with a learned additive bias (T5), for CPU training.
+
+    SDPA's fused CPU kernel cannot return a gradient for a float mask, so with a trainable bias
+    it falls back to its generic path, which scales q and k separately and stores the scores
+    for a softmax backward. Here the probabilities are kept once and the backward uses
+    dS = P * (dP - rowsum(dO * O)) (the flash-attention identity), in place, and the bias
+    gradient is dS summed over the dimensions the bias was broadcast along.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):  # type: ignore[override]
+        s = torch.matmul(q, k.transpose(-1, -2))
+        if scale != 1.0:
+            s.mul_(scale)
+        s.add_(bias)
+        p = torch.softmax(s, -1)
+        del s
+        o = torch.matmul(p, v)
+        ctx.save_for_backward(q, k, v, p, o)
+        ctx.scale = scale
+        ctx.bias_shape = bias.shape
+        return o
+
+    @staticmethod
+    def backward(ctx, grad_o):  # type: ignore[override]
+        q, k, v, p, o = ctx.saved_tensors
+        scale = ctx.scale
+        grad_o = grad_o.contiguous()
+        grad_v = torch.matmul(p.transpose(-1, -2), grad_o) if ctx.needs_input_grad[2] else None
+        ds = torch.matmul(grad_o, v.transpose(-1, -2))
+        ds.sub_((grad_o * o).sum(-1, keepdim=True)).mul_(p)
+        grad_bias = None
+        if ctx.needs_input_grad[3]:
+            dims = [i for i, (a, b) in enumerate(zip(ctx.bias_shape, ds.shape)) if a == 1 and b != 1]
+            grad_bias = ds.sum(dims, keepdim=True) if dims else ds.clone()
+        if scale != 1.0:
+            ds.mul_(scale)
+        grad_q = torch.matmul(ds, k) if ctx.needs_input_grad[0] else None
+        grad_k = torch.matmul(ds.transpose(-1, -2), q) if ctx.needs_input_grad[1] else None
+        return grad_q, grad_k, grad_v, grad_bias, None
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    dropout: float,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """SDPA, except a trainable additive bias on CPU without dropout goes to `_BiasAttention`."""
+    if (
+        mask is not None
+        and mask.dtype == q.dtype
+        and mask.requires_grad
+        and dropout == 0.0
+        and q.device.type == "cpu"
+        and mask.dim() == 4
+    ):
+        return _BiasAttention.apply(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None else scale)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=_sdpa_mask(mask, q.dtype), dropout_p=dropout, is_causal=is_causal, scale=scale
+    )
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused q|k|v projection and an optional KV cache."""
 
@@ -252,13 +319,7 @@ class SelfAttention(nn.Module):
             k = torch.cat((past[0], k), dim=2)
             v = torch.cat((past[1], v), dim=2)
         present = (k, v) if use_cache else None
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=_sdpa_mask(mask, q.dtype),
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-            scale=self.scale,
-        )
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0, is_causal, self.scale)
         y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return self.out(y), present
 
@@ -292,12 +353,7 @@ class CrossAttention(nn.Module):
         b, t, _ = x.shape
         q = self.q(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = past if past is not None else self.project_kv(memory)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=_sdpa_mask(mask, q.dtype),
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=self.scale,
-        )
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0, False, self.scale)
         y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return self.out(y), (k, v)
 
@@ -404,10 +460,11 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class _LinearCrossEntropy(torch.autograd.Function):
     """Output projection + mean cross-entropy, chunk by chunk, gradients formed in the forward.
 
-    The [N, vocab] logits never exist at once: each chunk's logits become softmax - onehot in place
-    and are multiplied straight into the input and weight gradients while they are hot in cache.
-    On CPU this removes the log-softmax backward pass and the full-size logits traffic, the
-    largest non-matmul costs of a small language model's training step.
+    The [N, vocab] logits never exist at once: each chunk's logits are exponentiated once, in
+    place, and that one tensor gives both the loss (log of the row sums) and the gradient
+    (softmax - onehot), which is multiplied straight into the input and weight gradients while it
+    is hot in cache. On CPU this removes the log-softmax and its backward pass and the full-size
+    logits traffic, the largest non-matmul costs of a small language model's training step.
     """
 
     @staticmethod
@@ -423,14 +480,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             hc = h[s:e]
-            logp = torch.log_softmax(F.linear(hc, weight, bias).float(), -1)
+            z = F.linear(hc, weight, bias).float()
+            z.sub_(z.amax(1, keepdim=True))
+            target = z.gather(1, safe[s:e, None]).squeeze(1)
+            z.exp_()
+            sums = z.sum(1)
             v = valid[s:e].to(torch.float32)
-            total -= (logp.gather(1, safe[s:e, None]).squeeze(1) * v).sum()
+            total += ((sums.log() - target) * v).sum()
             if not (need_h or need_w or need_b):
                 continue
-            g = logp.exp_()
-            g[torch.arange(e - s, device=h.device), safe[s:e]] -= 1.0
-            g.mul_((v / count)[:, None])
+            w = v / count
+            g = z.mul_((w / sums)[:, None])
+            g[torch.arange(e - s, device=h.device), safe[s:e]] -= w
             g = g.to(h.dtype)
             if grad_h is not None:
                 torch.mm(g, weight, out=grad_h[s:e])

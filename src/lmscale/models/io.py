@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -164,20 +165,33 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: unreadable weights ({exc})") from None
-    with torch.device("meta"):
+    with _skip_init():
         model = build_model(cfg)
-    model = model.to_empty(device="cpu")
-    _reset_buffers(model)
     load_state_checked(model, state, str(weights))
     return model.to(device).eval(), tokenizer
 
 
-def _reset_buffers(model: nn.Module) -> None:
-    """Non-persistent buffers are not in the checkpoint; rebuilding them after `to_empty`."""
-    from lmscale.models.blocks import Rotary
+_INIT_FUNCTIONS = (
+    "normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+    "xavier_normal_", "zeros_", "ones_", "constant_",
+)
 
-    for m in model.modules():
-        if isinstance(m, Rotary):
-            hd = m.inv_freq.shape[0] * 2
-            theta = model.config.rope_theta
-            m.inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+
+@contextlib.contextmanager
+def _skip_init():
+    """Build a model whose every weight is about to be overwritten without initialising it.
+
+    Building on the meta device would do the same, but the first random fill of a meta tensor
+    imports the whole compiler stack (about 10 s per process); turning the `torch.nn.init`
+    functions into no-ops leaves plain, uninitialised CPU tensors (non-persistent buffers such
+    as rotary frequencies are still computed by the constructors).
+    """
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+

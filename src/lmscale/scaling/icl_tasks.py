@@ -188,7 +188,7 @@ def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = No
     return {"d_model": width, "n_layers": cfg.n_layers, "params_total": int(counts["total"]),
             "params_non_embedding": int(counts["non_embedding"]), "wall_s": time.perf_counter() - t0,
             "cpu_s": time.process_time() - c0,
-            "evals": evals, "transition": transition(evals)}
+            "evals": evals, "transition": {task: transition(evals, task) for task in ("recall", "induction")}}
 
 
 def transition(evals: list[dict[str, Any]], task: str = "recall") -> dict[str, Any]:
@@ -203,15 +203,23 @@ def transition(evals: list[dict[str, Any]], task: str = "recall") -> dict[str, A
     if len(acc) < 2:
         return {"risen": False}
     rise = float(acc.max() - acc[0])
-    if rise <= 0:
+    if rise <= 0.05:
         return {"risen": False, "rise": rise}
     half = acc[0] + rise / 2
     i = int(np.argmax(acc >= half))
     jumps = np.diff(acc)
     j = int(np.argmax(jumps))
-    return {"risen": rise > 0.2, "rise": rise, "tokens_at_half_rise": float(tok[i]),
+    return {"risen": rise > 0.2, "rise": rise, "accuracy_before": float(acc[0]), "accuracy_after": float(acc[-1]), "tokens_at_half_rise": float(tok[i]),
             "largest_jump": float(jumps[j]), "jump_fraction": float(jumps[j] / rise),
             "jump_between_tokens": [float(tok[j]), float(tok[j + 1])]}
+
+
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of single widths trained separately (e.g. in parallel processes)."""
+    out = dict(results[0])
+    out["models"] = sorted((m for r in results for m in r["models"]), key=lambda m: m["params_non_embedding"])
+    out["config"] = dict(out["config"], widths=[m["d_model"] for m in out["models"]])
+    return out
 
 
 def run_icl(cfg: ICLConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:

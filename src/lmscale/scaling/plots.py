@@ -432,8 +432,9 @@ def plot_icl(result: dict[str, Any]):
         for task, ls in (("recall", "-"), ("induction", "--")):
             a1.plot(tok, [e[task]["accuracy"] for e in m["evals"]], ls, color=col,
                     label=f"{task}, N={m['params_non_embedding'] / 1e3:.0f}k")
-        a2.plot(tok, [e["recall"]["answer_logprob"] for e in m["evals"]], "-", color=col,
-                label=f"recall, N={m['params_non_embedding'] / 1e3:.0f}k")
+        for task, ls in (("recall", "-"), ("induction", "--")):
+            a2.plot(tok, [e[task]["answer_logprob"] for e in m["evals"]], ls, color=col,
+                    label=f"{task}, N={m['params_non_embedding'] / 1e3:.0f}k")
     chance = result.get("chance", {}).get("recall")
     if chance:
         a1.axhline(chance, color="grey", lw=0.8, ls=":", label="chance (recall)")
