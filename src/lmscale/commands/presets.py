@@ -15,7 +15,14 @@ def run(args: argparse.Namespace) -> int:
     from lmscale.config import load_preset, preset_info, preset_names
 
     rows = []
-    for name in preset_names():
+    order = {"transformer": 0, "bert": 1, "gpt1": 2, "gpt2": 3, "gpt3": 4, "t5": 5, "gpt-": 6}
+
+    def key(name: str) -> tuple:
+        family = next((v for k, v in order.items() if name.startswith(k)), 9)
+        pub = preset_info(name).get("published_params") or 0
+        return (name.endswith("-tiny"), family, pub, name)
+
+    for name in sorted(preset_names(), key=key):
         m = load_preset(name).model
         info = preset_info(name)
         layers = f"{m.n_layers}+{m.decoder_layers}" if m.family == "encoder-decoder" else str(m.n_layers)
@@ -33,11 +40,14 @@ def run(args: argparse.Namespace) -> int:
 
     table = Table(title="lmscale presets")
     for col in ("name", "family", "layers", "d_model", "heads", "d_head", "d_ff", "vocab", "n_ctx", "published"):
-        table.add_column(col, justify="right" if col not in ("name", "family") else "left")
+        table.add_column(col, justify="right" if col not in ("name", "family") else "left", no_wrap=True)
     for r in rows:
         pub = r["published_params"]
         pub_s = "-" if not pub else (f"{pub / 1e9:.1f}B" if pub >= 1e9 else f"{pub / 1e6:.0f}M")
         table.add_row(r["name"], r["family"], r["layers"], str(r["d_model"]), str(r["n_heads"]),
                       str(r["d_head"]), str(r["d_ff"]), str(r["vocab_size"]), str(r["n_ctx"]), pub_s)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    console.print(table)
     return 0
