@@ -355,6 +355,7 @@ def test_cli_t5_mixture_with_cap(tmp_path, capsys):
     assert rc == 0 and "exact_match" in res["dev"]
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["train_examples"] == 60 + 40 and saved["kind"] == "text-to-text"
+    assert set(saved["dev_by_task"]) == {"sst", "other"} and "exact_match" in saved["dev_by_task"]["sst"]
 
 
 def test_finetune_from_a_transformers_bert_directory(task_dir, tmp_path):

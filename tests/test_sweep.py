@@ -195,7 +195,7 @@ def test_killed_sweep_resumes_interrupted_run_from_checkpoint(tmp_path):
         cmd = lambda c, r, resume: [sys.executable, {str(script)!r}, "--config", str(c)] + (["--resume", str(r)] if resume else [])
         run_sweep(sw, {str(out)!r}, command=cmd, prepare=False, heartbeat_s=0.5)
     ''')
-    env = dict(os.environ, FAKE_STEP_S="0.15")
+    env = dict(os.environ, FAKE_STEP_S="0.4")  # ~4 s left after step 10: room for a loaded machine
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline and not list(out.glob("runs/*/checkpoints/step_00000010")):
@@ -231,7 +231,7 @@ def test_ctrl_c_stops_the_children_and_marks_runs_resumable(tmp_path):
         except KeyboardInterrupt:
             sys.exit(130)
     ''')
-    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, FAKE_STEP_S="0.2"))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, FAKE_STEP_S="0.6"))
     deadline = time.time() + 60
     while time.time() < deadline and not list(out.glob("runs/*/checkpoints/step_00000005")):
         time.sleep(0.05)

@@ -105,7 +105,7 @@ def plot(tables: dict[str, dict[str, dict[str, dict[str, float]]]], path: str | 
         ax.set_ylabel(f"dev {metric}")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -226,7 +226,7 @@ def run_pretraining_effect(
     text = "\n\n".join(format_table(t, m) for m, t in tables.items())
     say(text)
     png = plot({m: t for m, t in tables.items() if m in ("accuracy", "pearson")}, out_dir / "pretraining_effect.png",
-               f"Effect of pretraining ({Path(str(task)).name}, {n_train} training examples in all)")
+               f"Effect of pretraining: {Path(str(task)).name}, {n_train} labelled examples in all")
     result = {
         "task": str(task), "checkpoint": str(checkpoint), "minilm": str(minilm) if minilm else None,
         "architecture": asdict(arch), "sizes": [s if s is not None else n_train for s in sizes],

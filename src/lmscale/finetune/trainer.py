@@ -556,6 +556,12 @@ def finetune(
     }
     if "test" in splits_encs:
         results["test"] = model.evaluate(splits_encs["test"][0], cfg.eval_batch_size)
+    for split in ("dev", "test"):
+        names = sorted({e.task for e in task.splits.get(split, []) if e.task is not None})
+        if len(names) > 1:  # a multi-task mixture: each task's own score as well
+            results[f"{split}_by_task"] = {
+                name: model.evaluate(_encode(model, [e for e in task.splits[split] if e.task == name])[0],
+                                     cfg.eval_batch_size) for name in names}
     results.update({
         "best_epoch": best["epoch"], "best_step": best["step"], "epochs_run": epoch, "evaluations": len(history),
         "steps": step,

@@ -10,7 +10,7 @@ from torch import nn
 from lmscale.config import ModelConfig
 from lmscale.models.base import LMBase, ModelOutput
 from lmscale.models.blocks import (
-    Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, init_weights,
+    Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, embed, init_weights,
     linear_cross_entropy, make_norm, sinusoidal_table,
 )
 
@@ -64,22 +64,29 @@ class DecoderModel(LMBase):
                 raise ValueError(
                     f"attention_mask covers {attention_mask.shape[-1]} tokens but past + input is {k_len}"
                 )
-            if bool(attention_mask.all()):
+            # dropping an all-ones mask lets SDPA take its causal kernel; on an accelerator the
+            # check would cost a host sync per call, and its kernels take the bool mask anyway
+            if attention_mask.device.type == "cpu" and bool(attention_mask.all()):
                 attention_mask = None
         if position_ids is None and attention_mask is None:
             position_ids = torch.arange(past_len, k_len, device=input_ids.device)[None]
             check_length(cfg, k_len)
         else:
-            if position_ids is None:
+            from_mask = position_ids is None
+            if from_mask:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
             if cfg.position == "learned" and position_ids.numel():
-                check_length(cfg, int(position_ids.max()) + 1)
+                if position_ids.device.type == "cpu":
+                    check_length(cfg, int(position_ids.max()) + 1)
+                elif from_mask:
+                    # no host sync on an accelerator: positions from the mask stay below k_len
+                    check_length(cfg, k_len)
 
-        x = self.tok_emb(input_ids)
+        x = embed(self.tok_emb, input_ids)
         if cfg.embedding_scale:
             x = x * math.sqrt(cfg.d_model)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(position_ids)
+            x = x + embed(self.pos_emb, position_ids)
         elif cfg.position == "sinusoidal":
             x = x + sinusoidal_table(position_ids, cfg.d_model).to(x.dtype)
         x = self.drop(x)

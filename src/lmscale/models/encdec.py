@@ -10,7 +10,7 @@ from torch import nn
 from lmscale.config import ModelConfig
 from lmscale.models.base import LMBase, ModelOutput
 from lmscale.models.blocks import (
-    Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, init_weights,
+    Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, embed, init_weights,
     linear_cross_entropy, make_norm, sinusoidal_table,
 )
 
@@ -46,11 +46,11 @@ class Stack(nn.Module):
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
         k_len = past_len + t
         check_length(cfg, k_len, "decoder input" if self.is_decoder else "input")
-        if attention_mask is not None and bool(attention_mask.all()):
+        if attention_mask is not None and attention_mask.device.type == "cpu" and bool(attention_mask.all()):
             attention_mask = None
         positions = torch.arange(past_len, k_len, device=x.device)[None]
         if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)
+            x = x + embed(self.pos_emb, positions)
         elif cfg.position == "sinusoidal":
             x = x + sinusoidal_table(positions, cfg.d_model).to(x.dtype)
         x = self.drop(x)
@@ -60,7 +60,7 @@ class Stack(nn.Module):
             t, k_len, attention_mask, causal=self.is_decoder, position_bias=bias, dtype=x.dtype
         )
         cross_mask = None
-        if memory_mask is not None and not bool(memory_mask.all()):
+        if memory_mask is not None and not (memory_mask.device.type == "cpu" and bool(memory_mask.all())):
             cross_mask = memory_mask.bool()[:, None, None, :]
         presents = [] if use_cache else None
         for i, layer in enumerate(self.layers):
@@ -103,7 +103,7 @@ class EncoderDecoderModel(LMBase):
         return out
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok_emb(ids)
+        x = embed(self.tok_emb, ids)
         if self.config.embedding_scale:
             x = x * math.sqrt(self.config.d_model)
         return x

@@ -10,7 +10,7 @@ from torch import nn
 from lmscale.config import ModelConfig
 from lmscale.models.base import LMBase, ModelOutput
 from lmscale.models.blocks import (
-    Block, RelativeBias, Rotary, activation_fn, attention_mask_for, check_length, cross_entropy,
+    Block, RelativeBias, Rotary, activation_fn, attention_mask_for, check_length, cross_entropy, embed,
     init_weights, linear_cross_entropy, make_norm, sinusoidal_table,
 )
 
@@ -87,22 +87,22 @@ class EncoderModel(LMBase):
         cfg = self.config
         b, t = input_ids.shape
         check_length(cfg, t)
-        if attention_mask is not None and bool(attention_mask.all()):
+        if attention_mask is not None and attention_mask.device.type == "cpu" and bool(attention_mask.all()):
             attention_mask = None
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device)[None]
-        x = self.tok_emb(input_ids)
+        x = embed(self.tok_emb, input_ids)
         if cfg.embedding_scale:
             x = x * math.sqrt(cfg.d_model)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(position_ids)
+            x = x + embed(self.pos_emb, position_ids)
         elif cfg.position == "sinusoidal":
             x = x + sinusoidal_table(position_ids, cfg.d_model).to(x.dtype)
         if self.seg_emb is not None:
             if token_type_ids is None:
                 x = x + self.seg_emb.weight[0]
             else:
-                x = x + self.seg_emb(token_type_ids)
+                x = x + embed(self.seg_emb, token_type_ids)
         if self.emb_norm is not None:
             x = self.emb_norm(x)
         x = self.drop(x)

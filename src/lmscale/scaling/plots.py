@@ -306,7 +306,8 @@ def plot_isoflop(t: RunsTable, law: Any = None, budgets: Sequence[float] | None 
     ax.set_xscale("log"), ax.set_yscale("log")
     ax.set_xlabel(_n_label(t)), ax.set_ylabel(LOSS_LABEL)
     _loss_axis(ax)
-    ax.legend(fontsize=6, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, ncol=2)
     return fig
 
 
@@ -361,6 +362,7 @@ def plot_training_curves(t: RunsTable):
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
         fig.colorbar(sm, ax=ax).set_label(f"log10 {_n_label(t)}")
     ax.set_xscale("log"), ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(plt_null())
     ax.set_xlabel("tokens seen (tokens)"), ax.set_ylabel(LOSS_LABEL)
     _loss_axis(ax)
     ax.set_title("Training curves (validation loss during training)")
@@ -440,6 +442,7 @@ def plot_icl(result: dict[str, Any]):
         a1.axhline(chance, color="grey", lw=0.8, ls=":", label="chance (recall)")
     for ax in (a1, a2):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt_null())
         ax.set_xlabel("training tokens (tokens)")
         ax.legend(fontsize=6)
     a1.set_ylabel("in-context accuracy (fraction of queries)")

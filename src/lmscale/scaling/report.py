@@ -167,7 +167,7 @@ def render_html(t: RunsTable, fit: dict[str, Any] | None, images: dict[str, tupl
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{len(t)} runs from <code>{html.escape(t.source or 'input')}</code>; N = "
-             f"{html.escape(t.n_kind or 'parameters')} parameters, D = training tokens, C = 6ND; "
+             f"{html.escape(t.n_kind + ' ' if t.n_kind else '')}parameters, D = training tokens, C = 6ND; "
              f"loss in nats/token. N spans {t.N.min():.3g}&ndash;{t.N.max():.3g} "
              f"({t.N.max() / t.N.min():.1f}&times;), D spans {t.D.min():.3g}&ndash;{t.D.max():.3g} "
              f"({t.D.max() / t.D.min():.1f}&times;).</p>"]
@@ -190,8 +190,6 @@ def render_html(t: RunsTable, fit: dict[str, Any] | None, images: dict[str, tupl
             parts.append(f"<h2>Held-out check</h2><p>Fitted on the {hc['n_fit']} smaller-compute runs, the law predicts "
                          f"the {len(hc['holdout'])} largest-compute runs with a largest relative error of "
                          f"<b class='{'ok' if ok else 'bad'}'>{100 * hc['max_abs_rel_error']:.2f}%</b>.</p>")
-            parts.append(_table([{**h, "rel. error (%)": 100 * h["rel_error"]} for h in hc["holdout"]],
-                                ["N", "D", "C", "loss", "predicted", "rel. error (%)"]))
     else:
         parts.append("<p>Fewer than 6 runs: no law fitted.</p>")
     parts.append("<h2>Figures</h2>")
@@ -199,6 +197,11 @@ def render_html(t: RunsTable, fit: dict[str, Any] | None, images: dict[str, tupl
         b64 = base64.b64encode(png).decode("ascii")
         parts.append(f"<figure id='fig-{name}'><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if fit and fit.get("holdout_check"):
+        hc = fit["holdout_check"]
+        parts.append("<h2>Held-out runs</h2>")
+        parts.append(_table([{**h, "rel. error (%)": 100 * h["rel_error"]} for h in hc["holdout"]],
+                            ["N", "D", "C", "loss", "predicted", "rel. error (%)"]))
     if extra:
         for heading, obj in extra.items():
             parts.append(f"<h2>{html.escape(heading)}</h2><pre>{html.escape(json.dumps(obj, indent=1, default=float))}</pre>")
