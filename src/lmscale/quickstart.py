@@ -42,16 +42,16 @@ class Budget:
     finetune_sizes: tuple[int, ...]
     finetune_seeds: int
     finetune_epochs: int
-    sweep_runs: int
-    sweep_max_s: float
+    finetune_min_steps: int
+    finetune_max_steps: int
 
     @classmethod
     def for_mode(cls, fast: bool) -> "Budget":
         if fast:
             return cls(tokenizer_vocab=8192, tokenizer_bytes=2_000_000, pretrain_s=35.0, finetune_sizes=(100, 1000),
-                       finetune_seeds=2, finetune_epochs=2, sweep_runs=4, sweep_max_s=60.0)
+                       finetune_seeds=2, finetune_epochs=2, finetune_min_steps=60, finetune_max_steps=100)
         return cls(tokenizer_vocab=8192, tokenizer_bytes=0, pretrain_s=150.0, finetune_sizes=(100, 1000, 0),
-                   finetune_seeds=3, finetune_epochs=3, sweep_runs=9, sweep_max_s=330.0)
+                   finetune_seeds=3, finetune_epochs=3, finetune_min_steps=100, finetune_max_steps=300)
 
 
 @dataclass
@@ -239,7 +239,8 @@ def stage_finetune(ctx: Context) -> dict:
     result = run_pretraining_effect(
         ctx.out / "finetune", checkpoint=ctx.results["pretrain"]["encoder"]["run_dir"],
         sizes=sizes, seeds=list(range(ctx.budget.finetune_seeds)), regression=not ctx.fast,
-        epochs=ctx.budget.finetune_epochs, minilm_sizes=None, log=ctx.console.print,
+        epochs=ctx.budget.finetune_epochs, min_steps=ctx.budget.finetune_min_steps,
+        max_steps=ctx.budget.finetune_max_steps, evaluations=4, minilm_sizes=None, log=ctx.console.print,
     )
     return {"tables": result.get("tables", {}), "plot": str(ctx.out / "finetune" / "pretraining_effect.png"),
             "results": str(ctx.out / "finetune" / "results.json")}
