@@ -19,6 +19,7 @@ FLOPs per token) against a fp32 matmul rate re-measured before every round.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -157,6 +158,7 @@ def main() -> int:
     tc = TrainConfig(lr=1e-4, weight_decay=0.1)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()
     results = {}
     print(f"torch threads: {torch.get_num_threads()}; process CPU time; fp32 matmul peak re-measured "
           "(1024^2) before each round",
@@ -216,7 +218,8 @@ def main() -> int:
     out = {
         "benchmark": "train_throughput",
         "machine": {"cpu": cpu_name() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
+                    "torch": torch.__version__, "cores": os.cpu_count(),
+                    "load_average_1_5_15_min": {"start": list(load_before), "end": list(os.getloadavg())}},
         "setup": {"clock": "process CPU time", "seq_len": SEQ, "batch": args.batch, "dtype": "fp32", "optimizer": {"lmscale": "torch.optim.AdamW(fused=True) via build_optimizer",
                                 "transformers": "torch.optim.AdamW(foreach=True)",
                                 "transformers+fused": "torch.optim.AdamW(fused=True) (reference)"},

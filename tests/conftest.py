@@ -33,3 +33,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LMSCALE_CACHE_DIR", str(tmp_path_factory.mktemp("lmscale-cache")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the long end-to-end tests first, so that with two workers they overlap the rest."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)

@@ -44,14 +44,17 @@ class Budget:
     finetune_epochs: int
     finetune_min_steps: int
     finetune_max_steps: int
+    finetune_evaluations: int
 
     @classmethod
     def for_mode(cls, fast: bool) -> "Budget":
         if fast:
-            return cls(tokenizer_vocab=8192, tokenizer_bytes=2_000_000, pretrain_s=35.0, finetune_sizes=(100, 1000),
-                       finetune_seeds=2, finetune_epochs=2, finetune_min_steps=60, finetune_max_steps=100)
-        return cls(tokenizer_vocab=8192, tokenizer_bytes=0, pretrain_s=150.0, finetune_sizes=(100, 1000, 0),
-                   finetune_seeds=3, finetune_epochs=3, finetune_min_steps=100, finetune_max_steps=300)
+            return cls(tokenizer_vocab=8192, tokenizer_bytes=2_000_000, pretrain_s=30.0, finetune_sizes=(100, 1000),
+                       finetune_seeds=1, finetune_epochs=2, finetune_min_steps=30, finetune_max_steps=60,
+                       finetune_evaluations=2)
+        return cls(tokenizer_vocab=8192, tokenizer_bytes=0, pretrain_s=100.0, finetune_sizes=(100, 1000),
+                   finetune_seeds=3, finetune_epochs=3, finetune_min_steps=40, finetune_max_steps=100,
+                   finetune_evaluations=2)
 
 
 @dataclass
@@ -240,7 +243,7 @@ def stage_finetune(ctx: Context) -> dict:
         ctx.out / "finetune", checkpoint=ctx.results["pretrain"]["encoder"]["run_dir"],
         sizes=sizes, seeds=list(range(ctx.budget.finetune_seeds)), regression=not ctx.fast,
         epochs=ctx.budget.finetune_epochs, min_steps=ctx.budget.finetune_min_steps,
-        max_steps=ctx.budget.finetune_max_steps, evaluations=4, minilm_sizes=None, log=ctx.console.print,
+        max_steps=ctx.budget.finetune_max_steps, evaluations=ctx.budget.finetune_evaluations, minilm_sizes=None, log=ctx.console.print,
     )
     return {"tables": result.get("tables", {}), "plot": str(ctx.out / "finetune" / "pretraining_effect.png"),
             "results": str(ctx.out / "finetune" / "results.json")}
