@@ -49,7 +49,7 @@ class Budget:
     @classmethod
     def for_mode(cls, fast: bool) -> "Budget":
         if fast:
-            return cls(tokenizer_vocab=8192, tokenizer_bytes=2_000_000, pretrain_s=30.0, finetune_sizes=(100, 1000),
+            return cls(tokenizer_vocab=8192, tokenizer_bytes=2_000_000, pretrain_s=25.0, finetune_sizes=(100, 1000),
                        finetune_seeds=1, finetune_epochs=2, finetune_min_steps=30, finetune_max_steps=60,
                        finetune_evaluations=2)
         return cls(tokenizer_vocab=8192, tokenizer_bytes=0, pretrain_s=100.0, finetune_sizes=(100, 1000),
@@ -252,7 +252,7 @@ def stage_finetune(ctx: Context) -> dict:
 def _sweep_design(fast: bool) -> tuple[list[float], list[float]]:
     """Target non-embedding sizes and token budgets of the quickstart's grid sweep."""
     if fast:
-        return [1.5e4, 4.0e4, 1.0e5], [6.0e4, 1.2e5]
+        return [1.5e4, 4.0e4, 1.0e5], [4.0e4, 8.0e4]
     return [2.0e4, 6.0e4, 1.6e5], [2.0e5, 4.0e5, 8.0e5]
 
 
@@ -299,6 +299,11 @@ def stage_scaling(ctx: Context) -> dict:
             lo_hi = ci.get(k)
             table.add_row(k, f"{p[k]:.4g}", f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else "-")
         ctx.console.print(table)
+        loose = [k for k, (lo, hi) in ci.items() if k in p and lo > 0 and hi / lo > 10]
+        if loose:
+            out["fit_warning"] = (f"the 95% intervals of {', '.join(loose)} span more than a factor of 10: these few "
+                                  "short runs do not pin the law down, so treat the allocation below as illustrative")
+            ctx.console.print(f"[yellow]note: {out['fit_warning']}[/]")
         check = fit.get("holdout_check", {})
         if check.get("holdout"):
             errs = [h["rel_error"] for h in check["holdout"]]
@@ -387,9 +392,9 @@ def run_quickstart(out: str | Path = "lmscale-out", fast: bool = False, corpus: 
             _print_summary(console, status, timings, out)
             return 1
         timings[stage.name] = time.perf_counter() - t0
-        result["wall_s"] = round(timings[stage.name], 1)
         ctx.results[stage.name] = result
-        atomic_write_json(record, {"stage": stage.name, "mode": mode, "result": result})
+        atomic_write_json(record, {"stage": stage.name, "mode": mode,
+                                   "wall_s": round(timings[stage.name], 1), "result": result})
         status[stage.name] = f"done in {timings[stage.name]:.0f} s"
     total = time.perf_counter() - t_start
     _print_summary(console, status, timings, out)

@@ -52,6 +52,8 @@ def _curves_png(pretrain: dict[str, Any]) -> bytes | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = False
     for family, run in pretrain.items():
+        if not isinstance(run, dict):
+            continue
         c = run.get("curve") or {}
         if c.get("step"):
             ax.plot(c["step"], c["loss"], label=f"{family} ({run['objective']}) train")
@@ -94,6 +96,8 @@ def render(results: dict[str, Any], fast: bool) -> str:
         parts.append("<h2>3. Pretraining</h2>")
         rows = []
         for family, run in pre.items():
+            if not isinstance(run, dict):
+                continue
             s = run["summary"]
             rows.append([family, run["preset"], run["objective"], f"{s['params']['total']:,}", s["steps"],
                          f"{s['tokens']:,}", f"{s['tokens_per_s']:.0f}",
@@ -140,6 +144,8 @@ def render(results: dict[str, Any], fast: bool) -> str:
                                   f"[{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else "-"]
                                  for k in ("E", "A", "B", "alpha", "beta")],
                                 ["Chinchilla parameter", "value", "95% bootstrap interval"]))
+        if sc.get("fit_warning"):
+            parts.append(f"<p class='note'>Note: {_esc(sc['fit_warning'])}.</p>")
         if sc.get("holdout_rel_errors"):
             parts.append("<p>Fit on the smaller runs, relative error on the held-out largest-compute runs: "
                          + ", ".join(f"{e:+.1%}" for e in sc["holdout_rel_errors"]) + "</p>")
