@@ -52,7 +52,7 @@ class Budget:
             return cls(tokenizer_vocab=8192, tokenizer_bytes=2_000_000, pretrain_s=25.0, finetune_sizes=(100, 1000),
                        finetune_seeds=1, finetune_epochs=2, finetune_min_steps=30, finetune_max_steps=60,
                        finetune_evaluations=2)
-        return cls(tokenizer_vocab=8192, tokenizer_bytes=0, pretrain_s=100.0, finetune_sizes=(100, 1000),
+        return cls(tokenizer_vocab=8192, tokenizer_bytes=0, pretrain_s=90.0, finetune_sizes=(100, 1000),
                    finetune_seeds=3, finetune_epochs=3, finetune_min_steps=40, finetune_max_steps=100,
                    finetune_evaluations=2)
 
@@ -253,7 +253,7 @@ def _sweep_design(fast: bool) -> tuple[list[float], list[float]]:
     """Target non-embedding sizes and token budgets of the quickstart's grid sweep."""
     if fast:
         return [1.5e4, 4.0e4, 1.0e5], [4.0e4, 8.0e4]
-    return [2.0e4, 6.0e4, 1.6e5], [2.0e5, 4.0e5, 8.0e5]
+    return [2.0e4, 6.0e4, 1.6e5], [1.5e5, 3.0e5, 6.0e5]
 
 
 def stage_scaling(ctx: Context) -> dict:
