@@ -324,11 +324,12 @@ def plot_allocation(t: RunsTable, law: Any = None):
         b = getattr(law, "bootstrap_", None)
         if b is not None and {"G", "a"} <= set(b.samples):
             G, a = b.samples["G"][:, None], b.samples["a"][:, None]
-            ok = np.isfinite(G[:, 0]) & np.isfinite(a[:, 0])
-            ns = G[ok] * (cg[None, :] / 6) ** a[ok]
-            lo, hi = np.percentile(ns, [2.5, 97.5], axis=0)
-            ax.fill_between(cg, lo, hi, color="tab:blue", alpha=0.2, lw=0, label="95% CI")
-            ax.fill_between(cg, cg / (6 * hi), cg / (6 * lo), color="tab:orange", alpha=0.2, lw=0)
+            ok = np.isfinite(G[:, 0]) & np.isfinite(a[:, 0]) & (G[:, 0] > 0)
+            if ok.sum() >= 2:  # a degenerate fit can leave no usable bootstrap sample
+                ns = G[ok] * (cg[None, :] / 6) ** a[ok]
+                lo, hi = np.percentile(ns, [2.5, 97.5], axis=0)
+                ax.fill_between(cg, lo, hi, color="tab:blue", alpha=0.2, lw=0, label="95% CI")
+                ax.fill_between(cg, cg / (6 * hi), cg / (6 * lo), color="tab:orange", alpha=0.2, lw=0)
     ax.plot(cg, np.sqrt(cg / 120), "k:", lw=1, label="20 tokens/parameter rule")
     mins = isoflop_minima(t)
     if mins:
