@@ -311,6 +311,12 @@ def stage_scaling(ctx: Context) -> dict:
             ctx.console.print("held-out largest-compute runs, relative error of the predicted loss: "
                               + ", ".join(f"{e:+.1%}" for e in errs))
         budget = 1e15
+        if not all(math.isfinite(v) for v in p.values()) or p["alpha"] > 5 or p["beta"] > 5:
+            out["fit_warning"] = ("the fit is degenerate (a term vanished: within this sweep the loss hardly depends "
+                                  "on one of N or D), so no compute-optimal allocation is derived from it; "
+                                  "`lmscale sweep run --demo` spans a wider range")
+            ctx.console.print(f"[yellow]note: {out['fit_warning']}[/]")
+            return out
         t = load_runs(result.registry, sweep=sweep.name)
         refit = fit_table(t, holdout=None, n_bootstrap=200)
         alloc = compute_optimal(refit["_law"] if refit else law, budget)

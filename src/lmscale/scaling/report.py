@@ -243,14 +243,21 @@ def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None =
     plt = plots._plt()
     images: dict[str, tuple[bytes, str]] = {}
     written = []
+    skipped: dict[str, str] = {}
     for name, (fig, caption) in figs.items():
         buf = _io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        try:
+            fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        except ValueError as exc:  # e.g. a degenerate fit with no positive values on a log axis
+            skipped[name] = str(exc)
+            continue
+        finally:
+            plt.close(fig)
         images[name] = (buf.getvalue(), caption)
         if png_dir is not None:
             written.append(str(atomic_write_bytes(Path(png_dir) / f"{name}.png", buf.getvalue())))
-    result: dict[str, Any] = {"n_runs": len(t), "figures": list(images), "pngs": written}
+    result: dict[str, Any] = {"n_runs": len(t), "figures": list(images), "pngs": written,
+                              "figures_not_drawn": skipped}
     if fit:
         result["fit"] = {k: v for k, v in fit.items() if not k.startswith("_")}
     if extra:
