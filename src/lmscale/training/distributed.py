@@ -68,7 +68,7 @@ def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) ->
     import torch.distributed as dist
 
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t)  # the default reduction is a sum
     return t.tolist()
 
 

@@ -378,7 +378,9 @@ class Trainer:
             import torch.distributed as dist
 
             t = t.to(self.device if self.info.backend == "nccl" else "cpu")
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, t)
+            t = torch.stack(gathered).max(0).values  # the slowest rank sets the pace
         return float(t.item()) * 1.05  # optimizer step and data, roughly
 
     def _sync(self) -> None:
@@ -420,7 +422,7 @@ class Trainer:
             import torch.distributed as dist
 
             red = loss_acc.to(self._reduce_device())
-            dist.all_reduce(red, op=dist.ReduceOp.SUM)
+            dist.all_reduce(red)  # sum over ranks
             loss_acc = red
         step_loss = float(loss_acc.item()) / total
         params = [p for p in self.model.parameters() if p.grad is not None]
