@@ -36,12 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("status", help="runs of a registry with their status, N, D, C and losses")
-    s.add_argument("registry")
+    s.add_argument("registry", help=_REGISTRY_HELP)
     s.add_argument("--sweep")
     s.add_argument("--json", action="store_true")
 
     f = sub.add_parser("fit", help="Chinchilla fit of the finished runs, checked on held-out largest-compute runs")
-    f.add_argument("registry")
+    f.add_argument("registry", help=_REGISTRY_HELP)
     f.add_argument("--sweep")
     f.add_argument("--holdout", choices=("largest", "none"), default="largest")
     f.add_argument("--n-holdout", type=int, help="runs held out (default: a fifth, at least one)")
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--json", action="store_true")
 
     e = sub.add_parser("exec", help="run one registered run by index (a Slurm array task)")
-    e.add_argument("registry")
+    e.add_argument("registry", help=_REGISTRY_HELP)
     e.add_argument("--index", type=int, required=True)
     e.add_argument("--sweep")
     e.add_argument("--launcher", choices=("local", "torchrun"), default="local")
@@ -60,11 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--json", action="store_true")
 
     x = sub.add_parser("export", help="write the registry's runs as CSV (what `lmscale fit`/`report` read)")
-    x.add_argument("registry")
+    x.add_argument("registry", help=_REGISTRY_HELP)
     x.add_argument("-o", "--out", required=True)
     x.add_argument("--sweep")
 
     sub.add_parser("demo-config", help="print the demo sweep as YAML")
+
+
+_REGISTRY_HELP = "the sweep directory, or its registry file (OUT/registry.sqlite)"
 
 
 def _load(args) -> "object":
@@ -169,7 +172,24 @@ def _fit(args) -> int:
     return 0
 
 
+def _existing_registry(path: str) -> str:
+    """A sweep directory stands for its registry; a missing registry is an error, not a new file."""
+    from pathlib import Path
+
+    from lmscale.errors import LmscaleError
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "registry.sqlite"
+    if not p.is_file():
+        raise LmscaleError(f"no run registry at {p}; give the sweep directory or its registry.sqlite "
+                           "(written by `lmscale sweep run`)")
+    return str(p)
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "registry", None) and args.verb in ("status", "fit", "exec", "export"):
+        args.registry = _existing_registry(args.registry)
     if args.verb == "run":
         return _run(args)
     if args.verb == "status":
