@@ -281,6 +281,11 @@ def test_sweep_cli_status_fit_export_and_dry_run(tmp_path, capsys):
     db = res.registry
     assert main(["sweep", "status", db]) == 0
     assert "finished 9" in capsys.readouterr().out
+    # the sweep directory stands for its registry; a missing one is an error, not a new empty file
+    assert main(["sweep", "status", str(tmp_path / "out")]) == 0
+    assert "finished 9" in capsys.readouterr().out
+    assert main(["sweep", "status", str(tmp_path / "nowhere")]) == 2
+    assert "no run registry" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
     # the stand-in's losses follow L = 1.7 + 400/N^0.34 + 400/D^0.28 exactly, with N = 12 L d^2
     assert main(["sweep", "fit", db, "--holdout", "largest", "--json"]) == 0
     fit = json.loads(capsys.readouterr().out)
