@@ -7,6 +7,25 @@ import json
 HELP = "run the lecture's experiments (pretraining-effect)"
 
 
+def _lrs(s: str | None) -> dict | None:
+    from lmscale.errors import LmscaleError
+
+    if not s:
+        return None
+    out = {}
+    for part in s.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in ("pretrained", "random", "minilm"):
+            raise LmscaleError(f"--lr {s!r}: {name.strip()!r} is not an initialisation (pretrained, random, minilm)")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise LmscaleError(f"--lr {s!r}: {value!r} is not a number") from None
+        if not out[name.strip()] > 0:
+            raise LmscaleError(f"--lr {s!r}: learning rates must be positive")
+    return out
+
+
 def _sizes(s: str) -> list:
     out = []
     for part in s.split(","):
@@ -31,7 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--task", default="sentiment-movies", help="catalog name or task directory")
     e.add_argument("--sizes", default="100,1000,all", help="labelled training examples, comma-separated")
     e.add_argument("--minilm-sizes", default="100,1000", help="sizes run for --minilm (it is slow on CPU)")
-    e.add_argument("--seeds", type=int, default=3)
+    e.add_argument("--seeds", type=int, default=3, help="number of seeds per setting (seeds 0..K-1)")
+    e.add_argument("--lr", default=None, metavar="INIT=LR,...",
+                   help="fine-tuning learning rate per initialisation, e.g. pretrained=3e-4,random=1e-3 "
+                        "(defaults: pretrained 1e-3, random 1e-3, minilm 1e-4)")
     e.add_argument("--no-regression", action="store_true", help="skip the score regression (Pearson/Spearman)")
     e.add_argument("--no-classification", action="store_true", help="run only the score regression")
     e.add_argument("--pretrain-seconds", type=float, default=180.0)
@@ -53,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         pretrain_time_s=args.pretrain_seconds, pretrain_corpus=args.pretrain_corpus,
         classification=not args.no_classification, epochs=args.epochs, min_steps=args.min_steps,
         max_steps=args.max_steps, evaluations=args.evaluations, pooling=args.pooling,
-        minilm_sizes=_sizes(args.minilm_sizes),
+        minilm_sizes=_sizes(args.minilm_sizes), lr=_lrs(args.lr),
         log=None if args.json else print,
     )
     if args.json:

@@ -20,8 +20,8 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
                    help="check the fit by predicting the largest-compute runs from the others")
     p.add_argument("--n-holdout", type=int, help="how many largest-compute runs to hold out (default: a fifth)")
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap refits for the 95%% bands (0: none)")
-    p.add_argument("--grid", choices=("coarse", "hoffmann", "small"), default="coarse",
-                   help="fit starting grid: 243 points (default), Hoffmann et al.'s 5,400, or 32")
+    p.add_argument("--grid", choices=("coarse", "hoffmann", "small"), default="hoffmann",
+                   help="fit starting grid: Hoffmann et al.'s 5,400 points (default, as `lmscale fit`), 243, or 32")
     p.add_argument("--emergence", metavar="CSV", help="Pythia-style evaluation CSV for the emergence figures")
     p.add_argument("--task", default="lambada_openai", help="task of --emergence (accuracy vs perplexity)")
     p.add_argument("--icl", metavar="JSON", help="result of `lmscale emergence icl` to include")

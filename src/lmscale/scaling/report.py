@@ -69,7 +69,7 @@ GRIDS = {"hoffmann": _hoffmann_grid, "coarse": _coarse_grid,
 
 
 def fit_table(t: RunsTable, holdout: str | None = "largest", n_holdout: int | None = None,
-              n_bootstrap: int = 100, grid: Any = "coarse", seed: int = 0) -> dict[str, Any] | None:
+              n_bootstrap: int = 100, grid: Any = "hoffmann", seed: int = 0) -> dict[str, Any] | None:
     """Chinchilla fit with the held-out check, then a fit on all runs with bootstrap bands."""
     from lmscale.scaling.laws import ChinchillaLaw
     from lmscale.scaling.sweep import fit_chinchilla
@@ -218,7 +218,7 @@ def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None =
                  emergence_csv: str | os.PathLike | None = None, emergence_task: str = "lambada_openai",
                  icl_json: str | os.PathLike | None = None, holdout: str | None = "largest",
                  n_holdout: int | None = None, n_bootstrap: int = 100, title: str | None = None,
-                 params: str = "non_embedding", grid: Any = "coarse", **csv_cols: Any) -> dict[str, Any]:
+                 params: str = "non_embedding", grid: Any = "hoffmann", **csv_cols: Any) -> dict[str, Any]:
     """Fit, draw and write: PNGs into `png_dir`, one self-contained HTML at `out_html`."""
     from lmscale.io import atomic_write_bytes
 

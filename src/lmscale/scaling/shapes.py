@@ -26,7 +26,9 @@ class ShapeRule:
     `aspect_ratio` = d_model / n_layers (None: the family default); `ffn_ratio` = d_ff / d_model;
     heads are ~`d_model / 4` wide up to `max_head_dim` (so tiny models keep 4 heads and large ones
     64-wide heads); widths are multiples of `width_multiple`; `tolerance` is the largest relative
-    miss of the target N a shape may have while the aspect ratio is being matched.
+    miss of the target N a shape may have while the aspect ratio is being matched; when no shape
+    within `aspect_band` (a factor) of the aspect ratio meets it (small models, whose width steps
+    are coarse), the closest shape inside the band is taken instead.
     """
 
     aspect_ratio: float | None = None
@@ -37,6 +39,7 @@ class ShapeRule:
     min_layers: int = 1
     max_layers: int = 96
     tolerance: float = 0.02
+    aspect_band: float = 2.0
     count: str = "non_embedding"  # which N the target refers to: non_embedding | total
 
 
@@ -106,6 +109,14 @@ def shape_for(target: float, base: ModelConfig, rule: ShapeRule = ShapeRule()) -
         if widths[lo] < layers * aspect / 8:  # far too deep for this width already
             break
     close = [c for c in candidates if c[0] <= math.log1p(rule.tolerance)]
+    in_band = [c for c in candidates if c[1] <= math.log(rule.aspect_band)]
+    close_in_band = [c for c in close if c[1] <= math.log(rule.aspect_band)]
+    if close_in_band:
+        return min(close_in_band, key=lambda c: (c[1], c[0]))[2]
+    if in_band:
+        # small models: width steps are coarse, so no sane shape may land within the tolerance;
+        # a near miss in a sane shape beats a close hit at L8-d40
+        return min(in_band, key=lambda c: (c[0], c[1]))[2]
     if close:
         return min(close, key=lambda c: (c[1], c[0]))[2]
     return min(candidates, key=lambda c: (c[0], c[1]))[2]
