@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lmscale.data import catalog, shards
-from lmscale.data.catalog import Corpus, held_out_indices, resolve_corpus
+from lmscale.data.catalog import Corpus, held_out_indices, named_splits, resolve_corpus
 from lmscale.data.readers import file_documents, read_text, split_documents
 from lmscale.data.sampler import WindowSampler, validation_windows
 from lmscale.data.shards import ShardIndex, TokenDataset, prepare
@@ -111,6 +111,24 @@ def test_local_files_directories_and_document_splitting(tmp_path):
     assert valid != resolve_corpus(tmp_path / "d", valid_fraction=0.25, split_seed=8).documents("valid")
     with pytest.raises(DataError, match="no split 'test'"):
         c.documents("test")
+
+
+def test_local_directory_with_split_named_files_keeps_its_splits(tmp_path):
+    docs = make_docs(9)
+    d = tmp_path / "wt"
+    d.mkdir()
+    for i, name in enumerate(["wiki.train.raw.txt", "wiki.valid.raw.txt", "wiki.test.raw.txt"]):
+        (d / name).write_text("\n\n".join(docs[3 * i:3 * i + 3]))
+    c = resolve_corpus(d)
+    assert sorted(x.strip() for x in c.documents("valid")) == sorted(docs[3:6]) and not c.derived_valid
+    assert sorted(x.strip() for x in c.documents("test")) == sorted(docs[6:])
+    assert sorted(x.strip() for x in c.documents("train")) == sorted(docs[:3])
+    # a file that names no split (or two) means the directory is one corpus, held out by seed
+    (d / "extra.txt").write_text(docs[0])
+    assert resolve_corpus(d).available_splits == ["train", "valid"]
+    assert named_splits([Path("train.txt"), Path("dev.jsonl")]) == {"train": [Path("train.txt")],
+                                                                    "valid": [Path("dev.jsonl")]}
+    assert named_splits([Path("train.txt")]) is None and named_splits([Path("train_test.txt"), Path("a")]) is None
 
 
 def test_held_out_split_is_a_seeded_document_choice():

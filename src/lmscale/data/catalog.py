@@ -22,6 +22,7 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tarfile
@@ -424,8 +425,23 @@ def resolve_corpus(name_or_path: str | os.PathLike, errors: str = "strict",
     if not p.exists():
         raise DataError(f"{key}: neither a catalog corpus ({', '.join(_CATALOG)}) nor an existing file or directory")
     files = expand_paths(p)
-    return Corpus(name=p.name, splits={"train": files}, doc_format=doc_format, errors=errors,
+    splits = named_splits(files) if p.is_dir() else None
+    return Corpus(name=p.name, splits=splits or {"train": files}, doc_format=doc_format, errors=errors,
                   valid_fraction=valid_fraction, split_seed=split_seed, description=str(p), source="local")
+
+
+def named_splits(files: list[Path]) -> dict[str, list[Path]] | None:
+    """Splits read off file names (`wiki.train.raw`, `valid.txt`, `dev.jsonl`, ...): only when every
+    file names exactly one split and there is a train split and another one, so a directory laid
+    out like WikiText keeps its own validation and test sets instead of a random held-out share."""
+    out: dict[str, list[Path]] = {}
+    for f in files:
+        words = {w for w in re.split(r"[^a-z]+", f.name.lower()) if w}
+        hits = {SPLIT_ALIASES.get(w, w) for w in words} & {"train", "valid", "test"}
+        if len(hits) != 1:
+            return None
+        out.setdefault(hits.pop(), []).append(f)
+    return out if "train" in out and len(out) >= 2 else None
 
 
 # ----------------------------------------------------------------------------- extractors
