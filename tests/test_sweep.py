@@ -230,7 +230,9 @@ def test_ctrl_c_stops_the_children_and_marks_runs_resumable(tmp_path):
     sw = _tiny_sweep(sizes=[2e4], tokens=[640])
     out = tmp_path / "out"
     code = textwrap.dedent(f'''
-        import sys
+        import signal, sys
+        # a shell's background job inherits SIGINT ignored; a terminal's Ctrl-C is what is tested
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from lmscale.cli import main
         from lmscale.scaling.sweep import SweepConfig, run_sweep
         sw = SweepConfig.from_dict({sw.to_dict()!r})
@@ -242,8 +244,9 @@ def test_ctrl_c_stops_the_children_and_marks_runs_resumable(tmp_path):
     ''')
     proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, FAKE_STEP_S="0.6"))
     deadline = time.time() + 60
-    while time.time() < deadline and not list(out.glob("runs/*/checkpoints/step_00000005")):
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("runs/*/checkpoints/step_00000005")):
         time.sleep(0.05)
+    assert proc.poll() is None, "the sweep finished before it could be interrupted"
     child = int(next(out.glob("runs/*/pid")).read_text())
     os.kill(proc.pid, signal.SIGINT)
     assert proc.wait(60) == 130
