@@ -100,7 +100,7 @@ def test_experiment_writes_table_plot_and_results(tmp_path):
 
 @pytest.mark.slow
 def test_pretrained_initialisation_beats_random(tmp_path):
-    """MLM-pretrain for 250 steps, fine-tune on 24 labels: mean dev accuracy over 3 seeds."""
+    """MLM-pretrain for 400 steps, fine-tune on 24 labels: mean dev accuracy over 3 seeds."""
     from lmscale.config import load_run_config
     from lmscale.finetune.api import random_body
     from lmscale.finetune.tasks import load_task
@@ -114,7 +114,7 @@ def test_pretrained_initialisation_beats_random(tmp_path):
         "data.corpus": str(corpus), "out": str(run), "model.d_model": 32, "model.n_layers": 1,
         "model.n_heads": 2, "model.d_ff": 64, "model.max_positions": 32, "model.vocab_size": 256,
         "tokenizer.vocab_size": 256, "tokenizer.min_frequency": 1, "train.seq_len": 16,
-        "train.batch_size": 32, "train.max_steps": 200, "train.lr": 0.01, "train.warmup_steps": 20,
+        "train.batch_size": 32, "train.max_steps": 400, "train.lr": 0.01, "train.warmup_steps": 20,
         "train.eval_every": 200, "train.eval_batches": 2, "train.log_every": 200, "train.device": "cpu",
         "train.seed": 0})
     summary = pretrain(cfg)
