@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from lmscale.config import load_run_config  # noqa: E402
 from lmscale.io import atomic_write_json  # noqa: E402
-from lmscale.training.metrics import peak_flops  # noqa: E402
+from lmscale.training.metrics import peak_flops, read_metrics  # noqa: E402
 
 VOCAB_PADDED = 50304  # 50257 rounded up to a multiple of 128: tensor-core-friendly LM head
 
@@ -55,8 +55,7 @@ def gpt2_small_config(args, out_dir: str, compile_: bool, steps: int):
 
 
 def read_train_events(run_dir: str) -> list[dict]:
-    rows = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("event") == "train"]
+    return [r for r in read_metrics(run_dir) if r.get("event") == "train"]
 
 
 def phase_flash(args) -> dict:
@@ -93,7 +92,7 @@ def phase_lmscale(args, compile_: bool, steps: int) -> dict:
     return {
         "compile": compile_, "steps": steps, "tokens_per_s": statistics.median(tps), "mfu": statistics.median(mfu),
         "tokens_per_s_per_interval": tps, "first_loss": events[0]["loss"], "last_loss": events[-1]["loss"],
-        "params_total": summary.get("params", {}).get("total") if isinstance(summary.get("params"), dict) else None,
+        "params_total": (summary.get("params") or {}).get("total"),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "wall_s_including_compile": wall,
     }
 

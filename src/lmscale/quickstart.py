@@ -151,15 +151,10 @@ PRETRAIN_PLAN = (
 
 
 def _read_curve(run_dir: Path) -> dict[str, list]:
+    from lmscale.training.metrics import read_metrics
+
     curve: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "val_loss": []}
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return curve
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by an interruption
+    for rec in read_metrics(run_dir):
         if rec.get("event") == "train" and rec.get("loss") is not None:
             curve["step"].append(rec["step"])
             curve["loss"].append(rec["loss"])

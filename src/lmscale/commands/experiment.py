@@ -9,14 +9,15 @@ HELP = "run the lecture's experiments (pretraining-effect)"
 
 def _lrs(s: str | None) -> dict | None:
     from lmscale.errors import LmscaleError
+    from lmscale.finetune.experiment import FINETUNE_LR
 
     if not s:
         return None
     out = {}
     for part in s.split(","):
         name, _, value = part.partition("=")
-        if name.strip() not in ("pretrained", "random", "minilm"):
-            raise LmscaleError(f"--lr {s!r}: {name.strip()!r} is not an initialisation (pretrained, random, minilm)")
+        if name.strip() not in FINETUNE_LR:
+            raise LmscaleError(f"--lr {s!r}: {name.strip()!r} is not an initialisation ({', '.join(FINETUNE_LR)})")
         try:
             out[name.strip()] = float(value)
         except ValueError:
@@ -53,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--seeds", type=int, default=3, help="number of seeds per setting (seeds 0..K-1)")
     e.add_argument("--lr", default=None, metavar="INIT=LR,...",
                    help="fine-tuning learning rate per initialisation, e.g. pretrained=3e-4,random=1e-3 "
-                        "(defaults: pretrained 1e-3, random 1e-3, minilm 1e-4)")
+                        "(defaults: FINETUNE_LR in lmscale.finetune.experiment; results.json records the rates used)")
     e.add_argument("--no-regression", action="store_true", help="skip the score regression (Pearson/Spearman)")
     e.add_argument("--no-classification", action="store_true", help="run only the score regression")
     e.add_argument("--pretrain-seconds", type=float, default=180.0)

@@ -177,12 +177,13 @@ def _existing_registry(path: str) -> str:
     from pathlib import Path
 
     from lmscale.errors import LmscaleError
+    from lmscale.scaling.sweep import REGISTRY_FILE
 
     p = Path(path)
     if p.is_dir():
-        p = p / "registry.sqlite"
+        p = p / REGISTRY_FILE
     if not p.is_file():
-        raise LmscaleError(f"no run registry at {p}; give the sweep directory or its registry.sqlite "
+        raise LmscaleError(f"no run registry at {p}; give the sweep directory or its {REGISTRY_FILE} "
                            "(written by `lmscale sweep run`)")
     return str(p)
 

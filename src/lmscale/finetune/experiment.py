@@ -21,6 +21,8 @@ from lmscale.finetune.tasks import TaskSpec, load_task
 from lmscale.io import atomic_path, atomic_write_json, atomic_write_text
 
 DEFAULT_TASK = "sentiment-movies"
+# fine-tuning learning rate per initialisation (`lr=` / `--lr` override any of them)
+FINETUNE_LR: dict[str, float] = {"pretrained": 1e-3, "random": 1e-3, "minilm": 1e-4}
 # A small BERT for a few CPU minutes of MLM pretraining (pre-LN for stable short runs).
 PRETRAIN_OVERRIDES: dict[str, Any] = {
     "model.d_model": 64, "model.n_layers": 2, "model.n_heads": 2, "model.d_ff": 256,
@@ -167,7 +169,7 @@ def run_pretraining_effect(
     if base_tok is None:
         raise LmscaleError(f"{checkpoint}: no tokenizer saved with the checkpoint")
     arch = copy.deepcopy(base_body.config)
-    lrs = {"pretrained": 1e-3, "random": 1e-3, "minilm": 1e-4}
+    lrs = dict(FINETUNE_LR)
     lrs.update(lr or {})
 
     kinds = []

@@ -110,7 +110,7 @@ def shape_for(target: float, base: ModelConfig, rule: ShapeRule = ShapeRule()) -
             break
     close = [c for c in candidates if c[0] <= math.log1p(rule.tolerance)]
     in_band = [c for c in candidates if c[1] <= math.log(rule.aspect_band)]
-    close_in_band = [c for c in close if c[1] <= math.log(rule.aspect_band)]
+    close_in_band = [c for c in in_band if c[0] <= math.log1p(rule.tolerance)]
     if close_in_band:
         return min(close_in_band, key=lambda c: (c[1], c[0]))[2]
     if in_band:

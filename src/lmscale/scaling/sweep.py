@@ -48,6 +48,7 @@ from lmscale.scaling.registry import Registry, RunRecord
 from lmscale.scaling.shapes import ShapeRule, describe, shape_for
 
 DESIGNS = ("grid", "isoflop")
+REGISTRY_FILE = "registry.sqlite"  # OUT/REGISTRY_FILE unless --registry says otherwise
 LAUNCHERS = ("local", "torchrun", "slurm")
 
 
@@ -291,15 +292,13 @@ def read_run_dir(run_dir: str | os.PathLike) -> dict[str, Any]:
             out["summary"] = json.loads(sp.read_text())
         except json.JSONDecodeError:
             out["summary"] = None
-    mp = run_dir / "metrics.jsonl"
-    if mp.exists():
+    from lmscale.training.metrics import read_metrics
+
+    events = read_metrics(run_dir)
+    if events:
         evals: dict[int, list[float]] = {}
         trains: dict[int, list[float]] = {}
-        for line in mp.read_text().splitlines():
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
+        for ev in events:
             step = ev.get("step")
             if step is None:
                 continue
@@ -462,7 +461,7 @@ def register(sweep: SweepConfig, out_dir: str | os.PathLike, registry: str | os.
     """Plan the sweep, prepare its shared data, and write its runs into the registry."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reg = Registry(registry or out / "registry.sqlite", journal_mode=journal_mode)
+    reg = Registry(registry or out / REGISTRY_FILE, journal_mode=journal_mode)
     specs = plan(sweep, out)
     base = sweep.base_config()
     tok = shards = None

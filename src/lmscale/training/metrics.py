@@ -137,6 +137,20 @@ def peak_flops(device: Any = "cpu", dtype: str = "fp32") -> float:
     return value
 
 
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The events of `RUN_DIR/metrics.jsonl` in order ([] when absent); a line cut by a kill is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
 class MetricsLogger:
     """One JSON object per event in `metrics.jsonl`, mirrored to TensorBoard when installed.
 
