@@ -98,6 +98,23 @@ def test_experiment_writes_table_plot_and_results(tmp_path):
     assert "dev accuracy (mean ± std over seeds)" in lines_out[-1] and res["plot"] == str(png)
 
 
+def test_experiment_real_encoder_comes_with_its_random_twin(tmp_path):
+    """(c) a real encoder is compared with the same architecture and tokenizer from random weights,
+    only at the sizes asked for it."""
+    from lmscale.finetune.experiment import run_pretraining_effect
+
+    _, task = make_data(tmp_path, n_train=40, n_dev=30)
+    ck = tiny_encoder_checkpoint(tmp_path / "ck")
+    real = tiny_encoder_checkpoint(tmp_path / "real", seed=7)
+    res = run_pretraining_effect(tmp_path / "exp", checkpoint=ck, minilm=real, task=task, sizes=(10, 20),
+                                 minilm_sizes=(10,), seeds=(0,), regression=False, epochs=1, min_steps=2,
+                                 max_steps=2, evaluations=1, log=None)
+    table = res["tables"]["accuracy"]
+    assert set(table) == {"pretrained", "random", "minilm", "minilm-random"}
+    assert set(table["minilm"]) == set(table["minilm-random"]) == {"10"}
+    assert res["lr"]["minilm-random"] == res["lr"]["minilm"]
+
+
 @pytest.mark.slow
 def test_pretrained_initialisation_beats_random(tmp_path):
     """MLM-pretrain for 400 steps, fine-tune on 24 labels: mean dev accuracy over 3 seeds."""

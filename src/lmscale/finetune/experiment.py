@@ -22,7 +22,7 @@ from lmscale.io import atomic_path, atomic_write_json, atomic_write_text
 
 DEFAULT_TASK = "sentiment-movies"
 # fine-tuning learning rate per initialisation (`lr=` / `--lr` override any of them)
-FINETUNE_LR: dict[str, float] = {"pretrained": 1e-3, "random": 1e-3, "minilm": 1e-4}
+FINETUNE_LR: dict[str, float] = {"pretrained": 1e-3, "random": 1e-3, "minilm": 1e-4, "minilm-random": 1e-4}
 # A small BERT for a few CPU minutes of MLM pretraining (pre-LN for stable short runs).
 PRETRAIN_OVERRIDES: dict[str, Any] = {
     "model.d_model": 64, "model.n_layers": 2, "model.n_heads": 2, "model.d_ff": 256,
@@ -141,7 +141,8 @@ def run_pretraining_effect(
 ) -> dict[str, Any]:
     """Fine-tune from (a) a pretrained checkpoint (pretrained here on `pretrain_corpus` for
     `pretrain_time_s` seconds when none is given), (b) the same architecture randomly initialised
-    with the same tokenizer and (c) optionally a `transformers` encoder directory (`minilm`), for
+    with the same tokenizer and (c) optionally a `transformers` encoder directory (`minilm`), run
+    both with its weights ("minilm") and from random weights ("minilm-random"), for
     every training-set size (None = all) and seed; classification accuracy and, with
     `regression`, Pearson/Spearman on the human scores. Each run trains
     clamp(epochs x batches per epoch, min_steps, max_steps) steps and keeps the best of
@@ -197,13 +198,16 @@ def run_pretraining_effect(
         def real(seed: int):
             return copy.deepcopy(mini_body), mini_tok
 
-        inits.append(("minilm", real))
+        def real_random(seed: int):
+            return random_body(copy.deepcopy(mini_body.config), mini_tok, seed=1000 + seed, fit_vocab=False), mini_tok
+
+        inits += [("minilm", real), ("minilm-random", real_random)]
 
     runs: list[dict[str, Any]] = []
     for kind, _, metric in kinds:
         for size in sizes:
             for init, make in inits:
-                if init == "minilm" and minilm_sizes is not None and size not in minilm_sizes:
+                if init.startswith("minilm") and minilm_sizes is not None and size not in minilm_sizes:
                     continue
                 for seed in seeds:
                     body, tok = make(seed)
