@@ -26,6 +26,7 @@ from lmscale.finetune.features import Encoded, Featurizer, InputFormat, add_gpt_
 from lmscale.finetune.heads import DEFAULT_POOLING, SequenceHead
 from lmscale.finetune.tasks import Example, TaskData
 from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
+from lmscale.training.optim import adamw
 
 FORMAT = "lmscale-finetune"
 
@@ -469,7 +470,7 @@ def finetune(
     if cfg.freeze_body:
         _freeze_body(model)
     groups = _param_groups(model, cfg)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = adamw(groups, cfg.device, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     n = len(train_encs)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch)) if cfg.min_steps else cfg.epochs

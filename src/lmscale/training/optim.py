@@ -50,9 +50,13 @@ def build_optimizer(model: nn.Module, train_cfg: Any) -> torch.optim.Optimizer:
     tensor once per arithmetic step, and computes the same algorithm (same hyperparameters).
     """
     groups = parameter_groups(model, train_cfg.weight_decay)
-    kwargs = dict(lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2), eps=train_cfg.eps)
-    device = next(model.parameters()).device
-    if device.type in ("cuda", "cpu"):
+    return adamw(groups, next(model.parameters()).device, lr=train_cfg.lr,
+                 betas=(train_cfg.beta1, train_cfg.beta2), eps=train_cfg.eps)
+
+
+def adamw(groups: list[dict[str, Any]], device: torch.device, **kwargs: Any) -> torch.optim.Optimizer:
+    """`torch.optim.AdamW` with the fused kernel on CPU and CUDA, the multi-tensor path elsewhere."""
+    if torch.device(device).type in ("cuda", "cpu"):
         try:
             return torch.optim.AdamW(groups, fused=True, **kwargs)
         except (RuntimeError, TypeError):
