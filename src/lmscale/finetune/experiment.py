@@ -194,12 +194,13 @@ def run_pretraining_effect(
     inits += [("pretrained", pretrained), ("random", random)]
     if minilm is not None:
         mini_body, mini_tok = load(minilm)
+        mini_arch = copy.deepcopy(mini_body.config)
 
         def real(seed: int):
             return copy.deepcopy(mini_body), mini_tok
 
         def real_random(seed: int):
-            return random_body(copy.deepcopy(mini_body.config), mini_tok, seed=1000 + seed, fit_vocab=False), mini_tok
+            return random_body(mini_arch, mini_tok, seed=1000 + seed, fit_vocab=False), mini_tok
 
         inits += [("minilm", real), ("minilm-random", real_random)]
 
