@@ -16,7 +16,7 @@ from lmscale.cli import main
 from lmscale.config import ModelConfig
 from lmscale.errors import CheckpointError
 from lmscale.models import build_model
-from lmscale.models.hf import fetch_minilm, from_hf, to_hf
+from lmscale.models.hf import fetch_minilm, from_hf, hf_state_dict, to_hf
 from lmscale.models.io import load, save_model_dir
 
 transformers = pytest.importorskip("transformers")
@@ -144,6 +144,43 @@ def test_bert_logits_hidden_states_and_loss_match(cls_name):
             else:
                 o = ours(x, attention_mask=mask, token_type_ids=tt, labels=labels)
             assert abs(a.item() - o.loss.item()) <= TOL
+
+
+@pytest.mark.parametrize("cls_name", ["BertForMaskedLM", "BertForPreTraining"])
+def test_bert_training_step_gradients_match(cls_name):
+    """In training mode our last layer runs only at the labelled positions (and [CLS] for the
+    NSP head); every gradient must still be the one `transformers` computes on the full layer."""
+    hf = hf_bert(cls_name)
+    ours, _ = from_hf(hf)
+    hf.train()
+    ours.train()
+    g = torch.Generator().manual_seed(4)
+    b, t = 3, 12
+    x = torch.randint(5, V, (b, t), generator=g)
+    tt = torch.randint(0, 2, (b, t), generator=g)
+    mask = _mask(b, t)
+    labels = torch.full_like(x, -100)
+    labels[0, 3] = x[0, 3]
+    labels[1, 1] = 9
+    labels[1, 5] = x[1, 5]
+    labels[2, 0] = x[2, 0]
+    kw = dict(attention_mask=mask, token_type_ids=tt, labels=labels)
+    if cls_name == "BertForPreTraining":
+        kw["next_sentence_label"] = torch.tensor([0, 1, 1])
+    a = hf(x, **kw).loss
+    o = ours(x, **kw)
+    assert o.hidden_states is None  # the sparse last layer ran
+    assert abs(a.item() - o.loss.item()) <= TOL
+    a.backward()
+    o.loss.backward()
+    with torch.no_grad():  # read gradients under transformers' names through the export mapping
+        for p in ours.parameters():
+            p.copy_(p.grad)
+        ours_grads = hf_state_dict(ours)[2]
+    hf_grads = {n: p.grad for n, p in hf.named_parameters()}
+    assert set(hf_grads) <= set(ours_grads)
+    for name, ref in hf_grads.items():
+        torch.testing.assert_close(ours_grads[name], ref, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("ff,tie", [("relu", True), ("gated-gelu", False)], ids=["t5-v1.0", "t5-v1.1"])

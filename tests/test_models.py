@@ -208,6 +208,42 @@ def test_mlm_head_runs_only_on_selected_positions():
     assert sel.pooled.shape == (2, 32)
 
 
+@pytest.mark.parametrize("variant", [
+    dict(),
+    dict(norm_position="pre", embedding_norm=False),
+    dict(position="rope"),
+    dict(position="relative", norm="rmsnorm", bias=False),
+    dict(gated_mlp=True, activation="silu", tie_embeddings=False, pooler=True, nsp_head=True),
+], ids=["post-ln", "pre-ln", "rope", "relative-bias", "gated-untied-nsp"])
+def test_sparse_last_layer_training_equals_full_layer(variant):
+    """Training mode runs the last layer at the labelled rows only (Block.forward_rows); loss
+    and every gradient equal those of the full forward (eval mode, dropout 0), with padding."""
+    m = make(tiny("encoder", **variant))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(5, V, (3, 20), generator=g)
+    mask = torch.ones_like(x)
+    mask[1, 14:] = 0
+    labels = torch.where(torch.rand(x.shape, generator=g) < 0.2, x, -100).masked_fill(mask == 0, -100)
+    labels[2] = -100
+    labels[2, 19] = 7  # a sequence with one label, at the last position
+    kw = dict(attention_mask=mask, labels=labels)
+    if m.config.nsp_head:
+        kw["next_sentence_label"] = torch.tensor([1, 0, 1])
+    grads = []
+    for train in (True, False):
+        m.train(train)
+        m.zero_grad(set_to_none=True)
+        out = m(x, **kw)
+        assert (out.hidden_states is None) == train
+        out.loss.backward()
+        grads.append((out.loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    (sparse_loss, sparse), (full_loss, full) = grads
+    torch.testing.assert_close(sparse_loss, full_loss)
+    assert set(sparse) == set(full)
+    for name in full:
+        torch.testing.assert_close(sparse[name], full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_encdec_shifts_labels_with_start_token():
     m = make(tiny("encoder-decoder", position="relative", norm="rmsnorm", bias=False, decoder_start_token_id=3))
     labels = torch.tensor([[7, 8, 9, -100]])

@@ -335,6 +335,36 @@ class SelfAttention(nn.Module):
         return self.out(y), present
 
 
+    def forward_rows(
+        self,
+        x: torch.Tensor,
+        xq: torch.Tensor,
+        rows: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """Self-attention output at the positions `rows` [B, M] only: keys and values from every
+        position of `x` [B, T, d], queries from `xq` [B, M, d] (= x at those rows)."""
+        b, t, _ = x.shape
+        m = rows.shape[1]
+        a = self.n_heads * self.head_dim
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(xq, w[:a], None if bias is None else bias[:a])
+        q = q.view(b, m, self.n_heads, self.head_dim).transpose(1, 2)
+        kv = F.linear(x, w[a:], None if bias is None else bias[a:])
+        k, v = (z.transpose(1, 2) for z in kv.view(b, t, 2, self.n_heads, self.head_dim).unbind(2))
+        if rope is not None:
+            idx = rows[:, None, :, None].expand(b, 1, m, self.head_dim)
+            cos, sin = (r.expand(b, 1, t, self.head_dim).gather(2, idx) for r in rope)
+            q = apply_rotary(q, cos, sin)
+            k = apply_rotary(k, *rope)
+        if mask is not None and mask.shape[2] != 1:
+            h = mask.shape[1]
+            mask = mask.expand(b, h, t, mask.shape[3]).gather(2, rows[:, None, :, None].expand(b, h, m, mask.shape[3]))
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0, False, self.scale)
+        return self.out(y.transpose(1, 2).reshape(b, m, a))
+
+
 class CrossAttention(nn.Module):
     """Decoder-to-encoder attention; keys/values come from the encoder once and can be cached."""
 
@@ -421,6 +451,29 @@ class Block(nn.Module):
         else:
             x = self.mlp_norm(x + self.drop(self.mlp(x)))
         return x, present
+
+
+    def forward_rows(
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """The layer's output at the positions `rows` [B, M] only (a bidirectional layer without
+        cache or cross-attention). A masked-LM loss reads the last layer at about 15% of the
+        positions: every other position's queries, output projection and MLP are skipped there,
+        and the result and gradients are those of `forward` at the same rows."""
+        if self.cross is not None:
+            raise ValueError("forward_rows serves self-attention layers only")
+        idx = rows[..., None].expand(*rows.shape, x.shape[-1])
+        xq = x.gather(1, idx)
+        if self.pre:
+            src = self.attn_norm(x)
+            xq = xq + self.drop(self.attn.forward_rows(src, src.gather(1, idx), rows, mask, rope))
+            return xq + self.drop(self.mlp(self.mlp_norm(xq)))
+        xq = self.attn_norm(xq + self.drop(self.attn.forward_rows(x, xq, rows, mask, rope)))
+        return self.mlp_norm(xq + self.drop(self.mlp(xq)))
 
 
 # ----------------------------------------------------------------------------- init and utilities

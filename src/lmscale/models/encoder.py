@@ -39,6 +39,9 @@ class EncoderModel(LMBase):
     With `labels`, the MLM head runs only where labels != -100 (about 15% of positions, as
     cramming does) and `logits` is [n_selected, vocab] (None in a CPU training step, where the
     loss is fused with the vocabulary projection); without labels it covers every position.
+    In training mode with labels, the last layer itself runs only at the labelled positions (and
+    [CLS] when there is a pooler): nothing else reads its output, so the loss and gradients are
+    unchanged, and `hidden_states` is None.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -84,6 +87,21 @@ class EncoderModel(LMBase):
         position_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Final hidden states [B, T, d]."""
+        x, mask, rope = self._embed(input_ids, attention_mask, token_type_ids, position_ids)
+        for layer in self.layers:
+            x, _ = layer(x, mask, False, rope)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+    def _embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        token_type_ids: Optional[torch.Tensor],
+        position_ids: Optional[torch.Tensor],
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        """Embedded input, the attention mask every layer shares, rotary tables (or None)."""
         cfg = self.config
         b, t = input_ids.shape
         check_length(cfg, t)
@@ -109,11 +127,35 @@ class EncoderModel(LMBase):
         rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
         bias = self.rel_bias(t, t) if self.rel_bias is not None else None
         mask, _ = attention_mask_for(t, t, attention_mask, causal=False, position_bias=bias, dtype=x.dtype)
-        for layer in self.layers:
+        return x, mask, rope
+
+    def _encode_rows(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        token_type_ids: Optional[torch.Tensor],
+        position_ids: Optional[torch.Tensor],
+        keep: torch.Tensor,
+    ) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Final hidden states only where `keep` [B, T] is true, the last layer run at those
+        rows alone (`Block.forward_rows`). Returns (hidden [B, M, d], rows [B, M] in increasing
+        position order, valid [B, M]); rows past a sequence's own count are filler positions
+        whose outputs are ignored. None when nothing is kept or there is no layer."""
+        counts = keep.sum(1)
+        m = int(counts.max()) if keep.numel() else 0
+        if m == 0 or len(self.layers) == 0:
+            return None
+        t = keep.shape[1]
+        pos = torch.arange(t, device=keep.device)
+        rows = torch.where(keep, pos, pos + t).sort(dim=1).indices[:, :m]
+        valid = torch.arange(m, device=keep.device)[None] < counts[:, None]
+        x, mask, rope = self._embed(input_ids, attention_mask, token_type_ids, position_ids)
+        for layer in self.layers[:-1]:
             x, _ = layer(x, mask, False, rope)
+        x = self.layers[-1].forward_rows(x, rows, mask, rope)
         if self.norm is not None:
             x = self.norm(x)
-        return x
+        return x, rows, valid
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.mlm(hidden, self.tok_emb.weight)
@@ -127,26 +169,43 @@ class EncoderModel(LMBase):
         next_sentence_label: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
     ) -> ModelOutput:
-        x = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
         loss = None
+        sparse = None
+        if labels is not None and self.training:
+            keep = labels != -100
+            if self.pooler is not None:
+                keep = keep.clone()
+                keep[:, 0] = True
+            sparse = self._encode_rows(input_ids, attention_mask, token_type_ids, position_ids, keep)
+        if sparse is not None:
+            x, rows, valid = sparse
+            row_labels = labels.gather(1, rows)
+            selected = valid & (row_labels != -100)
+            picked, targets = x[selected], row_labels[selected]
+            first = x[:, 0]
+            x = None
+        else:
+            x = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
+            first = x[:, 0]
+            if labels is not None:
+                selected = labels != -100
+                picked, targets = x[selected], labels[selected]
         if labels is not None:
-            selected = labels != -100
-            picked = x[selected]
             if self._fused_loss(picked):
                 logits = None
                 h = picked
                 if self.mlm.transform is not None:
                     h = self.mlm.norm(self.mlm.act(self.mlm.transform(h)))
                 w = self.mlm.decoder.weight if self.mlm.decoder is not None else self.tok_emb.weight
-                loss = linear_cross_entropy(h, w, self.mlm.bias, labels[selected])
+                loss = linear_cross_entropy(h, w, self.mlm.bias, targets)
             else:
                 logits = self.mlm_logits(picked)
-                loss = cross_entropy(logits, labels[selected])
+                loss = cross_entropy(logits, targets)
         else:
             logits = self.mlm_logits(x)
         pooled = nsp_logits = None
         if self.pooler is not None:
-            pooled = torch.tanh(self.pooler(x[:, 0]))
+            pooled = torch.tanh(self.pooler(first))
             if self.nsp is not None:
                 nsp_logits = self.nsp(pooled)
                 if next_sentence_label is not None:
