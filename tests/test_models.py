@@ -396,12 +396,15 @@ def test_cpu_gelu_tanh_equals_pytorch_in_value_and_gradient(dtype):
         torch.testing.assert_close(blocks.gelu_tanh(x).double(), ref.detach(), **tol)
 
 
-def test_linear_cross_entropy_equals_pytorch_in_value_and_gradients():
+@pytest.mark.parametrize("rows,vocab", [(150, 70000), (700, 3000)], ids=["row-major", "vocab-major-then-row-major"])
+def test_linear_cross_entropy_equals_pytorch_in_value_and_gradients(rows, vocab):
+    # 70,000 words: chunks of 64 rows, row-major logits; 3,000 words: a 512-row chunk in the
+    # vocabulary-major layout, then a 188-row one row-major
     torch.manual_seed(0)
-    h = torch.randn(150, 16, requires_grad=True)
-    w = torch.randn(70000, 16).mul_(0.1).requires_grad_()  # large vocab -> several chunks
-    b = torch.randn(70000).requires_grad_()
-    labels = torch.randint(0, 70000, (150,))
+    h = torch.randn(rows, 16, requires_grad=True)
+    w = torch.randn(vocab, 16).mul_(0.1).requires_grad_()
+    b = torch.randn(vocab).requires_grad_()
+    labels = torch.randint(0, vocab, (rows,))
     labels[::4] = -100
     fused = blocks.linear_cross_entropy(h, w, b, labels)
     g_fused = torch.autograd.grad(fused * 3.0, (h, w, b))

@@ -563,6 +563,9 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return loss / n
 
 
+VOCAB_MAJOR_MIN_ROWS = 256
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Output projection + mean cross-entropy, chunk by chunk, gradients formed in the forward.
 
@@ -586,25 +589,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             hc = h[s:e]
-            z = F.linear(hc, weight, bias).float()
-            z.sub_(z.amax(1, keepdim=True))
-            target = z.gather(1, safe[s:e, None]).squeeze(1)
+            # vocabulary-major [vocab, rows] logits for large chunks: the W @ h^T and W-gradient
+            # products run 3-8% faster in that layout on one core (measured); small chunks (a T5
+            # target) are faster row-major
+            vd = 0 if e - s >= VOCAB_MAJOR_MIN_ROWS else 1
+            if vd == 0:
+                z = (weight @ hc.t() if bias is None else torch.addmm(bias[:, None], weight, hc.t())).float()
+                idx = safe[None, s:e]
+            else:
+                z = F.linear(hc, weight, bias).float()
+                idx = safe[s:e, None]
+            z.sub_(z.amax(vd, keepdim=True))
+            target = z.gather(vd, idx).squeeze(vd)
             z.exp_()
-            sums = z.sum(1)
+            sums = z.sum(vd)
             v = valid[s:e].to(torch.float32)
             total += ((sums.log() - target) * v).sum()
             if not (need_h or need_w or need_b):
                 continue
             w = v / count
-            g = z.mul_((w / sums)[:, None])
-            g[torch.arange(e - s, device=h.device), safe[s:e]] -= w
+            g = z.mul_((w / sums).unsqueeze(vd))
+            rows = torch.arange(e - s, device=h.device)
+            if vd == 0:
+                g[safe[s:e], rows] -= w
+            else:
+                g[rows, safe[s:e]] -= w
             g = g.to(h.dtype)
+            gr = g.t() if vd == 0 else g  # [rows, vocab] view
             if grad_h is not None:
-                torch.mm(g, weight, out=grad_h[s:e])
+                torch.mm(gr, weight, out=grad_h[s:e])
             if need_w:
-                grad_w = g.t() @ hc if grad_w is None else grad_w.addmm_(g.t(), hc)
+                grad_w = gr.t() @ hc if grad_w is None else grad_w.addmm_(gr.t(), hc)
             if bias is not None and need_b:
-                grad_b = g.sum(0) if grad_b is None else grad_b.add_(g.sum(0))
+                grad_b = gr.sum(0) if grad_b is None else grad_b.add_(gr.sum(0))
         ctx.grads = (grad_h, grad_w, grad_b)
         return total / count
 
