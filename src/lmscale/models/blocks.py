@@ -376,7 +376,6 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return self.out(y), present
 
-
     def forward_rows(
         self,
         x: torch.Tensor,
@@ -401,8 +400,8 @@ class SelfAttention(nn.Module):
             q = apply_rotary(q, cos, sin)
             k = apply_rotary(k, *rope)
         if mask is not None and mask.shape[2] != 1:
-            h = mask.shape[1]
-            mask = mask.expand(b, h, t, mask.shape[3]).gather(2, rows[:, None, :, None].expand(b, h, m, mask.shape[3]))
+            h, kl = mask.shape[1], mask.shape[3]
+            mask = mask.expand(b, h, t, kl).gather(2, rows[:, None, :, None].expand(b, h, m, kl))
         y = attention(q, k, v, mask, self.dropout if self.training else 0.0, False, self.scale)
         return self.out(y.transpose(1, 2).reshape(b, m, a))
 
@@ -493,7 +492,6 @@ class Block(nn.Module):
         else:
             x = self.mlp_norm(x + self.drop(self.mlp(x)))
         return x, present
-
 
     def forward_rows(
         self,
