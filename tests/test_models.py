@@ -396,13 +396,15 @@ def test_cpu_gelu_tanh_equals_pytorch_in_value_and_gradient(dtype):
         torch.testing.assert_close(blocks.gelu_tanh(x).double(), ref.detach(), **tol)
 
 
-@pytest.mark.parametrize("rows,vocab", [(150, 70000), (700, 3000)], ids=["row-major", "vocab-major-then-row-major"])
-def test_linear_cross_entropy_equals_pytorch_in_value_and_gradients(rows, vocab):
+@pytest.mark.parametrize("rows,vocab,scale", [(150, 70000, 0.1), (700, 3000, 0.1), (700, 3000, 30.0)],
+                         ids=["row-major", "vocab-major-then-row-major", "logits-beyond-exp-range"])
+def test_linear_cross_entropy_equals_pytorch_in_value_and_gradients(rows, vocab, scale):
     # 70,000 words: chunks of 64 rows, row-major logits; 3,000 words: a 512-row chunk in the
-    # vocabulary-major layout, then a 188-row one row-major
+    # vocabulary-major layout, then a 188-row one row-major. Small logits skip the max
+    # subtraction (their bound is below 60); logits of several hundred need it.
     torch.manual_seed(0)
     h = torch.randn(rows, 16, requires_grad=True)
-    w = torch.randn(vocab, 16).mul_(0.1).requires_grad_()
+    w = torch.randn(vocab, 16).mul_(scale).requires_grad_()
     b = torch.randn(vocab).requires_grad_()
     labels = torch.randint(0, vocab, (rows,))
     labels[::4] = -100

@@ -562,6 +562,8 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 VOCAB_MAJOR_MIN_ROWS = 256
+# exp(60) * 1e12 words stays below float32's maximum, exp(-60) above its smallest normal
+NO_SHIFT_LOGIT_BOUND = 60.0
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -584,6 +586,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = grad_b = None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
+        # |z| <= max|h_i| max|W_v| + max|b| (Cauchy-Schwarz): when that bound is small, exp cannot
+        # overflow or underflow and the usual max-subtraction pass is skipped
+        w_norm = float(torch.linalg.vector_norm(weight, dim=1).max()) if n else 0.0
+        b_max = float(bias.abs().max()) if bias is not None and bias.numel() else 0.0
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             hc = h[s:e]
@@ -597,7 +603,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             else:
                 z = F.linear(hc, weight, bias).float()
                 idx = safe[s:e, None]
-            z.sub_(z.amax(vd, keepdim=True))
+            if float(torch.linalg.vector_norm(hc, dim=1).max()) * w_norm + b_max > NO_SHIFT_LOGIT_BOUND:
+                z.sub_(z.amax(vd, keepdim=True))
             target = z.gather(vd, idx).squeeze(vd)
             z.exp_()
             sums = z.sum(vd)
