@@ -124,7 +124,11 @@ def test_pretrained_initialisation_beats_random(tmp_path):
     accuracy over 3 seeds: (1) 24 labels that use 2 of the 10 sentiment words per polarity, dev
     sentences using the other 8; (2) labels drawing on all the words, 8 of them against 200: the
     pretrained start wins, and by more with few labels (with 200, random weights see every word
-    labelled and catch up)."""
+    labelled and catch up). The outcome depends on the tokenizer, which the `tokenizers`
+    library's WordPiece trainer does not reproduce from one process to the next (ties broken in
+    hash-map order): at lr 0.01 one run in six pretrained a weaker encoder (8-label gap 0.10
+    against 0.11 with 200 labels); at lr 0.005 nine runs out of nine gave 8-label gaps of
+    0.29-0.44 against 0.11."""
     from lmscale.config import load_run_config
     from lmscale.finetune.api import random_body
     from lmscale.finetune.tasks import load_task
@@ -139,7 +143,7 @@ def test_pretrained_initialisation_beats_random(tmp_path):
         "data.corpus": str(corpus), "out": str(run), "model.d_model": 32, "model.n_layers": 1,
         "model.n_heads": 2, "model.d_ff": 64, "model.max_positions": 32, "model.vocab_size": 256,
         "tokenizer.vocab_size": 256, "tokenizer.min_frequency": 1, "train.seq_len": 16,
-        "train.batch_size": 32, "train.max_steps": 400, "train.lr": 0.01, "train.warmup_steps": 20,
+        "train.batch_size": 32, "train.max_steps": 400, "train.lr": 0.005, "train.warmup_steps": 20,
         "train.eval_every": 200, "train.eval_batches": 2, "train.log_every": 200, "train.device": "cpu",
         "train.seed": 0})
     summary = pretrain(cfg)
