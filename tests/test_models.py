@@ -216,7 +216,7 @@ def test_mlm_head_runs_only_on_selected_positions():
     dict(gated_mlp=True, activation="silu", tie_embeddings=False, pooler=True, nsp_head=True),
 ], ids=["post-ln", "pre-ln", "rope", "relative-bias", "gated-untied-nsp"])
 def test_sparse_last_layer_training_equals_full_layer(variant):
-    """Training mode runs the last layer at the labelled rows only (Block.forward_rows); loss
+    """Training mode runs the last layer at the labelled rows only (`Block(..., rows=)`); loss
     and every gradient equal those of the full forward (eval mode, dropout 0), with padding."""
     m = make(tiny("encoder", **variant))
     g = torch.Generator().manual_seed(5)

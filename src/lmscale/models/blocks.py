@@ -469,7 +469,15 @@ class Block(nn.Module):
         use_cache: bool = False,
         memory: Optional[torch.Tensor] = None,
         memory_mask: Optional[torch.Tensor] = None,
+        rows: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, ...]]]:
+        """`rows` [B, M]: compute the output at those positions only (see `_forward_rows`).
+        Taking it here rather than in a separate public method keeps the call inside
+        `__call__`, so module hooks (FSDP2's per-block all-gather) still run."""
+        if rows is not None:
+            if past is not None or use_cache or memory is not None:
+                raise ValueError("rows= serves a self-attention layer without cache or cross-attention")
+            return self._forward_rows(x, rows, mask, rope), None
         self_past = past[:2] if past is not None else None
         if self.pre:
             h, present = self.attn(self.attn_norm(x), mask, is_causal, rope, self_past, use_cache)
@@ -493,7 +501,7 @@ class Block(nn.Module):
             x = self.mlp_norm(x + self.drop(self.mlp(x)))
         return x, present
 
-    def forward_rows(
+    def _forward_rows(
         self,
         x: torch.Tensor,
         rows: torch.Tensor,
@@ -505,7 +513,7 @@ class Block(nn.Module):
         positions: every other position's queries, output projection and MLP are skipped there,
         and the result and gradients are those of `forward` at the same rows."""
         if self.cross is not None:
-            raise ValueError("forward_rows serves self-attention layers only")
+            raise ValueError("rows= serves self-attention layers only")
         idx = rows[..., None].expand(*rows.shape, x.shape[-1])
         xq = x.gather(1, idx)
         if self.pre:

@@ -138,7 +138,7 @@ class EncoderModel(LMBase):
         keep: torch.Tensor,
     ) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Final hidden states only where `keep` [B, T] is true, the last layer run at those
-        rows alone (`Block.forward_rows`). Returns (hidden [B, M, d], rows [B, M] in increasing
+        rows alone (`Block(..., rows=)`). Returns (hidden [B, M, d], rows [B, M] in increasing
         position order, valid [B, M]); rows past a sequence's own count are filler positions
         whose outputs are ignored. None when nothing is kept or there is no layer."""
         counts = keep.sum(1)
@@ -152,7 +152,7 @@ class EncoderModel(LMBase):
         x, mask, rope = self._embed(input_ids, attention_mask, token_type_ids, position_ids)
         for layer in self.layers[:-1]:
             x, _ = layer(x, mask, False, rope)
-        x = self.layers[-1].forward_rows(x, rows, mask, rope)
+        x, _ = self.layers[-1](x, mask, False, rope, rows=rows)
         if self.norm is not None:
             x = self.norm(x)
         return x, rows, valid
