@@ -87,9 +87,19 @@ class EncoderModel(LMBase):
         position_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Final hidden states [B, T, d]."""
-        x, mask, rope = self._embed(input_ids, attention_mask, token_type_ids, position_ids)
-        for layer in self.layers:
-            x, _ = layer(x, mask, False, rope)
+        return self._layers(*self._embed(input_ids, attention_mask, token_type_ids, position_ids))
+
+    def _layers(
+        self,
+        x: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+        rows: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Every layer and the final norm; with `rows`, the last layer runs at those rows only."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x, _ = layer(x, mask, False, rope, rows=rows if i == last else None)
         if self.norm is not None:
             x = self.norm(x)
         return x
@@ -149,12 +159,7 @@ class EncoderModel(LMBase):
         pos = torch.arange(t, device=keep.device)
         rows = torch.where(keep, pos, pos + t).sort(dim=1).indices[:, :m]
         valid = torch.arange(m, device=keep.device)[None] < counts[:, None]
-        x, mask, rope = self._embed(input_ids, attention_mask, token_type_ids, position_ids)
-        for layer in self.layers[:-1]:
-            x, _ = layer(x, mask, False, rope)
-        x, _ = self.layers[-1](x, mask, False, rope, rows=rows)
-        if self.norm is not None:
-            x = self.norm(x)
+        x = self._layers(*self._embed(input_ids, attention_mask, token_type_ids, position_ids), rows=rows)
         return x, rows, valid
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
