@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,6 +246,40 @@ def test_checkpoint_retention(data, tmp_path, one_thread):
     loop.pretrain(make_cfg(data, run, train__max_steps=2), progress=False)  # a fresh start replaces the old run
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step_00000002"]
     assert [r["step"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_tensorboard_mirrors_the_metrics_file_through_resume_and_restart(data, tmp_path, one_thread):
+    """With tensorboard installed, every numeric field of metrics.jsonl is also an event scalar;
+    a resumed run hides the events past its checkpoint, a fresh start drops the old run's."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def scalars(tag):
+        acc = EventAccumulator(str(run / "tensorboard"))
+        acc.Reload()
+        return acc, [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    run = tmp_path / "run"
+    cfg = make_cfg(data, run, train__max_steps=4, train__eval_every=2, train__checkpoint_every=2)
+    loop.pretrain(cfg, progress=False)
+    acc, loss = scalars("train/loss")
+    train, evals = read_metrics(run), read_metrics(run, "eval")
+    assert [s for s, _ in loss] == [r["step"] for r in train] == [1, 2, 3, 4]
+    assert [v for _, v in loss] == pytest.approx([r["loss"] for r in train], rel=1e-6)
+    assert [e.value for e in acc.Scalars("eval/val_loss")] == pytest.approx([r["val_loss"] for r in evals], rel=1e-6)
+    assert {"train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu"} <= set(acc.Tags()["scalars"])
+
+    # as if killed after step 4 before its checkpoint: steps 3-4 are run again, and shown once
+    shutil.rmtree(run / "checkpoints" / "step_00000004")
+    loop.pretrain(cfg, progress=False, resume=True)
+    _, again = scalars("train/loss")
+    assert [s for s, _ in again] == [1, 2, 3, 4]
+    assert [v for _, v in again] == pytest.approx([r["loss"] for r in read_metrics(run)], rel=1e-6)
+
+    # a fresh start in the same directory replaces the run: no events of the old one remain
+    loop.pretrain(make_cfg(data, run, train__max_steps=2), progress=False)
+    _, fresh = scalars("train/loss")
+    assert [s for s, _ in fresh] == [1, 2]
 
 
 def test_nonfinite_step_is_skipped_and_counted(data, tmp_path, monkeypatch, one_thread):

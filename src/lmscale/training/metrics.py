@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -160,25 +161,36 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb_dir = Path(run_dir) / "tensorboard"
         self.enabled = enabled
         self._fh = None
         self._tb = None
-        if not enabled:
-            return
-        if tensorboard:
-            try:
-                import importlib.util
+        self._tb_wanted = enabled and tensorboard
+        self._tb_purge: Optional[int] = None
 
-                if importlib.util.find_spec("tensorboard") is not None:
-                    from torch.utils.tensorboard import SummaryWriter
+    def _open_tensorboard(self) -> None:
+        self._tb_wanted = False
+        try:
+            import importlib.util
 
-                    self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-            except Exception:  # tensorboard is optional; a broken install must not stop training
-                self._tb = None
+            if importlib.util.find_spec("tensorboard") is not None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                # purge_step hides the events an interrupted run wrote past its last checkpoint
+                self._tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=self._tb_purge)
+        except Exception:  # tensorboard is optional; a broken install must not stop training
+            self._tb = None
 
     def truncate_after(self, step: int) -> None:
-        """Drop events past `step` (those of an interrupted run beyond its last checkpoint)."""
-        if not self.enabled or not self.path.exists():
+        """Drop events past `step` (those of an interrupted run beyond its last checkpoint);
+        `step` < 0 is a fresh start, which replaces the earlier run's records altogether."""
+        if not self.enabled:
+            return
+        if step < 0:
+            shutil.rmtree(self.tb_dir, ignore_errors=True)
+        else:
+            self._tb_purge = step + 1
+        if not self.path.exists():
             return
         kept = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -199,6 +211,8 @@ class MetricsLogger:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self._fh.write(json.dumps(clean) + "\n")
         self._fh.flush()
+        if self._tb_wanted:
+            self._open_tensorboard()
         if self._tb is not None:
             event = record.get("event", "train")
             step = int(record.get("step", 0))
