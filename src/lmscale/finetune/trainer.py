@@ -26,7 +26,7 @@ from lmscale.finetune.features import Encoded, Featurizer, InputFormat, add_gpt_
 from lmscale.finetune.heads import DEFAULT_POOLING, SequenceHead
 from lmscale.finetune.tasks import Example, TaskData
 from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
-from lmscale.training.optim import adamw
+from lmscale.training.optim import adamw, parameter_groups
 
 FORMAT = "lmscale-finetune"
 
@@ -403,21 +403,6 @@ def _encode(model: FinetunedModel, examples: Sequence[Example]) -> tuple[list[En
     return encs, sum(e.truncated for e in encs)
 
 
-def _param_groups(model: FinetunedModel, cfg: FinetuneConfig) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms and embeddings (BERT's recipe)."""
-    decay, no_decay = [], []
-    emb = model.body.get_input_embeddings()
-    emb_ids = {id(p) for p in emb.parameters()}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or id(p) in emb_ids or "norm" in name.lower() or "embed" in name.lower():
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _freeze_body(model: FinetunedModel) -> None:
     """Linear probe: the body is frozen, except the embeddings of tokens added for fine-tuning,
     which have no pretrained value and must be learned (GPT's extract/delimiter tokens)."""
@@ -469,7 +454,7 @@ def finetune(
     truncated = {"train": train_cut, **{s: v[1] for s, v in splits_encs.items()}}
     if cfg.freeze_body:
         _freeze_body(model)
-    groups = _param_groups(model, cfg)
+    groups = parameter_groups(model, cfg.weight_decay)
     opt = adamw(groups, cfg.device, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     n = len(train_encs)
     steps_per_epoch = math.ceil(n / cfg.batch_size)

@@ -138,6 +138,7 @@ def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = No
 
     from lmscale.config import ModelConfig, TrainConfig
     from lmscale.models import build_model
+    from lmscale.training.optim import build_optimizer
 
     torch.manual_seed(cfg.seed)
     mcfg = ModelConfig(family="decoder", vocab_size=cfg.vocab_size, d_model=width, n_layers=cfg.n_layers,
@@ -145,12 +146,7 @@ def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = No
                        position="learned", activation="gelu", norm="layernorm", norm_position="pre",
                        tie_embeddings=True, dropout=0.0)
     model = build_model(mcfg)
-    try:
-        from lmscale.training.optim import build_optimizer
-
-        opt = build_optimizer(model, TrainConfig(lr=cfg.lr, weight_decay=0.01, beta1=0.9, beta2=0.98))
-    except ImportError:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    opt = build_optimizer(model, TrainConfig(lr=cfg.lr, weight_decay=0.01, beta1=0.9, beta2=0.98))
     counts = model.num_parameters()
     erng = np.random.default_rng(10_000 + cfg.seed)
     rec_eval = [recall_episode(cfg, erng) for _ in range(cfg.eval_episodes)]
