@@ -12,6 +12,7 @@ from lmscale.config import ConfigError, ObjectiveConfig, RunConfig, TrainConfig,
 from lmscale.data.objectives import (
     IGNORE_INDEX,
     batch_rng,
+    example_rngs,
     compute_input_and_target_lengths,
     make_objective,
     random_spans_noise_mask,
@@ -312,3 +313,39 @@ def test_reproducible_from_seed(toks, preset, kind, extra):
     c = obj.build(windows, batch_rng(8, 3, 1, 0))
     assert all((a[k] == b[k]).all() for k in a)
     assert any((a[k] != c[k]).any() for k in a)
+
+
+@pytest.mark.parametrize("preset,kind,extra", [
+    ("bert-tiny", "wordpiece", {}),
+    ("bert-tiny", "wordpiece", {"whole_word_mask": True}),
+    ("bert-tiny", "wordpiece", {"span_mask": True}),
+    ("bert-tiny", "wordpiece", {"nsp": True}),
+    ("t5-tiny", "unigram", {}),
+])
+def test_each_example_depends_only_on_its_own_generator(toks, preset, kind, extra):
+    """With one generator per example (as the training loop passes them), an example comes out
+    the same whichever batch it is built in: what makes micro-batching and data parallelism
+    leave the inputs unchanged. NSP's random second segments come from the given partners."""
+    tok = toks[kind]
+    cfg = _cfg(preset, seq_len=64, **extra)
+    cfg.model.pooler = cfg.model.nsp_head = bool(extra.get("nsp"))
+    obj = make_objective(cfg, tok)
+    assert obj.uses_partners == bool(extra.get("nsp"))
+    windows = _windows(tok, 6, obj.raw_length(64))
+    partners = _windows(tok, 6, obj.raw_length(64), seed=99)
+    whole = obj.build(windows, example_rngs(5, 2, 0, 6), partners)
+    for lo, hi in ((0, 2), (2, 3), (3, 6)):
+        part = obj.build(windows[lo:hi], example_rngs(5, 2, lo, hi - lo), partners[lo:hi])
+        assert all((part[k] == whole[k][lo:hi]).all() for k in whole)
+    if extra.get("nsp"):
+        ids, tt, lab = (whole[k].numpy() for k in ("input_ids", "token_type_ids", "labels"))
+        orig = np.where(lab != IGNORE_INDEX, lab, ids)
+        nsp = whole["next_sentence_label"].numpy()
+        assert 0 < nsp.sum() < 6  # both kinds of pair among six (fixed seeds)
+        for r in np.flatnonzero(nsp):
+            seg_b = orig[r, tt[r] == 1][:-1]
+            hits = [i for i in range(partners.shape[1] - len(seg_b) + 1)
+                    if (partners[r, i:i + len(seg_b)] == seg_b).all()]
+            assert hits, "the random segment is a piece of the row's partner window"
+    with pytest.raises(ValueError, match="5 generators for 6 rows"):
+        obj.build(windows, example_rngs(5, 2, 0, 5), partners)

@@ -441,21 +441,53 @@ def test_fsdp_two_cpu_processes_train_the_masked_lm_and_save_a_loadable_model(da
     assert model.config.n_layers == 2
 
 
+NSP = {"objective.nsp": True, "model.nsp_head": True, "model.pooler": True}
+FAMILY_RUNS = {  # the masked LM with next-sentence pairs: its "random" segments come from other rows
+    "decoder": {}, "encoder": NSP, "encoder-decoder": {},
+}
+
+
+def _family_cfg(data, run: Path, family: str, **overrides):
+    extra = {k.replace(".", "__"): v for k, v in FAMILY_RUNS[family].items()}
+    return make_cfg(data, run, family, train__max_steps=6, train__batch_size=8, train__eval_every=3,
+                    train__lr=3e-3, **extra, **overrides)
+
+
+@pytest.mark.parametrize("family", list(FAMILY_RUNS))
+def test_micro_batch_size_does_not_change_the_run(data, tmp_path, family, one_thread):
+    """Masks, spans and sentence pairs are drawn per example, keyed by its place in the global
+    batch: 1 micro-batch of 8 and 4 accumulated micro-batches of 2 train on the same inputs and
+    give the same losses, training and validation."""
+    one = _family_cfg(data, tmp_path / "one", family, train__micro_batch_size=8)
+    four = _family_cfg(data, tmp_path / "four", family, train__micro_batch_size=2)
+    loop.pretrain(one, progress=False)
+    loop.pretrain(four, progress=False)
+    for event, key in (("train", "loss"), ("eval", "val_loss")):
+        a = [r[key] for r in read_metrics(tmp_path / "one", event)]
+        b = [r[key] for r in read_metrics(tmp_path / "four", event)]
+        assert len(a) == len(b) > 0
+        assert b == pytest.approx(a, rel=1e-5)
+    assert read_metrics(tmp_path / "four", "start")[0]["accum_steps"] == 4
+
+
 @pytest.mark.slow
-def test_ddp_two_processes_match_single_process(data, tmp_path, one_thread):
-    """torchrun, 2 gloo processes x 2 micro-batches of 2 == 1 process x 2 micro-batches of 4."""
-    common = dict(train__max_steps=8, train__batch_size=8)
-    loop.pretrain(make_cfg(data, tmp_path / "single", train__micro_batch_size=4, **common), progress=False)
+@pytest.mark.parametrize("family", list(FAMILY_RUNS))
+def test_ddp_two_processes_match_single_process(data, tmp_path, family, one_thread):
+    """torchrun, 2 gloo processes x 2 micro-batches of 2 == 1 process x 2 micro-batches of 4:
+    same inputs (masks, spans and sentence pairs included), same losses; validation is split over
+    the processes and gives the same loss."""
+    loop.pretrain(_family_cfg(data, tmp_path / "single", family, train__micro_batch_size=4), progress=False)
     run = tmp_path / "ddp"
-    cfg_file = _write_config(make_cfg(data, run, train__micro_batch_size=2, **common), tmp_path / "ddp.yaml")
+    cfg_file = _write_config(_family_cfg(data, run, family, train__micro_batch_size=2), tmp_path / "ddp.yaml")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "lmscale", "pretrain", "--config", str(cfg_file), "--no-progress"]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    single = [r["loss"] for r in read_metrics(tmp_path / "single")]
-    ddp = [r["loss"] for r in read_metrics(run)]
-    assert len(single) == len(ddp) == 8
-    for a, b in zip(single, ddp):
-        assert abs(a - b) <= 1e-5 * abs(a)
+    for event, key in (("train", "loss"), ("eval", "val_loss")):
+        single = [r[key] for r in read_metrics(tmp_path / "single", event)]
+        ddp = [r[key] for r in read_metrics(run, event)]
+        assert len(single) == len(ddp) > 0
+        for a, b in zip(single, ddp):
+            assert abs(a - b) <= 1e-5 * abs(a)
     assert read_metrics(run, "start")[0]["world_size"] == 2
     assert read_metrics(run, "start")[0]["accum_steps"] == 2

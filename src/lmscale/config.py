@@ -223,7 +223,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     eval_every: int = 100
-    eval_batches: int = 10
+    eval_batches: int = 10  # validation set: this many global batches of windows (fixed, spread over the split)
     log_every: int = 10
     checkpoint_every: int = 0  # 0 = only at the end (and at evaluations that improve the best)
     keep_last: int = 2

@@ -10,9 +10,11 @@ One function per objective family, all over plain numpy windows `[batch, raw_len
 - span corruption (T5): noise spans replaced by sentinels in the input; the target lists each
   sentinel followed by the tokens it dropped and ends with a final sentinel.
 
-Randomness comes only from the `numpy.random.Generator` passed to `build`; the training loop
-derives it from (seed, step, micro_step, rank), so a resumed run rebuilds the same batches without
-storing generator state.
+Randomness comes only from the generators passed to `build`, one per example. The training loop
+derives each from (seed, step, the example's place in the global batch): a resumed run rebuilds
+the same batches without storing generator state, and the masks and spans of a global batch do
+not depend on how it is split into micro-batches or over processes (1 process with gradient
+accumulation and N data-parallel processes train on the very same inputs).
 """
 from __future__ import annotations
 
@@ -27,8 +29,26 @@ IGNORE_INDEX = -100
 
 
 def batch_rng(seed: int, step: int, micro_step: int = 0, rank: int = 0, stream: int = 0) -> np.random.Generator:
-    """The generator for one micro-batch: a pure function of its coordinates (exact resume)."""
+    """One generator for a whole batch (a pure function of its coordinates); `build` derives a
+    generator per row from it. The training loop uses `example_rngs` instead."""
     return np.random.default_rng([int(seed), int(stream), int(step), int(micro_step), int(rank)])
+
+
+def example_rngs(seed: int, step: int, first: int, n: int, stream: int = 0) -> list[np.random.Generator]:
+    """Generators for examples `first .. first + n - 1` of a step's global batch, each a pure
+    function of (seed, stream, step, example index): what an example's masking draws does not
+    depend on the micro-batch or the process it lands in."""
+    return [np.random.default_rng([int(seed), int(stream), int(step), int(first + j)]) for j in range(int(n))]
+
+
+def _row_rngs(rng: Any, n: int) -> list[np.random.Generator]:
+    """One generator per row: the given list, or `n` children drawn from a single generator."""
+    if isinstance(rng, np.random.Generator):
+        return [np.random.default_rng(int(s)) for s in rng.integers(0, 2**63 - 1, size=n)]
+    rngs = list(rng)
+    if len(rngs) != n:
+        raise ValueError(f"{len(rngs)} generators for {n} rows")
+    return rngs
 
 
 # ----------------------------------------------------------------------------- T5 helpers
@@ -141,9 +161,15 @@ class Objective:
         """Tokens per window to request from the sampler so a built sequence has `seq_len` tokens."""
         raise NotImplementedError(type(self).__name__)
 
-    def build(self, windows: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
-        """Model keyword arguments (torch tensors) for a `[batch, raw_length]` array of windows."""
+    def build(self, windows: np.ndarray, rng: Any, partners: np.ndarray | None = None) -> dict[str, Any]:
+        """Model keyword arguments (torch tensors) for a `[batch, raw_length]` array of windows.
+
+        `rng`: one generator per row (or a single one to derive them from). `partners`: for
+        objectives that pair a window with another random text (NSP), that text for each row
+        (default: the next row, cyclically)."""
         raise NotImplementedError(type(self).__name__)
+
+    uses_partners = False
 
     def count_targets(self, batch: dict[str, Any]) -> int:
         """Label tokens the model's mean loss averages over (weights micro-batches exactly)."""
@@ -163,7 +189,7 @@ class CausalObjective(Objective):
     def raw_length(self, seq_len: int | None = None) -> int:
         return int(seq_len or self.seq_len)
 
-    def build(self, windows: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    def build(self, windows: np.ndarray, rng: Any = None, partners: np.ndarray | None = None) -> dict[str, Any]:
         ids = np.asarray(windows, dtype=np.int64)
         return _torch({"input_ids": ids, "labels": ids.copy()})
 
@@ -222,21 +248,23 @@ class MLMObjective(Objective):
         prev_cand[:, 1:] = candidate[:, :-1]
         return candidate & (starts | ~prev_cand)
 
-    def _select_tokens(self, candidate: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _select_tokens(self, candidate: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
         """Exactly round(p * candidates) positions per row (at least one), chosen uniformly."""
         n_cand = candidate.sum(axis=1)
         k = np.where(n_cand > 0, np.maximum(1, np.rint(n_cand * self.mlm_probability)), 0).astype(np.int64)
-        scores = rng.random(candidate.shape)
+        scores = np.stack([g.random(candidate.shape[1]) for g in rngs])
         scores[~candidate] = np.inf
         ranks = np.argsort(np.argsort(scores, axis=1, kind="stable"), axis=1, kind="stable")
         return ranks < k[:, None]
 
-    def _select_words(self, ids: np.ndarray, candidate: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    def _select_words(self, ids: np.ndarray, candidate: np.ndarray,
+                      rngs: list[np.random.Generator]) -> tuple[np.ndarray, list]:
         """Whole-word (BERT) or SpanBERT span selection; returns the mask and the chosen groups."""
         starts = self._word_starts(ids, candidate)
         selected = np.zeros_like(candidate)
         groups_all: list[list[np.ndarray]] = []
         for r in range(ids.shape[0]):
+            rng = rngs[r]
             cand_pos = np.flatnonzero(candidate[r])
             n_cand = len(cand_pos)
             if n_cand == 0:
@@ -278,34 +306,47 @@ class MLMObjective(Objective):
             groups_all.append(chosen)
         return selected, groups_all
 
-    def _nsp_pairs(self, windows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @property  # type: ignore[override]
+    def uses_partners(self) -> bool:
+        return self.nsp
+
+    def _nsp_pairs(self, windows: np.ndarray, rngs: list[np.random.Generator],
+                   partners: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         b = windows.shape[0]
         n = self.seq_len - 3
         ids = np.empty((b, self.seq_len), dtype=np.int64)
         types = np.zeros((b, self.seq_len), dtype=np.int64)
-        is_random = rng.random(b) < 0.5
-        a_len = rng.integers(1, n, size=b)
+        is_random = np.zeros(b, dtype=bool)
+        if partners is None and b > 1:
+            partners = np.roll(windows, -1, axis=0)
         for r in range(b):
-            a = windows[r, : a_len[r]]
-            b_len = n - a_len[r]
+            rng = rngs[r]
+            is_random[r] = rng.random() < 0.5
+            a_len = int(rng.integers(1, n))
+            a = windows[r, :a_len]
+            b_len = n - a_len
             if is_random[r]:
-                # a segment from another window of the batch (a random place in the corpus)
-                src = windows[(r + 1) % b] if b > 1 else windows[r]
-                off = n if b == 1 else int(rng.integers(0, windows.shape[1] - b_len + 1))
-                seg_b = src[off : off + b_len]
+                # a segment of another window (a random place in the corpus); with no other
+                # window, the far half of this one
+                if partners is None:
+                    seg_b = windows[r, n : n + b_len]
+                else:
+                    off = int(rng.integers(0, partners.shape[1] - b_len + 1))
+                    seg_b = partners[r, off : off + b_len]
             else:
-                seg_b = windows[r, a_len[r] : n]
+                seg_b = windows[r, a_len:n]
             row = np.concatenate([[self.cls_id], a, [self.sep_id], seg_b, [self.sep_id]])
             ids[r] = row
-            types[r, a_len[r] + 2 :] = 1
+            types[r, a_len + 2 :] = 1
         return ids, types, is_random.astype(np.int64)
 
-    def build(self, windows: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+    def build(self, windows: np.ndarray, rng: Any, partners: np.ndarray | None = None) -> dict[str, Any]:
         windows = np.asarray(windows, dtype=np.int64)
         b = windows.shape[0]
+        rngs = _row_rngs(rng, b)
         nsp_label = None
         if self.nsp:
-            ids, types, nsp_label = self._nsp_pairs(windows, rng)
+            ids, types, nsp_label = self._nsp_pairs(windows, rngs, partners)
         else:
             ids = np.empty((b, windows.shape[1] + 2), dtype=np.int64)
             ids[:, 0] = self.cls_id
@@ -314,9 +355,9 @@ class MLMObjective(Objective):
             types = np.zeros_like(ids)
         candidate = ~self._is_special(ids)
         if self.whole_word_mask or self.span_mask:
-            selected, groups = self._select_words(ids, candidate, rng)
+            selected, groups = self._select_words(ids, candidate, rngs)
         else:
-            selected, groups = self._select_tokens(candidate, rng), None
+            selected, groups = self._select_tokens(candidate, rngs), None
         labels = np.where(selected, ids, IGNORE_INDEX)
         inputs = ids.copy()
         p_mask = self.mask_token_fraction
@@ -326,12 +367,14 @@ class MLMObjective(Objective):
             decision = np.full(ids.shape, 2, dtype=np.int8)
             for r, chosen in enumerate(groups):
                 for g in chosen:
-                    u = rng.random()
+                    u = rngs[r].random()
                     decision[r, g] = 0 if u < p_mask else (1 if u < p_mask + p_rand else 2)
         else:
-            u = rng.random(ids.shape)
+            u = np.stack([g.random(ids.shape[1]) for g in rngs])
             decision = np.where(u < p_mask, 0, np.where(u < p_mask + p_rand, 1, 2)).astype(np.int8)
-        random_tokens = self._random_pool[rng.integers(0, len(self._random_pool), size=ids.shape)]
+        random_tokens = self._random_pool[
+            np.stack([g.integers(0, len(self._random_pool), size=ids.shape[1]) for g in rngs])
+        ]
         inputs = np.where(selected & (decision == 0), self.mask_id, inputs)
         inputs = np.where(selected & (decision == 1), random_tokens, inputs)
         arrays = {
@@ -373,14 +416,15 @@ class SpanObjective(Objective):
             return self.tokens_length
         return compute_input_and_target_lengths(seq_len, self.noise_density, self.mean_noise_span_length)[0]
 
-    def build(self, windows: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+    def build(self, windows: np.ndarray, rng: Any, partners: np.ndarray | None = None) -> dict[str, Any]:
         windows = np.asarray(windows, dtype=np.int64)
         b, length = windows.shape
+        rngs = _row_rngs(rng, b)
         enc = np.full((b, self.seq_len), self.pad_id, dtype=np.int64)
         enc_mask = np.zeros((b, self.seq_len), dtype=np.int64)
         labels = np.full((b, self.targets_length), IGNORE_INDEX, dtype=np.int64)
         for r in range(b):
-            noise = random_spans_noise_mask(length, self.noise_density, self.mean_noise_span_length, rng)
+            noise = random_spans_noise_mask(length, self.noise_density, self.mean_noise_span_length, rngs[r])
             inp, tgt = span_corrupt(windows[r], noise, self.sentinel_ids)
             inp = np.concatenate([inp, [self.eos_id]])[: self.seq_len]
             tgt = tgt[: self.targets_length]

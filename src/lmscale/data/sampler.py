@@ -73,13 +73,25 @@ class WindowSampler:
                 self.position = 0
         return starts
 
+    def _read(self, starts: np.ndarray) -> np.ndarray:
+        idx = starts[:, None] + np.arange(self.window_len, dtype=np.int64)[None, :]
+        return np.asarray(self.tokens[idx.ravel()], dtype=np.int64).reshape(len(starts), self.window_len)
+
     def next_batch(self) -> np.ndarray:
         """This rank's rows of the next global batch: int64 [batch_size // world_size, window_len]."""
+        return self.next_batch_with_partners(partners=False)[0]
+
+    def next_batch_with_partners(self, partners: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """This rank's rows and, for each, the next window of the global batch (cyclically): the
+        "random other text" of next-sentence pairs, the same whatever the number of ranks.
+        Partners are None when not asked for or when the global batch is a single window."""
         starts = self._global_starts()
         per = self.batch_size // self.world_size
-        mine = starts[self.rank * per:(self.rank + 1) * per]
-        idx = mine[:, None] + np.arange(self.window_len, dtype=np.int64)[None, :]
-        return np.asarray(self.tokens[idx.ravel()], dtype=np.int64).reshape(per, self.window_len)
+        mine = slice(self.rank * per, (self.rank + 1) * per)
+        rows = self._read(starts[mine])
+        if not partners or self.batch_size == 1:
+            return rows, None
+        return rows, self._read(np.roll(starts, -1)[mine])
 
     def __iter__(self):
         while True:

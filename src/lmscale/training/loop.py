@@ -6,14 +6,17 @@ gradient accumulation, clipping, AdamW and a schedule whose length comes from th
 metrics/checkpoints, and returns the summary it also writes to `RUN_DIR/summary.json`.
 
 Exact resume: the model, optimizer, RNG and sampler states, the step counter and the schedule
-length are restored from the newest complete checkpoint; batch randomness (masking, span noise) is
-a pure function of (seed, step, micro-step, rank), so the resumed run recomputes the same batches.
+length are restored from the newest complete checkpoint; batch randomness (masking, span noise,
+sentence pairs) is a pure function of (seed, step, the example's index in the global batch), so the
+resumed run recomputes the same batches.
 
 Loss weighting: each micro-batch's mean loss is weighted by its share of the step's target tokens
 (counted over all processes), so the gradient is that of the global batch's mean token loss no
-matter how the batch is split across processes and micro-steps. For the causal objective the
-batches themselves are identical too, so N processes reproduce a single process's losses; masking
-(MLM) and span noise draw per rank, so there they agree in distribution.
+matter how the batch is split across processes and micro-steps. The inputs are the same too (the
+randomness is per example, above), so N processes, or one process accumulating micro-batches,
+reproduce the losses of one process taking the whole batch at once, for every objective (dropout
+draws from each process's own stream, so that holds with dropout off). Validation uses a fixed set
+of `eval_batches` global batches, split over the processes.
 
 Budgets: steps, tokens (global batch x seq_len per step), training FLOPs (PaLM convention, see
 `metrics`) or wall-clock. For wall-clock, three forward/backward passes are timed before the first
@@ -34,7 +37,7 @@ import torch
 import yaml
 
 from lmscale.config import ConfigError, RunConfig, to_dict
-from lmscale.data.objectives import batch_rng, make_objective
+from lmscale.data.objectives import example_rngs, make_objective
 from lmscale.errors import LmscaleError
 from lmscale.io import atomic_write_json, atomic_write_text
 from lmscale.training import checkpoint as ckpt
@@ -290,9 +293,11 @@ class Trainer:
         self.val_windows = None
         self.bytes_per_token = None
         if self.valid_ds is not None and tc.eval_batches > 0:
-            self.val_windows = np.asarray(
-                validation_windows(self.valid_ds, self.raw_len, tc.eval_batches * self.micro), dtype=np.int64
-            )
+            # eval_batches global batches, split over the processes (a multiple of their number,
+            # so each runs as many forward passes: FSDP's collectives need that)
+            windows = validation_windows(self.valid_ds, self.raw_len, tc.eval_batches * tc.batch_size)
+            windows = windows[: len(windows) - len(windows) % info.world_size]
+            self.val_windows = np.asarray(windows, dtype=np.int64) if len(windows) else None
             n_bytes = _meta_get(dict(self.valid_ds.meta), "n_bytes")
             if n_bytes:
                 self.bytes_per_token = float(n_bytes) / float(self.valid_ds.num_tokens)
@@ -360,7 +365,7 @@ class Trainer:
         """Time a few forward/backward passes (no optimizer update, RNG restored afterwards)."""
         rng_before = ckpt.rng_state()
         windows = np.asarray(self.train_ds.tokens[: self.raw_len], dtype=np.int64)[None].repeat(self.micro, 0)
-        batch = self._to_device(self.objective.build(windows, batch_rng(self.cfg.train.seed, 0, 0, 0, stream=2)))
+        batch = self._to_device(self.objective.build(windows, example_rngs(self.cfg.train.seed, 0, 0, self.micro, stream=2)))
         times = []
         self.model.train()
         for i in range(3):
@@ -397,12 +402,16 @@ class Trainer:
         lr = lr_at(self.step, self.total_steps, tc)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        rows = np.asarray(self.sampler.next_batch(), dtype=np.int64)
+        rows, partners = self.sampler.next_batch_with_partners(partners=self.objective.uses_partners)
+        # each example's masking draws are keyed by its index in the global batch, so the inputs
+        # do not depend on the micro-batch size or the number of processes
+        first = info.rank * self.micro * self.accum
         micro_batches = []
         counts = []
         for i in range(self.accum):
-            b = self.objective.build(rows[i * self.micro:(i + 1) * self.micro],
-                                     batch_rng(tc.seed, self.step, i, info.rank))
+            part = slice(i * self.micro, (i + 1) * self.micro)
+            b = self.objective.build(rows[part], example_rngs(tc.seed, self.step, first + part.start, self.micro),
+                                     None if partners is None else partners[part])
             counts.append(self.objective.count_targets(b))
             micro_batches.append(b)
         total = dist_util.all_reduce_sum([float(sum(counts))], info, self._reduce_device())[0]
@@ -454,15 +463,23 @@ class Trainer:
             return None
         model = self.model if dist_util.is_fsdp(self.model) else dist_util.unwrap(self.model)
         model.eval()
-        loss_sum, count = 0.0, 0
-        for i in range(0, len(self.val_windows), self.micro):
-            b = self.objective.build(self.val_windows[i:i + self.micro],
-                                     batch_rng(self.cfg.train.seed, 0, i // self.micro, 0, stream=1))
+        info = self.info
+        windows = self.val_windows
+        partners = np.roll(windows, -1, axis=0) if self.objective.uses_partners and len(windows) > 1 else None
+        share = len(windows) // info.world_size
+        mine = range(info.rank * share, (info.rank + 1) * share)
+        loss_sum, count = 0.0, 0.0
+        for i in range(mine.start, mine.stop, self.micro):
+            part = slice(i, min(i + self.micro, mine.stop))
+            b = self.objective.build(windows[part],
+                                     example_rngs(self.cfg.train.seed, 0, i, part.stop - i, stream=1),
+                                     None if partners is None else partners[part])
             n = self.objective.count_targets(b)
             with self.autocast():
                 loss = compute_loss(model, self._to_device(b))
             loss_sum += float(loss.float().item()) * n
             count += n
+        loss_sum, count = dist_util.all_reduce_sum([loss_sum, count], info, self._reduce_device())
         model.train()
         val_loss = loss_sum / max(count, 1)
         out = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
