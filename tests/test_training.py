@@ -448,9 +448,9 @@ FAMILY_RUNS = {  # the masked LM with next-sentence pairs: its "random" segments
 
 
 def _family_cfg(data, run: Path, family: str, **overrides):
-    extra = {k.replace(".", "__"): v for k, v in FAMILY_RUNS[family].items()}
-    return make_cfg(data, run, family, train__max_steps=6, train__batch_size=8, train__eval_every=3,
-                    train__lr=3e-3, **extra, **overrides)
+    settings = {"train__max_steps": 6, "train__batch_size": 8, "train__eval_every": 3, "train__lr": 3e-3,
+                **{k.replace(".", "__"): v for k, v in FAMILY_RUNS[family].items()}, **overrides}
+    return make_cfg(data, run, family, **settings)
 
 
 @pytest.mark.parametrize("family", list(FAMILY_RUNS))
@@ -468,6 +468,39 @@ def test_micro_batch_size_does_not_change_the_run(data, tmp_path, family, one_th
         assert len(a) == len(b) > 0
         assert b == pytest.approx(a, rel=1e-5)
     assert read_metrics(tmp_path / "four", "start")[0]["accum_steps"] == 4
+
+
+@pytest.mark.parametrize("family", list(FAMILY_RUNS))
+def test_compiled_model_trains_like_the_eager_one_without_graph_warnings(data, tmp_path, family, monkeypatch,
+                                                                          one_thread):
+    """`train.compile=true` traces every family with dynamo (its "eager" backend here, so the
+    test needs no C++ toolchain and no minutes of code generation) and trains to the same losses;
+    the host reads inside the models (all-ones masks, the masked rows' count, the fused loss)
+    split the graph without a warning."""
+    import functools
+    import logging
+
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    loop.pretrain(_family_cfg(data, tmp_path / "eager", family, train__max_steps=3), progress=False)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    loggers = [logging.getLogger(n) for n in ("torch", "torch._dynamo", "torch._inductor")]  # no propagation
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        loop.pretrain(_family_cfg(data, tmp_path / "compiled", family, train__max_steps=3, train__compile=True),
+                      progress=False)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert [r.getMessage()[:200] for r in records] == []
+    a = [r["loss"] for r in read_metrics(tmp_path / "eager")]
+    b = [r["loss"] for r in read_metrics(tmp_path / "compiled")]
+    assert len(a) == 3 and b == pytest.approx(a, rel=1e-5)
 
 
 @pytest.mark.slow

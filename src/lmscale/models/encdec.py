@@ -10,8 +10,8 @@ from torch import nn
 from lmscale.config import ModelConfig
 from lmscale.models.base import LMBase, ModelOutput
 from lmscale.models.blocks import (
-    Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, embed, init_weights,
-    linear_cross_entropy, make_norm, sinusoidal_table,
+    Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, embed, host_item,
+    init_weights, linear_cross_entropy, make_norm, sinusoidal_table,
 )
 
 
@@ -46,7 +46,7 @@ class Stack(nn.Module):
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
         k_len = past_len + t
         check_length(cfg, k_len, "decoder input" if self.is_decoder else "input")
-        if attention_mask is not None and attention_mask.device.type == "cpu" and bool(attention_mask.all()):
+        if attention_mask is not None and attention_mask.device.type == "cpu" and bool(host_item(attention_mask.all())):
             attention_mask = None
         positions = torch.arange(past_len, k_len, device=x.device)[None]
         if self.pos_emb is not None:
@@ -60,7 +60,7 @@ class Stack(nn.Module):
             t, k_len, attention_mask, causal=self.is_decoder, position_bias=bias, dtype=x.dtype
         )
         cross_mask = None
-        if memory_mask is not None and not (memory_mask.device.type == "cpu" and bool(memory_mask.all())):
+        if memory_mask is not None and not (memory_mask.device.type == "cpu" and bool(host_item(memory_mask.all()))):
             cross_mask = memory_mask.bool()[:, None, None, :]
         presents = [] if use_cache else None
         for i, layer in enumerate(self.layers):

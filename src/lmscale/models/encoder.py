@@ -11,7 +11,7 @@ from lmscale.config import ModelConfig
 from lmscale.models.base import LMBase, ModelOutput
 from lmscale.models.blocks import (
     Block, RelativeBias, Rotary, activation_fn, attention_mask_for, check_length, cross_entropy, embed,
-    init_weights, linear_cross_entropy, make_norm, sinusoidal_table,
+    host_item, init_weights, linear_cross_entropy, make_norm, sinusoidal_table,
 )
 
 
@@ -115,7 +115,7 @@ class EncoderModel(LMBase):
         cfg = self.config
         b, t = input_ids.shape
         check_length(cfg, t)
-        if attention_mask is not None and attention_mask.device.type == "cpu" and bool(attention_mask.all()):
+        if attention_mask is not None and attention_mask.device.type == "cpu" and bool(host_item(attention_mask.all())):
             attention_mask = None
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device)[None]
@@ -152,7 +152,7 @@ class EncoderModel(LMBase):
         position order, valid [B, M]); rows past a sequence's own count are filler positions
         whose outputs are ignored. None when nothing is kept or there is no layer."""
         counts = keep.sum(1)
-        m = int(counts.max()) if keep.numel() else 0
+        m = int(host_item(counts.max())) if keep.numel() else 0
         if m == 0 or len(self.layers) == 0:
             return None
         t = keep.shape[1]
