@@ -127,9 +127,9 @@ def test_pretrained_initialisation_beats_random(tmp_path):
     pretrained start wins, and by more with few labels (with 200, random weights see every word
     labelled and catch up). The outcome depends on the tokenizer, which the `tokenizers`
     library's WordPiece trainer does not reproduce from one process to the next (ties broken in
-    hash-map order): at lr 0.01 one run in six pretrained a weaker encoder (8-label gap 0.10
-    against 0.11 with 200 labels); at lr 0.005 nine runs out of nine gave 8-label gaps of
-    0.29-0.42 against 0.11."""
+    hash-map order): nine runs gave four distinct outcomes, 8-label gaps of 0.40-0.42 against
+    0.11-0.12 with 200 labels in seven and 0.17 against 0.09 in two (at lr 0.01 instead of 0.005,
+    one draw in six failed: 0.10 against 0.11)."""
     from lmscale.config import load_run_config
     from lmscale.finetune.api import random_body
     from lmscale.finetune.tasks import load_task
