@@ -425,18 +425,24 @@ def test_resume_after_sigkill_is_exact(data, tmp_path, one_thread):
 @pytest.mark.slow
 def test_fsdp_two_cpu_processes_train_the_masked_lm_and_save_a_loadable_model(data, tmp_path, one_thread):
     """FSDP2 (`fully_shard` per block, gloo): the encoder's last block runs at the masked rows
-    only, through the block's own call so FSDP's all-gather hooks run; the unsharded checkpoint
+    only, through the block's own call so FSDP's all-gather hooks run; training and the
+    validation split over the two processes give one process's losses; the unsharded checkpoint
     loads in one process."""
     import lmscale
 
     run = tmp_path / "fsdp"
-    cfg = make_cfg(data, run, "encoder", model__n_layers=2, train__max_steps=4, train__parallel="fsdp")
+    settings = dict(model__n_layers=2, train__max_steps=4, train__eval_every=2)
+    loop.pretrain(make_cfg(data, tmp_path / "single", "encoder", **settings), progress=False)
+    cfg = make_cfg(data, run, "encoder", train__parallel="fsdp", **settings)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "lmscale", "pretrain", "--config", str(_write_config(cfg, tmp_path / "fsdp.yaml")), "--no-progress"]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    losses = [r["loss"] for r in read_metrics(run)]
-    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    for event, key in (("train", "loss"), ("eval", "val_loss")):
+        single = [r[key] for r in read_metrics(tmp_path / "single", event)]
+        sharded = [r[key] for r in read_metrics(run, event)]
+        assert len(sharded) == len(single) == (4 if event == "train" else 2)
+        assert sharded == pytest.approx(single, rel=1e-5)
     model, _ = lmscale.load(run)
     assert model.config.n_layers == 2
 
