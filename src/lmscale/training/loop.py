@@ -365,7 +365,8 @@ class Trainer:
         """Time a few forward/backward passes (no optimizer update, RNG restored afterwards)."""
         rng_before = ckpt.rng_state()
         windows = np.asarray(self.train_ds.tokens[: self.raw_len], dtype=np.int64)[None].repeat(self.micro, 0)
-        batch = self._to_device(self.objective.build(windows, example_rngs(self.cfg.train.seed, 0, 0, self.micro, stream=2)))
+        rngs = example_rngs(self.cfg.train.seed, 0, 0, self.micro, stream=2)
+        batch = self._to_device(self.objective.build(windows, rngs))
         times = []
         self.model.train()
         for i in range(3):
