@@ -10,7 +10,10 @@ DESCRIPTION = (
     "Pretrain from a config file or a preset. Any config field can be overridden with "
     "--section.key value (e.g. --train.lr 3e-4 --model.n_layers 2). Budgets: --max-steps, "
     "--train.max_tokens, --train.max_flops or --train.max_time_s; the LR schedule length follows the "
-    "budget. Data parallel: torchrun --nproc_per_node N -m lmscale pretrain ..."
+    "budget. Data parallel: torchrun --nproc_per_node N -m lmscale pretrain ... (--train.parallel fsdp "
+    "for FSDP2); several nodes: the same command on each node with --nnodes M --rdzv_backend c10d "
+    "--rdzv_endpoint HOST:29500. The global batch, the schedule and the inputs do not change with "
+    "the number of processes."
 )
 
 
