@@ -384,9 +384,7 @@ class Trainer:
             import torch.distributed as dist
 
             t = t.to(self.device if self.info.backend == "nccl" else "cpu")
-            gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, t)
-            t = torch.stack(gathered).max(0).values  # the slowest rank sets the pace
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
         return float(t.item()) * 1.05  # optimizer step and data, roughly
 
     def _sync(self) -> None:
