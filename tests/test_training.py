@@ -530,3 +530,19 @@ def test_ddp_two_processes_match_single_process(data, tmp_path, family, one_thre
             assert abs(a - b) <= 1e-5 * abs(a)
     assert read_metrics(run, "start")[0]["world_size"] == 2
     assert read_metrics(run, "start")[0]["accum_steps"] == 2
+
+
+@pytest.mark.slow
+def test_ddp_wall_clock_budget_plans_one_schedule(data, tmp_path, one_thread):
+    """A wall-clock budget under torchrun: every rank times its steps, the slowest sets the
+    schedule (one MAX all-reduce), and both ranks stop at the same step."""
+    run = tmp_path / "ddp"
+    cfg = make_cfg(data, run, train__max_steps=None, train__max_time_s=2.0, train__micro_batch_size=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lmscale", "pretrain", "--config", str(_write_config(cfg, tmp_path / "ddp.yaml")), "--no-progress"]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    start = read_metrics(run, "start")[0]
+    assert start["budget"] == "time" and start["step_time_estimate_s"] > 0 and start["world_size"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and 1 <= summary["steps"] <= start["total_steps"]
