@@ -11,7 +11,6 @@ import pytest
 from lmscale.config import ConfigError, ObjectiveConfig, RunConfig, TrainConfig, load_preset
 from lmscale.data.objectives import (
     IGNORE_INDEX,
-    batch_rng,
     example_rngs,
     compute_input_and_target_lengths,
     make_objective,
@@ -129,7 +128,7 @@ def test_span_batch_roundtrip_and_shapes(toks):
     raw, tgt = compute_input_and_target_lengths(64, 0.15, 3.0)
     assert obj.raw_length(64) == raw
     windows = _windows(tok, 6, raw)
-    batch = obj.build(windows, batch_rng(0, 0))
+    batch = obj.build(windows, example_rngs(0, 0, 0, len(windows)))
     assert batch["input_ids"].shape == (6, 64) and batch["labels"].shape == (6, tgt)
     assert (batch["decoder_input_ids"][:, 0] == cfg.model.decoder_start_token_id).all()
     assert (batch["decoder_input_ids"][:, 1:] == batch["labels"][:, :-1].clamp(min=0)).all()
@@ -170,7 +169,7 @@ def test_mlm_rates_match_bert(toks):
     special = sorted(tok.special_ids - {tok.unk_id})
     for step in range(40):
         windows = _windows(tok, 8, 62, seed=step)
-        b = obj.build(windows, batch_rng(3, step))
+        b = obj.build(windows, example_rngs(3, step, 0, len(windows)))
         ids = np.concatenate([np.full((8, 1), tok.cls_id), windows, np.full((8, 1), tok.sep_id)], 1)
         inp, lab = b["input_ids"].numpy(), b["labels"].numpy()
         assert (inp[:, 0] == tok.cls_id).all() and (inp[:, -1] == tok.sep_id).all()
@@ -200,7 +199,7 @@ def test_mlm_positions_uniform(toks):
     hits = np.zeros(32)
     n = 0
     for step in range(30):
-        b = obj.build(windows, batch_rng(1, step))
+        b = obj.build(windows, example_rngs(1, step, 0, len(windows)))
         hits += (b["labels"].numpy() != IGNORE_INDEX).sum(0)
         n += 64
     p = round(30 * 0.15) / 30
@@ -215,7 +214,7 @@ def test_whole_word_masking(toks):
     sel_total = cand_total = 0
     for step in range(20):
         windows = _windows(tok, 8, 62, seed=step)
-        b = obj.build(windows, batch_rng(0, step))
+        b = obj.build(windows, example_rngs(0, step, 0, len(windows)))
         sel = b["labels"].numpy() != IGNORE_INDEX
         for r in range(8):
             toks_r = [tok.id_to_token(int(i)) for i in np.concatenate([[tok.cls_id], windows[r], [tok.sep_id]])]
@@ -238,7 +237,7 @@ def test_span_masking_spanbert(toks):
     rate, n_rows, contiguous_runs = 0.0, 0, []
     for step in range(20):
         windows = _windows(tok, 8, 126, seed=step)
-        b = obj.build(windows, batch_rng(0, step))
+        b = obj.build(windows, example_rngs(0, step, 0, len(windows)))
         sel = b["labels"].numpy() != IGNORE_INDEX
         for r in range(8):
             cand = ~np.isin(np.concatenate([[tok.cls_id], windows[r], [tok.sep_id]]), sorted(tok.special_ids - {tok.unk_id}))
@@ -261,7 +260,7 @@ def test_nsp_pairs(toks):
     labels = []
     for step in range(40):
         windows = _windows(tok, 8, raw, seed=step)
-        b = obj.build(windows, batch_rng(0, step))
+        b = obj.build(windows, example_rngs(0, step, 0, len(windows)))
         ids, tt = b["input_ids"].numpy(), b["token_type_ids"].numpy()
         lab = b["labels"].numpy()
         orig = np.where(lab != IGNORE_INDEX, lab, ids)
@@ -290,7 +289,7 @@ def test_causal_packing(toks):
     obj = make_objective(_cfg("gpt-tiny", seq_len=64), tok)
     assert obj.raw_length(64) == 64
     windows = _windows(tok, 4, 64)
-    b = obj.build(windows, batch_rng(0, 0))
+    b = obj.build(windows, example_rngs(0, 0, 0, len(windows)))
     assert (b["input_ids"].numpy() == windows).all() and (b["labels"].numpy() == windows).all()
     assert (windows == tok.eos_id).any()  # documents separated by <|endoftext|> inside windows
     assert obj.count_targets(b) == 4 * 63
@@ -308,9 +307,9 @@ def test_reproducible_from_seed(toks, preset, kind, extra):
     tok = toks[kind]
     obj = make_objective(_cfg(preset, seq_len=64, **extra), tok)
     windows = _windows(tok, 4, obj.raw_length(64))
-    a = obj.build(windows, batch_rng(7, 3, 1, 0))
-    b = obj.build(windows, batch_rng(7, 3, 1, 0))
-    c = obj.build(windows, batch_rng(8, 3, 1, 0))
+    a = obj.build(windows, example_rngs(7, 3, 0, len(windows)))
+    b = obj.build(windows, example_rngs(7, 3, 0, len(windows)))
+    c = obj.build(windows, example_rngs(8, 3, 0, len(windows)))
     assert all((a[k] == b[k]).all() for k in a)
     assert any((a[k] != c[k]).any() for k in a)
 

@@ -384,6 +384,14 @@ def _write_config(cfg, path: Path) -> Path:
     return path
 
 
+def _torchrun_pretrain(cfg, config_path: Path) -> None:
+    """`lmscale pretrain` under torchrun with 2 CPU processes (gloo)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lmscale", "pretrain", "--config", str(_write_config(cfg, config_path)), "--no-progress"]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_is_exact(data, tmp_path, one_thread):
     """Kill -9 a real training process mid-run; the resumed run's per-step losses equal an
@@ -433,11 +441,7 @@ def test_fsdp_two_cpu_processes_train_the_masked_lm_and_save_a_loadable_model(da
     run = tmp_path / "fsdp"
     settings = dict(model__n_layers=2, train__max_steps=4, train__eval_every=2)
     loop.pretrain(make_cfg(data, tmp_path / "single", "encoder", **settings), progress=False)
-    cfg = make_cfg(data, run, "encoder", train__parallel="fsdp", **settings)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "lmscale", "pretrain", "--config", str(_write_config(cfg, tmp_path / "fsdp.yaml")), "--no-progress"]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _torchrun_pretrain(make_cfg(data, run, "encoder", train__parallel="fsdp", **settings), tmp_path / "fsdp.yaml")
     for event, key in (("train", "loss"), ("eval", "val_loss")):
         single = [r[key] for r in read_metrics(tmp_path / "single", event)]
         sharded = [r[key] for r in read_metrics(run, event)]
@@ -517,11 +521,7 @@ def test_ddp_two_processes_match_single_process(data, tmp_path, family, one_thre
     the processes and gives the same loss."""
     loop.pretrain(_family_cfg(data, tmp_path / "single", family, train__micro_batch_size=4), progress=False)
     run = tmp_path / "ddp"
-    cfg_file = _write_config(_family_cfg(data, run, family, train__micro_batch_size=2), tmp_path / "ddp.yaml")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "lmscale", "pretrain", "--config", str(cfg_file), "--no-progress"]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _torchrun_pretrain(_family_cfg(data, run, family, train__micro_batch_size=2), tmp_path / "ddp.yaml")
     for event, key in (("train", "loss"), ("eval", "val_loss")):
         single = [r[key] for r in read_metrics(tmp_path / "single", event)]
         ddp = [r[key] for r in read_metrics(run, event)]
@@ -534,14 +534,11 @@ def test_ddp_two_processes_match_single_process(data, tmp_path, family, one_thre
 
 @pytest.mark.slow
 def test_ddp_wall_clock_budget_plans_one_schedule(data, tmp_path, one_thread):
-    """A wall-clock budget under torchrun: every rank times its steps, the slowest sets the
-    schedule (one MAX all-reduce), and both ranks stop at the same step."""
+    """A wall-clock budget under torchrun: every process times its steps, the slowest sets the
+    schedule (one MAX all-reduce), and the run finishes within that schedule."""
     run = tmp_path / "ddp"
     cfg = make_cfg(data, run, train__max_steps=None, train__max_time_s=2.0, train__micro_batch_size=2)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "lmscale", "pretrain", "--config", str(_write_config(cfg, tmp_path / "ddp.yaml")), "--no-progress"]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _torchrun_pretrain(cfg, tmp_path / "ddp.yaml")
     start = read_metrics(run, "start")[0]
     assert start["budget"] == "time" and start["step_time_estimate_s"] > 0 and start["world_size"] == 2
     summary = json.loads((run / "summary.json").read_text())

@@ -28,12 +28,6 @@ from lmscale.config import ConfigError
 IGNORE_INDEX = -100
 
 
-def batch_rng(seed: int, step: int, micro_step: int = 0, rank: int = 0, stream: int = 0) -> np.random.Generator:
-    """One generator for a whole batch (a pure function of its coordinates); `build` derives a
-    generator per row from it. The training loop uses `example_rngs` instead."""
-    return np.random.default_rng([int(seed), int(stream), int(step), int(micro_step), int(rank)])
-
-
 def example_rngs(seed: int, step: int, first: int, n: int, stream: int = 0) -> list[np.random.Generator]:
     """Generators for examples `first .. first + n - 1` of a step's global batch, each a pure
     function of (seed, stream, step, example index): what an example's masking draws does not
@@ -41,11 +35,8 @@ def example_rngs(seed: int, step: int, first: int, n: int, stream: int = 0) -> l
     return [np.random.default_rng([int(seed), int(stream), int(step), int(first + j)]) for j in range(int(n))]
 
 
-def _row_rngs(rng: Any, n: int) -> list[np.random.Generator]:
-    """One generator per row: the given list, or `n` children drawn from a single generator."""
-    if isinstance(rng, np.random.Generator):
-        return [np.random.default_rng(int(s)) for s in rng.integers(0, 2**63 - 1, size=n)]
-    rngs = list(rng)
+def _row_rngs(rngs: Sequence[np.random.Generator], n: int) -> list[np.random.Generator]:
+    rngs = list(rngs)
     if len(rngs) != n:
         raise ValueError(f"{len(rngs)} generators for {n} rows")
     return rngs
@@ -161,10 +152,11 @@ class Objective:
         """Tokens per window to request from the sampler so a built sequence has `seq_len` tokens."""
         raise NotImplementedError(type(self).__name__)
 
-    def build(self, windows: np.ndarray, rng: Any, partners: np.ndarray | None = None) -> dict[str, Any]:
+    def build(self, windows: np.ndarray, rngs: Sequence[np.random.Generator],
+              partners: np.ndarray | None = None) -> dict[str, Any]:
         """Model keyword arguments (torch tensors) for a `[batch, raw_length]` array of windows.
 
-        `rng`: one generator per row (or a single one to derive them from). `partners`: for
+        `rngs`: one generator per row (`example_rngs`). `partners`: for
         objectives that pair a window with another random text (NSP), that text for each row
         (default: the next row, cyclically)."""
         raise NotImplementedError(type(self).__name__)
@@ -189,7 +181,8 @@ class CausalObjective(Objective):
     def raw_length(self, seq_len: int | None = None) -> int:
         return int(seq_len or self.seq_len)
 
-    def build(self, windows: np.ndarray, rng: Any = None, partners: np.ndarray | None = None) -> dict[str, Any]:
+    def build(self, windows: np.ndarray, rngs: Sequence[np.random.Generator] = (),
+              partners: np.ndarray | None = None) -> dict[str, Any]:
         ids = np.asarray(windows, dtype=np.int64)
         return _torch({"input_ids": ids, "labels": ids.copy()})
 
@@ -340,10 +333,11 @@ class MLMObjective(Objective):
             types[r, a_len + 2 :] = 1
         return ids, types, is_random.astype(np.int64)
 
-    def build(self, windows: np.ndarray, rng: Any, partners: np.ndarray | None = None) -> dict[str, Any]:
+    def build(self, windows: np.ndarray, rngs: Sequence[np.random.Generator],
+              partners: np.ndarray | None = None) -> dict[str, Any]:
         windows = np.asarray(windows, dtype=np.int64)
         b = windows.shape[0]
-        rngs = _row_rngs(rng, b)
+        rngs = _row_rngs(rngs, b)
         nsp_label = None
         if self.nsp:
             ids, types, nsp_label = self._nsp_pairs(windows, rngs, partners)
@@ -416,10 +410,11 @@ class SpanObjective(Objective):
             return self.tokens_length
         return compute_input_and_target_lengths(seq_len, self.noise_density, self.mean_noise_span_length)[0]
 
-    def build(self, windows: np.ndarray, rng: Any, partners: np.ndarray | None = None) -> dict[str, Any]:
+    def build(self, windows: np.ndarray, rngs: Sequence[np.random.Generator],
+              partners: np.ndarray | None = None) -> dict[str, Any]:
         windows = np.asarray(windows, dtype=np.int64)
         b, length = windows.shape
-        rngs = _row_rngs(rng, b)
+        rngs = _row_rngs(rngs, b)
         enc = np.full((b, self.seq_len), self.pad_id, dtype=np.int64)
         enc_mask = np.zeros((b, self.seq_len), dtype=np.int64)
         labels = np.full((b, self.targets_length), IGNORE_INDEX, dtype=np.int64)

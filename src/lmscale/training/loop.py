@@ -384,7 +384,7 @@ class Trainer:
             import torch.distributed as dist
 
             t = t.to(self.device if self.info.backend == "nccl" else "cpu")
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the schedule follows the slowest process
         return float(t.item()) * 1.05  # optimizer step and data, roughly
 
     def _sync(self) -> None:
