@@ -162,6 +162,9 @@ class Objective:
         raise NotImplementedError(type(self).__name__)
 
     uses_partners = False
+    # whether `build` draws from its per-row generators (callers skip making them otherwise:
+    # one costs ~40 us, a visible share of a step's host time at GPU batch sizes)
+    uses_example_rngs = True
 
     def count_targets(self, batch: dict[str, Any]) -> int:
         """Label tokens the model's mean loss averages over (weights micro-batches exactly)."""
@@ -177,6 +180,8 @@ def _torch(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
 @dataclass
 class CausalObjective(Objective):
     """Packed contiguous windows; the model predicts token t+1 from the prefix up to t."""
+
+    uses_example_rngs = False
 
     def raw_length(self, seq_len: int | None = None) -> int:
         return int(seq_len or self.seq_len)
