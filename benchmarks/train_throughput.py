@@ -12,7 +12,11 @@ process, round after round, so machine load hits both alike; the reported number
 tokens/s over rounds and the median of the per-round ratios. Time is process CPU time with one
 torch thread (wall time is kept in the JSON too): on a machine shared with other jobs the wall
 clock mostly measures the neighbours, while CPU time is what the step cost. MFU for the width-512 decoder uses the PaLM convention (6N + 12·L·d·T
-FLOPs per token) against a fp32 matmul rate re-measured before every round.
+FLOPs per token) against a fp32 matmul rate re-measured before every round. Each side's step is
+also run once under torch's FLOP counter: the matrix-product FLOPs it really executes, the share
+of the matmul rate it sustains on them, and the ratio lmscale would reach if it ran all of them at
+that rate and did nothing else: a ceiling for these FLOPs against this transformers time, as
+small products rarely reach the 1024x1024 rate.
 
 `--compile` wraps every engine's model in `torch.compile` (inductor's C++ backend on CPU), both
 sides alike, and writes its own results file.
@@ -120,6 +124,36 @@ def matmul_peak(size: int = 1024, seconds: float = 0.3) -> float:
     return best
 
 
+def _register_cpu_attention_flops() -> None:
+    """torch's FLOP counter knows the CUDA attention kernels, not the CPU flash kernel both sides
+    run here: count it like them (QK^T and PV as dense products, causal or not)."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    if aten._scaled_dot_product_flash_attention_for_cpu in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+    def _fwd(query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_flop_count(query, key, value)
+
+    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def counted_flops_per_step(model, opt, batches, train_cfg) -> float:
+    """Matrix-product FLOPs one training step actually executes (torch's FLOP counter over the
+    step's ATen calls, eager): unlike the 6N convention this sees the work a model skips (the
+    encoder's masked-rows-only last layer and head, T5's short decoder side)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_cpu_attention_flops()
+    with FlopCounterMode(display=False) as counter:
+        train_steps(model, opt, batches, train_cfg)
+    return counter.get_total_flops() / len(batches)
+
+
 def baseline_optimizer(model, train_cfg, fused: bool = False) -> torch.optim.Optimizer:
     """What a `transformers` user on CPU gets from the stock optimizer: `torch.optim.AdamW` with
     the same hyperparameters and parameter groups as our engine, multi-tensor (`foreach`)
@@ -184,6 +218,9 @@ def main() -> int:
             engines["transformers+fused"] = (run_model(hf2), baseline_optimizer(hf2, tc, fused=True))
         batches = make_batches(cfg, args.batch, args.steps)
         warm = make_batches(cfg, args.batch, 1, seed=1)
+        # counted on the eager models (the counter cannot see inside compiled kernels)
+        counted = {"lmscale": counted_flops_per_step(ours, engines["lmscale"][1], batches, tc),
+                   "transformers": counted_flops_per_step(hf, engines["transformers"][1], batches, tc)}
         for m, o in engines.values():
             train_steps(m, o, warm, tc)
             if args.compile:
@@ -192,6 +229,8 @@ def main() -> int:
                 train_steps(m, o, batches, tc)
         tps: dict[str, list[float]] = {k: [] for k in engines}
         mfu: dict[str, list[float]] = {k: [] for k in engines}
+        util: dict[str, list[float]] = {k: [] for k in counted}
+        bound: list[float] = []
         wall_tps: dict[str, list[float]] = {k: [] for k in engines}
         ratios: list[float] = []
         ratios_fused: list[float] = []
@@ -208,7 +247,13 @@ def main() -> int:
                 tps[k].append(args.batch * SEQ * len(batches) / dt)
                 wall_tps[k].append(args.batch * SEQ * len(batches) / wall)
                 mfu[k].append(fpt * tps[k][-1] / peak)
+                if k in counted:
+                    util[k].append(counted[k] * len(batches) / dt / peak)
             ratios.append(tps["lmscale"][-1] / tps["transformers"][-1])
+            # the most lmscale could gain on this round's transformers time by running every
+            # FLOP it executes at the measured matmul rate (and nothing else)
+            step_hf = args.batch * SEQ / tps["transformers"][-1]
+            bound.append(step_hf / (counted["lmscale"] / peak))
             if "transformers+fused" in tps:
                 ratios_fused.append(tps["lmscale"][-1] / tps["transformers+fused"][-1])
         med = {k: statistics.median(v) for k, v in tps.items()}
@@ -219,13 +264,21 @@ def main() -> int:
                "ratio_vs_transformers_fused_adamw_per_round": ratios_fused,
                "tokens_per_s_per_round": tps, "flops_per_token_palm": fpt,
                "peak_per_round": peaks, "wall_tokens_per_s_per_round": wall_tps,
-               "mfu_vs_measured_peak": {k: statistics.median(v) for k, v in mfu.items()}}
+               "mfu_vs_measured_peak": {k: statistics.median(v) for k, v in mfu.items()},
+               "counted_flops_per_step": counted,
+               "counted_flop_utilization": {k: statistics.median(v) for k, v in util.items()},
+               "ratio_bound_at_peak": statistics.median(bound)}
         results[name] = row
         print(f"{name:22s} lmscale {med['lmscale']:8.0f} tok/s  transformers {med['transformers']:8.0f} tok/s  "
               f"ratio {ratio:.2f}x (median of rounds)  MFU lmscale {row['mfu_vs_measured_peak']['lmscale']:.0%} "
               f"transformers {row['mfu_vs_measured_peak']['transformers']:.0%}"
               + (f"  [vs transformers+fused AdamW {row['ratio_vs_transformers_fused_adamw']:.2f}x]"
                  if ratios_fused else ""), flush=True)
+        print(f"{'':22s} counted GFLOP/step lmscale {counted['lmscale'] / 1e9:.2f} transformers "
+              f"{counted['transformers'] / 1e9:.2f}; share of the matmul rate lmscale "
+              f"{row['counted_flop_utilization']['lmscale']:.0%} transformers "
+              f"{row['counted_flop_utilization']['transformers']:.0%}; ratio if lmscale ran at that rate "
+              f"{row['ratio_bound_at_peak']:.2f}x", flush=True)
         del engines, ours, hf
     out = {
         "benchmark": "train_throughput",
@@ -237,7 +290,9 @@ def main() -> int:
                   "optimizer": {"lmscale": "torch.optim.AdamW(fused=True) via build_optimizer",
                                 "transformers": "torch.optim.AdamW(foreach=True)",
                                 "transformers+fused": "torch.optim.AdamW(fused=True) (reference)"},
-                  "rounds": args.rounds, "steps_per_round": args.steps, "flop_convention": "palm 6N+12LdT"},
+                  "rounds": args.rounds, "steps_per_round": args.steps, "flop_convention": "palm 6N+12LdT",
+                  "counted_flops": "torch.utils.flop_counter over one eager training step (matrix products and "
+                                   "attention, dense); utilization = counted FLOP/s / measured matmul rate"},
         "results": results,
     }
     if args.out:
