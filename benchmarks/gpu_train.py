@@ -13,7 +13,11 @@ soon as it ends (a run cut short still leaves what it measured):
    logged intervals dropped (compilation, allocator warm-up);
 3. transformers-compiled: GPT2LMHeadModel (sdpa attention) timed step by step, same batches;
 4. fsdp: `torchrun --nproc_per_node=1 -m lmscale pretrain --train.parallel fsdp` on a small
-   decoder, then `lmscale.load` of its (unsharded) checkpoint.
+   decoder, then `lmscale.load` of its (unsharded) checkpoint;
+5. profile: the engine's own `Trainer.train_step` under `torch.profiler` for a few steps after
+   compilation: per step the wall time, the time some kernel ran, the idle gaps (where in the step,
+   between which kernels) and the kernels by total time, so a step's fixed cost can be read off
+   (`--trace FILE.json.gz` keeps the Chrome trace).
 
 Prepare the shards once on any machine (they travel with the working tree):
     lmscale data prepare --corpus wikitext-2 --tokenizer GPT2_TOKENIZER_DIR --out .gpu/shards
@@ -152,6 +156,103 @@ def phase_fsdp(args) -> dict:
     return out
 
 
+def _kernel_category(name: str) -> str:
+    n = name.lower()
+    if "flash" in n or "fmha" in n:
+        return "attention"
+    if "adam" in n:
+        return "optimizer"
+    if any(k in n for k in ("gemm", "cutlass", "sm90", "nvjet", "xmma", "cublas", "gemv")):
+        return "matmul"
+    if "norm" in n and "multi_tensor" in n or "l2norm" in n or "foreach" in n:
+        return "clipping / foreach"
+    if "embedding" in n or "radix" in n or "sort" in n or "index" in n:
+        return "embedding / indexing"
+    if "triton" in n:
+        return "compiled elementwise (triton)"
+    if "memcpy" in n or "memset" in n:
+        return "copies"
+    return "other"
+
+
+def analyse_trace(trace: dict, step_label: str) -> dict:
+    """Per profiled step: wall time, time with a kernel running, and the idle gaps."""
+    events = trace.get("traceEvents", [])
+    kernels = sorted(((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
+                      if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in e), key=lambda k: k[0])
+    steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                   if e.get("cat") == "user_annotation" and e.get("name") == step_label)
+    syncs = [(e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
+             if e.get("cat") == "cuda_runtime" and "Synchronize" in e.get("name", "")]
+    per_step = []
+    for s0, s1 in steps:
+        ks = [k for k in kernels if k[0] >= s0 and k[1] <= s1 + 1]
+        busy, gaps, cur_end, prev = 0.0, [], None, None
+        for k0, k1, name in ks:
+            if cur_end is None:
+                gaps.append({"at_us": 0.0, "us": round(k0 - s0, 1), "before": "(step start)", "after": name[:70]})
+                cur_end, busy = k1, k1 - k0
+            else:
+                if k0 > cur_end + 10:
+                    waits = [n for a, b, n in syncs if a <= k0 and b >= cur_end]
+                    gaps.append({"at_us": round(cur_end - s0, 1), "us": round(k0 - cur_end, 1),
+                                 "before": prev[:70], "after": name[:70], "host_waiting_in": waits[:1]})
+                busy += max(0.0, k1 - max(k0, cur_end))
+                cur_end = max(cur_end, k1)
+            prev = name
+        if cur_end is not None:
+            gaps.append({"at_us": round(cur_end - s0, 1), "us": round(s1 - cur_end, 1), "before": prev[:70],
+                         "after": "(step end)"})
+        gaps = [g for g in gaps if g["us"] >= 20]
+        per_step.append({"wall_ms": round((s1 - s0) / 1e3, 3), "kernel_busy_ms": round(busy / 1e3, 3),
+                         "idle_ms": round((s1 - s0 - busy) / 1e3, 3), "kernels": len(ks),
+                         "gaps_over_20us": sorted(gaps, key=lambda g: -g["us"])[:12]})
+    by_name: dict[str, list[float]] = {}
+    for k0, k1, name in kernels:
+        by_name.setdefault(name, []).append(k1 - k0)
+    n_steps = max(len(steps), 1)
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:30]
+    cats: dict[str, float] = {}
+    for name, ds in by_name.items():
+        cats[_kernel_category(name)] = cats.get(_kernel_category(name), 0.0) + sum(ds) / n_steps / 1e3
+    return {
+        "steps": per_step,
+        "ms_per_step_by_category": {k: round(v, 3) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+        "top_kernels_ms_per_step": [{"name": n[:110], "calls_per_step": len(ds) / n_steps,
+                                     "ms_per_step": round(sum(ds) / n_steps / 1e3, 3)} for n, ds in top],
+    }
+
+
+def phase_profile(args, steps_warm: int = 8, steps_profiled: int = 3) -> dict:
+    import gzip
+
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from lmscale.training.loop import Trainer
+
+    run_dir = tempfile.mkdtemp(prefix="gpt2-small-profile-")
+    cfg = gpt2_small_config(args, run_dir, True, steps_warm + steps_profiled + 2)
+    trainer = Trainer(cfg, progress=False)
+    trainer.validate_and_build()
+    trainer.restore()
+    trainer.plan_schedule()
+    for _ in range(steps_warm):
+        trainer.train_step()
+        trainer._sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps_profiled):
+            with record_function("lmscale_step"):
+                trainer.train_step()
+                trainer._sync()
+    trace_path = Path(tempfile.mkdtemp()) / "trace.json"
+    prof.export_chrome_trace(str(trace_path))
+    trace = json.loads(trace_path.read_text())
+    if args.trace:
+        with gzip.open(args.trace, "wt") as f:
+            json.dump(trace, f)
+    return analyse_trace(trace, "lmscale_step")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", help="GPT-2-tokenized shard directory (see above)")
@@ -161,6 +262,7 @@ def main() -> int:
     ap.add_argument("--log-every", type=int, default=5)
     ap.add_argument("--skip-steps", type=int, default=10, help="warm-up steps left out of the medians")
     ap.add_argument("--phases", default="flash,lmscale-compiled,transformers-compiled,lmscale-eager,fsdp")
+    ap.add_argument("--trace", help="profile phase: also keep the Chrome trace here (.json.gz)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_train_latest.json"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -191,6 +293,8 @@ def main() -> int:
                 r = phase_transformers(args, args.steps - args.skip_steps)
             elif phase == "fsdp":
                 r = phase_fsdp(args)
+            elif phase == "profile":
+                r = phase_profile(args)
             else:
                 raise ValueError(f"unknown phase {phase}")
         except Exception as exc:  # keep the other phases' numbers
@@ -201,7 +305,7 @@ def main() -> int:
         if "tokens_per_s" in ph.get("lmscale-compiled", {}) and "tokens_per_s" in ph.get("transformers-compiled", {}):
             result["ratio_lmscale_vs_transformers_compiled"] = (
                 ph["lmscale-compiled"]["tokens_per_s"] / ph["transformers-compiled"]["tokens_per_s"])
-        print(json.dumps(r, default=str)[:1500], flush=True)
+        print(json.dumps(r, default=str)[:6000], flush=True)
         atomic_write_json(args.out, result)
         torch.cuda.empty_cache()
     return 0
