@@ -15,9 +15,9 @@ soon as it ends (a run cut short still leaves what it measured):
 4. fsdp: `torchrun --nproc_per_node=1 -m lmscale pretrain --train.parallel fsdp` on a small
    decoder, then `lmscale.load` of its (unsharded) checkpoint;
 5. profile: the engine's own `Trainer.train_step` under `torch.profiler` for a few steps after
-   compilation: per step the wall time, the time some kernel ran, the idle gaps (where in the step,
-   between which kernels) and the kernels by total time, so a step's fixed cost can be read off
-   (`--trace FILE.json.gz` keeps the Chrome trace).
+   compilation, queued and read as `Trainer.run` does on a GPU: the wall time, the time some
+   kernel ran, the idle gaps (where, between which kernels) and the kernels by time per step, so
+   a step's fixed cost can be read off (`--trace FILE.json.gz` keeps the Chrome trace).
 
 Prepare the shards once on any machine (they travel with the working tree):
     lmscale data prepare --corpus wikitext-2 --tokenizer GPT2_TOKENIZER_DIR --out .gpu/shards
@@ -175,8 +175,9 @@ def _kernel_category(name: str) -> str:
     return "other"
 
 
-def analyse_trace(trace: dict, step_label: str) -> dict:
-    """Per profiled step: wall time, time with a kernel running, and the idle gaps."""
+def analyse_trace(trace: dict, step_label: str, steps_per_window: int = 1) -> dict:
+    """Per profiled window (`step_label` ranges of `steps_per_window` steps): wall time, time with
+    a kernel running, and the idle gaps; kernel totals per step."""
     events = trace.get("traceEvents", [])
     kernels = sorted(((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
                       if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in e), key=lambda k: k[0])
@@ -206,11 +207,13 @@ def analyse_trace(trace: dict, step_label: str) -> dict:
         gaps = [g for g in gaps if g["us"] >= 20]
         per_step.append({"wall_ms": round((s1 - s0) / 1e3, 3), "kernel_busy_ms": round(busy / 1e3, 3),
                          "idle_ms": round((s1 - s0 - busy) / 1e3, 3), "kernels": len(ks),
+                         "wall_ms_per_step": round((s1 - s0) / 1e3 / steps_per_window, 3),
+                         "kernel_busy_ms_per_step": round(busy / 1e3 / steps_per_window, 3),
                          "gaps_over_20us": sorted(gaps, key=lambda g: -g["us"])[:12]})
     by_name: dict[str, list[float]] = {}
     for k0, k1, name in kernels:
         by_name.setdefault(name, []).append(k1 - k0)
-    n_steps = max(len(steps), 1)
+    n_steps = max(len(steps), 1) * steps_per_window
     top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:30]
     cats: dict[str, float] = {}
     for name, ds in by_name.items():
@@ -223,7 +226,7 @@ def analyse_trace(trace: dict, step_label: str) -> dict:
     }
 
 
-def phase_profile(args, steps_warm: int = 8, steps_profiled: int = 3) -> dict:
+def phase_profile(args, steps_warm: int = 8, steps_profiled: int = 4) -> dict:
     import gzip
 
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -238,19 +241,24 @@ def phase_profile(args, steps_warm: int = 8, steps_profiled: int = 3) -> dict:
     trainer.plan_schedule()
     for _ in range(steps_warm):
         trainer.train_step()
-        trainer._sync()
+    trainer.read_pending()
+    trainer._sync()
+    # as `Trainer.run` drives it on a GPU: steps queued back to back, read once at the end
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps_profiled):
-            with record_function("lmscale_step"):
+        with record_function("lmscale_steps"):
+            for _ in range(steps_profiled):
                 trainer.train_step()
-                trainer._sync()
+            trainer.read_pending()
+            trainer._sync()
     trace_path = Path(tempfile.mkdtemp()) / "trace.json"
     prof.export_chrome_trace(str(trace_path))
     trace = json.loads(trace_path.read_text())
     if args.trace:
         with gzip.open(args.trace, "wt") as f:
             json.dump(trace, f)
-    return analyse_trace(trace, "lmscale_step")
+    out = analyse_trace(trace, "lmscale_steps", steps_per_window=steps_profiled)
+    out["steps_profiled"] = steps_profiled
+    return out
 
 
 def main() -> int:

@@ -324,6 +324,97 @@ def test_nonfinite_streak_stops_and_keeps_checkpoint(data, tmp_path, monkeypatch
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def _read_once_per_interval(monkeypatch):
+    """Train as on an accelerator: the host reads losses and skips only at log, eval and
+    checkpoint points, not after every step."""
+    build = loop.Trainer.validate_and_build
+
+    def deferred(self):
+        build(self)
+        self._read_every_step = False
+
+    monkeypatch.setattr(loop.Trainer, "validate_and_build", deferred)
+
+
+def test_reads_once_per_interval_give_the_same_run(data, tmp_path, monkeypatch, one_thread):
+    cfg = dict(train__max_steps=7, train__log_every=3, train__checkpoint_every=0)
+    loop.pretrain(make_cfg(data, tmp_path / "a", **cfg), progress=False)
+    _read_once_per_interval(monkeypatch)
+    loop.pretrain(make_cfg(data, tmp_path / "b", **cfg), progress=False)
+    every, deferred = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["step"] for r in deferred] == [3, 6, 7]
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in deferred] == \
+        [(r["step"], r["loss"], r["grad_norm"]) for r in every]
+
+
+def test_nonfinite_streak_found_at_a_later_read(data, tmp_path, monkeypatch, one_thread):
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real = loop.compute_loss
+
+    def broken(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        return loss * float("inf") if calls["n"] >= 4 and model.training else loss
+
+    monkeypatch.setattr(loop, "compute_loss", broken)
+    _read_once_per_interval(monkeypatch)
+    cfg = make_cfg(data, run, train__max_steps=20, train__checkpoint_every=4, train__log_every=4,
+                   train__max_bad_steps=3)
+    summary = loop.pretrain(cfg, progress=False)
+    # steps 5-8 are read together at step 8: the streak reached 3 at step 6, and step 8's
+    # checkpoint is not written
+    assert summary["status"] == "failed" and summary["steps"] == 8
+    assert "3 consecutive steps with a non-finite loss or gradient (up to step 6)" in summary["error"]
+    assert [b["step"] for b in read_metrics(run, "nonfinite")] == [4, 5, 6, 7, 8]
+    latest = ckpt.latest_checkpoint(run)
+    assert latest.name == "step_00000004"
+    monkeypatch.setattr(loop, "compute_loss", real)
+    import lmscale
+
+    model, _ = lmscale.load(latest)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cuda_run_follows_the_cpu_run(data, tmp_path):
+    """fp32 on CUDA (TF32 matmuls) with the device-side skip and once-per-interval reads."""
+    cfg = dict(train__max_steps=6, train__log_every=2, train__dtype="fp32")
+    loop.pretrain(make_cfg(data, tmp_path / "cpu", train__device="cpu", **cfg), progress=False)
+    loop.pretrain(make_cfg(data, tmp_path / "gpu", train__device="cuda", **cfg), progress=False)
+    cpu, gpu = read_metrics(tmp_path / "cpu"), read_metrics(tmp_path / "gpu")
+    assert [r["step"] for r in gpu] == [2, 4, 6]
+    assert [r["loss"] for r in gpu] == pytest.approx([r["loss"] for r in cpu], rel=2e-2)
+
+
+@needs_cuda
+def test_cuda_nonfinite_streak(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real = loop.compute_loss
+
+    def broken(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        return loss * float("inf") if calls["n"] >= 4 and model.training else loss
+
+    monkeypatch.setattr(loop, "compute_loss", broken)
+    cfg = make_cfg(data, run, train__device="cuda", train__max_steps=20, train__checkpoint_every=4,
+                   train__log_every=4, train__max_bad_steps=3)
+    summary = loop.pretrain(cfg, progress=False)
+    assert summary["status"] == "failed" and summary["steps"] == 8
+    assert "(up to step 6)" in summary["error"]
+    assert [b["step"] for b in read_metrics(run, "nonfinite")] == [4, 5, 6, 7, 8]
+    monkeypatch.setattr(loop, "compute_loss", real)
+    import lmscale
+
+    model, _ = lmscale.load(ckpt.latest_checkpoint(run))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 # ----------------------------------------------------------------------------- fail fast
 
 def test_fail_fast_errors(data, tmp_path):
