@@ -248,11 +248,16 @@ def test_checkpoint_retention(data, tmp_path, one_thread):
     assert [r["step"] for r in read_metrics(run)] == [1, 2]
 
 
-def test_tensorboard_mirrors_the_metrics_file_through_resume_and_restart(data, tmp_path, one_thread):
+def test_tensorboard_mirrors_the_metrics_file_through_resume_and_restart(data, tmp_path, one_thread, monkeypatch):
     """With tensorboard installed, every numeric field of metrics.jsonl is also an event scalar;
     a resumed run hides the events past its checkpoint, a fresh start drops the old run's."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.summary.writer import event_file_writer
+
+    # event file names end in a per-process counter compared as text: from 9 to 10, a resumed
+    # run's file opened within the same second would sort (and be read) first
+    monkeypatch.setattr(event_file_writer._global_uid, "_value", 9)
 
     def scalars(tag):
         acc = EventAccumulator(str(run / "tensorboard"))

@@ -152,6 +152,23 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return events
 
 
+def _wait_for_a_later_event_file_name(tb_dir: Path) -> None:
+    """TensorBoard reads a run's event files in name order, and a name starts with the second it
+    was created in, then compares process id and a counter as text: a writer opened within the
+    same second as the interrupted run's could sort before it, and its purge would then be read
+    before the events it hides. Waiting for the next second (at most 2 s) keeps the order."""
+    stamps = []
+    for f in tb_dir.glob("events.out.tfevents.*"):
+        try:
+            stamps.append(int(f.name.split(".")[3]))
+        except (IndexError, ValueError):
+            continue
+    if stamps:
+        wait = min(max(stamps) + 1 - time.time(), 2.0)
+        if wait > 0:
+            time.sleep(wait)
+
+
 class MetricsLogger:
     """One JSON object per event in `metrics.jsonl`, mirrored to TensorBoard when installed.
 
@@ -177,6 +194,8 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 # purge_step hides the events an interrupted run wrote past its last checkpoint
+                if self._tb_purge is not None:
+                    _wait_for_a_later_event_file_name(self.tb_dir)
                 self._tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=self._tb_purge)
         except Exception:  # tensorboard is optional; a broken install must not stop training
             self._tb = None
