@@ -224,14 +224,15 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 100
     eval_batches: int = 10  # validation set: this many global batches of windows (fixed, spread over the split)
-    log_every: int = 10
+    log_every: int = 10  # on CUDA also how often losses are read back (the device never waits in between)
     checkpoint_every: int = 0  # 0 = only at the end (and at evaluations that improve the best)
     keep_last: int = 2
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False
-    max_bad_steps: int = 5  # consecutive non-finite steps before stopping
+    max_bad_steps: int = 5  # consecutive non-finite steps before stopping (skipped steps leave the
+    # weights untouched; on CUDA a streak is noticed at the next log, eval or checkpoint step)
     parallel: str = "ddp"  # ddp | fsdp (used when launched by torchrun)
 
     def __post_init__(self) -> None:
