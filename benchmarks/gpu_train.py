@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -175,6 +176,14 @@ def _kernel_category(name: str) -> str:
     return "other"
 
 
+def short_kernel_name(name: str) -> str:
+    """A kernel's name without its return type and template or call arguments (`void
+    at::native::reduce_kernel<512, 1, ...>(...)` -> `at::native::reduce_kernel`)."""
+    name = name.removeprefix("void ").replace("(anonymous namespace)::", "")
+    # a template argument list or a call's, not a spaced remark such as "Memcpy DtoH (Device -> Pinned)"
+    return re.split(r"<|(?<! )\(", name, maxsplit=1)[0].strip()[:90]
+
+
 def analyse_trace(trace: dict, step_label: str, steps_per_window: int = 1) -> dict:
     """Per profiled window (`step_label` ranges of `steps_per_window` steps): wall time, time with
     a kernel running, and the idle gaps; kernel totals per step."""
@@ -191,19 +200,21 @@ def analyse_trace(trace: dict, step_label: str, steps_per_window: int = 1) -> di
         busy, gaps, cur_end, prev = 0.0, [], None, None
         for k0, k1, name in ks:
             if cur_end is None:
-                gaps.append({"at_us": 0.0, "us": round(k0 - s0, 1), "before": "(step start)", "after": name[:70]})
+                gaps.append({"at_us": 0.0, "us": round(k0 - s0, 1), "before": "(step start)",
+                             "after": short_kernel_name(name)})
                 cur_end, busy = k1, k1 - k0
             else:
                 if k0 > cur_end + 10:
                     waits = [n for a, b, n in syncs if a <= k0 and b >= cur_end]
                     gaps.append({"at_us": round(cur_end - s0, 1), "us": round(k0 - cur_end, 1),
-                                 "before": prev[:70], "after": name[:70], "host_waiting_in": waits[:1]})
+                                 "before": short_kernel_name(prev), "after": short_kernel_name(name),
+                                 "host_waiting_in": waits[:1]})
                 busy += max(0.0, k1 - max(k0, cur_end))
                 cur_end = max(cur_end, k1)
             prev = name
         if cur_end is not None:
-            gaps.append({"at_us": round(cur_end - s0, 1), "us": round(s1 - cur_end, 1), "before": prev[:70],
-                         "after": "(step end)"})
+            gaps.append({"at_us": round(cur_end - s0, 1), "us": round(s1 - cur_end, 1),
+                         "before": short_kernel_name(prev), "after": "(step end)"})
         gaps = [g for g in gaps if g["us"] >= 20]
         per_step.append({"wall_ms": round((s1 - s0) / 1e3, 3), "kernel_busy_ms": round(busy / 1e3, 3),
                          "idle_ms": round((s1 - s0 - busy) / 1e3, 3), "kernels": len(ks),
@@ -217,11 +228,12 @@ def analyse_trace(trace: dict, step_label: str, steps_per_window: int = 1) -> di
     top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:30]
     cats: dict[str, float] = {}
     for name, ds in by_name.items():
-        cats[_kernel_category(name)] = cats.get(_kernel_category(name), 0.0) + sum(ds) / n_steps / 1e3
+        category = _kernel_category(name)  # from the full name: template arguments say "Adam"
+        cats[category] = cats.get(category, 0.0) + sum(ds) / n_steps / 1e3
     return {
         "steps": per_step,
         "ms_per_step_by_category": {k: round(v, 3) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
-        "top_kernels_ms_per_step": [{"name": n[:110], "calls_per_step": len(ds) / n_steps,
+        "top_kernels_ms_per_step": [{"name": short_kernel_name(n), "calls_per_step": len(ds) / n_steps,
                                      "ms_per_step": round(sum(ds) / n_steps / 1e3, 3)} for n, ds in top],
     }
 

@@ -287,17 +287,29 @@ def test_tensorboard_mirrors_the_metrics_file_through_resume_and_restart(data, t
     assert [s for s, _ in fresh] == [1, 2]
 
 
-def test_nonfinite_step_is_skipped_and_counted(data, tmp_path, monkeypatch, one_thread):
-    run = tmp_path / "run"
+def _losses_turn_nonfinite(monkeypatch, factor: float, bad_call) -> None:
+    """Training losses times `factor` (nan or inf) on the forward calls `bad_call(n)` picks."""
     calls = {"n": 0}
     real = loop.compute_loss
 
-    def flaky(model, batch):
+    def patched(model, batch):
         calls["n"] += 1
         loss = real(model, batch)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        return loss * factor if bad_call(calls["n"]) and model.training else loss
 
-    monkeypatch.setattr(loop, "compute_loss", flaky)
+    monkeypatch.setattr(loop, "compute_loss", patched)
+
+
+def _weights_are_finite(checkpoint) -> bool:
+    import lmscale
+
+    model, _ = lmscale.load(checkpoint)
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nonfinite_step_is_skipped_and_counted(data, tmp_path, monkeypatch, one_thread):
+    run = tmp_path / "run"
+    _losses_turn_nonfinite(monkeypatch, float("nan"), lambda n: n == 3)
     summary = loop.pretrain(make_cfg(data, run), progress=False)
     assert summary["status"] == "finished" and summary["steps"] == 6
     bad = read_metrics(run, "nonfinite")
@@ -307,26 +319,14 @@ def test_nonfinite_step_is_skipped_and_counted(data, tmp_path, monkeypatch, one_
 
 def test_nonfinite_streak_stops_and_keeps_checkpoint(data, tmp_path, monkeypatch, one_thread):
     run = tmp_path / "run"
-    calls = {"n": 0}
-    real = loop.compute_loss
-
-    def broken(model, batch):
-        calls["n"] += 1
-        loss = real(model, batch)
-        return loss * float("inf") if calls["n"] >= 4 and model.training else loss
-
-    monkeypatch.setattr(loop, "compute_loss", broken)
+    _losses_turn_nonfinite(monkeypatch, float("inf"), lambda n: n >= 4)
     cfg = make_cfg(data, run, train__max_steps=20, train__checkpoint_every=2, train__max_bad_steps=3)
     summary = loop.pretrain(cfg, progress=False)
     assert summary["status"] == "failed" and summary["steps"] == 6
     assert "3 consecutive steps with a non-finite" in summary["error"]
     latest = ckpt.latest_checkpoint(run)
     assert latest.name == "step_00000004"
-    monkeypatch.setattr(loop, "compute_loss", real)
-    import lmscale
-
-    model, _ = lmscale.load(latest)
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert _weights_are_finite(latest)
 
 
 def _read_once_per_interval(monkeypatch):
@@ -352,21 +352,18 @@ def test_reads_once_per_interval_give_the_same_run(data, tmp_path, monkeypatch, 
         [(r["step"], r["loss"], r["grad_norm"]) for r in every]
 
 
+def _streak_from_step_4(data, run, monkeypatch, **overrides) -> dict:
+    """Steps 4 on are non-finite; reads at every 4th step (log and checkpoint), stop after 3."""
+    _losses_turn_nonfinite(monkeypatch, float("inf"), lambda n: n >= 4)
+    cfg = make_cfg(data, run, train__max_steps=20, train__checkpoint_every=4, train__log_every=4,
+                   train__max_bad_steps=3, **overrides)
+    return loop.pretrain(cfg, progress=False)
+
+
 def test_nonfinite_streak_found_at_a_later_read(data, tmp_path, monkeypatch, one_thread):
     run = tmp_path / "run"
-    calls = {"n": 0}
-    real = loop.compute_loss
-
-    def broken(model, batch):
-        calls["n"] += 1
-        loss = real(model, batch)
-        return loss * float("inf") if calls["n"] >= 4 and model.training else loss
-
-    monkeypatch.setattr(loop, "compute_loss", broken)
     _read_once_per_interval(monkeypatch)
-    cfg = make_cfg(data, run, train__max_steps=20, train__checkpoint_every=4, train__log_every=4,
-                   train__max_bad_steps=3)
-    summary = loop.pretrain(cfg, progress=False)
+    summary = _streak_from_step_4(data, run, monkeypatch)
     # steps 5-8 are read together at step 8: the streak reached 3 at step 6, and step 8's
     # checkpoint is not written
     assert summary["status"] == "failed" and summary["steps"] == 8
@@ -374,11 +371,7 @@ def test_nonfinite_streak_found_at_a_later_read(data, tmp_path, monkeypatch, one
     assert [b["step"] for b in read_metrics(run, "nonfinite")] == [4, 5, 6, 7, 8]
     latest = ckpt.latest_checkpoint(run)
     assert latest.name == "step_00000004"
-    monkeypatch.setattr(loop, "compute_loss", real)
-    import lmscale
-
-    model, _ = lmscale.load(latest)
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert _weights_are_finite(latest)
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -398,26 +391,11 @@ def test_cuda_run_follows_the_cpu_run(data, tmp_path):
 @needs_cuda
 def test_cuda_nonfinite_streak(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    calls = {"n": 0}
-    real = loop.compute_loss
-
-    def broken(model, batch):
-        calls["n"] += 1
-        loss = real(model, batch)
-        return loss * float("inf") if calls["n"] >= 4 and model.training else loss
-
-    monkeypatch.setattr(loop, "compute_loss", broken)
-    cfg = make_cfg(data, run, train__device="cuda", train__max_steps=20, train__checkpoint_every=4,
-                   train__log_every=4, train__max_bad_steps=3)
-    summary = loop.pretrain(cfg, progress=False)
+    summary = _streak_from_step_4(data, run, monkeypatch, train__device="cuda")
     assert summary["status"] == "failed" and summary["steps"] == 8
     assert "(up to step 6)" in summary["error"]
     assert [b["step"] for b in read_metrics(run, "nonfinite")] == [4, 5, 6, 7, 8]
-    monkeypatch.setattr(loop, "compute_loss", real)
-    import lmscale
-
-    model, _ = lmscale.load(ckpt.latest_checkpoint(run))
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert _weights_are_finite(ckpt.latest_checkpoint(run))
 
 
 # ----------------------------------------------------------------------------- fail fast

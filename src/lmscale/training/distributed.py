@@ -72,6 +72,19 @@ def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) ->
     return t.tolist()
 
 
+def global_sum(value: float, info: DistInfo, device: torch.device) -> Any:
+    """`value` summed over all processes without a host read on NCCL: there the sum stays a
+    device tensor (reading it back would make every training step wait for the previous one);
+    elsewhere a float, as `all_reduce_sum` gives it."""
+    if not (info.enabled and info.backend == "nccl"):
+        return all_reduce_sum([value], info, device)[0]
+    import torch.distributed as dist
+
+    t = torch.full((), value, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         import torch.distributed as dist
