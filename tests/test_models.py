@@ -417,6 +417,43 @@ def test_linear_cross_entropy_equals_pytorch_in_value_and_gradients(rows, vocab,
         torch.testing.assert_close(a, r, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("rows,vocab", [(150, 3000), (700, 3000)], ids=["row-major", "vocab-major"])
+def test_linear_cross_entropy_under_cpu_autocast_matches_the_autocast_plain_loss(rows, vocab):
+    # under bf16 autocast the fused loss runs its three products in bf16, as the plain
+    # F.linear + cross-entropy does there, and keeps exponentials and sums in fp32
+    torch.manual_seed(0)
+    h = torch.randn(rows, 32, requires_grad=True)
+    w = torch.randn(vocab, 32).mul_(0.3).requires_grad_()
+    b = torch.randn(vocab).requires_grad_()
+    labels = torch.randint(0, vocab, (rows,))
+    labels[::4] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = blocks.linear_cross_entropy(h, w, b, labels)
+        ref = F.cross_entropy(F.linear(h, w, b).float(), labels, ignore_index=-100)
+    g_fused = torch.autograd.grad(fused, (h, w, b))
+    g_ref = torch.autograd.grad(ref, (h, w, b))
+    assert fused.dtype == torch.float32 and all(g.dtype == torch.float32 for g in g_fused)
+    torch.testing.assert_close(fused, ref, atol=1e-3, rtol=1e-3)
+    for a, r in zip(g_fused, g_ref):
+        assert float((a - r).abs().max()) <= 2e-2 * float(r.abs().max())
+    # and the products did run in bf16: fp32 ones give a visibly different loss
+    exact = F.cross_entropy(F.linear(h, w, b), labels, ignore_index=-100)
+    assert abs(float(fused.detach()) - float(exact.detach())) > 1e-6
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_under_cpu_autocast_runs_in_fp32_and_returns_bf16(causal):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = blocks.attention(q, k, v, None, 0.0, causal)
+    assert out.dtype == torch.bfloat16
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+    assert torch.equal(out, ref.to(torch.bfloat16))
+    grads = torch.autograd.grad(out.float().sum(), (q, k, v))
+    assert all(g.dtype == torch.bfloat16 and torch.isfinite(g).all() for g in grads)
+
+
 @pytest.mark.parametrize("family", ["decoder", "encoder", "encoder-decoder"])
 def test_training_step_fused_loss_matches_plain_loss(family, monkeypatch):
     kw = dict(position="relative", norm="rmsnorm", bias=False) if family == "encoder-decoder" else {}

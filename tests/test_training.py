@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from lmscale.config import ConfigError, TrainConfig, load_run_config, to_dict
 from lmscale.training import checkpoint as ckpt
@@ -157,23 +158,45 @@ def test_parameter_groups_exclude_biases_norms_embeddings():
 def test_peak_flops_table_and_cached_cpu_probe(tmp_path, monkeypatch):
     from lmscale.training import metrics
 
+    def probe(value):
+        return lambda dtype="fp32": value
+
     monkeypatch.setenv("LMSCALE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(metrics, "_PROBED", {})
-    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", lambda: 1.25e10)
+    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", probe(1.25e10))
     assert metrics.peak_flops("cpu") == 1.25e10
     assert list(json.loads((tmp_path / "cpu_peak_flops.json").read_text()).values()) == [1.25e10]
-    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", lambda: 1 / 0)  # once per process
+    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", lambda dtype="fp32": 1 / 0)  # once per process
     assert metrics.peak_flops("cpu") == 1.25e10
     # a later process's probe under contention reads low: the best probe seen is kept
     monkeypatch.setattr(metrics, "_PROBED", {})
-    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", lambda: 0.5e10)
+    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", probe(0.5e10))
     assert metrics.peak_flops("cpu") == 1.25e10
     monkeypatch.setattr(metrics, "_PROBED", {})
-    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", lambda: 2e10)
+    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", probe(2e10))
     assert metrics.peak_flops("cpu") == 2e10
     assert list(json.loads((tmp_path / "cpu_peak_flops.json").read_text()).values()) == [2e10]
+    # a bf16 run is measured against a bf16 probe, cached apart from the fp32 one
+    asked = []
+    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", lambda dtype="fp32": asked.append(dtype) or 5e10)
+    assert metrics.peak_flops("cpu", "bf16") == 5e10 and asked == ["bf16"]
+    assert metrics.peak_flops("cpu", "fp32") == 2e10 and asked == ["bf16"]
+    assert sorted(json.loads((tmp_path / "cpu_peak_flops.json").read_text()).values()) == [2e10, 5e10]
     # vendor dense peaks (bf16 tensor cores): A100 312 TFLOP/s, H100 SXM 989 TFLOP/s
     assert metrics.GPU_PEAK_FLOPS["A100"][0] == 312e12 and metrics.GPU_PEAK_FLOPS["H100"][0] == 989e12
+
+
+def test_cpu_matmul_probe_runs_in_the_asked_dtype(monkeypatch):
+    from lmscale.training import metrics
+
+    seen = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: seen.append(a.dtype) or real_mm(a, b))
+    assert metrics.measure_cpu_matmul_flops(size=64, seconds=0.0, dtype="bf16") > 0
+    assert set(seen) == {torch.bfloat16}
+    seen.clear()
+    assert metrics.measure_cpu_matmul_flops(size=64, seconds=0.0) > 0
+    assert set(seen) == {torch.float32}
 
 
 # ----------------------------------------------------------------------------- runs
@@ -204,6 +227,30 @@ def test_each_family_trains(data, tmp_path, family, one_thread):
     model, tok = lmscale.load(run)
     assert tok.vocab_size <= model.config.vocab_size
     assert summary["params"]["total"] == model.num_parameters()["total"]
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder-decoder"])
+def test_bf16_autocast_on_cpu_trains_with_fp32_weights_and_a_bf16_peak(data, tmp_path, family, one_thread,
+                                                                      monkeypatch):
+    from lmscale.training import metrics
+
+    asked = []
+    monkeypatch.setattr(metrics, "_PROBED", {})
+    monkeypatch.setattr(metrics, "measure_cpu_matmul_flops", lambda dtype="fp32": asked.append(dtype) or 1e11)
+    runs = {}
+    for dtype in ("fp32", "bf16"):
+        run = tmp_path / dtype
+        cfg = make_cfg(data, run, family, train__max_steps=8, train__lr=3e-3, train__dtype=dtype)
+        assert loop.pretrain(cfg, progress=False)["status"] == "finished"
+        runs[dtype] = read_metrics(run)
+    assert read_metrics(tmp_path / "bf16", "start")[0]["dtype"] == "bf16"
+    assert asked == ["fp32", "bf16"]  # each run's MFU against the matmul rate of its own dtype
+    first32, first16 = runs["fp32"][0]["loss"], runs["bf16"][0]["loss"]
+    # the same weights and batch: bf16 products change the first loss by rounding only
+    assert first16 != first32 and first16 == pytest.approx(first32, rel=2e-2)
+    assert runs["bf16"][-1]["loss"] < first16
+    state = load_file(str(ckpt.latest_checkpoint(tmp_path / "bf16") / "model.safetensors"))
+    assert {t.dtype for t in state.values()} == {torch.float32}  # master weights stay fp32
 
 
 def test_budget_by_tokens_gives_short_schedule(data, tmp_path, one_thread):

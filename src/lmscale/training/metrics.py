@@ -6,7 +6,9 @@ encoder-decoder), H·Q the attention width and T the sequence length. It counts 
 score/value matmuls over the full window (no causal discount) and ignores norms and softmax.
 MFU = achieved model FLOPs per second / peak FLOPs of the hardware, where the peak is the
 vendor's dense number for the compute dtype (bf16 tensor cores on CUDA) or, on CPU, a measured
-fp32 matmul rate probed once per process, the best probe kept per machine.
+matmul rate in the run's compute dtype (fp32, or bf16 where a run trains under bf16 autocast:
+CPUs with AVX512-BF16 or AMX run bf16 products 2-3x faster than fp32 ones, older ones far
+slower), probed once per process, the best probe kept per machine.
 """
 from __future__ import annotations
 
@@ -73,8 +75,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_cpu_matmul_flops(size: int = 1024, seconds: float = 0.3) -> float:
-    """fp32 matmul FLOP/s of this machine's cores at the process's thread count (best of repeats).
+_TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def measure_cpu_matmul_flops(size: int = 1024, seconds: float = 0.3, dtype: str = "fp32") -> float:
+    """Matmul FLOP/s of this machine's cores in `dtype` ("fp32" or "bf16") at the process's
+    thread count (best of repeats).
 
     Wall time: it is what the training steps are timed in, so MFU compares like with like. A probe
     taken while other jobs hold the cores reads low; `peak_flops` therefore keeps the best probe
@@ -83,8 +89,9 @@ def measure_cpu_matmul_flops(size: int = 1024, seconds: float = 0.3) -> float:
     import torch
 
     g = torch.Generator().manual_seed(0)  # never touch the global RNG the training run relies on
-    a = torch.randn(size, size, generator=g)
-    b = torch.randn(size, size, generator=g)
+    dt = getattr(torch, _TORCH_DTYPES[dtype])
+    a = torch.randn(size, size, generator=g).to(dt)
+    b = torch.randn(size, size, generator=g).to(dt)
     torch.mm(a, b)
     reps, best = 0, 0.0
     start = time.perf_counter()
@@ -103,7 +110,7 @@ _PROBED: dict[str, float] = {}
 
 
 def peak_flops(device: Any = "cpu", dtype: str = "fp32") -> float:
-    """Peak FLOP/s for MFU: the vendor table on CUDA, a cached fp32 matmul probe on CPU."""
+    """Peak FLOP/s for MFU: the vendor table on CUDA, a cached matmul probe in `dtype` on CPU."""
     import torch
 
     dev = torch.device(device) if not isinstance(device, torch.device) else device
@@ -114,7 +121,8 @@ def peak_flops(device: Any = "cpu", dtype: str = "fp32") -> float:
                 return half if dtype in ("bf16", "fp16") else single
         return float("nan")
     threads = torch.get_num_threads()
-    key = f"{cpu_name()}|threads={threads}|torch={torch.__version__}"
+    dtype = "bf16" if dtype == "bf16" else "fp32"
+    key = f"{cpu_name()}|threads={threads}|torch={torch.__version__}" + ("|bf16" if dtype == "bf16" else "")
     if key in _PROBED:
         return _PROBED[key]
     # one short probe per process, kept as the best ever seen: a peak is a maximum, and a probe
@@ -126,7 +134,7 @@ def peak_flops(device: Any = "cpu", dtype: str = "fp32") -> float:
             cache = json.loads(path.read_text())
         except (OSError, ValueError):
             cache = {}
-    probe = measure_cpu_matmul_flops()
+    probe = measure_cpu_matmul_flops(dtype=dtype)
     value = max(probe, float(cache.get(key, 0.0)))
     _PROBED[key] = value
     if value != cache.get(key):
