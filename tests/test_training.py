@@ -253,6 +253,21 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_weights_and_a_bf16_peak(data, tmp
     assert {t.dtype for t in state.values()} == {torch.float32}  # master weights stay fp32
 
 
+def test_native_bf16_cpu_gets_a_one_time_hint_only_under_auto_dtype(data, tmp_path, one_thread, monkeypatch, capfd):
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(loop, "_HINTS", {})
+    hint = "this CPU multiplies bf16 in hardware"
+    loop.pretrain(make_cfg(data, tmp_path / "fp32", train__max_steps=2, train__dtype="fp32"), progress=True)
+    assert hint not in "".join(capfd.readouterr())  # an explicit choice is not second-guessed
+    for name in ("a", "b"):
+        loop.pretrain(make_cfg(data, tmp_path / name, train__max_steps=2), progress=True)
+    assert "".join(capfd.readouterr()).count(hint) == 1
+    monkeypatch.setattr(loop, "_HINTS", {})
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
+    loop.pretrain(make_cfg(data, tmp_path / "c", train__max_steps=2), progress=True)
+    assert hint not in "".join(capfd.readouterr())
+
+
 def test_budget_by_tokens_gives_short_schedule(data, tmp_path, one_thread):
     run = tmp_path / "run"
     cfg = make_cfg(data, run, train__max_steps=None, train__max_tokens=5 * 8 * 32 + 1, train__warmup_steps=1,

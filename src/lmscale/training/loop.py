@@ -42,7 +42,9 @@ from lmscale.errors import LmscaleError
 from lmscale.io import atomic_write_json, atomic_write_text
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
-from lmscale.training.metrics import MetricsLogger, Progress, peak_flops, training_flops_per_token
+from lmscale.training.metrics import (
+    MetricsLogger, Progress, cpu_has_native_bf16, peak_flops, training_flops_per_token,
+)
 from lmscale.training.optim import build_optimizer, lr_at, schedule_steps, tokens_per_step
 
 SUMMARY_FILE = "summary.json"
@@ -56,6 +58,9 @@ def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torc
 
 
 # ----------------------------------------------------------------------------- setup helpers
+
+_HINTS: dict[str, bool] = {}  # one-time suggestions already shown in this process
+
 
 def _resolve_device(pref: str, info: dist_util.DistInfo) -> torch.device:
     if pref == "auto":
@@ -669,6 +674,11 @@ class Trainer:
             # dropout draws from here on; independent of whatever setup consumed before
             torch.manual_seed(tc.seed * 1_000_003 + 17 + info.rank)
         bar = Progress(self.total_steps, self.step, enabled=self.show_progress and info.is_main)
+        if bar.enabled and self.device.type == "cpu" and tc.dtype == "auto" and not _HINTS.get("bf16"):
+            _HINTS["bf16"] = True
+            if cpu_has_native_bf16():
+                bar.message("this CPU multiplies bf16 in hardware: --train.dtype bf16 (bf16 products, fp32 "
+                            "weights and optimizer) trains 1.3-1.8x faster on such CPUs in lmscale's benchmark")
         status, error = "finished", None
         interval_tokens, interval_time, interval_losses = 0, 0.0, []
         grad_norm = float("nan")
