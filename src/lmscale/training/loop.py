@@ -678,7 +678,7 @@ class Trainer:
             _HINTS["bf16"] = True
             if cpu_has_native_bf16():
                 bar.message("this CPU multiplies bf16 in hardware: --train.dtype bf16 (bf16 products, fp32 "
-                            "weights and optimizer) trains 1.3-1.8x faster on such CPUs in lmscale's benchmark")
+                            "weights and optimizer) trains 1.4-1.8x faster on such CPUs in lmscale's benchmark")
         status, error = "finished", None
         interval_tokens, interval_time, interval_losses = 0, 0.0, []
         grad_norm = float("nan")
