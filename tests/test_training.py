@@ -253,7 +253,7 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_weights_and_a_bf16_peak(data, tmp
     assert {t.dtype for t in state.values()} == {torch.float32}  # master weights stay fp32
 
 
-def test_native_bf16_cpu_gets_a_one_time_hint_only_under_auto_dtype(data, tmp_path, one_thread, monkeypatch, capfd):
+def test_cpu_precision_hints_once_per_process(data, tmp_path, one_thread, monkeypatch, capfd):
     monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(loop, "_HINTS", {})
     hint = "this CPU multiplies bf16 in hardware"
@@ -266,6 +266,9 @@ def test_native_bf16_cpu_gets_a_one_time_hint_only_under_auto_dtype(data, tmp_pa
     monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
     loop.pretrain(make_cfg(data, tmp_path / "c", train__max_steps=2), progress=True)
     assert hint not in "".join(capfd.readouterr())
+    # and bf16 asked for on a CPU that would emulate it
+    loop.pretrain(make_cfg(data, tmp_path / "d", train__max_steps=2, train__dtype="bf16"), progress=True)
+    assert "this CPU has no bf16 hardware" in "".join(capfd.readouterr())
 
 
 def test_budget_by_tokens_gives_short_schedule(data, tmp_path, one_thread):
