@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from lmscale.cli import COMMANDS, build_parser, main
+from lmscale.cli.main import COMMANDS, build_parser, main
 
 
 def test_every_documented_subcommand_is_registered():

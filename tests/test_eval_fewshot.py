@@ -236,7 +236,7 @@ def test_fewshot_on_real_bigbench_task(shared_data, tmp_path):
 
 def test_generative_task_and_cli(tmp_path, capsys):
     from lmscale.cli import main
-    from lmscale.models.io import save_model_dir
+    from lmscale.models.serialization import save_model_dir
 
     q = tmp_path / "add.jsonl"
     rows = [{"context": f"{a} plus {b} is", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (0, 7)]]

@@ -129,7 +129,7 @@ def test_encoder_decoder_perplexity_runs(tmp_path):
 
 def test_perplexity_cli(bpe_tok, tmp_path, capsys):
     from lmscale.cli import main
-    from lmscale.models.io import save_model_dir
+    from lmscale.models.serialization import save_model_dir
 
     model = _decoder(bpe_tok, max_positions=32)
     d = save_model_dir(model, bpe_tok, tmp_path / "ckpt")

@@ -62,7 +62,7 @@ def make_data(root, n_train=24, n_dev=200, seed=0, seen=SEEN, name="task"):
 def tiny_encoder_checkpoint(path, seed=0):
     """A saved, randomly initialised tiny encoder with a WordPiece tokenizer."""
     from lmscale.finetune.api import random_body
-    from lmscale.models.io import save_model_dir
+    from lmscale.models.serialization import save_model_dir
     from lmscale.tokenization import train_tokenizer
 
     tok = train_tokenizer("wordpiece", [" ".join(POS + NEG + FILL)] * 20, vocab_size=120, min_frequency=1)
@@ -73,7 +73,7 @@ def tiny_encoder_checkpoint(path, seed=0):
 
 
 def test_experiment_writes_table_plot_and_results(tmp_path):
-    from lmscale.finetune.experiment import run_pretraining_effect
+    from lmscale.experiments.pretraining_effect import run_pretraining_effect
 
     _, task = make_data(tmp_path, n_train=40, n_dev=30)
     ck = tiny_encoder_checkpoint(tmp_path / "ck")
@@ -105,7 +105,7 @@ def test_experiment_writes_table_plot_and_results(tmp_path):
 def test_experiment_real_encoder_comes_with_its_random_twin(tmp_path):
     """(c) a real encoder is compared with the same architecture and tokenizer from random weights,
     only at the sizes asked for it."""
-    from lmscale.finetune.experiment import run_pretraining_effect
+    from lmscale.experiments.pretraining_effect import run_pretraining_effect
 
     _, task = make_data(tmp_path, n_train=40, n_dev=30)
     ck = tiny_encoder_checkpoint(tmp_path / "ck")
@@ -134,7 +134,7 @@ def test_pretrained_initialisation_beats_random(tmp_path):
     from lmscale.finetune.api import random_body
     from lmscale.finetune.tasks import load_task
     from lmscale.finetune.trainer import FinetuneConfig, finetune
-    from lmscale.models.io import load
+    from lmscale.models.serialization import load
     from lmscale.training.loop import pretrain
 
     corpus, unseen_task = make_data(tmp_path)

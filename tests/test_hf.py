@@ -17,7 +17,7 @@ from lmscale.config import ModelConfig
 from lmscale.errors import CheckpointError
 from lmscale.models import build_model
 from lmscale.models.hf import fetch_minilm, from_hf, hf_state_dict, to_hf
-from lmscale.models.io import load, save_model_dir
+from lmscale.models.serialization import load, save_model_dir
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

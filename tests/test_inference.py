@@ -285,7 +285,7 @@ def test_t5_infill_reassembles_the_lecture_sentence(unigram_tok):
 
 def test_infill_with_a_random_t5_and_the_cli(unigram_tok, tmp_path, capsys):
     from lmscale.cli import main
-    from lmscale.models.io import save_model_dir
+    from lmscale.models.serialization import save_model_dir
 
     tok = unigram_tok
     torch.manual_seed(4)
@@ -305,7 +305,7 @@ def test_infill_with_a_random_t5_and_the_cli(unigram_tok, tmp_path, capsys):
 
 def test_generate_cli_streams_and_json(tmp_path, capsys):
     from lmscale.cli import main
-    from lmscale.models.io import save_model_dir
+    from lmscale.models.serialization import save_model_dir
     from lmscale.tokenization import train_tokenizer
 
     tok = train_tokenizer("bpe", ["the cat sat on the mat and the dog sat on the log"] * 30, vocab_size=300)

@@ -17,7 +17,7 @@ import lmscale
 from lmscale.config import ModelConfig, preset_model
 from lmscale.errors import CheckpointError, LmscaleError
 from lmscale.models import ModelOutput, build_model, blocks
-from lmscale.models.io import load, save_model_dir
+from lmscale.models.serialization import load, save_model_dir
 
 torch.set_num_threads(1)
 V = 97

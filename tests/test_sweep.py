@@ -23,7 +23,7 @@ from lmscale.config import ConfigError, preset_model
 from lmscale.scaling.counting import count_parameters
 from lmscale.scaling.registry import Registry
 from lmscale.scaling.shapes import ShapeRule, shape_for
-from lmscale.scaling.sweep import DEMO_SWEEP, SweepConfig, plan, run_sweep
+from lmscale.experiments.sweep import DEMO_SWEEP, SweepConfig, plan, run_sweep
 
 FAKE_PRETRAIN = textwrap.dedent('''
     import json, os, sys, time, yaml
@@ -199,7 +199,7 @@ def test_killed_sweep_resumes_interrupted_run_from_checkpoint(tmp_path):
     out = tmp_path / "out"
     code = textwrap.dedent(f'''
         import sys
-        from lmscale.scaling.sweep import SweepConfig, run_sweep
+        from lmscale.experiments.sweep import SweepConfig, run_sweep
         sw = SweepConfig.from_dict({sw.to_dict()!r})
         cmd = lambda c, r, resume: [sys.executable, {str(script)!r}, "--config", str(c)] + (["--resume", str(r)] if resume else [])
         run_sweep(sw, {str(out)!r}, command=cmd, prepare=False, heartbeat_s=0.5)
@@ -234,7 +234,7 @@ def test_ctrl_c_stops_the_children_and_marks_runs_resumable(tmp_path):
         # a shell's background job inherits SIGINT ignored; a terminal's Ctrl-C is what is tested
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from lmscale.cli import main
-        from lmscale.scaling.sweep import SweepConfig, run_sweep
+        from lmscale.experiments.sweep import SweepConfig, run_sweep
         sw = SweepConfig.from_dict({sw.to_dict()!r})
         cmd = lambda c, r, resume: [sys.executable, {str(script)!r}, "--config", str(c)] + (["--resume", str(r)] if resume else [])
         try:
@@ -272,7 +272,7 @@ def test_slurm_launcher_writes_a_job_array_reporting_to_the_registry(tmp_path):
 
 
 def test_exec_index_runs_one_task_and_skips_it_when_done(tmp_path, monkeypatch):
-    from lmscale.scaling import sweep as sweep_mod
+    from lmscale.experiments import sweep as sweep_mod
 
     _, command = _fake(tmp_path)
     res = run_sweep(_tiny_sweep(), tmp_path / "out", launcher="slurm", prepare=False)
@@ -315,7 +315,7 @@ def test_sweep_cli_status_fit_export_and_dry_run(tmp_path, capsys):
 
 
 def test_pretrain_commands_for_each_launcher(tmp_path):
-    from lmscale.scaling.sweep import pretrain_command
+    from lmscale.experiments.sweep import pretrain_command
 
     cfg, run = tmp_path / "c.yaml", tmp_path / "run"
     local = pretrain_command(cfg, run, resume=False)

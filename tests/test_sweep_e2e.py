@@ -6,7 +6,7 @@ import random
 import pytest
 
 from lmscale.scaling.registry import Registry
-from lmscale.scaling.sweep import SweepConfig, execute_run, pretrain_command, run_sweep
+from lmscale.experiments.sweep import SweepConfig, execute_run, pretrain_command, run_sweep
 
 
 def _corpus(path):

@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 def load(path, device="cpu"):
     """Load a checkpoint directory (or a run directory) as `(model, tokenizer)`."""
-    from lmscale.models.io import load as _load
+    from lmscale.models.serialization import load as _load
 
     return _load(path, device=device)
 

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import yaml
 
+from lmscale.errors import ConfigError
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 FAMILIES = ("encoder", "decoder", "encoder-decoder")
@@ -26,10 +28,6 @@ TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 FAMILY_TOKENIZER = {"encoder": "wordpiece", "decoder": "bpe", "encoder-decoder": "unigram"}
 FAMILY_OBJECTIVE = {"encoder": "mlm", "decoder": "causal", "encoder-decoder": "span"}
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as what to change."""
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -1,12 +1,16 @@
-"""Errors users see: each says what went wrong and what to change."""
-from lmscale.config import ConfigError
+"""Errors users see: each says what went wrong and what to change.
+
+One root, `LmscaleError`: the CLI prints any of them as a one-line message (exit code 2) instead of
+a traceback. The kinds below it say which input was wrong, so callers can catch just that.
+"""
 
 
-class LmscaleError(ConfigError):
-    """A user-facing error from any stage (bad input file, missing checkpoint, ...).
+class LmscaleError(ValueError):
+    """A user-facing error from any stage (bad flag, bad input file, missing checkpoint, ...)."""
 
-    It subclasses ConfigError so the CLI prints it as a one-line message instead of a traceback.
-    """
+
+class ConfigError(LmscaleError):
+    """A configuration problem, phrased as what to change."""
 
 
 class DataError(LmscaleError):

@@ -1,5 +1,4 @@
-"""Fine-tuning: task heads for all three families, task loaders, GLUE metrics, and the
-effect-of-pretraining experiment. Heavy modules (torch) load on first use."""
+"""Fine-tuning: task heads for all three families, task loaders, GLUE metrics. Heavy modules (torch) load on first use."""
 from __future__ import annotations
 
 from lmscale.finetune.metrics import (
@@ -16,8 +15,6 @@ _LAZY = {
     "load_body": "lmscale.finetune.api",
     "random_body": "lmscale.finetune.api",
     "mixture_task": "lmscale.finetune.api",
-    "run_pretraining_effect": "lmscale.finetune.experiment",
-    "pretrain_encoder": "lmscale.finetune.experiment",
 }
 
 

@@ -44,7 +44,7 @@ def load_body(
     the task's training texts, as the kind the family uses (WordPiece / BPE / Unigram).
     """
     if checkpoint:
-        from lmscale.models.io import load
+        from lmscale.models.serialization import load
 
         body, tok = load(checkpoint)
         if tokenizer is not None:

@@ -306,7 +306,7 @@ class FinetunedModel(nn.Module):
     def save(self, out_dir: str | Path) -> Path:
         """`out_dir/model/` (a model dir any lmscale command loads), `head.safetensors`, `finetune.json`."""
         from safetensors.torch import save_file
-        from lmscale.models.io import write_model_files
+        from lmscale.models.serialization import write_model_files
 
         out_dir = Path(out_dir)
         with atomic_directory(out_dir) as tmp:
@@ -322,7 +322,7 @@ class FinetunedModel(nn.Module):
     def load(cls, path: str | Path, device: str = "cpu") -> "FinetunedModel":
         """Load a fine-tuned model from its directory or from the run directory holding `best/`."""
         from safetensors.torch import load_file
-        from lmscale.models.io import load as load_model
+        from lmscale.models.serialization import load as load_model
 
         path = Path(path)
         if (path / "best" / "finetune.json").is_file():

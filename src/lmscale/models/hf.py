@@ -293,7 +293,7 @@ def _detect(c: dict, where: str) -> str:
 def from_hf(src: Any) -> tuple[nn.Module, Any]:
     """`(model, tokenizer or None)` from a `transformers` model directory or model object."""
     from lmscale.models import build_model
-    from lmscale.models.io import check_tokenizer_fits, load_state_checked
+    from lmscale.models.serialization import check_tokenizer_fits, load_state_checked
 
     tokenizer = None
     if isinstance(src, (str, os.PathLike)):

@@ -72,7 +72,7 @@ def fit_table(t: RunsTable, holdout: str | None = "largest", n_holdout: int | No
               n_bootstrap: int = 100, grid: Any = "hoffmann", seed: int = 0) -> dict[str, Any] | None:
     """Chinchilla fit with the held-out check, then a fit on all runs with bootstrap bands."""
     from lmscale.scaling.laws import ChinchillaLaw
-    from lmscale.scaling.sweep import fit_chinchilla
+    from lmscale.experiments.sweep import fit_chinchilla
 
     if len(t) < 6:
         return None

@@ -61,7 +61,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _write_model(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
-    from lmscale.models.io import write_model_files
+    from lmscale.models.serialization import write_model_files
 
     write_model_files(model, tokenizer, out)
 
@@ -128,7 +128,7 @@ def load_model_weights(model: torch.nn.Module, ckpt_dir: str | Path) -> None:
     """Load `model.safetensors` into `model` in place, with the model engineer's strict check."""
     from safetensors.torch import load_file
 
-    from lmscale.models.io import WEIGHTS_FILE, load_state_checked
+    from lmscale.models.serialization import WEIGHTS_FILE, load_state_checked
 
     path = Path(ckpt_dir) / WEIGHTS_FILE
     if not path.is_file():

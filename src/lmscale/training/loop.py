@@ -809,7 +809,7 @@ def pretrain(run_config: RunConfig, resume: bool = False, progress: bool = True)
         trainer = Trainer(run_config, resume=resume, progress=progress)
         try:
             return trainer.run()
-        except ConfigError as exc:
+        except LmscaleError as exc:
             if trainer.info.is_main and trainer.run_dir.is_dir() and not trainer.summary:
                 with contextlib.suppress(OSError):
                     write_summary(trainer.run_dir, {**trainer._summary("failed", str(exc))})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lmscale.commands.report import add_source_arguments, build, summarize
+from lmscale.cli.commands.report import add_source_arguments, build, summarize
 
 HELP = "scaling figures (loss vs C/N/D with fits and bands, IsoFLOPs, allocation, curves) as PNG files"
 

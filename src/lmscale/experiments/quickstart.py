@@ -231,7 +231,7 @@ def stage_use(ctx: Context) -> dict:
 
 
 def stage_finetune(ctx: Context) -> dict:
-    from lmscale.finetune.experiment import run_pretraining_effect
+    from lmscale.experiments.pretraining_effect import run_pretraining_effect
 
     sizes = [s if s else None for s in ctx.budget.finetune_sizes]
     result = run_pretraining_effect(
@@ -254,7 +254,7 @@ def _sweep_design(fast: bool) -> tuple[list[float], list[float]]:
 def stage_scaling(ctx: Context) -> dict:
     from lmscale.scaling.allocation import compute_optimal
     from lmscale.scaling.report import build_report, fit_table, load_runs
-    from lmscale.scaling.sweep import SweepConfig, run_sweep
+    from lmscale.experiments.sweep import SweepConfig, run_sweep
 
     sizes, tokens = _sweep_design(ctx.fast)
     tok = ctx.results["tokenizers"]["tokenizers"]["bpe"]
@@ -332,7 +332,7 @@ def stage_scaling(ctx: Context) -> dict:
 
 
 def stage_report(ctx: Context) -> dict:
-    from lmscale.quickstart_report import write_report
+    from lmscale.experiments.quickstart_report import write_report
 
     path = write_report(ctx.out, ctx.results, fast=ctx.fast)
     ctx.console.print(f"report written to [bold]{path}[/]")

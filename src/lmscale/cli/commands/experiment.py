@@ -9,7 +9,7 @@ HELP = "run the lecture's experiments (pretraining-effect)"
 
 def _lrs(s: str | None) -> dict | None:
     from lmscale.errors import LmscaleError
-    from lmscale.finetune.experiment import FINETUNE_LR
+    from lmscale.experiments.pretraining_effect import FINETUNE_LR
 
     if not s:
         return None
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--seeds", type=int, default=3, help="number of seeds per setting (seeds 0..K-1)")
     e.add_argument("--lr", default=None, metavar="INIT=LR,...",
                    help="fine-tuning learning rate per initialisation, e.g. pretrained=3e-4,random=1e-3 "
-                        "(defaults: FINETUNE_LR in lmscale.finetune.experiment; results.json records the rates used)")
+                        "(defaults: FINETUNE_LR in lmscale.experiments.pretraining_effect; results.json records the rates used)")
     e.add_argument("--no-regression", action="store_true", help="skip the score regression (Pearson/Spearman)")
     e.add_argument("--no-classification", action="store_true", help="run only the score regression")
     e.add_argument("--pretrain-seconds", type=float, default=180.0)
@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmscale.finetune.experiment import run_pretraining_effect
+    from lmscale.experiments.pretraining_effect import run_pretraining_effect
 
     result = run_pretraining_effect(
         args.out, checkpoint=args.checkpoint, minilm=args.minilm, task=args.task,

@@ -155,7 +155,7 @@ def run_pretraining_effect(
     """
     from lmscale.finetune.api import random_body
     from lmscale.finetune.trainer import FinetuneConfig, finetune
-    from lmscale.models.io import load
+    from lmscale.models.serialization import load
 
     say = log or (lambda s: None)
     out_dir = Path(out_dir)

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         if args.tokens is not None:
             raise ConfigError("--tokens goes with --preset/--config, not with --flops")
     else:
-        from lmscale.commands.count import load_model_config
+        from lmscale.cli.commands.count import load_model_config
         from lmscale.scaling.counting import flops_per_token
 
         if args.tokens is None or not args.tokens > 0:

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmscale.quickstart import run_quickstart
+    from lmscale.experiments.quickstart import run_quickstart
 
     return run_quickstart(
         out=args.out, fast=args.fast, corpus=args.corpus,

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         from lmscale.io import atomic_write_json
-        from lmscale.scaling.icl_tasks import ICLConfig, run_icl
+        from lmscale.experiments.icl_tasks import ICLConfig, run_icl
         from lmscale.scaling.plots import plot_icl, save
 
         cfg = ICLConfig.small() if args.small else ICLConfig()

@@ -1,4 +1,4 @@
-"""The `lmscale` command: one entry point, each subcommand a thin module in `lmscale.commands`.
+"""The `lmscale` command: one entry point, each subcommand a thin module in `lmscale.cli.commands`.
 
 Command modules keep their top-level imports light (no torch), so `lmscale --help` is instant;
 each exposes `HELP`, `add_arguments(parser)` and `run(args) -> int`.
@@ -9,9 +9,9 @@ import argparse
 import importlib
 import sys
 
-from lmscale.config import ConfigError
+from lmscale.errors import LmscaleError
 
-# subcommand -> module under lmscale.commands
+# subcommand -> module under lmscale.cli.commands
 COMMANDS: dict[str, str] = {
     "quickstart": "quickstart",
     "presets": "presets",
@@ -43,12 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"lmscale.commands.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"lmscale.commands.{module_name}":
-                continue  # command not built in this version
-            raise
+        module = importlib.import_module(f"lmscale.cli.commands.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
         module.add_arguments(p)
         p.set_defaults(_run=module.run, _parser=p)
@@ -67,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args._extra = extra
     try:
         return int(args._run(args) or 0)
-    except ConfigError as exc:
+    except LmscaleError as exc:
         print(f"lmscale {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

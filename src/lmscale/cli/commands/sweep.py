@@ -72,7 +72,7 @@ _REGISTRY_HELP = "the sweep directory, or its registry file (OUT/registry.sqlite
 
 def _load(args) -> "object":
     from lmscale.config import ConfigError
-    from lmscale.scaling.sweep import DEMO_SWEEP, SweepConfig
+    from lmscale.experiments.sweep import DEMO_SWEEP, SweepConfig
 
     if args.demo == bool(args.config):
         raise ConfigError("give a sweep config file or --demo (not both)")
@@ -88,7 +88,7 @@ def _load(args) -> "object":
 def _run(args) -> int:
     from pathlib import Path
 
-    from lmscale.scaling.sweep import plan, run_sweep
+    from lmscale.experiments.sweep import plan, run_sweep
 
     sw = _load(args)
     out = Path(args.out or Path("sweeps") / sw.name)
@@ -148,7 +148,7 @@ def _fit(args) -> int:
     from lmscale.errors import LmscaleError
     from lmscale.scaling.registry import Registry
     from lmscale.scaling.report import _coarse_grid
-    from lmscale.scaling.sweep import fit_chinchilla, records_table, save_result
+    from lmscale.experiments.sweep import fit_chinchilla, records_table, save_result
 
     t = records_table(Registry(args.registry).runs(args.sweep), params=args.params)
     if len(t["N"]) < 6:
@@ -177,7 +177,7 @@ def _existing_registry(path: str) -> str:
     from pathlib import Path
 
     from lmscale.errors import LmscaleError
-    from lmscale.scaling.sweep import REGISTRY_FILE
+    from lmscale.experiments.sweep import REGISTRY_FILE
 
     p = Path(path)
     if p.is_dir():
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "fit":
         return _fit(args)
     if args.verb == "exec":
-        from lmscale.scaling.sweep import exec_index
+        from lmscale.experiments.sweep import exec_index
 
         o = exec_index(args.registry, args.index, args.sweep, launcher=args.launcher,
                        nproc_per_node=args.nproc_per_node, retry_failed=args.retry_failed)
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "demo-config":
         import yaml
 
-        from lmscale.scaling.sweep import DEMO_SWEEP
+        from lmscale.experiments.sweep import DEMO_SWEEP
 
         sys.stdout.write(yaml.safe_dump(DEMO_SWEEP, sort_keys=False))
         return 0
