@@ -15,7 +15,6 @@ a machine shared with other jobs. Prints a table and writes benchmarks/results/d
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -34,7 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lmscale.data.objectives import (  # noqa: E402
-    CausalObjective, MLMObjective, SpanObjective, example_rngs,
+    CausalObjective,
+    MLMObjective,
+    SpanObjective,
+    example_rngs,
 )
 from lmscale.data.sampler import WindowSampler  # noqa: E402
 from lmscale.io import atomic_write_json  # noqa: E402

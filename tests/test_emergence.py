@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from lmscale.errors import DataError
-from lmscale.scaling.emergence import (BrokenPowerLawFit, ScaleMetric, SigmoidFit, analyze, compare_metrics,
-                                       extrapolate, read_pythia, read_scale_metric_csv)
+from lmscale.scaling.emergence import (
+    BrokenPowerLawFit,
+    ScaleMetric,
+    SigmoidFit,
+    analyze,
+    compare_metrics,
+    extrapolate,
+    read_pythia,
+    read_scale_metric_csv,
+)
 
 X = np.linspace(18, 24, 60)
 

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from lmscale.cli import main
-from lmscale.experiments.icl_tasks import ARROW, N_SPECIAL, PAD, ICLConfig, copy_episode, recall_episode, run_icl, transition
+from lmscale.experiments.icl_tasks import (
+    ARROW,
+    N_SPECIAL,
+    PAD,
+    ICLConfig,
+    copy_episode,
+    recall_episode,
+    run_icl,
+    transition,
+)
 
 
 def test_recall_episode_answers_come_from_its_own_fresh_mapping():

@@ -14,7 +14,13 @@ import torch
 from lmscale.config import ModelConfig
 from lmscale.errors import DataError
 from lmscale.evaluation.fewshot import (
-    build_prompt, choice_metrics, evaluate, exact_match, extract_answer, mean_stderr, normalize_answer,
+    build_prompt,
+    choice_metrics,
+    evaluate,
+    exact_match,
+    extract_answer,
+    mean_stderr,
+    normalize_answer,
 )
 from lmscale.evaluation.lm import CausalLM, scoring_lm
 from lmscale.evaluation.tasks import load_tasks

@@ -51,7 +51,9 @@ _TOKS: dict = {}
 def word_unigram():
     """A word-level Unigram tokenizer with T5's specials: trained Unigram vocabularies on a corpus
     this small are character-level, which makes text-to-text targets needlessly long."""
-    from tokenizers import Tokenizer as Backend, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers
+
     from lmscale.tokenization import Tokenizer
 
     words = GOOD + BAD + FILL + ["toy", "sst", "other", "sentence:", "sentence1:", "sentence2:", "negative",
@@ -256,7 +258,7 @@ def test_multiple_choice_softmax_over_choices(tmp_path):
             k = rng.randrange(3)
             choices = [rng.choice(BAD) for _ in range(3)]
             choices[k] = rng.choice(GOOD)
-            rows.append(f"which one is nice\t" + "\t".join(choices) + f"\t{k}")
+            rows.append("which one is nice\t" + "\t".join(choices) + f"\t{k}")
         (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     task = load_task(d, TaskSpec(text_column="question", choice_columns=["c0", "c1", "c2"]))
     for family in ("decoder", "encoder"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import numpy as np
 import pytest
@@ -16,7 +15,12 @@ import scipy.stats
 from lmscale.errors import DataError, LmscaleError
 from lmscale.finetune import metrics as M
 from lmscale.finetune.tasks import (
-    TaskSpec, load_task, mixing_rates, read_inputs, sample_mixture, text_to_text_examples,
+    TaskSpec,
+    load_task,
+    mixing_rates,
+    read_inputs,
+    sample_mixture,
+    text_to_text_examples,
 )
 
 

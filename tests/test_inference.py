@@ -195,7 +195,10 @@ def test_sampling_is_reproducible_from_seed(gpt2_pair):
 
 def test_logits_processors_match_transformers():
     from transformers.generation.logits_process import (
-        RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
     )
 
     from lmscale.inference.sampling import apply_repetition_penalty, process_logits, top_k_filter, top_p_filter

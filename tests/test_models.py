@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import lmscale
 from lmscale.config import ModelConfig, preset_model
 from lmscale.errors import CheckpointError, LmscaleError
-from lmscale.models import ModelOutput, build_model, blocks
+from lmscale.models import ModelOutput, blocks, build_model
 from lmscale.models.serialization import load, save_model_dir
 
 torch.set_num_threads(1)

@@ -11,8 +11,8 @@ import pytest
 from lmscale.config import ConfigError, ObjectiveConfig, RunConfig, TrainConfig, load_preset
 from lmscale.data.objectives import (
     IGNORE_INDEX,
-    example_rngs,
     compute_input_and_target_lengths,
+    example_rngs,
     make_objective,
     random_spans_noise_mask,
     span_corrupt,

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from lmscale.config import ConfigError, preset_model
+from lmscale.experiments.sweep import DEMO_SWEEP, SweepConfig, plan, run_sweep
 from lmscale.scaling.counting import count_parameters
 from lmscale.scaling.registry import Registry
 from lmscale.scaling.shapes import ShapeRule, shape_for
-from lmscale.experiments.sweep import DEMO_SWEEP, SweepConfig, plan, run_sweep
 
 FAKE_PRETRAIN = textwrap.dedent('''
     import json, os, sys, time, yaml

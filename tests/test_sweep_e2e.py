@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from lmscale.scaling.registry import Registry
 from lmscale.experiments.sweep import SweepConfig, execute_run, pretrain_command, run_sweep
+from lmscale.scaling.registry import Registry
 
 
 def _corpus(path):

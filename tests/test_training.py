@@ -118,7 +118,6 @@ def test_schedules_match_transformers(schedule):
 
 def test_budgets_set_schedule_length():
     from lmscale.scaling.counting import flops_per_token
-
     from lmscale.training.metrics import training_flops_per_token
 
     cfg = load_run_config(preset="gpt-tiny")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import random
 import re
@@ -255,8 +254,7 @@ def _local_splits(e: CatalogEntry) -> tuple[dict[str, list[Path]], str] | None:
 
 def _progress_bar(total: int | None, description: str):
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     return Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), transient=True, disable=not sys.stderr.isatty(),

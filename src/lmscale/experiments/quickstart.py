@@ -252,9 +252,9 @@ def _sweep_design(fast: bool) -> tuple[list[float], list[float]]:
 
 
 def stage_scaling(ctx: Context) -> dict:
+    from lmscale.experiments.sweep import SweepConfig, run_sweep
     from lmscale.scaling.allocation import compute_optimal
     from lmscale.scaling.report import build_report, fit_table, load_runs
-    from lmscale.experiments.sweep import SweepConfig, run_sweep
 
     sizes, tokens = _sweep_design(ctx.fast)
     tok = ctx.results["tokenizers"]["tokenizers"]["bpe"]

@@ -2,10 +2,23 @@
 from __future__ import annotations
 
 from lmscale.finetune.metrics import (
-    accuracy, classification_metrics, f1, matthews_corrcoef, pearson, regression_metrics, spearman,
+    accuracy,
+    classification_metrics,
+    f1,
+    matthews_corrcoef,
+    pearson,
+    regression_metrics,
+    spearman,
 )
 from lmscale.finetune.tasks import (
-    Example, TaskData, TaskSpec, load_task, mixing_rates, read_inputs, sample_mixture, text_to_text_examples,
+    Example,
+    TaskData,
+    TaskSpec,
+    load_task,
+    mixing_rates,
+    read_inputs,
+    sample_mixture,
+    text_to_text_examples,
 )
 
 _LAZY = {

@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from lmscale.errors import CheckpointError, DataError
 from lmscale.finetune import metrics as M
@@ -77,8 +77,9 @@ class FinetuneConfig:
 
 def copy_tokenizer(tokenizer):
     """An independent copy, so adding fine-tuning tokens never changes the caller's tokenizer."""
-    from lmscale.tokenization import Tokenizer
     from tokenizers import Tokenizer as Backend
+
+    from lmscale.tokenization import Tokenizer
 
     return Tokenizer(Backend.from_str(tokenizer.to_json()), kind=tokenizer.kind, meta=dict(tokenizer.meta))
 
@@ -306,6 +307,7 @@ class FinetunedModel(nn.Module):
     def save(self, out_dir: str | Path) -> Path:
         """`out_dir/model/` (a model dir any lmscale command loads), `head.safetensors`, `finetune.json`."""
         from safetensors.torch import save_file
+
         from lmscale.models.serialization import write_model_files
 
         out_dir = Path(out_dir)
@@ -322,6 +324,7 @@ class FinetunedModel(nn.Module):
     def load(cls, path: str | Path, device: str = "cpu") -> "FinetunedModel":
         """Load a fine-tuned model from its directory or from the run directory holding `best/`."""
         from safetensors.torch import load_file
+
         from lmscale.models.serialization import load as load_model
 
         path = Path(path)

@@ -10,8 +10,18 @@ from torch import nn
 from lmscale.config import ModelConfig
 from lmscale.models.base import LMBase, ModelOutput
 from lmscale.models.blocks import (
-    Block, RelativeBias, Rotary, attention_mask_for, check_length, cross_entropy, embed, host_item,
-    init_weights, linear_cross_entropy, make_norm, sinusoidal_table,
+    Block,
+    RelativeBias,
+    Rotary,
+    attention_mask_for,
+    check_length,
+    cross_entropy,
+    embed,
+    host_item,
+    init_weights,
+    linear_cross_entropy,
+    make_norm,
+    sinusoidal_table,
 )
 
 

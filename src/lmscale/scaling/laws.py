@@ -63,7 +63,7 @@ def _check_inputs(names: Sequence[str], arrays: Sequence[Any], n_params: int) ->
     out = [_as_array(n, a) for n, a in zip(names, arrays)]
     sizes = {a.size for a in out}
     if len(sizes) != 1:
-        raise DataError(f"inputs have different lengths: " + ", ".join(f"{n}={a.size}" for n, a in zip(names, out)))
+        raise DataError("inputs have different lengths: " + ", ".join(f"{n}={a.size}" for n, a in zip(names, out)))
     n = out[0].size
     if n <= n_params:
         raise DataError(f"{n} points cannot determine {n_params} parameters; need at least {n_params + 1}")

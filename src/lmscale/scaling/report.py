@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from lmscale.errors import DataError
 from lmscale.io import atomic_write_text
 from lmscale.scaling import plots
@@ -71,8 +70,8 @@ GRIDS = {"hoffmann": _hoffmann_grid, "coarse": _coarse_grid,
 def fit_table(t: RunsTable, holdout: str | None = "largest", n_holdout: int | None = None,
               n_bootstrap: int = 100, grid: Any = "hoffmann", seed: int = 0) -> dict[str, Any] | None:
     """Chinchilla fit with the held-out check, then a fit on all runs with bootstrap bands."""
-    from lmscale.scaling.laws import ChinchillaLaw
     from lmscale.experiments.sweep import fit_chinchilla
+    from lmscale.scaling.laws import ChinchillaLaw
 
     if len(t) < 6:
         return None

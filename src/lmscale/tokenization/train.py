@@ -15,8 +15,7 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, pro
 from tokenizers import Tokenizer as _Backend
 
 from lmscale.errors import DataError
-from lmscale.tokenization.tokenizer import (BPE_EOS, KINDS, SENTINELS, UNIGRAM_SPECIALS, WORDPIECE_SPECIALS,
-                                            Tokenizer)
+from lmscale.tokenization.tokenizer import BPE_EOS, KINDS, SENTINELS, UNIGRAM_SPECIALS, WORDPIECE_SPECIALS, Tokenizer
 
 _BATCH = 1000
 

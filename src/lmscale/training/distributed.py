@@ -140,7 +140,7 @@ def unwrap(model: nn.Module) -> nn.Module:
         seen += 1
         if hasattr(model, "_orig_mod"):
             model = model._orig_mod
-        elif hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module):
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
             model = model.module
         else:
             break

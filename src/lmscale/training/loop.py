@@ -43,7 +43,11 @@ from lmscale.io import atomic_write_json, atomic_write_text
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
 from lmscale.training.metrics import (
-    MetricsLogger, Progress, cpu_has_native_bf16, peak_flops, training_flops_per_token,
+    MetricsLogger,
+    Progress,
+    cpu_has_native_bf16,
+    peak_flops,
+    training_flops_per_token,
 )
 from lmscale.training.optim import build_optimizer, lr_at, schedule_steps, tokens_per_step
 

@@ -21,8 +21,7 @@ def load_model_config(target: str, overrides: dict | None = None):
     """(ModelConfig, seq_len or None, published params or None) from a preset name or a file."""
     from pathlib import Path
 
-    from lmscale.config import (ConfigError, load_run_config, model_config_from_dict,
-                                preset_info, preset_names)
+    from lmscale.config import ConfigError, load_run_config, model_config_from_dict, preset_info, preset_names
 
     path = Path(target)
     published = None

@@ -140,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "icl":
         from pathlib import Path
 
-        from lmscale.io import atomic_write_json
         from lmscale.experiments.icl_tasks import ICLConfig, run_icl
+        from lmscale.io import atomic_write_json
         from lmscale.scaling.plots import plot_icl, save
 
         cfg = ICLConfig.small() if args.small else ICLConfig()

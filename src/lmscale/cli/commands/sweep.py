@@ -146,9 +146,9 @@ def _status(args) -> int:
 
 def _fit(args) -> int:
     from lmscale.errors import LmscaleError
+    from lmscale.experiments.sweep import fit_chinchilla, records_table, save_result
     from lmscale.scaling.registry import Registry
     from lmscale.scaling.report import _coarse_grid
-    from lmscale.experiments.sweep import fit_chinchilla, records_table, save_result
 
     t = records_table(Registry(args.registry).runs(args.sweep), params=args.params)
     if len(t["N"]) < 6:
