@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: quickstart test install install-dev benchmarks clean
+.PHONY: quickstart test lint install install-dev benchmarks clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ install-dev: $(VENV)/.installed-dev
 quickstart: install
 	$(VENV)/bin/lmscale quickstart
 
-test: install-dev
+# the linters and the layers contract first: a broken architecture fails in seconds
+lint: install-dev
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 benchmarks: install-dev
