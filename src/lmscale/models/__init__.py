@@ -1,6 +1,10 @@
 """The three model families (encoder, decoder, encoder-decoder) over shared blocks.
 
 `build_model(cfg)` picks the class from `cfg.family`; checkpoints load with `lmscale.load(path)`.
+
+Layout: `blocks` (the architecture's layers), `kernels` (how the heavier operations run),
+`base`/`encoder`/`decoder`/`encdec` (the families), `serialization` (lmscale model directories),
+`hf` (transformers conversion) and `loading` (either kind of directory, or a run directory).
 """
 from __future__ import annotations
 
@@ -9,32 +13,18 @@ from torch import nn
 from lmscale.config import ModelConfig
 from lmscale.models.base import ModelOutput
 from lmscale.models.decoder import DecoderModel
+from lmscale.models.encdec import EncoderDecoderModel
+from lmscale.models.encoder import EncoderModel
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.family == "decoder":
         return DecoderModel(cfg)
     if cfg.family == "encoder":
-        from lmscale.models.encoder import EncoderModel
-
         return EncoderModel(cfg)
     if cfg.family == "encoder-decoder":
-        from lmscale.models.encdec import EncoderDecoderModel
-
         return EncoderDecoderModel(cfg)
     raise ValueError(f"unknown model family {cfg.family!r}")
-
-
-def __getattr__(name: str):
-    if name == "EncoderModel":
-        from lmscale.models.encoder import EncoderModel
-
-        return EncoderModel
-    if name == "EncoderDecoderModel":
-        from lmscale.models.encdec import EncoderDecoderModel
-
-        return EncoderDecoderModel
-    raise AttributeError(name)
 
 
 __all__ = ["build_model", "ModelOutput", "DecoderModel", "EncoderModel", "EncoderDecoderModel"]

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lmscale.config import ModelConfig
+from lmscale.models.kernels import fused_loss_applies
 
 
 @dataclass
@@ -25,9 +26,9 @@ class ModelOutput:
 
 
 class LMBase(nn.Module):
-    """Common behaviour. Subclasses name their embedding-type parameters in `_embedding_names`
+    """Common behaviour. Subclasses return their embedding-type parameters from `_embedding_params`
     (token, learned position, segment, untied output projection); everything else is
-    non-embedding, matching `lmscale.scaling.counting`."""
+    non-embedding, matching `ModelConfig.parameter_counts`."""
 
     config: ModelConfig
     tok_emb: nn.Embedding
@@ -93,8 +94,6 @@ class LMBase(nn.Module):
         """Training steps on CPU fuse the output projection into the loss; `logits` is then None
         (the [B, T, vocab] tensor is the largest in a small model's step and the loss does not
         need it). Evaluation, inference and GPU training return logits as usual."""
-        from lmscale.models.blocks import fused_loss_applies
-
         return self.training and fused_loss_applies(h)
 
     def _lm_logits(self, h: torch.Tensor) -> torch.Tensor:

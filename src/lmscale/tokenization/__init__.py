@@ -5,4 +5,5 @@ from lmscale.tokenization.explain import explain_bpe, explain_chars, explain_wor
 from lmscale.tokenization.tokenizer import Tokenizer, load_tokenizer
 from lmscale.tokenization.train import train_tokenizer
 
-__all__ = ["Tokenizer", "load_tokenizer", "train_tokenizer", "explain_bpe", "explain_chars", "explain_words", "format_explanation"]
+__all__ = ["Tokenizer", "load_tokenizer", "train_tokenizer", "explain_bpe", "explain_chars", "explain_words",
+           "format_explanation"]

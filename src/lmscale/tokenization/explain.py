@@ -171,7 +171,8 @@ def format_explanation(result: dict) -> str:
         if not result["steps"]:
             lines.append("no adjacent pair occurs twice: nothing to merge.")
         for sym, pair in result["table"].items():
-            lines.append(f"  {sym} = {pair}" + (f" = {result['expanded'][sym]}" if result["expanded"][sym] != pair else ""))
+            expanded = result["expanded"][sym]
+            lines.append(f"  {sym} = {pair}" + (f" = {expanded}" if expanded != pair else ""))
         lines.append(f"result: {result['final']}  ({result['length_before']} -> {result['length_after']} symbols)")
     else:
         vocab = ", ".join(f"{v['word']}:{v['count']}" for v in result["vocabulary"][:12])

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from itertools import chain
 
+import regex
+
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 MAX_CACHE = 500_000
 
 
 def _bytes_to_unicode() -> list[str]:
     """GPT-2's reversible byte -> printable character map (the ByteLevel alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -44,10 +46,6 @@ def applicable(tok) -> bool:
     """True when `tok` is a byte-level BPE that this encoder reproduces exactly."""
     if tok.kind != "bpe":
         return False
-    try:
-        import regex  # noqa: F401
-    except ImportError:
-        return False
     b = tok.backend
     pre, model = b.pre_tokenizer, b.model
     return (b.normalizer is None and type(pre).__name__ == "ByteLevel" and not pre.add_prefix_space
@@ -56,8 +54,6 @@ def applicable(tok) -> bool:
 
 class CachedByteLevelEncoder:
     def __init__(self, tok) -> None:
-        import regex
-
         self.tok = tok
         self.model = tok.backend.model
         self.pre = tok.backend.pre_tokenizer

@@ -8,7 +8,6 @@ on unseen text: byte-level BPE never produces an unknown token, WordPiece marks 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -65,36 +64,12 @@ def _post_processor(kind: str, backend: _Backend) -> None:
             single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tid("</s>"))])
 
 
-def _is_file(item: object) -> bool:
-    if isinstance(item, os.PathLike):
-        return True
-    if not isinstance(item, str) or "\n" in item or len(item) > 4096:
-        return False
-    try:
-        return Path(item).exists()
-    except OSError:
-        return False
-
-
-def _iter_texts(source: str | os.PathLike | Iterable) -> Iterator[str]:
-    """A path, a list of paths, or an iterable of texts (a list of strings that are not all existing
-    paths is text)."""
-    from lmscale.data.readers import iter_text_lines  # data reading rules live in one place
-
-    if isinstance(source, (str, os.PathLike)):
-        yield from iter_text_lines(Path(source))
-        return
-    if isinstance(source, (list, tuple)) and source and all(_is_file(x) for x in source):
-        for item in source:
-            yield from iter_text_lines(Path(item))
-        return
-    for item in source:
-        if isinstance(item, os.PathLike):
-            yield from iter_text_lines(Path(item))
-        elif isinstance(item, str):
-            yield item
-        else:
-            raise DataError(f"cannot train a tokenizer on {type(item).__name__} items; give paths or strings")
+def _texts(texts: Iterable[str]) -> Iterator[str]:
+    for item in texts:
+        if not isinstance(item, str):
+            hint = " (lmscale.data.readers.iter_texts reads files)" if isinstance(item, os.PathLike) else ""
+            raise DataError(f"cannot train a tokenizer on {type(item).__name__} items; give strings{hint}")
+        yield item
 
 
 def _batched(it: Iterator[str]) -> Iterator[list[str]]:
@@ -108,14 +83,20 @@ def _batched(it: Iterator[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def train_tokenizer(kind: str, files_or_iterator, vocab_size: int, lowercase: bool = False,
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, lowercase: bool = False,
                     min_frequency: int = 2, show_progress: bool = False) -> Tokenizer:
     """Train a tokenizer of family `kind` ("bpe" | "wordpiece" | "unigram") to `vocab_size` entries.
 
-    `files_or_iterator` is a path, a list of paths (.txt, .txt.gz, .jsonl, directories), or an
-    iterable of strings. `vocab_size` counts the special tokens. The result may be smaller than
-    asked when the text has too few distinct pieces.
+    `texts` is an iterable of strings (a list, a generator, a corpus's documents); to train on
+    files, pass `lmscale.data.readers.iter_texts(paths)`. `vocab_size` counts the special tokens.
+    The result may be smaller than asked when the text has too few distinct pieces.
     """
+    if isinstance(texts, (str, bytes, os.PathLike)):
+        raise DataError(
+            f"train_tokenizer takes an iterable of texts, got a single {type(texts).__name__} "
+            f"({str(texts)[:60]!r}); to train on files give lmscale.data.readers.iter_texts(path), "
+            "to train on one text give [text]"
+        )
     if kind not in KINDS:
         raise DataError(f"tokenizer kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if int(vocab_size) < _min_vocab(kind):
@@ -138,7 +119,7 @@ def train_tokenizer(kind: str, files_or_iterator, vocab_size: int, lowercase: bo
 
     def counted() -> Iterator[list[str]]:
         nonlocal n_seen
-        for batch in _batched(_iter_texts(files_or_iterator)):
+        for batch in _batched(_texts(texts)):
             n_seen += sum(1 for t in batch if t.strip())
             yield batch
 

@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
 
     from lmscale.errors import CheckpointError
     from lmscale.models import hf
-    from lmscale.models.serialization import load, save_model_dir
+    from lmscale.models.loading import load
+    from lmscale.models.serialization import save_model_dir
 
     if args.from_hf:
         if not Path(args.from_hf).is_dir():

@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     e = sub.add_parser("encode", help="print the tokens and ids of a text")
     e.add_argument("text")
-    e.add_argument("--tokenizer", required=True, help="tokenizer dir, tokenizer.json, or GPT-2 vocab.json+merges.txt dir")
+    e.add_argument("--tokenizer", required=True,
+                   help="tokenizer dir, tokenizer.json, or GPT-2 vocab.json+merges.txt dir")
     e.add_argument("--special", action="store_true", help="add the family's special tokens ([CLS] ... [SEP], </s>)")
     e.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -49,7 +50,7 @@ def _train_inputs(inputs: list[str], errors: str):
     from pathlib import Path
 
     from lmscale.data import catalog
-    from lmscale.data.readers import expand_paths, iter_text_lines
+    from lmscale.data.readers import iter_texts
 
     names = {c["name"] for c in catalog.list_corpora()}
     for item in inputs:
@@ -58,8 +59,7 @@ def _train_inputs(inputs: list[str], errors: str):
             for doc in corpus.iter_documents("train"):
                 yield from doc.splitlines()
         else:
-            for f in expand_paths(item):
-                yield from iter_text_lines(f, errors=errors)
+            yield from iter_texts(item, errors=errors)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -1,17 +1,40 @@
-"""Atomic file writes.
+"""Files: atomic writes, the cache directory, content hashes.
 
 Every file the tool writes goes through here, so a crash or Ctrl-C leaves either the old file or
-the new one, never a half-written file that a later run would trust.
+the new one, never a half-written file that a later run would trust. `lmscale.io.packages` fetches
+release files from a package index, verified by their sha256.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+CACHE_DIR_ENV = "LMSCALE_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "lmscale"
+
+
+def cache_dir() -> Path:
+    """Where fetched corpora, unpacked models and machine probes are kept: `$LMSCALE_CACHE_DIR`,
+    else `~/.cache/lmscale`."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or default_cache_dir())
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while b := fh.read(chunk):
+            h.update(b)
+    return h.hexdigest()
 
 
 def _umask() -> int:
