@@ -123,3 +123,19 @@ def test_run_config_round_trips_through_dict():
 def test_tiny_presets_are_small(name):
     m = load_preset(name).model
     assert m.d_model <= 256 and m.vocab_size <= 16384
+
+
+def test_model_config_counts_its_parameters_and_training_flops():
+    """The config owns N and the PaLM FLOPs per token (what MFU and FLOP budgets use), without a model."""
+    gpt2 = load_preset("gpt2-small").model
+    counts = gpt2.parameter_counts()
+    assert counts == {"total": 124_439_808, "embedding": 50257 * 768 + 1024 * 768,
+                      "non_embedding": 124_439_808 - 50257 * 768 - 1024 * 768}
+    assert sum(gpt2.parameter_breakdown().values()) == counts["total"]
+    assert gpt2.training_flops_per_token(1024) == 6 * 124_439_808 + 12 * 12 * 768 * 1024
+    assert gpt2.training_flops_per_token() == gpt2.training_flops_per_token(gpt2.max_positions)
+    t5 = load_preset("t5-small").model
+    assert t5.total_layers == 12  # both stacks count
+    assert t5.training_flops_per_token(512) == 6 * t5.parameter_counts()["total"] + 12 * 12 * 512 * 512
+    with pytest.raises(ConfigError, match="seq_len"):
+        gpt2.training_flops_per_token(0)

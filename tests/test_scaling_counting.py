@@ -50,7 +50,8 @@ def test_bert_large_preset_matches_transformers():
     from transformers import BertConfig, BertForPreTraining
 
     hc = BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
-    assert count_parameters(preset_model("bert-large"))["params_total"] == _hf_count(_meta(lambda: BertForPreTraining(hc)))
+    hf = _hf_count(_meta(lambda: BertForPreTraining(hc)))
+    assert count_parameters(preset_model("bert-large"))["params_total"] == hf
 
 
 def test_gpt1_matches_transformers():
@@ -89,10 +90,11 @@ def test_gpt2_variants_match_transformers():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     for n_embd, n_layer, n_head, n_inner, n_pos in [(64, 2, 4, None, 32), (48, 3, 6, 100, 17)]:
-        hc = GPT2Config(vocab_size=101, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_inner=n_inner, n_positions=n_pos)
+        hc = GPT2Config(vocab_size=101, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_inner=n_inner,
+                        n_positions=n_pos)
         cfg = ModelConfig(vocab_size=101, d_model=n_embd, n_layers=n_layer, n_heads=n_head, d_ff=n_inner,
                           max_positions=n_pos)
-        assert count_parameters(cfg)["params_total"] == _hf_count(_meta(lambda: GPT2LMHeadModel(hc)))
+        assert count_parameters(cfg)["params_total"] == _hf_count(_meta(lambda hc=hc: GPT2LMHeadModel(hc)))
 
 
 def _random_configs(n: int, seed: int = 0):

@@ -28,6 +28,8 @@ TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 FAMILY_TOKENIZER = {"encoder": "wordpiece", "decoder": "bpe", "encoder-decoder": "unigram"}
 FAMILY_OBJECTIVE = {"encoder": "mlm", "decoder": "causal", "encoder-decoder": "span"}
+# parameters counted as embedding (Kaplan et al. 2020); `ModelConfig.parameter_breakdown` names them
+EMBEDDING_PARTS = ("token_embedding", "position_embedding", "segment_embedding", "output_projection")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -145,6 +147,84 @@ class ModelConfig:
     def decoder_layers(self) -> int:
         return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
 
+    @property
+    def total_layers(self) -> int:
+        """Layers of every stack: both the encoder's and the decoder's for an encoder-decoder."""
+        return self.n_layers + (self.decoder_layers if self.family == "encoder-decoder" else 0)
+
+    # ------------------------------------------------------------------------- parameters and FLOPs
+    # Exact counts from the config alone, following `lmscale.models` (and so the `transformers`
+    # reference implementations); `lmscale.scaling.counting` adds the other FLOP conventions.
+
+    def _norm_params(self) -> int:
+        return 2 * self.d_model if self.norm == "layernorm" else self.d_model
+
+    def _attention_params(self) -> int:
+        d, a = self.d_model, self.attn_dim
+        return 4 * d * a + ((3 * a + d) if self.bias else 0)
+
+    def _mlp_params(self) -> int:
+        d, f = self.d_model, self.ffn_dim
+        n_in = 2 if self.gated_mlp else 1
+        return n_in * d * f + f * d + ((n_in * f + d) if self.bias else 0)
+
+    def _stack_params(self, n_layers: int, cross_attention: bool) -> int:
+        per_layer = self._attention_params() + self._mlp_params() + 2 * self._norm_params()
+        if cross_attention:
+            per_layer += self._attention_params() + self._norm_params()
+        total = n_layers * per_layer
+        if self.norm_position == "pre":
+            total += self._norm_params()
+        if self.position == "relative":
+            total += self.relative_buckets * self.n_heads
+        return total
+
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Parameters by component: token/position/segment embeddings, each stack, the heads."""
+        d, v = self.d_model, self.vocab_size
+        encoder = self.family == "encoder"
+        n_stacks = 2 if self.family == "encoder-decoder" else 1
+        out: dict[str, int] = {
+            "token_embedding": v * d,
+            "position_embedding": n_stacks * self.max_positions * d if self.position == "learned" else 0,
+            "segment_embedding": self.type_vocab_size * d if encoder else 0,
+            "embedding_norm": self._norm_params() if (self.embedding_norm and encoder) else 0,
+        }
+        if self.family == "encoder-decoder":
+            out["encoder"] = self._stack_params(self.n_layers, cross_attention=False)
+            out["decoder"] = self._stack_params(self.decoder_layers, cross_attention=True)
+        elif encoder:
+            out["encoder"] = self._stack_params(self.n_layers, cross_attention=False)
+        else:
+            out["decoder"] = self._stack_params(self.n_layers, cross_attention=False)
+        out["output_projection"] = 0 if self.tie_embeddings else v * d
+        if encoder:
+            out["mlm_transform"] = (d * d + d + self._norm_params()) if self.mlm_transform else 0
+            out["mlm_output_bias"] = v
+            out["pooler"] = d * d + d if self.pooler else 0
+            out["nsp_head"] = 2 * d + 2 if self.nsp_head else 0
+        return out
+
+    def parameter_counts(self) -> dict[str, int]:
+        """`{"total", "embedding", "non_embedding"}`, split as Kaplan et al. 2020 do: `embedding` =
+        token + learned position + segment embeddings + an untied output projection, everything
+        else non-embedding (the split a built model's `num_parameters()` reports)."""
+        parts = self.parameter_breakdown()
+        embedding = sum(parts[k] for k in EMBEDDING_PARTS)
+        total = sum(parts.values())
+        return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+
+    def training_flops_per_token(self, seq_len: Optional[int] = None) -> float:
+        """Training FLOPs per token, PaLM convention (Chowdhery et al. 2022, App. B): 6 N + 12 L H Q T,
+        with N all parameters (a tied embedding counted once), L the layers of every stack, H Q the
+        attention width and T the sequence length (default `max_positions`). It counts the attention
+        score and value products over the full window (no causal discount) and no norms or softmax;
+        what MFU and FLOP budgets are measured in."""
+        t = int(seq_len if seq_len is not None else self.max_positions)
+        if t <= 0:
+            raise ConfigError(f"seq_len={t} must be positive")
+        return 6.0 * self.parameter_counts()["total"] + 12.0 * self.total_layers * self.n_heads * self.head_dim * t
+
 
 @dataclass
 class TokenizerConfig:
@@ -228,7 +308,7 @@ class TrainConfig:
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (bf16 autocast; on a CPU
-    # it pays off only with bf16 hardware, AVX512-BF16 or AMX: 1.4-1.8x faster there, measured)
+    # it pays off only with bf16 hardware, AVX512-BF16 or AMX; elsewhere bf16 products are emulated)
     compile: bool = False
     max_bad_steps: int = 5  # consecutive non-finite steps before stopping (skipped steps leave the
     # weights untouched; on CUDA a streak is noticed at the next log, eval or checkpoint step)

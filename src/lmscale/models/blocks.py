@@ -471,7 +471,7 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     output projections scaled by 1/sqrt(2 * layers) (GPT-2) so the residual stream does not grow
     with depth."""
     std = cfg.init_std
-    n_res = 2 * (cfg.n_layers + (cfg.decoder_layers if cfg.family == "encoder-decoder" else 0))
+    n_res = 2 * cfg.total_layers
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             s = std

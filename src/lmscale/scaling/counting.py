@@ -2,10 +2,12 @@
 
 Scaling laws are stated in parameters N and tokens D, and compute is C ~ 6ND; all three must be
 known for a 175B model as readily as for a 1M one, so everything here is arithmetic on the config.
-The counts follow the architecture conventions of `lmscale.models` exactly (and therefore the
-`transformers` reference implementations), and split parameters the way Kaplan et al. 2020 do:
-`embedding` = token + learned absolute position + segment embeddings + an untied output projection;
-everything else is `non_embedding`.
+The parameter counts and the PaLM FLOP count are the model config's own (`ModelConfig.
+parameter_breakdown`, `.parameter_counts`, `.training_flops_per_token`): they follow `lmscale.models`
+exactly (and therefore the `transformers` reference implementations), and split parameters the way
+Kaplan et al. 2020 do: `embedding` = token + learned absolute position + segment embeddings + an
+untied output projection; everything else is `non_embedding`. This module names them for scaling
+laws and adds the other FLOP conventions.
 
 FLOP conventions, all per *training* token (forward + backward = 3x forward):
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from lmscale.config import ModelConfig
+from lmscale.config import ModelConfig, preset_model
 
 CONVENTIONS = ("6N", "6N_non_embedding", "kaplan", "palm", "chinchilla", "exact")
 
@@ -35,8 +37,6 @@ def _model_config(cfg: Any) -> ModelConfig:
     if isinstance(cfg, ModelConfig):
         return cfg
     if isinstance(cfg, str):
-        from lmscale.config import preset_model
-
         return preset_model(cfg)
     model = getattr(cfg, "model", None)
     if isinstance(model, ModelConfig):
@@ -44,68 +44,15 @@ def _model_config(cfg: Any) -> ModelConfig:
     raise TypeError(f"expected a ModelConfig, RunConfig or preset name, got {type(cfg).__name__}")
 
 
-def _norm_params(cfg: ModelConfig) -> int:
-    return 2 * cfg.d_model if cfg.norm == "layernorm" else cfg.d_model
-
-
-def _attention_params(cfg: ModelConfig) -> int:
-    d, a = cfg.d_model, cfg.attn_dim
-    return 4 * d * a + ((3 * a + d) if cfg.bias else 0)
-
-
-def _mlp_params(cfg: ModelConfig) -> int:
-    d, f = cfg.d_model, cfg.ffn_dim
-    n_in = 2 if cfg.gated_mlp else 1
-    return n_in * d * f + f * d + ((n_in * f + d) if cfg.bias else 0)
-
-
-def _stack(cfg: ModelConfig, n_layers: int, cross_attention: bool) -> int:
-    per_layer = _attention_params(cfg) + _mlp_params(cfg) + 2 * _norm_params(cfg)
-    if cross_attention:
-        per_layer += _attention_params(cfg) + _norm_params(cfg)
-    total = n_layers * per_layer
-    if cfg.norm_position == "pre":
-        total += _norm_params(cfg)
-    if cfg.position == "relative":
-        total += cfg.relative_buckets * cfg.n_heads
-    return total
-
-
 def parameter_breakdown(cfg: ModelConfig) -> dict[str, int]:
     """Parameters by component (token/position/segment embeddings, stacks, heads)."""
-    cfg = _model_config(cfg)
-    d, v = cfg.d_model, cfg.vocab_size
-    out: dict[str, int] = {"token_embedding": v * d}
-    learned = cfg.position == "learned"
-    n_stacks = 2 if cfg.family == "encoder-decoder" else 1
-    out["position_embedding"] = n_stacks * cfg.max_positions * d if learned else 0
-    out["segment_embedding"] = cfg.type_vocab_size * d if cfg.family == "encoder" else 0
-    out["embedding_norm"] = _norm_params(cfg) if (cfg.embedding_norm and cfg.family == "encoder") else 0
-    if cfg.family == "encoder-decoder":
-        out["encoder"] = _stack(cfg, cfg.n_layers, cross_attention=False)
-        out["decoder"] = _stack(cfg, cfg.decoder_layers, cross_attention=True)
-    elif cfg.family == "encoder":
-        out["encoder"] = _stack(cfg, cfg.n_layers, cross_attention=False)
-    else:
-        out["decoder"] = _stack(cfg, cfg.n_layers, cross_attention=False)
-    out["output_projection"] = 0 if cfg.tie_embeddings else v * d
-    if cfg.family == "encoder":
-        out["mlm_transform"] = (d * d + d + _norm_params(cfg)) if cfg.mlm_transform else 0
-        out["mlm_output_bias"] = v
-        out["pooler"] = d * d + d if cfg.pooler else 0
-        out["nsp_head"] = 2 * d + 2 if cfg.nsp_head else 0
-    return out
-
-
-_EMBEDDING_PARTS = ("token_embedding", "position_embedding", "segment_embedding", "output_projection")
+    return _model_config(cfg).parameter_breakdown()
 
 
 def count_parameters(cfg: ModelConfig) -> dict[str, int]:
     """`{"params_total", "params_embedding", "params_non_embedding"}` as exact integers."""
-    parts = parameter_breakdown(cfg)
-    emb = sum(parts[k] for k in _EMBEDDING_PARTS)
-    total = sum(parts.values())
-    return {"params_total": total, "params_embedding": emb, "params_non_embedding": total - emb}
+    counts = _model_config(cfg).parameter_counts()
+    return {f"params_{k}": v for k, v in counts.items()}
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -150,8 +97,7 @@ def _chinchilla_forward(cfg: ModelConfig, seq_len: int) -> float:
                  + 2 * seq_len * seq_len * a + 2 * seq_len * a * d)
     dense = 2 * seq_len * (d * cfg.ffn_dim * 2)
     logits = 2 * seq_len * d * v
-    layers = cfg.n_layers + (cfg.decoder_layers if cfg.family == "encoder-decoder" else 0)
-    return embeddings + layers * (attention + dense) + logits
+    return embeddings + cfg.total_layers * (attention + dense) + logits
 
 
 def flops_per_token(
@@ -185,19 +131,17 @@ def flops_per_token(
     if not 0.0 < mlm_fraction <= 1.0:
         raise ValueError(f"mlm_fraction={mlm_fraction} must be in (0, 1]")
     tt = int(target_len if target_len is not None else t)
-    p = count_parameters(cfg)
-    n_total, n_ne = p["params_total"], p["params_non_embedding"]
-    layers = cfg.n_layers + (cfg.decoder_layers if cfg.family == "encoder-decoder" else 0)
+    p = cfg.parameter_counts()
     out: dict[str, float] = {}
     for n in names:
         if n == "6N":
-            out[n] = 6.0 * n_total
+            out[n] = 6.0 * p["total"]
         elif n == "6N_non_embedding":
-            out[n] = 6.0 * n_ne
+            out[n] = 6.0 * p["non_embedding"]
         elif n == "kaplan":
-            out[n] = 6.0 * n_ne + 6.0 * layers * t * cfg.d_model
+            out[n] = 6.0 * p["non_embedding"] + 6.0 * cfg.total_layers * t * cfg.d_model
         elif n == "palm":
-            out[n] = 6.0 * n_total + 12.0 * layers * cfg.n_heads * cfg.head_dim * t
+            out[n] = cfg.training_flops_per_token(t)
         elif n == "chinchilla":
             out[n] = 3.0 * _chinchilla_forward(cfg, t) / t
         else:

@@ -4,8 +4,8 @@ Scaling laws compare models that differ in size but not in kind: Kaplan et al. 2
 found loss depends only weakly on the shape at fixed N as long as the aspect ratio d_model /
 n_layers stays in a broad band, so a sweep keeps that ratio (and the FFN ratio, and the head
 width rule) fixed and lets N alone vary. The base config supplies everything else (family,
-vocabulary, positions, norms, GLU, ...), and parameters are counted exactly with
-`lmscale.scaling.counting`, so the shape hits the target within a few percent.
+vocabulary, positions, norms, GLU, ...), and parameters are counted exactly by the config
+(`ModelConfig.parameter_counts`), so the shape hits the target within a few percent.
 """
 from __future__ import annotations
 
@@ -44,10 +44,7 @@ class ShapeRule:
 
 
 def _params(cfg: ModelConfig, which: str) -> int:
-    from lmscale.scaling.counting import count_parameters
-
-    c = count_parameters(cfg)
-    return c["params_non_embedding"] if which == "non_embedding" else c["params_total"]
+    return cfg.parameter_counts()["non_embedding" if which == "non_embedding" else "total"]
 
 
 def _head_target(d_model: int, rule: ShapeRule) -> float:

@@ -1,20 +1,20 @@
 """Training FLOPs, model FLOPs utilisation (MFU), and the run's metric sinks.
 
-FLOP convention for MFU and for FLOP budgets: PaLM (Chowdhery et al. 2022, App. B),
-``6·N + 12·L·H·Q·T`` training FLOPs per token, with N all parameters, L layers (both stacks of an
-encoder-decoder), H·Q the attention width and T the sequence length. It counts the attention
-score/value matmuls over the full window (no causal discount) and ignores norms and softmax.
+FLOP convention for MFU and for FLOP budgets: PaLM (Chowdhery et al. 2022, App. B), the model
+config's own count (`ModelConfig.training_flops_per_token`): ``6·N + 12·L·H·Q·T`` training FLOPs
+per token, with N all parameters, L layers (both stacks of an encoder-decoder), H·Q the attention
+width and T the sequence length.
 MFU = achieved model FLOPs per second / peak FLOPs of the hardware, where the peak is the
 vendor's dense number for the compute dtype (bf16 tensor cores on CUDA) or, on CPU, a measured
-matmul rate in the run's compute dtype (fp32, or bf16 where a run trains under bf16 autocast:
-a Zen 4 core with AVX512-BF16 runs bf16 products 2.2-2.4x as fast as fp32 ones, CPUs without
-bf16 hardware far slower), probed once per process, the best probe kept per machine.
+matmul rate in the run's compute dtype (fp32, or bf16 where a run trains under bf16 autocast: a
+CPU with bf16 hardware runs bf16 products faster than fp32 ones, one without it far slower),
+probed once per process, the best probe kept per machine.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
-import os
 import platform
 import shutil
 import sys
@@ -22,9 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from lmscale.io import atomic_write_json, atomic_write_text
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 
-FLOP_CONVENTION = "palm"
+from lmscale.config import ModelConfig
+from lmscale.io import atomic_write_json, atomic_write_text, cache_dir
 
 # Dense peak FLOP/s by device name fragment: (bf16/fp16 tensor core, fp32 without TF32).
 GPU_PEAK_FLOPS: dict[str, tuple[float, float]] = {
@@ -48,21 +51,10 @@ GPU_PEAK_FLOPS: dict[str, tuple[float, float]] = {
 }
 
 
-def training_flops_per_token(model_cfg: Any, seq_len: int, n_params: Optional[int] = None) -> float:
-    """Training FLOPs per token, PaLM convention (see module docstring)."""
-    try:
-        from lmscale.scaling.counting import flops_per_token
-
-        return float(flops_per_token(model_cfg, seq_len, FLOP_CONVENTION)[FLOP_CONVENTION])
-    except (ImportError, KeyError):
-        if n_params is None:
-            raise
-    layers = model_cfg.n_layers + (model_cfg.decoder_layers if model_cfg.family == "encoder-decoder" else 0)
-    return 6.0 * n_params + 12.0 * layers * model_cfg.attn_dim * seq_len
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("LMSCALE_CACHE_DIR", Path.home() / ".cache" / "lmscale"))
+def training_flops_per_token(model_cfg: ModelConfig, seq_len: int, n_params: Optional[int] = None) -> float:
+    """Training FLOPs per token, PaLM convention: the config's own count (see module docstring).
+    `n_params` is not read: the config counts its parameters exactly."""
+    return model_cfg.training_flops_per_token(seq_len)
 
 
 def cpu_name() -> str:
@@ -78,8 +70,6 @@ def cpu_name() -> str:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there CPU bf16
     autocast trains faster than fp32, elsewhere bf16 products are emulated and far slower."""
-    import torch
-
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     try:
         return any(bool(getattr(torch.cpu, name)()) for name in checks if hasattr(torch.cpu, name))
@@ -95,8 +85,6 @@ def measure_cpu_matmul_flops(size: int = 1024, seconds: float = 0.3, dtype: str 
     taken while other jobs hold the cores reads low; `peak_flops` therefore keeps the best probe
     ever seen rather than the first.
     """
-    import torch
-
     g = torch.Generator().manual_seed(0)  # never touch the global RNG the training run relies on
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
     a = torch.randn(size, size, generator=g).to(dt)
@@ -120,8 +108,6 @@ _PROBED: dict[str, float] = {}
 
 def peak_flops(device: Any = "cpu", dtype: str = "fp32") -> float:
     """Peak FLOP/s for MFU: the vendor table on CUDA, a cached matmul probe in `dtype` on CPU."""
-    import torch
-
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
@@ -136,7 +122,7 @@ def peak_flops(device: Any = "cpu", dtype: str = "fp32") -> float:
         return _PROBED[key]
     # one short probe per process, kept as the best ever seen: a peak is a maximum, and a probe
     # that shared the cores with another job must not inflate every later MFU
-    path = _cache_dir() / "cpu_peak_flops.json"
+    path = cache_dir() / "cpu_peak_flops.json"
     cache: dict[str, float] = {}
     if path.is_file():
         try:
@@ -205,10 +191,9 @@ class MetricsLogger:
     def _open_tensorboard(self) -> None:
         self._tb_wanted = False
         try:
-            import importlib.util
-
             if importlib.util.find_spec("tensorboard") is not None:
-                from torch.utils.tensorboard import SummaryWriter
+                # optional dependency: imported only where installed and asked for
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
 
                 # purge_step hides the events an interrupted run wrote past its last checkpoint
                 if self._tb_purge is not None:
@@ -279,9 +264,6 @@ class Progress:
         self._t0 = time.perf_counter()
         self._start = start
         if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
             self._bar = RichProgress(
                 TextColumn("[bold]pretrain"),
                 BarColumn(),
