@@ -13,9 +13,10 @@ import pytest
 
 from lmscale.cli import main
 from lmscale.errors import DataError
-from lmscale.scaling.plots import RunsTable, frontier, isoflop_minima
+from lmscale.scaling.plots import frontier, isoflop_minima
 from lmscale.scaling.registry import Registry, RunRecord
 from lmscale.scaling.report import build_report
+from lmscale.scaling.runs import RunsTable
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Hoffmann et al. 2022, eq. 10: the published Chinchilla fit, used here to generate runs.

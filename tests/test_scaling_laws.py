@@ -207,7 +207,7 @@ def test_fit_cli_bad_csv(tmp_path, capsys):
     assert "needs D" in capsys.readouterr().err
     p.write_text("N,D,loss\n1e8,1e9,3.0\n2e8,oops,2.9\n")
     assert main(["fit", str(p), "--json"]) == 2
-    assert "line 3" in capsys.readouterr().err
+    assert "runs.csv:3" in capsys.readouterr().err
     p.write_text("N,D\n1e8,1e9\n")
     assert main(["fit", str(p), "--json"]) == 2
     assert "no loss column" in capsys.readouterr().err

@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from lmscale.experiments.sweep import SweepConfig, execute_run, pretrain_command, run_sweep
+from lmscale.experiments.launch import execute_run, pretrain_command
+from lmscale.experiments.sweep import SweepConfig, run_sweep
 from lmscale.scaling.registry import Registry
 
 

@@ -1,7 +1,8 @@
 """Scaling science: exact counting, cost and carbon, scaling-law fits, compute-optimal allocation.
 
-Only the core modules are imported here; sweep/report modules live in the same package and are
-imported by their own names.
+Only the core modules are imported here. The rest are imported by their own names: `runs` (the
+one reader of runs tables: registry, its CSV export, any CSV), `fitting` (Chinchilla fits with
+their held-out check), `registry`, `emergence`, `plots` and `report` (matplotlib).
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from lmscale.errors import LmscaleError
+from lmscale.scaling.laws import DataConstrainedLaw
 
 CHINCHILLA_KEYS = ("E", "A", "B", "alpha", "beta")
 
@@ -173,8 +174,6 @@ def repeated_data(law_or_params: Any, C: float, unique_tokens: float) -> dict[st
     Needs the data-constrained parameters R_D_star and R_N_star (a `DataConstrainedLaw` fit);
     minimises the predicted loss over N with D = C/(6N) tokens drawn from `unique_tokens`.
     """
-    from lmscale.scaling.laws import DataConstrainedLaw
-
     C = _budget(C)
     U = _budget(unique_tokens)
     p = _params(law_or_params)

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from scipy.optimize import least_squares
 
 from lmscale.errors import DataError, LmscaleError
+from lmscale.scaling.runs import RunColumns, read_runs_csv, records_columns
 
 LN10 = math.log(10.0)
 
@@ -60,7 +62,8 @@ class ScaleMetric:
         if self.group is not None:
             self.group = [g for g, k in zip(self.group, keep) if k]
         if len(self.compute) < 4:
-            raise DataError(f"{self.label or 'metric'}: need at least 4 rows with positive scale and a finite value, got {len(self.compute)}")
+            raise DataError(f"{self.label or 'metric'}: need at least 4 rows with positive scale and a finite value, "
+                            f"got {len(self.compute)}")
 
     @property
     def x(self) -> np.ndarray:
@@ -77,30 +80,24 @@ def _float(v: str, path: Path, line: int, col: str) -> float:
 def read_scale_metric_csv(path: str | os.PathLike, metric_col: str, scale_col: str | None = None,
                           params_col: str | None = None, tokens_col: str | None = None,
                           where: dict[str, str] | None = None, label: str = "") -> ScaleMetric:
-    """Any CSV of (scale, metric) rows. Scale is `scale_col` (compute), or 6 * params * tokens."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        need = [c for c in (metric_col, scale_col, params_col, tokens_col) if c] + list((where or {}).keys())
-        missing = [c for c in need if c not in cols]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; columns are {cols}")
-        if scale_col is None and not (params_col and tokens_col):
-            raise DataError("give the compute column, or both the parameter and token columns")
-        c, v, n, d = [], [], [], []
-        for i, row in enumerate(reader, start=2):
-            if where and any(row[k] != str(val) for k, val in where.items()):
-                continue
-            val = _float(row[metric_col], path, i, metric_col)
-            nn = _float(row[params_col], path, i, params_col) if params_col else math.nan
-            dd = _float(row[tokens_col], path, i, tokens_col) if tokens_col else math.nan
-            cc = _float(row[scale_col], path, i, scale_col) if scale_col else 6.0 * nn * dd
-            c.append(cc), v.append(val), n.append(nn), d.append(dd)
-    return ScaleMetric(np.array(c), np.array(v), np.array(n) if params_col else None,
-                       np.array(d) if tokens_col else None, label=label or metric_col, metric=metric_col)
+    """Any CSV of (scale, metric) rows, read by the runs-table reader (`lmscale.scaling.runs`).
+
+    Compute is `scale_col`, else the compute column the reader finds, else 6 x parameters x
+    tokens (`params_col`, `tokens_col`, or the columns the reader finds).
+    """
+    cols = read_runs_csv(path, {"C": scale_col, "N": params_col, "D": tokens_col}, extra=[metric_col],
+                         where=where)
+    return from_columns(cols, metric_col, label=label)
+
+
+def from_columns(cols: RunColumns, metric: str, label: str = "", group: bool = False) -> ScaleMetric:
+    """A runs table's `metric` against its compute C; `group` labels each row with its run name."""
+    if "C" not in cols.values:
+        raise DataError(f"{cols.source}: no compute column; give the compute column, or both the parameter and "
+                        f"token columns (columns are {cols.header})")
+    v = cols.values
+    return ScaleMetric(v["C"], v[metric], v.get("N"), v.get("D"), label=label or metric, metric=metric,
+                       group=list(cols.names) if group else None)
 
 
 def pythia_non_embedding_params(n_layers: int, d_model: int) -> float:
@@ -175,8 +172,6 @@ class SigmoidFit:
         return lo + (hi - lo) / (1.0 + np.exp(z))
 
     def fit(self, x: Sequence[float], y: Sequence[float], p0: np.ndarray | None = None) -> "SigmoidFit":
-        from scipy.optimize import least_squares
-
         x, y = np.asarray(x, float), np.asarray(y, float)
         ymin, ymax = float(y.min()), float(y.max())
         span = max(ymax - ymin, 1e-6)
@@ -186,7 +181,8 @@ class SigmoidFit:
         starts = [p0] if p0 is not None else [
             np.array(([lo0] if self.chance is None else []) + [min(ymax, hi_max - 1e-6), k0, x0])
             for x0 in np.quantile(x, [0.2, 0.4, 0.6, 0.8]) for k0 in (2.0,)]
-        lb = ([ymin - 10 * span] if self.chance is None else []) + [-np.inf if self.ceiling is None else lo0 - span, 1e-3, x.min() - 10]
+        lb = (([ymin - 10 * span] if self.chance is None else [])
+              + [-np.inf if self.ceiling is None else lo0 - span, 1e-3, x.min() - 10])
         ub = ([ymax + span] if self.chance is None else []) + [hi_max, 200.0, x.max() + 10]
         for s in starts:
             s = np.clip(s, np.array(lb) + 1e-9, np.array(ub) - 1e-9)
@@ -252,8 +248,6 @@ class BrokenPowerLawFit:
         return a + 10 ** np.clip(logb - c0 * x - c1 * f * soft, -300, 300)
 
     def fit(self, x: Sequence[float], y: Sequence[float]) -> "BrokenPowerLawFit":
-        from scipy.optimize import least_squares
-
         x, y = np.asarray(x, float), np.asarray(y, float)
         xm = float(x.mean())
         xs = x - xm  # centred, so logb is well scaled
@@ -351,7 +345,8 @@ def analyze(data: ScaleMetric, higher_is_better: bool = True, chance: float | No
     gain = pl.bic - bp.bic
     detected = bool(gain >= bic_margin and inside)
     if detected:
-        reason = f"broken power law beats a plain power law by dBIC={gain:.1f} (>= {bic_margin:g}), break inside the data"
+        reason = (f"broken power law beats a plain power law by dBIC={gain:.1f} (>= {bic_margin:g}), "
+                  "break inside the data")
     elif gain < bic_margin:
         reason = f"a break improves BIC by only {gain:.1f} (< {bic_margin:g}): no evidence of a phase transition"
     else:
@@ -380,8 +375,10 @@ def normalized_sharpness(data: ScaleMetric, higher_is_better: bool, log_metric: 
     prog = np.clip((y - lo) / max(hi - lo, 1e-12), -0.2, 1.2)
     sig = SigmoidFit(chance=None, ceiling=None).fit(data.x, prog)
     grid = np.linspace(data.x.min(), data.x.max() - 1.0, 200) if np.ptp(data.x) > 1 else np.array([data.x.min()])
-    jump = float(np.max(sig.predict(grid + 1.0) - sig.predict(grid))) / max(sig.params_["hi"] - sig.params_["lo"], 1e-12)
-    return {"width_decades": sig.width_decades, "max_jump_per_decade": jump, "midpoint_log10_compute": sig.params_["x0"]}
+    rise = max(sig.params_["hi"] - sig.params_["lo"], 1e-12)
+    jump = float(np.max(sig.predict(grid + 1.0) - sig.predict(grid))) / rise
+    return {"width_decades": sig.width_decades, "max_jump_per_decade": jump,
+            "midpoint_log10_compute": sig.params_["x0"]}
 
 
 def compare_metrics(discontinuous: ScaleMetric, continuous: ScaleMetric, continuous_higher_is_better: bool = False,
@@ -443,14 +440,16 @@ def extrapolate(data: ScaleMetric, target: float, chance: float | None = None, c
     sd = noise if noise is not None else float(np.std(resid, ddof=min(len(y) - 1, sig.n_free)))
     top = np.sort(y)[-max(3, len(y) // 10):].mean()
     if top - floor < min_rise_sigmas * max(sd, 1e-6):
-        return Extrapolation(False, reason=(f"no rise above chance yet: the best observed values ({top:.3f}) are within "
-                                            f"{min_rise_sigmas:g} sd ({sd:.3f}) of chance ({floor:.3f}), so the sigmoid's midpoint "
+        return Extrapolation(False, reason=(f"no rise above chance yet: the best observed values ({top:.3f}) are "
+                                            f"within {min_rise_sigmas:g} sd ({sd:.3f}) of chance ({floor:.3f}), so "
+                                            "the sigmoid's midpoint "
                                             "and ceiling are not identified by the data"), fit=sig.params_, **base)
     if best >= target:
         c_reach = float(data.compute[y >= target].min())
         return Extrapolation(True, reason="already reached within the observed range", compute=c_reach,
                              compute_ci95=(c_reach, c_reach), extra_compute_factor=1.0, params=n_of(c_reach),
-                             params_ci95=(n_of(c_reach), n_of(c_reach)), reachable_fraction=1.0, fit=sig.params_, **base)
+                             params_ci95=(n_of(c_reach), n_of(c_reach)), reachable_fraction=1.0, fit=sig.params_,
+                             **base)
     rng = np.random.default_rng(seed)
     xs = []
     for _ in range(n_bootstrap):
@@ -475,7 +474,8 @@ def extrapolate(data: ScaleMetric, target: float, chance: float | None = None, c
     lo, hi = np.quantile(xs_arr[reach], [0.025, 0.975])
     beyond = hi - math.log10(cmax)
     if beyond > max_decades:
-        return Extrapolation(False, reason=(f"the 95% interval reaches 10^{hi:.1f} FLOPs, {beyond:.1f} decades beyond the "
+        return Extrapolation(False, reason=(f"the 95% interval reaches 10^{hi:.1f} FLOPs, {beyond:.1f} decades "
+                                            "beyond the "
                                             f"largest observed run (limit {max_decades:g}): too far to extrapolate"),
                              compute=10 ** x_hat, compute_ci95=(10 ** lo, 10 ** hi), reachable_fraction=frac,
                              fit=fitres, **base)
@@ -486,10 +486,5 @@ def extrapolate(data: ScaleMetric, target: float, chance: float | None = None, c
 
 
 def from_records(records: Iterable[Any], metric: str = "final_val_loss", params: str = "non_embedding") -> ScaleMetric:
-    """Sweep registry records as (compute, metric) rows."""
-    rows = [r for r in records if r.status == "finished" and getattr(r, metric, None) is not None]
-    key = "params_non_embedding" if params == "non_embedding" else "params_total"
-    n = np.array([float(getattr(r, key)) for r in rows])
-    d = np.array([float(r.tokens) for r in rows])
-    return ScaleMetric(6 * n * d, np.array([float(getattr(r, metric)) for r in rows]), n, d, label=metric,
-                       metric=metric, group=[r.name for r in rows])
+    """Sweep registry records as (compute, metric) rows, read by the runs-table reader."""
+    return from_columns(records_columns(records, params=params, extra=[metric]), metric, group=True)

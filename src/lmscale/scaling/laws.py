@@ -77,8 +77,14 @@ def _unpack(theta: np.ndarray) -> list[np.ndarray]:
 
 
 def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
+    """Huber loss of residuals `r`: r^2/2 within `delta`, linear beyond it."""
+    return huber_with_grad(r, delta)[0]
+
+
+def huber_with_grad(r: np.ndarray, delta: float = HUBER_DELTA) -> tuple[np.ndarray, np.ndarray]:
+    """Huber loss of `r` and its derivative with respect to `r` (r clipped to [-delta, delta])."""
     c = np.clip(r, -delta, delta)
-    return c * (r - 0.5 * c)
+    return c * (r - 0.5 * c), c
 
 
 def _lse(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -103,7 +109,8 @@ def _batched_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], X
     Same algorithm as scipy's (two-loop recursion, memory m, Armijo backtracking), but one
     objective call advances all starts, so a grid of thousands of initialisations costs about as
     much as a few hundred single runs. Starts that meet (same cell of size `merge` in theta), or
-    reach the cell of a start that has already converged, are merged, keeping the lower objective. The end points are refined with scipy afterwards.
+    reach the cell of a start that has already converged, are merged, keeping the lower objective.
+    The end points are refined with scipy afterwards.
     """
     X = np.array(X0, dtype=np.float64)
     K, p = X.shape
@@ -118,73 +125,15 @@ def _batched_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], X
     for it in range(maxiter):
         if merge and it % 5 == 4:
             # starts that have met follow the same path from here on: keep the best of each cell
-            idx = np.flatnonzero(active)
-            keys = np.round(X[idx] / merge)
-            order = np.lexsort((f[idx],) + tuple(keys.T[::-1]))
-            ks = keys[order]
-            dup = np.zeros(order.size, dtype=bool)
-            dup[1:] = np.all(ks[1:] == ks[:-1], axis=1)
-            if finished:
-                dup |= np.array([tuple(k) in finished for k in ks.tolist()], dtype=bool)
-            active[idx[order[dup]]] = False
+            _drop_met_starts(X, f, active, finished, merge)
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        k = count[idx]
-        q = g[idx].copy()
-        alph = np.zeros((idx.size, m))
-        ar = np.arange(idx.size)
-        for i in range(m):
-            j = (k - 1 - i) % m
-            valid = i < np.minimum(k, m)
-            a_ = np.where(valid, rho[idx, j] * np.sum(S[idx, j] * q, axis=1), 0.0)
-            alph[:, i] = a_
-            q -= a_[:, None] * Y[idx, j]
-        jn = (k - 1) % m
-        sy = np.sum(S[idx, jn] * Y[idx, jn], axis=1)
-        yy = np.sum(Y[idx, jn] ** 2, axis=1)
-        gmax = np.max(np.abs(g[idx]), axis=1)
-        gamma = np.where(k > 0, sy / np.maximum(yy, 1e-300), 1.0 / np.maximum(gmax, 1.0))
-        r = gamma[:, None] * q
-        for i in reversed(range(m)):
-            j = (k - 1 - i) % m
-            valid = i < np.minimum(k, m)
-            b_ = rho[idx, j] * np.sum(Y[idx, j] * r, axis=1)
-            r += S[idx, j] * np.where(valid, alph[:, i] - b_, 0.0)[:, None]
-        d = -r
-        gd = np.sum(g[idx] * d, axis=1)
-        bad = ~(gd < 0) | ~np.isfinite(gd)
-        d[bad] = -g[idx][bad]
-        gd[bad] = -np.sum(g[idx][bad] ** 2, axis=1)
-        t = np.ones(idx.size)
-        pending = np.ones(idx.size, dtype=bool)
-        Xn = np.empty((idx.size, p))
-        fn = np.empty(idx.size)
-        gn = np.empty((idx.size, p))
-        for _ls in range(40):
-            pi = np.flatnonzero(pending)
-            if pi.size == 0:
-                break
-            cand = X[idx[pi]] + t[pi, None] * d[pi]
-            fc, gc = fun(cand)
-            okc = np.isfinite(fc) & (fc <= f[idx[pi]] + 1e-4 * t[pi] * gd[pi]) & np.all(np.isfinite(gc), axis=1)
-            acc = pi[okc]
-            Xn[acc], fn[acc], gn[acc] = cand[okc], fc[okc], gc[okc]
-            pending[acc] = False
-            t[pi[~okc]] *= 0.5
-        failed = pending
+        d, gd = _two_loop_direction(g, S, Y, rho, count, idx)
+        Xn, fn, gn, failed = _backtrack(fun, X[idx], f[idx], d, gd)
         done = np.flatnonzero(~failed)
         gi = idx[done]
-        s_ = Xn[done] - X[gi]
-        y_ = gn[done] - g[gi]
-        sy_ = np.sum(s_ * y_, axis=1)
-        store = sy_ > 1e-12 * np.sqrt(np.sum(s_ ** 2, axis=1) * np.sum(y_ ** 2, axis=1)) + 1e-300
-        slot = count[gi] % m
-        si = gi[store]
-        S[si, slot[store]] = s_[store]
-        Y[si, slot[store]] = y_[store]
-        rho[si, slot[store]] = 1.0 / sy_[store]
-        count[si] += 1
+        _remember_step(S, Y, rho, count, gi, Xn[done] - X[gi], gn[done] - g[gi])
         fold = f[gi]
         X[gi], f[gi], g[gi] = Xn[done], fn[done], gn[done]
         conv = (np.max(np.abs(gn[done]), axis=1) < gtol) | (
@@ -194,6 +143,93 @@ def _batched_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], X
         if merge:
             finished.update(tuple(k) for k in np.round(X[gi[conv]] / merge).tolist())
     return X, f
+
+
+def _drop_met_starts(X: np.ndarray, f: np.ndarray, active: np.ndarray, finished: set[tuple],
+                     merge: float) -> None:
+    """Deactivate (in place) every active start that shares its cell with a lower one or a converged one."""
+    idx = np.flatnonzero(active)
+    keys = np.round(X[idx] / merge)
+    order = np.lexsort((f[idx],) + tuple(keys.T[::-1]))
+    ks = keys[order]
+    dup = np.zeros(order.size, dtype=bool)
+    dup[1:] = np.all(ks[1:] == ks[:-1], axis=1)
+    if finished:
+        dup |= np.array([tuple(k) in finished for k in ks.tolist()], dtype=bool)
+    active[idx[order[dup]]] = False
+
+
+def _two_loop_direction(g: np.ndarray, S: np.ndarray, Y: np.ndarray, rho: np.ndarray, count: np.ndarray,
+                        idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Search directions of the starts `idx` (two-loop recursion) and their slopes g.d.
+
+    A direction that does not descend is replaced by steepest descent.
+    """
+    m = S.shape[1]
+    k = count[idx]
+    q = g[idx].copy()
+    alph = np.zeros((idx.size, m))
+    for i in range(m):
+        j = (k - 1 - i) % m
+        valid = i < np.minimum(k, m)
+        a_ = np.where(valid, rho[idx, j] * np.sum(S[idx, j] * q, axis=1), 0.0)
+        alph[:, i] = a_
+        q -= a_[:, None] * Y[idx, j]
+    jn = (k - 1) % m
+    sy = np.sum(S[idx, jn] * Y[idx, jn], axis=1)
+    yy = np.sum(Y[idx, jn] ** 2, axis=1)
+    gmax = np.max(np.abs(g[idx]), axis=1)
+    gamma = np.where(k > 0, sy / np.maximum(yy, 1e-300), 1.0 / np.maximum(gmax, 1.0))
+    r = gamma[:, None] * q
+    for i in reversed(range(m)):
+        j = (k - 1 - i) % m
+        valid = i < np.minimum(k, m)
+        b_ = rho[idx, j] * np.sum(Y[idx, j] * r, axis=1)
+        r += S[idx, j] * np.where(valid, alph[:, i] - b_, 0.0)[:, None]
+    d = -r
+    gd = np.sum(g[idx] * d, axis=1)
+    bad = ~(gd < 0) | ~np.isfinite(gd)
+    d[bad] = -g[idx][bad]
+    gd[bad] = -np.sum(g[idx][bad] ** 2, axis=1)
+    return d, gd
+
+
+def _backtrack(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], X: np.ndarray, f: np.ndarray,
+               d: np.ndarray, gd: np.ndarray,
+               halvings: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Armijo backtracking from every row of X along d: new points, values, gradients, and which failed."""
+    n, p = X.shape
+    t = np.ones(n)
+    pending = np.ones(n, dtype=bool)
+    Xn = np.empty((n, p))
+    fn = np.empty(n)
+    gn = np.empty((n, p))
+    for _ in range(halvings):
+        pi = np.flatnonzero(pending)
+        if pi.size == 0:
+            break
+        cand = X[pi] + t[pi, None] * d[pi]
+        fc, gc = fun(cand)
+        okc = np.isfinite(fc) & (fc <= f[pi] + 1e-4 * t[pi] * gd[pi]) & np.all(np.isfinite(gc), axis=1)
+        acc = pi[okc]
+        Xn[acc], fn[acc], gn[acc] = cand[okc], fc[okc], gc[okc]
+        pending[acc] = False
+        t[pi[~okc]] *= 0.5
+    return Xn, fn, gn, pending
+
+
+def _remember_step(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, count: np.ndarray, starts: np.ndarray,
+                   s_: np.ndarray, y_: np.ndarray) -> None:
+    """Store (in place) each start's step s and gradient change y, when its curvature s.y is positive."""
+    m = S.shape[1]
+    sy_ = np.sum(s_ * y_, axis=1)
+    store = sy_ > 1e-12 * np.sqrt(np.sum(s_ ** 2, axis=1) * np.sum(y_ ** 2, axis=1)) + 1e-300
+    slot = count[starts] % m
+    si = starts[store]
+    S[si, slot[store]] = s_[store]
+    Y[si, slot[store]] = y_[store]
+    rho[si, slot[store]] = 1.0 / sy_[store]
+    count[si] += 1
 
 
 def _distinct_best(X: np.ndarray, f: np.ndarray, n: int) -> np.ndarray:
@@ -316,9 +352,7 @@ class _LogHuberLaw:
     def _objective(self, theta: np.ndarray, F: dict[str, Any], y: np.ndarray,
                    w: np.ndarray | None) -> tuple[float, np.ndarray]:
         f, J = self._log_pred(theta, F)
-        r = f - y
-        dh = np.clip(r, -self.delta, self.delta)
-        h = dh * (r - 0.5 * dh)
+        h, dh = huber_with_grad(f - y, self.delta)
         if w is not None:
             h = h * w
             dh = dh * w
@@ -533,6 +567,15 @@ COARSE_GRID: dict[str, Sequence[float]] = {
     "e": (-1.0, 0.0, 1.0), "a": (0.0, 10.0, 20.0), "b": (0.0, 10.0, 20.0),
     "alpha": (0.0, 0.5, 1.0), "beta": (0.0, 0.5, 1.0),
 }
+"""243 starts: enough for sweeps whose runs span a few decades."""
+
+SMALL_GRID: dict[str, Sequence[float]] = {
+    "e": (0.0, 1.0), "a": (5.0, 10.0), "b": (5.0, 10.0), "alpha": (0.3, 0.6), "beta": (0.3, 0.6),
+}
+"""32 starts around typical language-model exponents: enough for well-behaved sweeps."""
+
+GRIDS: dict[str, dict[str, Sequence[float]]] = {"hoffmann": HOFFMANN_GRID, "coarse": COARSE_GRID, "small": SMALL_GRID}
+"""The Chinchilla starting grids by the names the `--grid` flags take."""
 
 
 class ChinchillaLaw(_LogHuberLaw):
@@ -566,9 +609,7 @@ class ChinchillaLaw(_LogHuberLaw):
         E3 = np.exp(np.minimum(b - be * u, 700.0))
         S = E2 + E3
         S += np.exp(np.minimum(e, 700.0))
-        r = np.log(S) - y
-        c = np.clip(r, -self.delta, self.delta)
-        h = c * (r - 0.5 * c)
+        h, c = huber_with_grad(np.log(S) - y, self.delta)
         if w is not None:
             h = h * w
             c = c * w
@@ -685,7 +726,8 @@ class KaplanLaw(_LogHuberLaw):
                 "alpha_N": float(r * ad), "alpha_D": float(ad)}
 
     def _to_theta(self, p, F):
-        return np.array([np.log(p["Nc"]) - F["mx"], np.log(p["Dc"]) - F["mu"], p["alpha_N"] / p["alpha_D"], p["alpha_D"]])
+        return np.array([np.log(p["Nc"]) - F["mx"], np.log(p["Dc"]) - F["mu"], p["alpha_N"] / p["alpha_D"],
+                         p["alpha_D"]])
 
     def _grid(self, F, y):
         g = _grid_from(self.grid, {"cn": (-2.0, 2.0, 6.0, 10.0, 14.0), "cd": (-2.0, 2.0, 6.0, 10.0, 14.0),
@@ -755,7 +797,8 @@ class BrokenPowerLaw(_LogHuberLaw):
         return np.array(list(itertools.product(g["a"], g["b"], g["c0"], g["c1"], g["d1"], g["f1"])), dtype=np.float64)
 
     def _predict(self, p, X):
-        return p["a"] + p["b"] * np.power(X, -p["c0"]) * np.power(1.0 + np.power(X / p["d1"], 1.0 / p["f1"]), -p["c1"] * p["f1"])
+        bend = np.power(1.0 + np.power(X / p["d1"], 1.0 / p["f1"]), -p["c1"] * p["f1"])
+        return p["a"] + p["b"] * np.power(X, -p["c0"]) * bend
 
     def _compute(self, X):
         return X[0]

@@ -3,21 +3,31 @@
 Every figure is drawn from plain arrays (a `RunsTable`) so the same code serves a sweep
 registry and a CSV of published runs (the Chinchilla paper's). Power laws are straight lines on
 log-log axes, so every scale axis is logarithmic, and every axis says its unit.
-Figures are rendered with the Agg backend (no display needed) and written atomically.
+Figures are `matplotlib.figure.Figure` objects, not pyplot ones: they need no display and leave
+the caller's pyplot backend and figure list alone. `save` writes them atomically.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from lmscale.errors import DataError
 from lmscale.io import atomic_path
+from lmscale.scaling.emergence import BrokenPowerLawFit, SigmoidFit
+from lmscale.scaling.fitting import law_derived
+from lmscale.scaling.runs import RunsTable
+
+__all__ = ["RunsTable", "frontier", "isoflop_minima", "law_derived", "law_frontier", "plot_allocation",
+           "plot_emergence", "plot_icl", "plot_isoflop", "plot_loss_vs", "plot_loss_vs_compute",
+           "plot_metric_pair", "plot_training_curves", "save"]
 
 LOSS_LABEL = "validation loss (nats/token)"
 C_LABEL = "training compute C = 6ND (FLOPs)"
@@ -25,117 +35,26 @@ N_LABEL = "parameters N"
 D_LABEL = "training tokens D"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+def _figure(ncols: int = 1, figsize: tuple[float, float] = (6.4, 4.4)):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols)
 
 
-@dataclass
-class RunsTable:
-    """Finished runs as arrays: N (parameters), D (tokens), loss; optional names and curves."""
-
-    N: np.ndarray
-    D: np.ndarray
-    loss: np.ndarray
-    names: list[str] = field(default_factory=list)
-    curves: list[list[list[float]]] = field(default_factory=list)  # per run [step, tokens, val_loss]
-    n_kind: str = "non-embedding"
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        self.N, self.D, self.loss = (np.asarray(a, dtype=float) for a in (self.N, self.D, self.loss))
-        ok = np.isfinite(self.N) & np.isfinite(self.D) & np.isfinite(self.loss) & (self.N > 0) & (self.D > 0) & (self.loss > 0)
-        if not ok.all():
-            keep = np.flatnonzero(ok)
-            self.N, self.D, self.loss = self.N[keep], self.D[keep], self.loss[keep]
-            self.names = [self.names[i] for i in keep] if self.names else []
-            self.curves = [self.curves[i] for i in keep] if self.curves else []
-        if not self.names:
-            self.names = [f"run{i}" for i in range(len(self.N))]
-
-    @property
-    def C(self) -> np.ndarray:
-        return 6.0 * self.N * self.D
-
-    def __len__(self) -> int:
-        return len(self.N)
-
-    @classmethod
-    def from_records(cls, records: Sequence[Any], params: str = "non_embedding", source: str = "") -> "RunsTable":
-        rows = [r for r in records if r.status == "finished" and r.final_val_loss is not None]
-        key = "params_non_embedding" if params == "non_embedding" else "params_total"
-        return cls(np.array([float(getattr(r, key)) for r in rows]), np.array([float(r.tokens) for r in rows]),
-                   np.array([float(r.final_val_loss) for r in rows]), [r.name for r in rows],
-                   [r.loss_curve for r in rows], n_kind=params.replace("_", "-"), source=source)
-
-    @classmethod
-    def from_csv(cls, path: str | os.PathLike, n_col: str | None = None, d_col: str | None = None,
-                 c_col: str | None = None, loss_col: str | None = None) -> "RunsTable":
-        """A CSV of runs. Column names default to those of the Chinchilla Fig. 4 extraction
-        (`Model Size`, `Training FLOP`, `loss`) or a registry export (`params_non_embedding`,
-        `tokens`, `final_val_loss`); D = C / (6N) when only C is given."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path} does not exist")
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            rows = list(reader)
-
-        def pick(given, *cands):
-            if given:
-                if given not in cols:
-                    raise DataError(f"{path}: no column {given!r}; columns are {cols}")
-                return given
-            return next((c for c in cands if c in cols), None)
-
-        n_c = pick(n_col, "params_non_embedding", "Model Size", "N", "params")
-        d_c = pick(d_col, "tokens", "D")
-        c_c = pick(c_col, "Training FLOP", "flops", "C")
-        l_c = pick(loss_col, "final_val_loss", "loss", "Loss", "L")
-        if n_c is None or l_c is None or (d_c is None and c_c is None):
-            raise DataError(f"{path}: need parameter, token (or compute) and loss columns; columns are {cols} "
-                            "(name them with --n-col/--d-col/--c-col/--loss-col)")
-        N, D, L, names = [], [], [], []
-        for i, row in enumerate(rows, start=2):
-            if "status" in row and row["status"] not in ("finished", ""):
-                continue
-            try:
-                n = float(row[n_c])
-                d = float(row[d_c]) if d_c else float(row[c_c]) / (6.0 * n)
-                loss = float(row[l_c])
-            except (TypeError, ValueError, ZeroDivisionError):
-                raise DataError(f"{path}:{i}: non-numeric N/D/C/loss in {row}") from None
-            N.append(n), D.append(d), L.append(loss), names.append(row.get("name") or f"row{i}")
-        if len(N) < 2:
-            raise DataError(f"{path}: fewer than 2 runs")
-        return cls(np.array(N), np.array(D), np.array(L), names, n_kind="", source=str(path))
+def _cmap(name: str):
+    return matplotlib.colormaps[name]
 
 
 def _loss_axis(ax) -> None:
-    from matplotlib.ticker import LogLocator, ScalarFormatter
-
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
     ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(plt_null())
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def plt_null():
-    from matplotlib.ticker import NullFormatter
-
-    return NullFormatter()
-
-
-def save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    plt = _plt()
+def save(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write `fig` as a PNG atomically (a reader never sees half a file)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -168,22 +87,15 @@ def frontier(C: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return np.array(idx, dtype=int)
 
 
-def law_derived(law: Any) -> dict[str, Any]:
-    """Derived quantities of a fitted law (a, b, G for Chinchilla), property or method alike."""
-    d = law.derived_
-    return d() if callable(d) else d
-
-
 def law_frontier(law: Any, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Compute-optimal N and loss of a fitted Chinchilla law along C (closed form, D = C/6N)."""
-    p, dv = law.params_, law_derived(law)
+    dv = law_derived(law)
     n_opt = dv["G"] * (C / 6.0) ** dv["a"]
     return n_opt, law.predict(n_opt, C / (6.0 * n_opt))
 
 
 def plot_loss_vs_compute(t: RunsTable, law: Any = None):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = _figure()
     sc = ax.scatter(t.C, t.loss, c=np.log10(t.N), cmap="viridis", s=28, zorder=3)
     cb = fig.colorbar(sc, ax=ax)
     cb.set_label(f"log10 {_n_label(t)}")
@@ -209,8 +121,7 @@ def _band(law: Any, N, D) -> dict[str, np.ndarray] | None:
 
 def plot_loss_vs(t: RunsTable, var: str, law: Any = None):
     """Loss against N (one line per token budget) or against D (one line per model size)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = _figure()
     x, other = (t.N, t.D) if var == "N" else (t.D, t.N)
     groups = _groups(other) if len(t) <= 400 else [np.arange(len(t))]
     reps = None
@@ -219,15 +130,16 @@ def plot_loss_vs(t: RunsTable, var: str, law: Any = None):
         fig.colorbar(sc, ax=ax).set_label("log10 " + (D_LABEL if var == "N" else _n_label(t)))
         reps = np.quantile(other, [0.1, 0.5, 0.9])
         groups = []
-    cmap = plt.get_cmap("viridis")
+    cmap = _cmap("viridis")
     if reps is not None and law is not None:
-        pcm = plt.get_cmap("plasma")
+        pcm = _cmap("plasma")
         lo_o, hi_o = np.log10(other.min()), np.log10(other.max())
         for o in reps:
             col = pcm((np.log10(o) - lo_o) / max(hi_o - lo_o, 1e-9))
             xg = np.logspace(np.log10(x.min()) - 0.2, np.log10(x.max()) + 0.3, 60)
             args = (xg, np.full_like(xg, o)) if var == "N" else (np.full_like(xg, o), xg)
-            ax.plot(xg, law.predict(*args), color=col, lw=1.4, label=(f"law at D={o:.3g}" if var == "N" else f"law at N={o:.3g}"))
+            label = f"law at D={o:.3g}" if var == "N" else f"law at N={o:.3g}"
+            ax.plot(xg, law.predict(*args), color=col, lw=1.4, label=label)
             band = _band(law, *args)
             if band is not None:
                 ax.fill_between(xg, band["ci_low"], band["ci_high"], color=col, alpha=0.25, lw=0)
@@ -272,17 +184,17 @@ def isoflop_minima(t: RunsTable, min_runs: int = 4, rel: float = 0.35) -> list[d
         if not (x.min() - 0.5 <= xm <= x.max() + 0.5):
             continue
         cm = float(np.exp(np.mean(np.log(t.C[g]))))
-        out.append({"C": cm, "N_opt": float(10 ** xm), "D_opt": cm / (6 * 10 ** xm), "loss": float(a * xm ** 2 + b * xm + c),
+        out.append({"C": cm, "N_opt": float(10 ** xm), "D_opt": cm / (6 * 10 ** xm),
+                    "loss": float(a * xm ** 2 + b * xm + c),
                     "indices": g.tolist(), "coef": [float(a), float(b), float(c)]})
     return out
 
 
 def plot_isoflop(t: RunsTable, law: Any = None, budgets: Sequence[float] | None = None):
     """IsoFLOP curves: measured slices with their parabola minima, else the fitted law's."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = _figure()
     mins = isoflop_minima(t)
-    cmap = plt.get_cmap("plasma")
+    cmap = _cmap("plasma")
     if mins:
         for i, m in enumerate(mins):
             col = cmap(i / max(1, len(mins) - 1) * 0.85)
@@ -313,8 +225,7 @@ def plot_isoflop(t: RunsTable, law: Any = None, budgets: Sequence[float] | None 
 
 def plot_allocation(t: RunsTable, law: Any = None):
     """N_opt(C) and D_opt(C): the fitted law's closed form with bootstrap bands, IsoFLOP minima as points."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = _figure()
     cg = np.logspace(np.log10(t.C.min()) - 0.5, np.log10(t.C.max()) + 1.5, 80)
     if law is not None:
         dv = law_derived(law)
@@ -344,9 +255,8 @@ def plot_allocation(t: RunsTable, law: Any = None):
 
 
 def plot_training_curves(t: RunsTable):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    cmap = plt.get_cmap("viridis")
+    fig, ax = _figure()
+    cmap = _cmap("viridis")
     lo, hi = np.log10(t.N.min()), np.log10(t.N.max())
     drawn = 0
     for i, curve in enumerate(t.curves):
@@ -360,10 +270,9 @@ def plot_training_curves(t: RunsTable):
     if drawn == 0:
         ax.text(0.5, 0.5, "no training curves in this source", ha="center", transform=ax.transAxes)
     else:
-        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
-        fig.colorbar(sm, ax=ax).set_label(f"log10 {_n_label(t)}")
+        fig.colorbar(ScalarMappable(norm=Normalize(lo, hi), cmap=cmap), ax=ax).set_label(f"log10 {_n_label(t)}")
     ax.set_xscale("log"), ax.set_yscale("log")
-    ax.xaxis.set_minor_formatter(plt_null())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("tokens seen (tokens)"), ax.set_ylabel(LOSS_LABEL)
     _loss_axis(ax)
     ax.set_title("Training curves (validation loss during training)")
@@ -372,18 +281,19 @@ def plot_training_curves(t: RunsTable):
 
 def plot_emergence(data: Any, analysis: Any, log_metric: bool = False, ax=None):
     """A metric against compute with the sigmoid and broken-power-law fits and the break."""
-    from lmscale.scaling.emergence import BrokenPowerLawFit, SigmoidFit
-
-    plt = _plt()
     fig = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        fig, ax = _figure()
     groups = sorted(set(data.group)) if data.group else []
     if groups and len(groups) <= 20:
-        cmap = plt.get_cmap("viridis")
-        order = sorted(groups, key=lambda g: float(np.median(data.params[np.array(data.group) == g])) if data.params is not None else 0)
+        cmap = _cmap("viridis")
+        names = np.array(data.group)
+        if data.params is not None:  # one line per model, smallest first
+            order = sorted(groups, key=lambda g: float(np.median(data.params[names == g])))
+        else:
+            order = groups
         for i, g in enumerate(order):
-            m = np.array(data.group) == g
+            m = names == g
             ax.plot(data.compute[m], data.value[m], "o", ms=3, color=cmap(i / max(1, len(order) - 1)), label=g)
     else:
         ax.plot(data.compute, data.value, "o", ms=3, color="tab:blue", label="runs")
@@ -401,7 +311,8 @@ def plot_emergence(data: Any, analysis: Any, log_metric: bool = False, ax=None):
     ax.plot(10 ** xg, ys, "k-", lw=1.5, label=f"sigmoid (10-90%: {analysis.transition_width_decades:.2f} decades)")
     ax.plot(10 ** xg, yb, "r--", lw=1.5, label="broken power law")
     if analysis.break_detected:
-        ax.axvline(analysis.break_compute, color="r", lw=0.8, ls=":", label=f"break at {analysis.break_compute:.2g} FLOPs")
+        ax.axvline(analysis.break_compute, color="r", lw=0.8, ls=":",
+                   label=f"break at {analysis.break_compute:.2g} FLOPs")
     ax.set_xscale("log")
     ax.set_xlabel(C_LABEL)
     ax.set_ylabel(f"{analysis.label or analysis.metric}")
@@ -412,8 +323,7 @@ def plot_emergence(data: Any, analysis: Any, log_metric: bool = False, ax=None):
 
 def plot_metric_pair(disc: Any, disc_an: Any, cont: Any, cont_an: Any, comparison: dict[str, Any] | None = None):
     """Schaeffer et al. 2023: the same task under a discontinuous and a continuous metric."""
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a1, a2) = _figure(2, (11, 4.2))
     plot_emergence(disc, disc_an, ax=a1)
     plot_emergence(cont, cont_an, log_metric=True, ax=a2)
     if comparison:
@@ -425,9 +335,8 @@ def plot_metric_pair(disc: Any, disc_an: Any, cont: Any, cont_an: Any, compariso
 
 def plot_icl(result: dict[str, Any]):
     """In-context accuracy (and answer log-likelihood) against training tokens, one line per size."""
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    cmap = plt.get_cmap("viridis")
+    fig, (a1, a2) = _figure(2, (11, 4.2))
+    cmap = _cmap("viridis")
     models = result["models"]
     for i, m in enumerate(models):
         col = cmap(i / max(1, len(models) - 1))
@@ -443,7 +352,7 @@ def plot_icl(result: dict[str, Any]):
         a1.axhline(chance, color="grey", lw=0.8, ls=":", label="chance (recall)")
     for ax in (a1, a2):
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(plt_null())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training tokens (tokens)")
         ax.legend(fontsize=6)
     a1.set_ylabel("in-context accuracy (fraction of queries)")

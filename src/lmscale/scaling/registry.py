@@ -178,7 +178,8 @@ class Registry:
             c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         version = int(self.get_meta("schema_version", "0"))
         if version > SCHEMA_VERSION:
-            raise LmscaleError(f"{self.path}: registry schema v{version} is newer than this lmscale (v{SCHEMA_VERSION}); upgrade lmscale")
+            raise LmscaleError(f"{self.path}: registry schema v{version} is newer than this lmscale "
+                               f"(v{SCHEMA_VERSION}); upgrade lmscale")
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -250,7 +251,8 @@ class Registry:
                             [_to_db(k, data[k]) for k in _COLUMNS])
             inserted = cur.rowcount == 1
             if not inserted:
-                c.execute("UPDATE runs SET idx = ?, sweep = ? WHERE run_id = ?", (record.idx, record.sweep, record.run_id))
+                c.execute("UPDATE runs SET idx = ?, sweep = ? WHERE run_id = ?",
+                          (record.idx, record.sweep, record.run_id))
             if not inserted and replace_plan:
                 plan = ("name", "config", "family", "params_total", "params_embedding",
                         "params_non_embedding", "tokens", "flops", "seed", "run_dir")

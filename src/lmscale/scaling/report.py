@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import os
@@ -15,81 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from lmscale.errors import DataError
-from lmscale.io import atomic_write_text
+from lmscale.io import atomic_write_bytes, atomic_write_text
 from lmscale.scaling import plots
-from lmscale.scaling.plots import RunsTable, law_derived
+from lmscale.scaling.emergence import analyze, compare_metrics, read_pythia
+from lmscale.scaling.fitting import fit_table
+from lmscale.scaling.runs import RunsTable, load_runs
 
-
-def is_sqlite(path: str | os.PathLike) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(16) == b"SQLite format 3\x00"
-    except OSError:
-        return False
-
-
-def load_runs(source: str | os.PathLike, sweep: str | None = None, params: str = "non_embedding",
-              **csv_cols: Any) -> RunsTable:
-    """Finished runs of a registry (SQLite) or a CSV of runs."""
-    p = Path(source)
-    if not p.exists():
-        raise DataError(f"{p} does not exist")
-    if is_sqlite(p):
-        from lmscale.scaling.registry import Registry
-
-        reg = Registry(p)
-        try:
-            table = RunsTable.from_records(reg.runs(sweep), params=params, source=str(p))
-        finally:
-            reg.close()
-    else:
-        table = RunsTable.from_csv(p, **{k: v for k, v in csv_cols.items() if v})
-    if len(table) < 2:
-        raise DataError(f"{p}: fewer than 2 finished runs to report on")
-    return table
-
-
-def _hoffmann_grid():
-    from lmscale.scaling.laws import HOFFMANN_GRID
-
-    return HOFFMANN_GRID
-
-
-def _coarse_grid():
-    from lmscale.scaling.laws import COARSE_GRID
-
-    return COARSE_GRID
-
-
-# Starting points of the approach-3 fit: Hoffmann et al.'s 5,400, a 243-point coarse grid, or 32
-# (enough for well-behaved sweeps, and fast).
-GRIDS = {"hoffmann": _hoffmann_grid, "coarse": _coarse_grid,
-         "small": lambda: {"e": (0.0, 1.0), "a": (5.0, 10.0), "b": (5.0, 10.0), "alpha": (0.3, 0.6), "beta": (0.3, 0.6)}}
-
-
-def fit_table(t: RunsTable, holdout: str | None = "largest", n_holdout: int | None = None,
-              n_bootstrap: int = 100, grid: Any = "hoffmann", seed: int = 0) -> dict[str, Any] | None:
-    """Chinchilla fit with the held-out check, then a fit on all runs with bootstrap bands."""
-    from lmscale.experiments.sweep import fit_chinchilla
-    from lmscale.scaling.laws import ChinchillaLaw
-
-    if len(t) < 6:
-        return None
-    g = GRIDS[grid]() if isinstance(grid, str) else grid
-    res: dict[str, Any] = {}
-    if holdout == "largest" and len(t) >= 8:
-        check = fit_chinchilla(t.N, t.D, t.loss, holdout="largest", n_holdout=n_holdout, grid=g)
-        check.pop("_law")
-        res["holdout_check"] = check
-    law = ChinchillaLaw(grid=g).fit(t.N, t.D, t.loss)
-    if n_bootstrap:
-        b = law.bootstrap(n_bootstrap, seed=seed)
-        res["ci95"] = {k: [float(v[0]), float(v[1])] for k, v in b.ci(0.95).items()}
-    res["params"] = {k: float(v) for k, v in law.params_.items()}
-    res["derived"] = {k: float(v) for k, v in law_derived(law).items()}
-    res["n_points"] = len(t)
-    res["_law"] = law
-    return res
+__all__ = ["build_report", "emergence_figures", "fit_table", "load_runs", "make_figures", "render_html"]
 
 
 def make_figures(t: RunsTable, fit: dict[str, Any] | None, emergence: dict[str, Any] | None = None,
@@ -104,7 +37,8 @@ def make_figures(t: RunsTable, fit: dict[str, Any] | None, emergence: dict[str, 
         "loss_vs_tokens": (plots.plot_loss_vs(t, "D", law), "Loss against tokens, one colour per model size; "
                            "lines and bands as above."),
         "isoflop": (plots.plot_isoflop(t, law), "IsoFLOP curves with their minima (Hoffmann et al. approach 2)."),
-        "allocation": (plots.plot_allocation(t, law), "Compute-optimal parameters N_opt and tokens D_opt against compute."),
+        "allocation": (plots.plot_allocation(t, law),
+                       "Compute-optimal parameters N_opt and tokens D_opt against compute."),
     }
     if any(t.curves):
         figs["training_curves"] = (plots.plot_training_curves(t), "Validation loss during training for every run.")
@@ -118,10 +52,9 @@ def make_figures(t: RunsTable, fit: dict[str, Any] | None, emergence: dict[str, 
 
 
 def emergence_figures(csv_path: str | os.PathLike, task: str = "lambada_openai", metric: str = "acc",
-                      continuous_metric: str = "ppl", chance: float | None = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
+                      continuous_metric: str = "ppl",
+                      chance: float | None = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
     """Figures and numbers for a Pythia-style CSV: the discontinuous and continuous metric of one task."""
-    from lmscale.scaling.emergence import analyze, compare_metrics, read_pythia
-
     disc = read_pythia(csv_path, task, metric)
     cont = read_pythia(csv_path, task, continuous_metric)
     da = analyze(disc, chance=chance)
@@ -138,7 +71,8 @@ def emergence_figures(csv_path: str | os.PathLike, task: str = "lambada_openai",
 
 
 _CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}
 h1{font-size:1.6em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 figure{margin:1em 0;display:inline-block;vertical-align:top;max-width:100%}
 figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555;max-width:640px}
@@ -186,7 +120,8 @@ def render_html(t: RunsTable, fit: dict[str, Any] | None, images: dict[str, tupl
         hc = fit.get("holdout_check")
         if hc:
             ok = hc["max_abs_rel_error"] <= 0.03
-            parts.append(f"<h2>Held-out check</h2><p>Fitted on the {hc['n_fit']} smaller-compute runs, the law predicts "
+            parts.append(f"<h2>Held-out check</h2><p>Fitted on the {hc['n_fit']} smaller-compute runs, the law "
+                         "predicts "
                          f"the {len(hc['holdout'])} largest-compute runs with a largest relative error of "
                          f"<b class='{'ok' if ok else 'bad'}'>{100 * hc['max_abs_rel_error']:.2f}%</b>.</p>")
     else:
@@ -203,7 +138,8 @@ def render_html(t: RunsTable, fit: dict[str, Any] | None, images: dict[str, tupl
                             ["N", "D", "C", "loss", "predicted", "rel. error (%)"]))
     if extra:
         for heading, obj in extra.items():
-            parts.append(f"<h2>{html.escape(heading)}</h2><pre>{html.escape(json.dumps(obj, indent=1, default=float))}</pre>")
+            body = html.escape(json.dumps(obj, indent=1, default=float))
+            parts.append(f"<h2>{html.escape(heading)}</h2><pre>{body}</pre>")
     runs = [{"run": n, "N": float(a), "D": float(b), "C": float(6 * a * b), "loss": float(c)}
             for n, a, b, c in sorted(zip(t.names, t.N, t.D, t.loss), key=lambda r: 6 * r[1] * r[2])]
     if len(runs) <= 400:
@@ -218,9 +154,10 @@ def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None =
                  icl_json: str | os.PathLike | None = None, holdout: str | None = "largest",
                  n_holdout: int | None = None, n_bootstrap: int = 100, title: str | None = None,
                  params: str = "non_embedding", grid: Any = "hoffmann", **csv_cols: Any) -> dict[str, Any]:
-    """Fit, draw and write: PNGs into `png_dir`, one self-contained HTML at `out_html`."""
-    from lmscale.io import atomic_write_bytes
+    """Fit, draw and write: PNGs into `png_dir`, one self-contained HTML at `out_html`.
 
+    `csv_cols` (`n_col`, `d_col`, `c_col`, `loss_col`) name the columns of a CSV source.
+    """
     t = load_runs(source, sweep=sweep, params=params, **csv_cols)
     fit = fit_table(t, holdout=holdout, n_holdout=n_holdout, n_bootstrap=n_bootstrap, grid=grid)
     extra: dict[str, Any] = {}
@@ -230,39 +167,42 @@ def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None =
         extra["Emergence analysis"] = numbers
     icl = None
     if icl_json:
-        p = Path(icl_json)
-        if not p.is_file():
-            raise DataError(f"{p} does not exist")
-        icl = json.loads(p.read_text())
+        icl = _read_icl(icl_json)
         extra["In-context learning phase transition"] = {k: v for k, v in icl.items() if k != "models"} | {
             "models": [{k: v for k, v in m.items() if k != "evals"} for m in icl["models"]]}
-    figs = make_figures(t, fit, em_figs, icl)
-    import io as _io
-
-    plt = plots._plt()
-    images: dict[str, tuple[bytes, str]] = {}
-    written = []
-    skipped: dict[str, str] = {}
-    for name, (fig, caption) in figs.items():
-        buf = _io.BytesIO()
-        try:
-            fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        except ValueError as exc:  # e.g. a degenerate fit with no positive values on a log axis
-            skipped[name] = str(exc)
-            continue
-        finally:
-            plt.close(fig)
-        images[name] = (buf.getvalue(), caption)
-        if png_dir is not None:
-            written.append(str(atomic_write_bytes(Path(png_dir) / f"{name}.png", buf.getvalue())))
+    images, skipped = _render_pngs(make_figures(t, fit, em_figs, icl))
+    written = [str(atomic_write_bytes(Path(png_dir) / f"{name}.png", png)) for name, (png, _) in images.items()
+               ] if png_dir is not None else []
     result: dict[str, Any] = {"n_runs": len(t), "figures": list(images), "pngs": written,
                               "figures_not_drawn": skipped}
     if fit:
         result["fit"] = {k: v for k, v in fit.items() if not k.startswith("_")}
-    if extra:
-        result.update({"emergence": extra.get("Emergence analysis")} if emergence_csv else {})
+    if emergence_csv:
+        result["emergence"] = extra["Emergence analysis"]
     if out_html is not None:
         text = render_html(t, fit, images, title or f"Scaling report: {Path(source).name}", extra)
         atomic_write_text(out_html, text)
         result["html"] = str(out_html)
     return result
+
+
+def _read_icl(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p} does not exist")
+    return json.loads(p.read_text())
+
+
+def _render_pngs(figs: dict[str, Any]) -> tuple[dict[str, tuple[bytes, str]], dict[str, str]]:
+    """name -> (PNG bytes, caption) of every figure that draws, and name -> why for those that do not."""
+    images: dict[str, tuple[bytes, str]] = {}
+    skipped: dict[str, str] = {}
+    for name, (fig, caption) in figs.items():
+        buf = io.BytesIO()
+        try:
+            fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        except ValueError as exc:  # e.g. a degenerate fit with no positive values on a log axis
+            skipped[name] = str(exc)
+            continue
+        images[name] = (buf.getvalue(), caption)
+    return images, skipped

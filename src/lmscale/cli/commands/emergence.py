@@ -29,14 +29,13 @@ def _source(p: argparse.ArgumentParser, metric_default: str | None = "acc") -> N
 
 def _load(args, metric: str | None = None):
     from lmscale.errors import DataError
-    from lmscale.scaling.emergence import from_records, read_pythia, read_scale_metric_csv
-    from lmscale.scaling.report import is_sqlite
+    from lmscale.scaling.emergence import from_columns, read_pythia, read_scale_metric_csv
+    from lmscale.scaling.runs import is_sqlite, read_runs
 
     metric = metric or args.metric
     if is_sqlite(args.source):
-        from lmscale.scaling.registry import Registry
-
-        return from_records(Registry(args.source).runs(), metric=metric or "final_val_loss")
+        metric = metric or "final_val_loss"
+        return from_columns(read_runs(args.source, extra=[metric]), metric, group=True)
     if args.task:
         return read_pythia(args.source, args.task, metric, deduped=args.deduped)
     where = {}

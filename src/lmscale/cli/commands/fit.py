@@ -6,13 +6,6 @@ import json
 
 HELP = "fit a scaling law (chinchilla, kaplan, power-*, broken-*, data-constrained, envelope, isoflop) to a CSV"
 
-CANDIDATES = {
-    "N": ("N", "n", "params", "parameters", "Model Size", "model_size", "params_total", "n_params"),
-    "D": ("D", "tokens", "Training Tokens", "training_tokens", "n_tokens"),
-    "C": ("C", "flops", "FLOPs", "Training FLOP", "training_flops", "compute"),
-    "loss": ("loss", "Loss", "final_loss", "val_loss", "best_val_loss", "final_val_loss"),
-    "U": ("U", "unique_tokens", "Unique Tokens"),
-}
 NEEDS = {
     "chinchilla": ("N", "D"), "kaplan": ("N", "D"), "data-constrained": ("N", "D", "U"),
     "power-n": ("N",), "power-d": ("D",), "power-c": ("C",),
@@ -41,65 +34,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_columns(path: str, args: argparse.Namespace, needs: tuple[str, ...]):
-    """Numeric columns {N, D, C, loss, U, runs} from the CSV; D <- C/6N and C <- 6ND when missing."""
-    import csv
-    from pathlib import Path
-
-    import numpy as np
-
+    """Numeric columns {N, D, C, loss, U, runs} of the CSV, by the runs-table reader's column order."""
     from lmscale.errors import DataError
+    from lmscale.scaling.runs import candidates, read_runs_csv
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: no such file")
-    with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        rows = list(reader)
-    if not header:
-        raise DataError(f"{path}: empty CSV (no header)")
-    if not rows:
+    named = {"N": args.n_col, "D": args.d_col, "C": args.c_col, "U": args.u_col, "loss": args.loss_col}
+    cols = read_runs_csv(path, named, text=[args.run_col] if args.run_col else [])
+    if not len(cols):
         raise DataError(f"{path}: no data rows")
-    explicit = {"N": args.n_col, "D": args.d_col, "C": args.c_col, "U": args.u_col, "loss": args.loss_col}
-
-    def find(key: str):
-        if explicit[key] is not None:
-            if explicit[key] not in header:
-                raise DataError(f"{path}: column {explicit[key]!r} not found; columns are {', '.join(header)}")
-            return explicit[key]
-        for c in CANDIDATES[key]:
-            if c in header:
-                return c
-        return None
-
-    def column(name: str):
-        vals = []
-        for i, r in enumerate(rows):
-            raw = (r.get(name) or "").strip()
-            try:
-                vals.append(float(raw))
-            except ValueError:
-                raise DataError(f"{path}: line {i + 2}, column {name!r}: {raw!r} is not a number") from None
-        return np.array(vals)
-
-    cols = {k: find(k) for k in explicit}
-    if cols["loss"] is None:
-        raise DataError(f"{path}: no loss column (looked for {', '.join(CANDIDATES['loss'])}; use --loss-col); "
-                        f"columns are {', '.join(header)}")
-    data = {k: column(c) for k, c in cols.items() if c is not None}
-    if "D" in needs and "D" not in data:
-        if "C" in data and "N" in data:
-            data["D"] = data["C"] / (6.0 * data["N"])
-    if "C" in needs and "C" not in data and "N" in data and "D" in data:
-        data["C"] = 6.0 * data["N"] * data["D"]
+    header = ", ".join(cols.header)
+    if "loss" not in cols.values:
+        raise DataError(f"{path}: no loss column (looked for {', '.join(candidates('loss'))}; use --loss-col); "
+                        f"columns are {header}")
     for k in needs:
-        if k not in data:
+        if k not in cols.values:
             raise DataError(f"{path}: law {args.law} needs {k} but no column for it was found "
-                            f"(use --{k.lower()}-col); columns are {', '.join(header)}")
-    if args.run_col is not None:
-        if args.run_col not in header:
-            raise DataError(f"{path}: column {args.run_col!r} not found; columns are {', '.join(header)}")
-        data["runs"] = np.array([r[args.run_col] for r in rows])
+                            f"(use --{k.lower()}-col); columns are {header}")
+    data = dict(cols.values)
+    if args.run_col:
+        import numpy as np
+
+        data["runs"] = np.array(cols.text[args.run_col])
     return data
 
 
@@ -107,7 +62,7 @@ def fit_from_args(args: argparse.Namespace):
     import numpy as np
 
     from lmscale.errors import DataError
-    from lmscale.scaling.laws import COARSE_GRID, HOFFMANN_GRID, make_law
+    from lmscale.scaling.laws import GRIDS, make_law
 
     needs = NEEDS[args.law]
     data = read_columns(args.csv, args, needs)
@@ -122,9 +77,9 @@ def fit_from_args(args: argparse.Namespace):
         data = {key: v[keep] for key, v in data.items()}
     kw = {}
     if args.law == "chinchilla":
-        kw["grid"] = COARSE_GRID if args.grid == "coarse" else HOFFMANN_GRID
+        kw["grid"] = GRIDS[args.grid]
     elif args.law == "data-constrained":
-        kw["base_grid"] = COARSE_GRID if args.grid == "coarse" else HOFFMANN_GRID
+        kw["base_grid"] = GRIDS[args.grid]
     law = make_law(args.law, **kw)
     X = [data[k] for k in needs]
     if args.law in ("envelope", "isoflop"):
@@ -155,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"law {out['law']}: {out['n_points']} points, objective {out['objective'] if out['objective'] is not None else '-'}")
+    objective = out["objective"] if out["objective"] is not None else "-"
+    print(f"law {out['law']}: {out['n_points']} points, objective {objective}")
     for k, v in out["params"].items():
         ci = (out.get("ci95") or {}).get(k)
         ci_s = f"  95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""

@@ -146,15 +146,14 @@ def _status(args) -> int:
 
 def _fit(args) -> int:
     from lmscale.errors import LmscaleError
-    from lmscale.experiments.sweep import fit_chinchilla, records_table, save_result
-    from lmscale.scaling.registry import Registry
-    from lmscale.scaling.report import _coarse_grid
+    from lmscale.scaling.fitting import fit_chinchilla, save_result
+    from lmscale.scaling.runs import RunsTable, read_runs
 
-    t = records_table(Registry(args.registry).runs(args.sweep), params=args.params)
-    if len(t["N"]) < 6:
-        raise LmscaleError(f"{args.registry}: {len(t['N'])} finished runs; a Chinchilla fit needs at least 6")
-    res = fit_chinchilla(t["N"], t["D"], t["loss"], holdout=None if args.holdout == "none" else "largest",
-                         n_holdout=args.n_holdout, n_bootstrap=args.bootstrap, grid=_coarse_grid())
+    t = RunsTable.from_columns(read_runs(args.registry, params=args.params, sweep=args.sweep))
+    if len(t) < 6:
+        raise LmscaleError(f"{args.registry}: {len(t)} finished runs; a Chinchilla fit needs at least 6")
+    res = fit_chinchilla(t.N, t.D, t.loss, holdout=None if args.holdout == "none" else "largest",
+                         n_holdout=args.n_holdout, n_bootstrap=args.bootstrap, grid="coarse")
     res.pop("_law")
     if args.out:
         save_result(args.out, res)

@@ -1,0 +1,251 @@
+"""Runs tables: finished runs as arrays, read the same way from every source.
+
+A source is a sweep registry (SQLite), its CSV export (`lmscale sweep export`), or any CSV of
+runs (the Chinchilla paper's published runs among them). `lmscale fit`, `report`, `plot` and
+`emergence` all read through `read_runs`, so one table gives every command the same N, D, C and
+loss.
+
+Column resolution. For each quantity the first of these that the table has is used (names
+match exactly):
+
+1. the column the caller names (`--n-col`, `--d-col`, `--c-col`, `--loss-col`, `--u-col`);
+2. the registry export's own column: N `params_non_embedding` (`params_total` with
+   `params="total"`), D `tokens`, C `flops`, loss `final_val_loss`;
+3. the short name: `N`, `D`, `C`, `loss`, `U`;
+4. the other spellings, in the order of `COLUMNS` (for N the registry's other count,
+   `params_total` or `params_non_embedding`, comes last).
+
+Then D = C / 6N when there is no D column, and C = 6ND when there is no C column. Rows of a
+table with a `status` column are kept only when finished. A registry is read with the same
+rule: its runs carry exactly the export's columns.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from lmscale.errors import DataError
+from lmscale.scaling.registry import Registry
+
+QUANTITIES = ("N", "D", "C", "loss", "U")
+PARAM_COUNTS = {"non_embedding": "params_non_embedding", "total": "params_total"}
+# rule 2 and 3 first, then rule 4, per quantity (N's registry count is added by `candidates`)
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "N": ("N", "n", "params", "parameters", "n_params", "Model Size", "model_size"),
+    "D": ("tokens", "D", "n_tokens", "training_tokens", "Training Tokens"),
+    "C": ("flops", "C", "compute", "FLOPs", "training_flops", "Training FLOP"),
+    "loss": ("final_val_loss", "loss", "Loss", "L", "final_loss", "val_loss", "best_val_loss"),
+    "U": ("U", "unique_tokens", "Unique Tokens"),
+}
+N_KINDS = {"params_non_embedding": "non-embedding", "params_total": "total"}
+
+
+def candidates(quantity: str, params: str = "non_embedding") -> tuple[str, ...]:
+    """Column names tried for `quantity` when the caller names none, in order."""
+    if quantity != "N":
+        return COLUMNS[quantity]
+    if params not in PARAM_COUNTS:
+        raise DataError(f"params={params!r} must be one of {', '.join(PARAM_COUNTS)}")
+    other = [c for k, c in PARAM_COUNTS.items() if k != params]
+    return (PARAM_COUNTS[params], *COLUMNS["N"], *other)
+
+
+def is_sqlite(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+@dataclass
+class RunColumns:
+    """Numeric columns of a runs table, one entry per kept row.
+
+    `values` maps a quantity (N, D, C, loss, U) or an extra column to its values; `columns` says
+    which column each quantity came from ("C/6N" and "6ND" when derived).
+    """
+
+    values: dict[str, np.ndarray]
+    columns: dict[str, str]
+    names: list[str]
+    source: str
+    header: list[str] = field(default_factory=list)
+    curves: list[list[list[float]]] = field(default_factory=list)  # per run [step, tokens, val_loss]
+    text: dict[str, list[str]] = field(default_factory=dict)  # raw cells of the text columns asked for
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_kind(self) -> str:
+        """"non-embedding" or "total" when N is a registry count, else ""."""
+        return N_KINDS.get(self.columns.get("N", ""), "")
+
+
+def _derive(values: dict[str, np.ndarray], columns: dict[str, str]) -> None:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if "D" not in values and "C" in values and "N" in values:
+            values["D"] = values["C"] / (6.0 * values["N"])
+            columns["D"] = "C/6N"
+        if "C" not in values and "N" in values and "D" in values:
+            values["C"] = 6.0 * values["N"] * values["D"]
+            columns["C"] = "6ND"
+
+
+def _number(raw: str | None, path: Path, line: int, column: str) -> float:
+    try:
+        return float((raw or "").strip())
+    except ValueError:
+        raise DataError(f"{path}:{line}: column {column!r} has {raw!r}, not a number") from None
+
+
+def read_runs_csv(path: str | os.PathLike, columns: Mapping[str, str | None] | None = None,
+                  params: str = "non_embedding", extra: Sequence[str] = (), text: Sequence[str] = (),
+                  where: Mapping[str, Any] | None = None) -> RunColumns:
+    """The runs of a CSV, columns resolved as the module docstring says.
+
+    `columns` names columns per quantity (None: resolve); `extra` are further numeric columns
+    and `text` raw ones, read by their exact names; `where` keeps the rows whose cells equal
+    the given values. A cell that is not a number is an error naming its line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    if not header:
+        raise DataError(f"{path}: empty CSV (no header)")
+    given = {q: c for q, c in (columns or {}).items() if c}
+    missing = [c for c in [*given.values(), *extra, *text, *(where or {})] if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; columns are {header}")
+    resolved = {q: given.get(q) or next((c for c in candidates(q, params) if c in header), None)
+                for q in QUANTITIES}
+    resolved = {q: c for q, c in resolved.items() if c is not None}
+    kept = [(i, r) for i, r in enumerate(rows, start=2)
+            if r.get("status", "") in ("finished", "")
+            and all(r[k] == str(v) for k, v in (where or {}).items())]
+    numeric = {**resolved, **{c: c for c in extra}}
+    values = {key: np.array([_number(r[col], path, i, col) for i, r in kept], dtype=float)
+              for key, col in numeric.items()}
+    used = dict(resolved)
+    _derive(values, used)
+    return RunColumns(values, used, [r.get("name") or f"row{i}" for i, r in kept], str(path), header,
+                      text={c: [r[c] for _, r in kept] for c in text})
+
+
+def records_columns(records: Iterable[Any], params: str = "non_embedding", extra: Sequence[str] = (),
+                    source: str = "") -> RunColumns:
+    """The finished runs of registry records, read as the same columns their CSV export has.
+
+    A value the run did not record (None) is NaN.
+    """
+    rows = [r for r in records if r.status == "finished"]
+    n_col = candidates("N", params)[0]
+
+    def col(name: str) -> np.ndarray:
+        return np.array([math.nan if getattr(r, name, None) is None else float(getattr(r, name)) for r in rows])
+
+    resolved = {"N": n_col, "D": "tokens", "C": "flops", "loss": "final_val_loss"}
+    values = {q: col(c) for q, c in resolved.items()}
+    values.update({c: col(c) for c in extra})
+    return RunColumns(values, resolved, [r.name for r in rows], source, curves=[r.loss_curve for r in rows])
+
+
+def read_runs(source: str | os.PathLike, columns: Mapping[str, str | None] | None = None,
+              params: str = "non_embedding", sweep: str | None = None, extra: Sequence[str] = (),
+              text: Sequence[str] = (), where: Mapping[str, Any] | None = None) -> RunColumns:
+    """The finished runs of a registry (SQLite; `sweep` picks one) or a CSV (`columns`, `text`
+    and `where` apply to CSVs), columns resolved as the module docstring says."""
+    p = Path(source)
+    if not p.exists():
+        raise DataError(f"{p} does not exist")
+    if not is_sqlite(p):
+        return read_runs_csv(p, columns, params=params, extra=extra, text=text, where=where)
+    reg = Registry(p)
+    try:
+        return records_columns(reg.runs(sweep), params=params, extra=extra, source=str(p))
+    finally:
+        reg.close()
+
+
+@dataclass
+class RunsTable:
+    """Finished runs as arrays: N (parameters), D (tokens), loss; optional names and curves.
+
+    Rows without a positive, finite N, D and loss are dropped.
+    """
+
+    N: np.ndarray
+    D: np.ndarray
+    loss: np.ndarray
+    names: list[str] = field(default_factory=list)
+    curves: list[list[list[float]]] = field(default_factory=list)  # per run [step, tokens, val_loss]
+    n_kind: str = "non-embedding"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.N, self.D, self.loss = (np.asarray(a, dtype=float) for a in (self.N, self.D, self.loss))
+        with np.errstate(invalid="ignore"):
+            ok = (np.isfinite(self.N) & np.isfinite(self.D) & np.isfinite(self.loss)
+                  & (self.N > 0) & (self.D > 0) & (self.loss > 0))
+        if not ok.all():
+            keep = np.flatnonzero(ok)
+            self.N, self.D, self.loss = self.N[keep], self.D[keep], self.loss[keep]
+            self.names = [self.names[i] for i in keep] if self.names else []
+            self.curves = [self.curves[i] for i in keep] if self.curves else []
+        if not self.names:
+            self.names = [f"run{i}" for i in range(len(self.N))]
+
+    @property
+    def C(self) -> np.ndarray:
+        return 6.0 * self.N * self.D
+
+    def __len__(self) -> int:
+        return len(self.N)
+
+    @classmethod
+    def from_columns(cls, cols: RunColumns) -> "RunsTable":
+        if not {"N", "D", "loss"} <= set(cols.values):
+            raise DataError(f"{cols.source}: need parameter, token (or compute) and loss columns; columns are "
+                            f"{cols.header} (name them with --n-col/--d-col/--c-col/--loss-col)")
+        v = cols.values
+        return cls(v["N"], v["D"], v["loss"], cols.names, cols.curves, n_kind=cols.n_kind, source=cols.source)
+
+    @classmethod
+    def from_records(cls, records: Sequence[Any], params: str = "non_embedding", source: str = "") -> "RunsTable":
+        return cls.from_columns(records_columns(records, params=params, source=source))
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike, n_col: str | None = None, d_col: str | None = None,
+                 c_col: str | None = None, loss_col: str | None = None,
+                 params: str = "non_embedding") -> "RunsTable":
+        """A CSV of runs, columns resolved as the module docstring says."""
+        cols = read_runs_csv(path, {"N": n_col, "D": d_col, "C": c_col, "loss": loss_col}, params=params)
+        return cls.from_columns(cols)
+
+
+def load_runs(source: str | os.PathLike, sweep: str | None = None, params: str = "non_embedding",
+              **csv_cols: str | None) -> RunsTable:
+    """Finished runs of a registry (SQLite) or a CSV of runs; at least two.
+
+    `csv_cols` are `n_col`, `d_col`, `c_col`, `loss_col` (CSV only).
+    """
+    names = {"n_col": "N", "d_col": "D", "c_col": "C", "loss_col": "loss"}
+    bad = set(csv_cols) - set(names)
+    if bad:
+        raise TypeError(f"load_runs: unknown column argument(s) {sorted(bad)}")
+    columns = {names[k]: v for k, v in csv_cols.items()}
+    table = RunsTable.from_columns(read_runs(source, columns, params=params, sweep=sweep))
+    if len(table) < 2:
+        raise DataError(f"{source}: fewer than 2 finished runs to report on")
+    return table
