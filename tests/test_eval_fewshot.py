@@ -339,7 +339,8 @@ def test_encoder_and_encoder_decoder_scoring(tmp_path):
     tgt = ug.encode("yes")
     dec = [0, ug.sentinel_ids[0]] + tgt
     with torch.no_grad():
-        lp = torch.log_softmax(t5(input_ids=torch.tensor([enc_ids]), decoder_input_ids=torch.tensor([dec[:-1]])).logits[0], -1)
+        logits = t5(input_ids=torch.tensor([enc_ids]), decoder_input_ids=torch.tensor([dec[:-1]])).logits[0]
+        lp = torch.log_softmax(logits, -1)
     ref2 = sum(float(lp[1 + i, t]) for i, t in enumerate(tgt))
     assert s2.logprob == pytest.approx(ref2, abs=1e-4)
 

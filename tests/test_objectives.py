@@ -240,7 +240,8 @@ def test_span_masking_spanbert(toks):
         b = obj.build(windows, example_rngs(0, step, 0, len(windows)))
         sel = b["labels"].numpy() != IGNORE_INDEX
         for r in range(8):
-            cand = ~np.isin(np.concatenate([[tok.cls_id], windows[r], [tok.sep_id]]), sorted(tok.special_ids - {tok.unk_id}))
+            row = np.concatenate([[tok.cls_id], windows[r], [tok.sep_id]])
+            cand = ~np.isin(row, sorted(tok.special_ids - {tok.unk_id}))
             rate += sel[r].sum() / cand.sum()
             n_rows += 1
             edges = np.flatnonzero(np.diff(np.concatenate([[0], sel[r].astype(int), [0]])))

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from lmscale.errors import LmscaleError
-from lmscale.inference.generate import _decoder_start, context_limit, model_family
+from lmscale.inference.generate import _decoder_start, context_limit, iter_token_ids, model_family
 from lmscale.inference.sampling import SamplingConfig
 
 
@@ -178,8 +178,6 @@ class CausalLM(ScoringLM):
         return results  # type: ignore[return-value]
 
     def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int) -> tuple[str, bool]:
-        from lmscale.inference.generate import iter_token_ids
-
         ids = self.tok.encode(context)
         if not ids:
             ids = [self.tok.doc_separator_id or 0]
@@ -240,8 +238,6 @@ class Seq2SeqLM(ScoringLM):
         return out
 
     def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int) -> tuple[str, bool]:
-        from lmscale.inference.generate import iter_token_ids
-
         enc_ids, trunc = self._encoder_ids(context.rstrip())
         first = self.tok.sentinel_ids[:1]
         eos = {self.tok.eos_id} if self.tok.eos_id is not None else set()
@@ -331,7 +327,7 @@ def load_hf_causal_lm(path: str | Path, device: str = "cpu", **kw: Any) -> Causa
     if not p.is_dir() or not (p / "config.json").is_file():
         raise LmscaleError(f"--hf {p}: not a transformers model directory (no config.json)")
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415  optional (lmscale[hf])
     except ImportError:
         raise LmscaleError("--hf needs the transformers package: pip install 'lmscale[hf]'") from None
     try:

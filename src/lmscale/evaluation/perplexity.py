@@ -15,13 +15,14 @@ encoder with a sentinel where the chunk belongs (the span-corruption shape they 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 
+from lmscale.data.catalog import resolve_corpus
+from lmscale.data.readers import expand_paths, file_documents
 from lmscale.errors import DataError, LmscaleError
 from lmscale.inference.generate import _decoder_start, model_family
 
@@ -252,36 +253,10 @@ def perplexity(
 
 
 def corpus_documents(corpus: str, split: str) -> Iterable[str]:
-    """Documents of a corpus split: a catalog name (`wikitext-2`) or a local text file/directory
-    (all of it, cut into documents as the data pipeline cuts them). Without the data catalog,
-    names resolve in the `LMSCALE_DATA_DIR` mirror and a file is read one document per line."""
+    """Documents of a corpus split: a catalog name (`wikitext-2`), or a local text file/directory
+    (all of it, cut into documents as the data pipeline cuts them)."""
     p = Path(corpus).expanduser()
-    try:
-        from lmscale.data import catalog
-    except ImportError:
-        catalog = None  # type: ignore[assignment]
-    if catalog is not None:
-        if p.exists():
-            from lmscale.data.readers import file_documents
-
-            files = catalog.expand_paths(p) if p.is_dir() else [p]
-            return (d for f in files for d in file_documents(f))
-        c = catalog.resolve_corpus(corpus)
-        return c.documents(split)
-    if p.is_file():
-        return _file_lines(p)
-    f = Path(os.environ.get("LMSCALE_DATA_DIR", "")) / corpus / f"wiki.{split}.raw"
-    if not f.is_file():
-        raise DataError(f"cannot find corpus {corpus!r} split {split!r} (looked for {f}); "
-                        "pass a text file or set LMSCALE_DATA_DIR")
-    return _file_lines(f)
-
-
-def _file_lines(path: Path) -> Iterable[str]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    yield line.rstrip("\n")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+    if p.exists():
+        files = expand_paths(p) if p.is_dir() else [p]
+        return (d for f in files for d in file_documents(f))
+    return resolve_corpus(corpus).documents(split)

@@ -5,6 +5,7 @@ field, before any model time is spent.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmscale.data.catalog import resolve_corpus
 from lmscale.errors import DataError
 
 # BIG-bench's defaults for fields a task may leave out (bigbench/api/json_task.py).
@@ -240,20 +242,10 @@ def load_task_file(path: str | os.PathLike, name: str | None = None) -> Task:
 
 
 def _bigbench_root() -> Path | None:
-    """The BIG-bench task directory: through the data catalog when it is installed (local mirror,
-    cache, or a fetch of the PyPI sdist), else the `LMSCALE_DATA_DIR` mirror."""
-    try:
-        from lmscale.data.catalog import resolve_corpus
-    except ImportError:
-        resolve_corpus = None  # type: ignore[assignment]
-    if resolve_corpus is not None:
-        root = getattr(resolve_corpus("bigbench"), "root", None)
-        if root is not None and Path(root).is_dir():
-            return Path(root)
-    env = os.environ.get("LMSCALE_DATA_DIR")
-    if env and (Path(env) / "bigbench").is_dir():
-        return Path(env) / "bigbench"
-    return None
+    """The BIG-bench task directory, through the data catalog (the `LMSCALE_DATA_DIR` mirror, the
+    cache, or a fetch of the PyPI sdist)."""
+    root = resolve_corpus("bigbench").root
+    return Path(root) if root is not None and Path(root).is_dir() else None
 
 
 def _expand_dir(d: Path, name: str) -> list[Task]:
@@ -298,8 +290,6 @@ def load_tasks(spec: str | os.PathLike) -> list[Task]:
     if len(matches) == 1:
         m = matches[0]
         return [load_task_file(m / "task.json", name=f"{m.parent.name}/{m.name}")]
-    import difflib
-
     names = sorted({q.parent.name for q in root.glob("*/task.json")}
                    | {f"{q.parent.parent.name}/{q.parent.name}" for q in root.glob("*/*/task.json")})
     near = difflib.get_close_matches(name, names, n=3)

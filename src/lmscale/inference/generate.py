@@ -23,7 +23,7 @@ SENTINEL_ALIASES = {"<X>": 0, "<Y>": 1, "<Z>": 2}
 
 @dataclass
 class GenerationResult:
-    token_ids: list[int]  # new tokens only: the end-of-sequence token, or the token that completed a stop string, included
+    token_ids: list[int]  # new tokens only; the end-of-sequence token, or the one completing a stop string, included
     text: str  # decoded new tokens, cut before a stop string
     stop_reason: str  # eos | stop | length | context
     prompt_ids: list[int] = field(default_factory=list)
@@ -163,6 +163,46 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return hold
 
 
+def _prompt_ids(tokenizer: Any, prompt: str | Sequence[int], family: str) -> list[int]:
+    """The prompt as token ids; an empty decoder prompt starts from the document separator."""
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise LmscaleError("a text prompt needs a tokenizer")
+        ids = tokenizer.encode(prompt, add_special_tokens=(family == "encoder-decoder"))
+    else:
+        ids = [int(i) for i in prompt]
+    if family == "decoder" and not ids:
+        start = getattr(tokenizer, "doc_separator_id", None) if tokenizer is not None else None
+        start = start if start is not None else (getattr(tokenizer, "eos_id", None) if tokenizer else None)
+        if start is None:
+            raise LmscaleError("the prompt is empty and the tokenizer has no document separator to start from")
+        ids = [int(start)]
+    return ids
+
+
+def _fit_context(model: Any, family: str, ids: list[int], max_new_tokens: int) -> tuple[list[int], int, int]:
+    """-> (prompt ids cut from the left to fit the context, tokens cut, new tokens that still fit).
+
+    A prompt that fills a decoder's window is cut to leave room for the new tokens (at most half
+    the window); an encoder-decoder's prompt is cut only where its positions have a hard limit
+    (not under T5's relative bias)."""
+    truncated = 0
+    limit = context_limit(model) if family == "decoder" else None
+    budget = max_new_tokens
+    if limit is not None:
+        if len(ids) >= limit:
+            keep = max(1, limit - min(max_new_tokens, limit // 2))
+            truncated = len(ids) - keep
+            ids = ids[-keep:]
+        budget = min(max_new_tokens, limit - len(ids))
+    elif family == "encoder-decoder":
+        enc_limit = getattr(model.config, "max_positions", None)
+        if getattr(model.config, "position", None) not in (None, "relative") and enc_limit and len(ids) > enc_limit:
+            truncated = len(ids) - enc_limit
+            ids = ids[-enc_limit:]
+    return ids, truncated, budget
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -195,32 +235,7 @@ def generate(
     if family == "encoder":
         raise LmscaleError("encoders (BERT-style) do not generate text; use fill-mask, "
                            "or a decoder / encoder-decoder checkpoint")
-    if isinstance(prompt, str):
-        if tokenizer is None:
-            raise LmscaleError("a text prompt needs a tokenizer")
-        ids = tokenizer.encode(prompt, add_special_tokens=(family == "encoder-decoder"))
-    else:
-        ids = [int(i) for i in prompt]
-    if family == "decoder" and not ids:
-        start = getattr(tokenizer, "doc_separator_id", None) if tokenizer is not None else None
-        start = start if start is not None else (getattr(tokenizer, "eos_id", None) if tokenizer else None)
-        if start is None:
-            raise LmscaleError("the prompt is empty and the tokenizer has no document separator to start from")
-        ids = [int(start)]
-    truncated = 0
-    limit = context_limit(model) if family == "decoder" else None
-    budget = max_new_tokens
-    if limit is not None:
-        if len(ids) >= limit:
-            keep = max(1, limit - min(max_new_tokens, limit // 2))
-            truncated = len(ids) - keep
-            ids = ids[-keep:]
-        budget = min(max_new_tokens, limit - len(ids))
-    elif family == "encoder-decoder":
-        enc_limit = getattr(model.config, "max_positions", None)
-        if getattr(model.config, "position", None) not in (None, "relative") and enc_limit and len(ids) > enc_limit:
-            truncated = len(ids) - enc_limit
-            ids = ids[-enc_limit:]
+    ids, truncated, budget = _fit_context(model, family, _prompt_ids(tokenizer, prompt, family), max_new_tokens)
     eos = set()
     if stop_at_eos:
         eos = {int(e) for e in eos_ids} if eos_ids is not None else _eos_ids(model, tokenizer)
