@@ -396,13 +396,13 @@ def test_nonfinite_streak_stops_and_keeps_checkpoint(data, tmp_path, monkeypatch
 def _read_once_per_interval(monkeypatch):
     """Train as on an accelerator: the host reads losses and skips only at log, eval and
     checkpoint points, not after every step."""
-    build = loop.Trainer.validate_and_build
+    init = loop.Trainer.__init__
 
-    def deferred(self):
-        build(self)
-        self._read_every_step = False
+    def deferred(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.read_every_step = False
 
-    monkeypatch.setattr(loop.Trainer, "validate_and_build", deferred)
+    monkeypatch.setattr(loop.Trainer, "__init__", deferred)
 
 
 def test_reads_once_per_interval_give_the_same_run(data, tmp_path, monkeypatch, one_thread):
@@ -546,8 +546,8 @@ def test_resume_after_sigkill_is_exact(data, tmp_path, one_thread):
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists():
-            steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
-                     if l.endswith("}") and '"train"' in l]
+            steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
+                     if line.endswith("}") and '"train"' in line]
             if steps and max(steps) >= 8:
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_at = max(steps)

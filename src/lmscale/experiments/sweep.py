@@ -42,6 +42,7 @@ from typing import Any, Callable
 import yaml
 
 from lmscale.config import ConfigError, RunConfig, from_dict, load_preset, to_dict
+from lmscale.data.prepare import prepare_run_data
 from lmscale.errors import LmscaleError
 from lmscale.io import atomic_path, atomic_write_json, atomic_write_text
 from lmscale.scaling.registry import Registry, RunRecord
@@ -253,31 +254,10 @@ def prepare_data(base: RunConfig, out_dir: Path) -> tuple[str, str]:
     Losses of different runs are only comparable when they are measured in the same tokens on
     the same validation windows, so no run may train its own tokenizer.
     """
-    from lmscale.data.catalog import resolve_corpus
-    from lmscale.data.shards import prepare
-    from lmscale.tokenization import Tokenizer, train_tokenizer
-
-    data_dir = out_dir / "data"
-    tok_dir = Path(base.data.tokenizer) if base.data.tokenizer else data_dir / "tokenizer"
-    shard_dir = Path(base.data.shards) if base.data.shards else data_dir / "shards"
     if base.data.corpus is None and base.data.shards is None:
         raise ConfigError("the sweep's base config needs data.corpus (e.g. wikitext-2) or data.shards")
-
-    def corpus():
-        return resolve_corpus(base.data.corpus, errors=base.data.errors, valid_fraction=base.data.valid_fraction,
-                              split_seed=base.data.split_seed)
-
-    if (tok_dir / "tokenizer.json").exists():
-        tok = Tokenizer.load(tok_dir)
-    else:
-        tok = train_tokenizer(base.tokenizer_kind, corpus().iter_documents("train"),
-                              base.tokenizer.vocab_size or base.model.vocab_size,
-                              lowercase=base.tokenizer.lowercase, min_frequency=base.tokenizer.min_frequency)
-        tok.save(tok_dir)
-    if not (shard_dir / "index.json").exists():
-        prepare(corpus(), tok, shard_dir, valid_fraction=base.data.valid_fraction,
-                split_seed=base.data.split_seed, errors=base.data.errors)
-    return str(tok_dir), str(shard_dir)
+    data = prepare_run_data(base, out_dir / "data")
+    return str(data.tokenizer_dir), str(data.shard_dir)
 
 
 # --------------------------------------------------------------------------- reading a run dir

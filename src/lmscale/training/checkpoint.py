@@ -12,16 +12,56 @@ import os
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors.torch import load_file
 
+from lmscale.config import ModelConfig
 from lmscale.errors import CheckpointError
 from lmscale.io import atomic_directory, atomic_path, atomic_write_json
+from lmscale.models import build_model
+from lmscale.models.serialization import WEIGHTS_FILE, load_state_checked, write_model_files
+from lmscale.training import distributed as dist_util
 
 STATE_FILE = "trainer_state.pt"
 _STEP_RE = re.compile(r"step_(\d+)")
+
+
+@dataclass
+class RunState:
+    """Where a run is, besides its model, optimizer, RNG and sampler states: the counters and the
+    planned schedule a checkpoint carries (under the same keys in `trainer_state.pt`)."""
+
+    total_steps: int
+    budget: str  # the budget that set the schedule length: steps, tokens, flops or time
+    step: int = 0
+    tokens: int = 0
+    wall_s: float = 0.0
+    train_time_s: float = 0.0
+    bad_steps: int = 0
+    consecutive_bad: int = 0
+    best_val_loss: Optional[float] = None
+    last_val_loss: Optional[float] = None
+    last_eval_step: Optional[int] = None
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> "RunState":
+        return cls(
+            total_steps=int(state["total_steps"]),
+            budget=state.get("budget", "steps"),
+            step=int(state["step"]),
+            tokens=int(state["tokens"]),
+            wall_s=float(state["wall_s"]),
+            train_time_s=float(state.get("train_time_s", state["wall_s"])),
+            bad_steps=int(state["bad_steps"]),
+            consecutive_bad=int(state["consecutive_bad"]),
+            best_val_loss=state.get("best_val_loss"),
+            last_val_loss=state.get("last_val_loss"),
+            last_eval_step=state.get("last_eval_step"),
+        )
 
 
 def step_dir_name(step: int) -> str:
@@ -60,12 +100,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_model(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
-    from lmscale.models.serialization import write_model_files
-
-    write_model_files(model, tokenizer, out)
-
-
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -77,7 +111,7 @@ def save_checkpoint(
     """Write `checkpoints/step_N` atomically, then prune to the newest `keep_last`."""
     target = Path(run_dir) / "checkpoints" / step_dir_name(step)
     with atomic_directory(target) as tmp:
-        _write_model(model, tokenizer, tmp)
+        write_model_files(model, tokenizer, tmp)
         with atomic_path(tmp / STATE_FILE) as p:
             torch.save(trainer_state, p)
     prune_checkpoints(run_dir, keep_last)
@@ -88,7 +122,7 @@ def save_best(run_dir: str | Path, model: torch.nn.Module, tokenizer: Any, info:
     """Replace `checkpoints/best` (a model dir) atomically; `best.json` says which step/loss."""
     target = Path(run_dir) / "checkpoints" / "best"
     with atomic_directory(target) as tmp:
-        _write_model(model, tokenizer, tmp)
+        write_model_files(model, tokenizer, tmp)
         atomic_write_json(tmp / "best.json", info)
     return target
 
@@ -125,16 +159,28 @@ def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
 
 
 def load_model_weights(model: torch.nn.Module, ckpt_dir: str | Path) -> None:
-    """Load `model.safetensors` into `model` in place, with the model engineer's strict check."""
-    from safetensors.torch import load_file
-
-    from lmscale.models.serialization import WEIGHTS_FILE, load_state_checked
-
+    """Load `model.safetensors` into `model` in place, with the model package's strict check."""
     path = Path(ckpt_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
     state = load_file(str(path), device=str(next(model.parameters()).device))
     load_state_checked(model, state, str(ckpt_dir))
+
+
+def model_and_optimizer_to_save(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                                model_config: ModelConfig, info: dist_util.DistInfo,
+                                ) -> tuple[Optional[torch.nn.Module], dict]:
+    """The plain model and the full optimizer state of a (wrapped) training model. Under FSDP the
+    gathering is collective, so every process calls this, and only rank 0 gets a model: a CPU
+    copy built from the gathered weights."""
+    model_sd, optim_sd = dist_util.full_state_dicts(model, optimizer)
+    if not dist_util.is_fsdp(model):
+        return dist_util.unwrap(model), optim_sd
+    if not info.is_main:
+        return None, optim_sd
+    cpu_model = build_model(model_config)
+    cpu_model.load_state_dict(model_sd)
+    return cpu_model, optim_sd
 
 
 def is_writable_dir(path: str | Path) -> Optional[str]:

@@ -1,11 +1,12 @@
 """Data parallelism applied to a model from outside: torchrun DDP (gloo/NCCL) or FSDP2.
 
-Model files contain no distributed code; this module wraps a built model. The global batch is a
-config value and each process takes `batch_size / world_size` sequences of it, so the optimizer
-sees the same batch, and the LR schedule the same length, for any number of processes.
+Model files contain no distributed code; this module wraps a built model, and every
+`torch.distributed` call of the package lives here. The global batch is a config value and each
+process takes `batch_size / world_size` sequences of it, so the optimizer sees the same batch, and
+the LR schedule the same length, for any number of processes.
 
-Multi-node is torchrun's job, e.g. on each of 2 nodes with 8 GPUs:
-`torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 -m lmscale pretrain --config run.yaml`.
+Multi-node is torchrun's job, e.g. on each of 2 nodes with 8 GPUs: `torchrun --nnodes 2
+--nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 -m lmscale pretrain --config run.yaml`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+try:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+except ImportError:  # a torch without FSDP2 under its public name: DDP only, and `is_fsdp` is always false
+    FSDPModule = MixedPrecisionPolicy = fully_shard = None
 
 
 @dataclass
@@ -35,14 +44,17 @@ class DistInfo:
         return self.rank == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun); readable before and after the
+    process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device_pref: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); no-op otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    import torch.distributed as dist
-
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and not str(device_pref).startswith("cpu")
     backend = "nccl" if use_cuda else "gloo"
@@ -50,26 +62,35 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, backend=backend)
+    return DistInfo(rank=launch_rank(), local_rank=local_rank, world_size=world, backend=backend)
 
 
 def shutdown(info: DistInfo) -> None:
-    if info.enabled:
-        import torch.distributed as dist
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+
+def collective_device(info: DistInfo, device: torch.device) -> torch.device:
+    """Where tensors of a collective must live: the device under NCCL, the CPU under gloo."""
+    return device if info.backend == "nccl" else torch.device("cpu")
 
 
 def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
     """Sum a few scalars over all processes (identity in a single process)."""
     if not info.enabled:
         return list(values)
-    import torch.distributed as dist
-
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)  # the default reduction is a sum
     return t.tolist()
+
+
+def all_reduce_max(value: float, info: DistInfo, device: torch.device) -> float:
+    """The largest `value` of all processes (identity in a single process)."""
+    t = torch.tensor([value])
+    if info.enabled:
+        t = t.to(device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def global_sum(value: float, info: DistInfo, device: torch.device) -> Any:
@@ -78,25 +99,37 @@ def global_sum(value: float, info: DistInfo, device: torch.device) -> Any:
     elsewhere a float, as `all_reduce_sum` gives it."""
     if not (info.enabled and info.backend == "nccl"):
         return all_reduce_sum([value], info, device)[0]
-    import torch.distributed as dist
-
     t = torch.full((), value, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t
 
 
+def sum_tensor(t: torch.Tensor, info: DistInfo, device: torch.device) -> torch.Tensor:
+    """`t` summed over all processes, as a tensor on `device` (`t` itself in a single process)."""
+    if not info.enabled:
+        return t
+    out = t.to(device)
+    dist.all_reduce(out)
+    return out
+
+
+def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
+    """Every process's `obj`, in rank order (`[obj]` in a single process)."""
+    if not info.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
     if not info.enabled:
         return obj
-    import torch.distributed as dist
-
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -117,8 +150,8 @@ def wrap_model(model: nn.Module, info: DistInfo, parallel: str, device: torch.de
     if not info.enabled:
         return model
     if parallel == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
+        if fully_shard is None:
+            raise RuntimeError("train.parallel=fsdp needs a torch with torch.distributed.fsdp.fully_shard")
         kw: dict[str, Any] = {}
         if mixed_bf16:
             kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -126,11 +159,9 @@ def wrap_model(model: nn.Module, info: DistInfo, parallel: str, device: torch.de
             fully_shard(block, **kw)
         fully_shard(model, **kw)
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     if device.type == "cuda":
-        return DDP(model, device_ids=[device.index])
-    return DDP(model)
+        return DistributedDataParallel(model, device_ids=[device.index])
+    return DistributedDataParallel(model)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -148,11 +179,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def is_fsdp(model: nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return False
-    return isinstance(unwrap(model), FSDPModule)
+    return FSDPModule is not None and isinstance(unwrap(model), FSDPModule)
 
 
 @contextlib.contextmanager
@@ -179,8 +206,6 @@ def no_gradient_sync(model: nn.Module, active: bool) -> Iterator[None]:
 def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Unsharded model and optimizer state on CPU (collective under FSDP: all ranks call it)."""
     if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_state_dict(unwrap(model), optimizer, options=opts)
     return unwrap(model).state_dict(), optimizer.state_dict()
@@ -189,8 +214,6 @@ def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tupl
 def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict | None,
                           optim_sd: dict) -> None:
     if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
         opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
         set_state_dict(unwrap(model), optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=opts)
         return

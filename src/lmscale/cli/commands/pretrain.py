@@ -65,12 +65,11 @@ def run(args: argparse.Namespace) -> int:
     if cfg.out is None:
         raise ConfigError("no run directory: add --out RUN_DIR")
 
+    from lmscale.training.distributed import launch_rank
     from lmscale.training.loop import pretrain
 
     summary = pretrain(cfg, resume=resume, progress=not (args.no_progress or args.json))
-    import os
-
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launch_rank() == 0:  # under torchrun only the first process prints
         if args.json:
             print(json.dumps(summary))
         else:

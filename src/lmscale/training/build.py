@@ -1,0 +1,231 @@
+"""Building a run from its config: everything `Trainer` receives, checked before the first step.
+
+`build_run` checks the config against the run directory, the processes and the data (each problem
+a `ConfigError` that says what to change), prepares the tokenizer and shards (rank 0 writes, the
+other processes wait for it), builds the batches, the model and its optimizer, restores the newest
+checkpoint's state when resuming, and otherwise plans the schedule from the budget.
+
+The caller's config is never changed: the run works from a resolved copy (the tokenizer it trains
+or reuses filled in), and that copy is what `RUN_DIR/config.yaml` holds, so `--resume` reuses the
+same tokenizer.
+
+Budgets: steps, tokens (global batch x seq_len per step), training FLOPs (PaLM convention, see
+`metrics`) or wall-clock. For wall-clock, three forward/backward passes are timed before the first
+step (the model is not updated and the RNG is restored) and the schedule length is
+`max_time_s / step_time`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from lmscale.config import ConfigError, RunConfig, TrainConfig
+from lmscale.data.objectives import Objective, example_rngs, make_objective
+from lmscale.data.prepare import SHARD_DIR, TOKENIZER_DIR, prepare_shards, prepare_tokenizer
+from lmscale.data.sampler import WindowSampler, validation_windows
+from lmscale.data.shards import TokenDataset
+from lmscale.errors import LmscaleError
+from lmscale.tokenization import Tokenizer
+from lmscale.training import checkpoint as ckpt
+from lmscale.training import distributed as dist_util
+from lmscale.training.batches import Batch, StepBatches, to_device, validation_batches
+from lmscale.training.checkpoint import RunState
+from lmscale.training.engine import Engine, build_engine, compute_loss, sync
+from lmscale.training.metrics import training_flops_per_token
+from lmscale.training.optim import schedule_steps
+from lmscale.training.rundir import CONFIG_FILE, save_run_config
+
+_ABSOLUTE_POSITIONS = ("learned", "sinusoidal", "rope")
+
+
+@dataclass
+class Run:
+    """A run ready to train: what `Trainer` receives."""
+
+    cfg: RunConfig  # the resolved copy: data.tokenizer is the tokenizer this run uses
+    info: dist_util.DistInfo
+    run_dir: Path
+    tokenizer: Tokenizer
+    engine: Engine
+    batches: StepBatches
+    val_batches: Optional[list[tuple[Batch, int]]]  # this process's share; None: no validation
+    bytes_per_token: Optional[float]  # of the validation split, for bits per byte
+    state: RunState  # restored from the newest checkpoint, or a fresh start with its schedule
+    resumed: bool
+    step_time_estimate: Optional[float]  # the measured step time a wall-clock budget planned with
+    flops_per_token: float
+
+
+def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False) -> Run:
+    """Check, prepare and build everything a run of `cfg` needs (continuing its newest checkpoint
+    when `resume`); every process calls it."""
+    run_dir = _checked_run_dir(cfg, info)
+    tc = cfg.train
+    micro, accum = _batching(tc, info)
+    _check_budget(tc)
+    cfg, tokenizer, objective, shard_dir = _prepare_data(cfg, run_dir, resume, info)
+    if info.is_main:
+        save_run_config(run_dir, cfg)
+    raw_len = objective.raw_length(tc.seq_len)
+    train_ds, valid_ds = _open_splits(shard_dir, raw_len)
+    sampler = WindowSampler(train_ds, raw_len, tc.batch_size, tc.seed, rank=info.rank, world_size=info.world_size)
+    val_batches, bytes_per_token = _validation(valid_ds, objective, raw_len, tc, micro, info)
+
+    checkpoint = ckpt.latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None and info.is_main:
+        print(f"lmscale pretrain: no checkpoint in {run_dir}; starting from step 0", flush=True)
+    resume_state = ckpt.load_trainer_state(checkpoint) if checkpoint is not None else None
+    engine = build_engine(cfg, info, checkpoint)
+    batches = StepBatches(sampler, objective, tc.seed, micro, accum, info.rank,
+                          pin_memory=engine.device.type == "cuda")
+    flops_per_token = training_flops_per_token(cfg.model, tc.seq_len, engine.params["total"])
+    step_time = None
+    if resume_state is not None:
+        state = _restore(resume_state, engine, batches, info)
+    else:
+        if tc.max_time_s is not None:
+            step_time = _probe_step_time(engine, objective, train_ds, raw_len, tc.seed, micro, accum, info)
+        total_steps, budget = schedule_steps(tc, flops_per_token, step_time)
+        state = RunState(total_steps=total_steps, budget=budget)
+    return Run(cfg, info, run_dir, tokenizer, engine, batches, val_batches, bytes_per_token, state,
+               resumed=resume_state is not None, step_time_estimate=step_time, flops_per_token=flops_per_token)
+
+
+def _checked_run_dir(cfg: RunConfig, info: dist_util.DistInfo) -> Path:
+    if cfg.out is None:
+        raise ConfigError("no run directory: set --out RUN_DIR (or `out:` in the config file)")
+    run_dir = Path(cfg.out)
+    problem = ckpt.is_writable_dir(run_dir) if info.is_main else None
+    problem = dist_util.broadcast_object(problem, info)
+    if problem:
+        raise ConfigError(f"cannot write to the run directory {run_dir} ({problem}); choose another --out")
+    if info.is_main and not (run_dir / CONFIG_FILE).exists():
+        save_run_config(run_dir, cfg)  # early, so a run killed while preparing data can --resume
+    return run_dir
+
+
+def _batching(tc: TrainConfig, info: dist_util.DistInfo) -> tuple[int, int]:
+    """Sequences per forward pass, and forward passes per optimizer step, on each process."""
+    if info.world_size > 1 and tc.batch_size % info.world_size:
+        raise ConfigError(
+            f"train.batch_size={tc.batch_size} is not divisible by the {info.world_size} processes; "
+            "change the batch size or --nproc_per_node"
+        )
+    per_rank = tc.batch_size // info.world_size
+    micro = min(tc.micro_batch_size or per_rank, per_rank)
+    if per_rank % micro:
+        raise ConfigError(
+            f"each of {info.world_size} processes gets {per_rank} sequences, not a multiple of "
+            f"train.micro_batch_size={micro}"
+        )
+    return micro, per_rank // micro
+
+
+def _check_budget(tc: TrainConfig) -> None:
+    if tc.max_steps is None and tc.max_tokens is None and tc.max_flops is None and tc.max_time_s is None:
+        raise ConfigError(
+            "no training budget: set one of train.max_steps, train.max_tokens, train.max_flops "
+            "or train.max_time_s (e.g. --max-steps 200)"
+        )
+
+
+def _prepare_data(cfg: RunConfig, run_dir: Path, resume: bool, info: dist_util.DistInfo,
+                  ) -> tuple[RunConfig, Tokenizer, Objective, Path]:
+    """The resolved config, tokenizer, objective and shard directory. The objective's lengths are
+    checked against the model before the shards are built, which can take long."""
+    wait = functools.partial(dist_util.barrier, info)
+    # a fresh run trains its own tokenizer; a resumed one reuses the one it trained
+    tokenizer, tokenizer_dir = prepare_tokenizer(cfg, run_dir / TOKENIZER_DIR, reuse=resume,
+                                                 writer=info.is_main, wait=wait)
+    if cfg.data.tokenizer is None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(tokenizer_dir)))
+    objective = make_objective(cfg, tokenizer)
+    _check_positions(cfg, objective)
+    shard_dir = prepare_shards(cfg, tokenizer, run_dir / SHARD_DIR, writer=info.is_main, wait=wait)
+    return cfg, tokenizer, objective, shard_dir
+
+
+def _check_positions(cfg: RunConfig, objective: Objective) -> None:
+    m = cfg.model
+    lengths = {"encoder input": cfg.train.seq_len}
+    if hasattr(objective, "targets_length"):
+        lengths["decoder input (span targets)"] = objective.targets_length
+    if m.position in _ABSOLUTE_POSITIONS:
+        for what, n in lengths.items():
+            if n > m.max_positions:
+                raise ConfigError(
+                    f"{what} length {n} is longer than model.max_positions={m.max_positions} "
+                    f"({m.position} positions); lower train.seq_len or raise model.max_positions"
+                )
+
+
+def _open_splits(shard_dir: Path, raw_len: int) -> tuple[TokenDataset, Optional[TokenDataset]]:
+    """The training split, and the validation split when it holds at least one window."""
+    train_ds = TokenDataset.open(shard_dir, "train")
+    if train_ds.num_tokens < raw_len + 1:
+        raise ConfigError(
+            f"the training split has {train_ds.num_tokens} tokens, fewer than one window of "
+            f"{raw_len}; use a bigger corpus or a shorter train.seq_len"
+        )
+    try:
+        valid_ds = TokenDataset.open(shard_dir, "valid")
+    except (FileNotFoundError, LmscaleError, KeyError):
+        return train_ds, None
+    return train_ds, (valid_ds if valid_ds.num_tokens >= raw_len + 1 else None)
+
+
+def _validation(valid_ds: Optional[TokenDataset], objective: Objective, raw_len: int, tc: TrainConfig,
+                micro: int, info: dist_util.DistInfo) -> tuple[Optional[list[tuple[Batch, int]]], Optional[float]]:
+    """This process's validation batches (built once: every evaluation sees the same inputs) and
+    the split's UTF-8 bytes per token."""
+    if valid_ds is None or tc.eval_batches <= 0:
+        return None, None
+    # eval_batches global batches, split over the processes (a multiple of their number, so each
+    # runs as many forward passes: FSDP's collectives need that)
+    windows = validation_windows(valid_ds, raw_len, tc.eval_batches * tc.batch_size)
+    windows = windows[: len(windows) - len(windows) % info.world_size]
+    if not len(windows):
+        return None, None
+    batches = validation_batches(objective, np.asarray(windows, dtype=np.int64), tc.seed, micro,
+                                 info.rank, info.world_size)
+    n_bytes = dict(valid_ds.meta).get("n_bytes")
+    return batches, (float(n_bytes) / float(valid_ds.num_tokens) if n_bytes else None)
+
+
+def _restore(state: dict[str, Any], engine: Engine, batches: StepBatches, info: dist_util.DistInfo) -> RunState:
+    """Optimizer, RNG and sampler states and the counters of a checkpoint (its weights are
+    loaded when the model is built)."""
+    dist_util.load_full_state_dicts(engine.model, engine.optimizer, None, state["optimizer"])
+    rngs = state.get("rng_by_rank") or [state.get("rng")]
+    ckpt.set_rng_state(rngs[info.rank] if info.rank < len(rngs) else rngs[0])
+    batches.load_sampler_state(state["sampler"])
+    return RunState.from_checkpoint(state)
+
+
+def _probe_step_time(engine: Engine, objective: Objective, train_ds: TokenDataset, raw_len: int, seed: int,
+                     micro: int, accum: int, info: dist_util.DistInfo) -> float:
+    """Seconds per optimizer step, from a few timed forward/backward passes (no optimizer update,
+    RNG restored afterwards); every process plans with the slowest one's time."""
+    rng_before = ckpt.rng_state()
+    windows = np.asarray(train_ds.tokens[:raw_len], dtype=np.int64)[None].repeat(micro, 0)
+    batch = to_device(objective.build(windows, example_rngs(seed, 0, 0, micro, stream=2)), engine.device)
+    times = []
+    engine.model.train()
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with engine.autocast():
+            loss = compute_loss(engine.model, batch)
+        loss.backward()
+        sync(engine.device)
+        times.append(time.perf_counter() - t0)
+    engine.optimizer.zero_grad(set_to_none=True)
+    ckpt.set_rng_state(rng_before)
+    per_micro = float(np.median(times[1:]))
+    slowest = dist_util.all_reduce_max(per_micro * accum, info, dist_util.collective_device(info, engine.device))
+    return slowest * 1.05  # optimizer step and data, roughly

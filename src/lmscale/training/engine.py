@@ -1,0 +1,84 @@
+"""The model on its device: device and precision, the model built (and its checkpointed weights
+loaded), compiled and wrapped for data parallelism, and its optimizer."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Optional
+
+import torch
+
+from lmscale.config import ConfigError, RunConfig
+from lmscale.models import build_model
+from lmscale.training import checkpoint as ckpt
+from lmscale.training import distributed as dist_util
+from lmscale.training.optim import build_optimizer
+
+
+@dataclass
+class Engine:
+    model: torch.nn.Module  # compiled and/or wrapped (DDP, FSDP2) as the config asks
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    autocast: Callable[[], ContextManager]  # the forward passes' precision context
+    compute_dtype: str  # "bf16" or "fp32": the precision of the matmul products
+    params: dict[str, int]  # parameter counts of the plain model
+
+
+def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own mean token loss for one micro-batch (kept separate so it can be wrapped)."""
+    return model(**batch).loss
+
+
+def build_engine(cfg: RunConfig, info: dist_util.DistInfo, checkpoint: Optional[Path] = None) -> Engine:
+    """The model of `cfg.model`, initialised from `train.seed` (or with the weights of
+    `checkpoint`), on its device, compiled and wrapped as `cfg.train` says, with its optimizer."""
+    tc = cfg.train
+    device = resolve_device(tc.device, info)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast, compute_dtype = precision(device, tc.dtype)
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg.model)
+    params = {k: int(v) for k, v in model.num_parameters().items()}
+    if checkpoint is not None:
+        ckpt.load_model_weights(model, checkpoint)
+    model.to(device)
+    # FSDP is compiled after sharding, everything else before wrapping
+    if tc.compile and tc.parallel != "fsdp":
+        model = torch.compile(model)
+    model = dist_util.wrap_model(model, info, tc.parallel, device, mixed_bf16=compute_dtype == "bf16")
+    if tc.compile and tc.parallel == "fsdp" and info.enabled:
+        model = torch.compile(model)
+    return Engine(model, build_optimizer(model, tc), device, autocast, compute_dtype, params)
+
+
+def resolve_device(pref: str, info: dist_util.DistInfo) -> torch.device:
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", info.local_rank)
+        return torch.device("cpu")
+    dev = torch.device(pref)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={pref} but CUDA is not available; use train.device=cpu")
+        if info.enabled:
+            return torch.device("cuda", info.local_rank)
+    return dev
+
+
+def precision(device: torch.device, dtype_pref: str) -> tuple[Callable[[], ContextManager], str]:
+    """The autocast context for the forward passes and the dtype of their products: bf16 when
+    asked for, and by default on CUDA; fp32 weights and optimizer state either way."""
+    use_bf16 = dtype_pref == "bf16" or (dtype_pref == "auto" and device.type == "cuda")
+    if use_bf16:
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16), "bf16"
+    return contextlib.nullcontext, "fp32"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU, which runs it in place)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
