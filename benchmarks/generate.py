@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"decoder d_model={args.d_model} layers={args.layers} ({params['total'] / 1e6:.1f}M params), "
           f"prompt {args.prompt_tokens} tokens, {n} new tokens, greedy, torch threads {torch.get_num_threads()}")
-    print(f"  without KV cache (baseline): {t_nocache:7.2f} s  {n / t_nocache:8.1f} tokens/s  (CPU {cpu_nocache:.2f} s)")
+    print(f"  without KV cache (baseline): {t_nocache:7.2f} s  {n / t_nocache:8.1f} tokens/s  "
+          f"(CPU {cpu_nocache:.2f} s)")
     print(f"  with KV cache              : {t_cache:7.2f} s  {n / t_cache:8.1f} tokens/s  (CPU {cpu_cache:.2f} s)")
     print(f"  speed-up                   : {speedup:.1f}x wall clock, {cpu_nocache / cpu_cache:.1f}x CPU time "
           f"(same tokens: yes)")

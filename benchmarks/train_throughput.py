@@ -11,8 +11,9 @@ much of the speed-up is the optimizer kernel (`--no-fused-reference` skips it). 
 process, round after round, so machine load hits both alike; the reported number is the median
 tokens/s over rounds and the median of the per-round ratios. Time is process CPU time with one
 torch thread (wall time is kept in the JSON too): on a machine shared with other jobs the wall
-clock mostly measures the neighbours, while CPU time is what the step cost. MFU for the width-512 decoder uses the PaLM convention (6N + 12·L·d·T
-FLOPs per token) against a fp32 matmul rate re-measured before every round. Each side's step is
+clock mostly measures the neighbours, while CPU time is what the step cost. MFU for the width-512
+decoder uses the PaLM convention (6N + 12·L·d·T FLOPs per token)
+against a fp32 matmul rate re-measured before every round. Each side's step is
 also run once under torch's FLOP counter: the matrix-product FLOPs it really executes, the share
 of the matmul rate it sustains on them, and the ratio lmscale would reach if it ran all of them at
 that rate and did nothing else: a ceiling for these FLOPs against this transformers time, as
@@ -22,9 +23,10 @@ small products rarely reach the 1024x1024 rate.
 sides alike, and writes its own results file. `--dtype bf16` runs every engine's forward pass
 under CPU bf16 autocast (weights, gradients and optimizer state stay fp32), both sides alike,
 measures MFU against a bf16 matmul rate and writes its own results file too: on CPUs with
-AVX512-BF16 or AMX the bf16 products run faster than fp32 ones (2.2-2.4x on a Zen 4 core).
+AVX512-BF16 or AMX the bf16 products run faster than fp32 ones (see BENCHMARKS.md).
 
-    python benchmarks/train_throughput.py [--rounds 4] [--steps 1] [--batch 4] [--threads 1] [--compile] [--dtype bf16] [--out FILE.json]
+    python benchmarks/train_throughput.py [--rounds 4] [--steps 1] [--batch 4] [--threads 1] [--compile]
+        [--dtype bf16] [--out FILE.json]
 """
 from __future__ import annotations
 
