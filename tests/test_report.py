@@ -173,6 +173,7 @@ def test_report_opens_in_headless_chromium_with_every_image_decoded(law_report, 
     assert info["n"] == n_expected >= 5
     assert all(c and w > 100 and h > 100 for c, w, h in info["sizes"])
     shot = tmp_path / "shot.png"
-    out = subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,2000", (report_dir / "r.html").as_uri()],
+    out = subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,2000",
+                          (report_dir / "r.html").as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and shot.read_bytes().startswith(PNG_MAGIC)

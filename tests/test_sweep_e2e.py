@@ -37,7 +37,8 @@ def test_real_sweep_trains_records_skips_and_records_failures(tmp_path):
         assert r.tokens_trained == r.tokens == 512 and r.steps == 4
         assert r.loss_curve and r.loss_curve[-1][0] == 4
         # the engine's own count agrees with the plan's analytic count
-        assert r.params_non_embedding == pytest.approx(r.config["model"]["d_model"] ** 2 * 12 * r.config["model"]["n_layers"], rel=0.1)
+        m = r.config["model"]
+        assert r.params_non_embedding == pytest.approx(m["d_model"] ** 2 * 12 * m["n_layers"], rel=0.1)
         assert r.config["data"]["tokenizer"] == str(out / "data" / "tokenizer")
     again = run_sweep(sw, out, workers=1)
     assert {o.status for o in again.outcomes} == {"skipped"}
@@ -49,6 +50,7 @@ def test_real_sweep_trains_records_skips_and_records_failures(tmp_path):
     rec.status = "pending"
     reg.add_run(rec)
     assert reg.claim("broken", worker="t") == "pending"
-    o = execute_run(reg, reg.get("broken"), "pending", out, "t", lambda c, r, resume: pretrain_command(c, r, resume), 1, 2)
+    o = execute_run(reg, reg.get("broken"), "pending", out, "t",
+                    lambda c, r, resume: pretrain_command(c, r, resume), 1, 2)
     assert o.status == "failed"
     assert "no-such-tokenizer" in reg.get("broken").error

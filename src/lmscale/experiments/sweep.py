@@ -7,9 +7,10 @@ finished runs, resumes interrupted ones from their checkpoints (`lmscale pretrai
 records failures with their error without stopping the other runs; several sweep processes, or
 the tasks of a Slurm job array, can work on one sweep at once.
 
-Each run is an ordinary `lmscale pretrain` subprocess, so whatever the training engine supports
-(torchrun DDP/FSDP on GPUs) a sweep supports by changing the command prefix; the only scheduler
-here is the local worker pool.
+Each run is an ordinary `lmscale pretrain` subprocess (launched and recorded by
+`lmscale.experiments.launch`), so whatever the training engine supports (torchrun DDP/FSDP on
+GPUs) a sweep supports by changing the command prefix; the only scheduler here is the local
+worker pool. Fitting the finished runs is science, not orchestration: `lmscale.scaling.fitting`.
 
 Slurm: `launcher="slurm"` writes `OUT/NAME.sbatch`, a job array with one task per run; each
 task runs `lmscale sweep exec REGISTRY --index $SLURM_ARRAY_TASK_ID`, which claims its run in
@@ -29,10 +30,8 @@ import json
 import math
 import os
 import re
-import shlex
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -44,13 +43,18 @@ import yaml
 from lmscale.config import ConfigError, RunConfig, from_dict, load_preset, to_dict
 from lmscale.data.prepare import prepare_run_data
 from lmscale.errors import LmscaleError
-from lmscale.io import atomic_path, atomic_write_json, atomic_write_text
+from lmscale.experiments.launch import LAUNCHERS, RunOutcome, execute_run, pretrain_command, write_slurm_script
+from lmscale.io import atomic_write_text
+from lmscale.scaling.counting import count_parameters
 from lmscale.scaling.registry import Registry, RunRecord
 from lmscale.scaling.shapes import ShapeRule, describe, shape_for
 
+__all__ = ["DEMO_SWEEP", "DESIGNS", "LAUNCHERS", "REGISTRY_FILE", "RunOutcome", "RunSpec", "SweepConfig",
+           "SweepResult", "exec_index", "execute_run", "plan", "prepare_data", "pretrain_command", "register",
+           "run_sweep"]
+
 DESIGNS = ("grid", "isoflop")
 REGISTRY_FILE = "registry.sqlite"  # OUT/REGISTRY_FILE unless --registry says otherwise
-LAUNCHERS = ("local", "torchrun", "slurm")
 
 
 @dataclass
@@ -100,7 +104,7 @@ class SweepConfig:
             raise ConfigError("sweep n_sizes must be >= 1 and size_span >= 1")
         if not self.seeds:
             raise ConfigError("sweep seeds must list at least one seed")
-        self.rule  # validates the shape section
+        _ = self.rule  # building the rule validates the shape section
 
     @property
     def rule(self) -> ShapeRule:
@@ -198,8 +202,6 @@ def _fmt(x: float) -> str:
 
 def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
     """Every run of the sweep with its shape, budget and schedule; largest compute first."""
-    from lmscale.scaling.counting import count_parameters
-
     base = sweep.base_config()
     rule = sweep.rule
     tps = base.train.batch_size * base.train.seq_len
@@ -260,169 +262,6 @@ def prepare_data(base: RunConfig, out_dir: Path) -> tuple[str, str]:
     return str(data.tokenizer_dir), str(data.shard_dir)
 
 
-# --------------------------------------------------------------------------- reading a run dir
-
-def read_run_dir(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Summary and curves of a `lmscale pretrain` run directory (missing pieces are None/[])."""
-    run_dir = Path(run_dir)
-    out: dict[str, Any] = {"summary": None, "loss_curve": [], "train_curve": []}
-    sp = run_dir / "summary.json"
-    if sp.exists():
-        try:
-            out["summary"] = json.loads(sp.read_text())
-        except json.JSONDecodeError:
-            out["summary"] = None
-    from lmscale.training.metrics import read_metrics
-
-    events = read_metrics(run_dir)
-    if events:
-        evals: dict[int, list[float]] = {}
-        trains: dict[int, list[float]] = {}
-        for ev in events:
-            step = ev.get("step")
-            if step is None:
-                continue
-            if ev.get("val_loss") is not None:
-                evals[int(step)] = [int(step), float(ev.get("tokens") or 0), float(ev["val_loss"])]
-            elif ev.get("event") == "train" and ev.get("loss") is not None:
-                trains[int(step)] = [int(step), float(ev.get("tokens") or 0), float(ev["loss"])]
-        out["loss_curve"] = [evals[k] for k in sorted(evals)]
-        out["train_curve"] = [trains[k] for k in sorted(trains)]
-    return out
-
-
-def has_checkpoint(run_dir: str | os.PathLike) -> bool:
-    ck = Path(run_dir) / "checkpoints"
-    return ck.is_dir() and any(p.name.startswith("step_") for p in ck.iterdir())
-
-
-def _results(info: dict[str, Any]) -> dict[str, Any]:
-    s = info["summary"] or {}
-    res: dict[str, Any] = {"loss_curve": info["loss_curve"], "train_curve": info["train_curve"]}
-    for key in ("final_val_loss", "best_val_loss", "wall_s", "steps"):
-        if s.get(key) is not None:
-            res[key] = s[key]
-    if s.get("tokens") is not None:
-        res["tokens_trained"] = float(s["tokens"])
-    if s.get("flops") is not None:
-        res["flops_trained"] = float(s["flops"])
-    params = s.get("params") or {}
-    for k in ("total", "embedding", "non_embedding"):
-        if params.get(k) is not None:
-            res[f"params_{k}"] = int(params[k])
-    curve = info["loss_curve"]
-    if "final_val_loss" not in res and curve:
-        res["final_val_loss"] = curve[-1][2]
-    if "best_val_loss" not in res and curve:
-        res["best_val_loss"] = min(c[2] for c in curve)
-    return res
-
-
-# --------------------------------------------------------------------------- launching
-
-def pretrain_command(config_path: Path, run_dir: Path, resume: bool, launcher: str = "local",
-                     nproc_per_node: int = 1, python: str | None = None) -> list[str]:
-    """The `lmscale pretrain` invocation of one run (torchrun-prefixed for multi-device runs)."""
-    py = python or sys.executable
-    if launcher == "torchrun":
-        prefix = [py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-                  "-m", "lmscale"]
-    else:
-        prefix = [py, "-m", "lmscale"]
-    if resume:  # a resumed run continues with the config saved in its own run directory
-        return prefix + ["pretrain", "--resume", str(run_dir), "--no-progress"]
-    return prefix + ["pretrain", "--config", str(config_path), "--no-progress"]
-
-
-@dataclass
-class RunOutcome:
-    run_id: str
-    name: str
-    status: str  # finished | failed | skipped | stopped
-    resumed: bool = False
-    error: str | None = None
-
-
-def _tail(path: Path, n: int = 25) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
-
-
-def execute_run(reg: Registry, rec: RunRecord, prev_status: str, out_dir: Path, worker: str,
-                command: Callable[[Path, Path, bool], list[str]], threads: int | None = None,
-                heartbeat_s: float = 30.0, stop: threading.Event | None = None,
-                active: dict[str, subprocess.Popen] | None = None) -> RunOutcome:
-    """Train one claimed run in a subprocess and record its outcome in the registry."""
-    run_dir = Path(rec.run_dir or out_dir / "runs" / rec.name)
-    info = read_run_dir(run_dir)
-    if (info["summary"] or {}).get("status") == "finished":
-        reg.finish(rec.run_id, **_results(info))
-        return RunOutcome(rec.run_id, rec.name, "finished")
-    resume = has_checkpoint(run_dir)
-    cfg_path = out_dir / "configs" / f"{rec.name}.yaml"
-    atomic_write_text(cfg_path, yaml.safe_dump(rec.config, sort_keys=False))
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-        env["MKL_NUM_THREADS"] = str(threads)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = command(cfg_path, run_dir, resume)
-    log_path = out_dir / "logs" / f"{rec.name}.log"
-    rc: int | None = None
-    interrupted = False
-    with atomic_path(log_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as log:
-            log.write(f"$ {shlex.join(cmd)}\n")
-            log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL)
-            if active is not None:
-                active[rec.run_id] = proc
-            try:
-                while True:
-                    try:
-                        rc = proc.wait(timeout=heartbeat_s)
-                        break
-                    except subprocess.TimeoutExpired:
-                        reg.heartbeat(rec.run_id, worker)
-                        if stop is not None and stop.is_set():
-                            raise KeyboardInterrupt
-            except BaseException:
-                interrupted = True
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            finally:
-                if active is not None:
-                    active.pop(rec.run_id, None)
-        log_text = Path(tmp).read_text(errors="replace")
-    info = read_run_dir(run_dir)
-    results = _results(info)
-    summary = info["summary"] or {}
-    killed = rc is not None and (rc < 0 or rc in (130, 137, 143))
-    if interrupted or killed or (stop is not None and stop.is_set() and rc != 0) \
-            or summary.get("status") == "stopped":
-        # interrupted (Ctrl-C, a signal, the engine's own stop): resumable from its checkpoints
-        note = summary.get("error") or (f"interrupted (exit code {rc})" if rc is not None else "interrupted")
-        reg.release(rec.run_id, status="stopped", error=str(note)[-4000:], **results)
-        return RunOutcome(rec.run_id, rec.name, "stopped", resume, str(note))
-    if rc == 0 and summary.get("status") == "finished":
-        reg.finish(rec.run_id, **results)
-        return RunOutcome(rec.run_id, rec.name, "finished", resume)
-    err = summary.get("error") or ""
-    tail = "\n".join(log_text.splitlines()[-25:])
-    error = (f"exit code {rc}; " if rc else "") + (f"status {summary.get('status')}; " if summary else "") + \
-        (err or tail or "no output").strip()
-    reg.fail(rec.run_id, error=error[-4000:], **results)
-    return RunOutcome(rec.run_id, rec.name, "failed", resume, error)
-
-
 @dataclass
 class SweepResult:
     planned: int
@@ -477,56 +316,93 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike, workers: int = 1, 
                           prepare=prepare)
     reg_path = str(reg.path)
     if launcher == "slurm":
-        script = write_slurm_script(sweep, out, reg.path, len(specs), slurm_directives or [],
+        script = write_slurm_script(sweep.name, out, reg.path, len(specs), slurm_directives or [],
                                     nproc_per_node=nproc_per_node)
         return SweepResult(len(specs), [], reg.counts(sweep.name), reg_path, str(script))
     cmd = command or (lambda c, r, resume: pretrain_command(c, r, resume, launcher, nproc_per_node))
     if threads_per_worker is None and launcher == "local":
         threads_per_worker = max(1, (os.cpu_count() or 1) // workers)
-    outcomes: list[RunOutcome] = []
     planned = frozenset(s.run_id for s in specs)  # a changed plan does not run the old plan's leftovers
     skipped = [RunOutcome(r.run_id, r.name, "skipped") for r in reg.runs(sweep.name, status="finished")
                if r.run_id in planned]
-    lock = threading.Lock()
-    stop = threading.Event()
-    tried: set[str] = set()
+    pool = _WorkerPool(reg.path, sweep.name, out, planned, cmd, threads_per_worker, heartbeat_s, stale_after_s,
+                       retry_failed, progress)
+    outcomes = pool.run(workers)
+    counts = {k: 0 for k in ("pending", "running", "finished", "failed", "stopped")}
+    for r in reg.runs(sweep.name):
+        if r.run_id in planned:
+            counts[r.status] = counts.get(r.status, 0) + 1
+    return SweepResult(len(specs), skipped + outcomes, counts, reg_path)
 
-    active: dict[str, subprocess.Popen] = {}
-    done = [threading.Event() for _ in range(workers)]
 
-    def work(wid: int) -> None:
-        wreg = Registry(reg.path)
+@dataclass
+class _WorkerPool:
+    """Local worker threads that claim the plan's runs from the registry until none is left.
+
+    Each worker has its own registry connection and trains one run at a time in a subprocess;
+    a run is tried at most once per pass, so a failing run cannot occupy a worker forever.
+    """
+
+    registry: Path
+    sweep: str
+    out: Path
+    planned: frozenset[str]
+    command: Callable[[Path, Path, bool], list[str]]
+    threads: int | None
+    heartbeat_s: float
+    stale_after_s: float
+    retry_failed: bool
+    progress: Callable[[RunOutcome], None] | None
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+    tried: set[str] = field(default_factory=set)
+    active: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def run(self, workers: int) -> list[RunOutcome]:
+        done = [threading.Event() for _ in range(workers)]
+        for i in range(workers):
+            threading.Thread(target=self._work, args=(i, done[i]), daemon=True).start()
+        try:
+            while not all(d.wait(0.5) for d in done):
+                pass
+        except KeyboardInterrupt:
+            self._interrupt(done)
+            raise
+        return self.outcomes
+
+    def _claim(self, reg: Registry, worker: str) -> tuple[RunRecord, str] | None:
+        with self.lock:
+            claimed = reg.claim_next(worker, sweep=self.sweep, stale_after_s=self.stale_after_s,
+                                     retry_failed=self.retry_failed, exclude=frozenset(self.tried), only=self.planned)
+            if claimed is not None:
+                self.tried.add(claimed[0].run_id)
+        return claimed
+
+    def _work(self, wid: int, done: threading.Event) -> None:
+        reg = Registry(self.registry)
         worker = f"{socket.gethostname()}:{os.getpid()}:{wid}"
         try:
-            while not stop.is_set():
-                with lock:
-                    claimed = wreg.claim_next(worker, sweep=sweep.name, stale_after_s=stale_after_s,
-                                              retry_failed=retry_failed, exclude=frozenset(tried), only=planned)
-                    if claimed is not None:
-                        tried.add(claimed[0].run_id)
+            while not self.stop.is_set():
+                claimed = self._claim(reg, worker)
                 if claimed is None:
                     return
                 rec, prev = claimed
-                o = execute_run(wreg, rec, prev, out, worker, cmd, threads_per_worker, heartbeat_s, stop, active)
-                with lock:
-                    outcomes.append(o)
-                if progress is not None:
-                    progress(o)
+                o = execute_run(reg, rec, prev, self.out, worker, self.command, self.threads, self.heartbeat_s,
+                                self.stop, self.active)
+                with self.lock:
+                    self.outcomes.append(o)
+                if self.progress is not None:
+                    self.progress(o)
         finally:
-            wreg.close()
-            done[wid].set()
+            reg.close()
+            done.set()
 
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
-    for t in threads:
-        t.start()
-    try:
-        while not all(d.wait(0.5) for d in done):
-            pass
-    except KeyboardInterrupt:
+    def _interrupt(self, done: list[threading.Event]) -> None:
         # stop the children here (not only from the workers' next heartbeat), then let every
         # worker record its run as "stopped" so the next sweep resumes it
-        stop.set()
-        for proc in list(active.values()):
+        self.stop.set()
+        for proc in list(self.active.values()):
             proc.terminate()
         deadline = time.monotonic() + 60
         try:
@@ -534,14 +410,8 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike, workers: int = 1, 
                 time.sleep(0.2)
         except KeyboardInterrupt:
             pass
-        for proc in list(active.values()):
+        for proc in list(self.active.values()):
             proc.kill()
-        raise
-    counts = {k: 0 for k in ("pending", "running", "finished", "failed", "stopped")}
-    for r in reg.runs(sweep.name):
-        if r.run_id in planned:
-            counts[r.status] = counts.get(r.status, 0) + 1
-    return SweepResult(len(specs), skipped + outcomes, counts, reg_path)
 
 
 def exec_index(registry: str | os.PathLike, index: int, sweep_name: str | None = None,
@@ -567,92 +437,3 @@ def exec_index(registry: str | os.PathLike, index: int, sweep_name: str | None =
     rec = reg.get(rec.run_id)
     cmd = lambda c, r, resume: pretrain_command(c, r, resume, launcher, nproc_per_node)  # noqa: E731
     return execute_run(reg, rec, prev, out, worker, cmd, None, heartbeat_s)
-
-
-SLURM_HEADER = """\
-# lmscale sweep {name}: one Slurm array task per run ({n} runs).
-#
-# Shared-filesystem requirement: every node must see {out}
-# (run directories, checkpoints, the shared tokenizer/shards) and the registry
-# {registry} at the same path, on a filesystem with working POSIX (fcntl)
-# locks (NFSv4 with lockd, Lustre or GPFS with locking enabled). The registry
-# uses SQLite's rollback journal (WAL needs shared memory on one host). Without
-# working locks, do not run tasks concurrently (use --array=...%1).
-#
-# Each task claims its run in the registry, skips it when it is finished or
-# taken by a live task, resumes it from its checkpoints when it was interrupted,
-# and records its losses or its error. Re-submitting this script is safe.
-"""
-
-
-def write_slurm_script(sweep: SweepConfig, out: Path, registry: Path, n_runs: int,
-                       directives: list[str], nproc_per_node: int = 1) -> Path:
-    """A job-array script whose tasks each run `lmscale sweep exec` for one run index."""
-    out = out.resolve()
-    registry = Path(registry).resolve()
-    lines = ["#!/bin/bash", f"#SBATCH --job-name=lmscale-{sweep.name}", f"#SBATCH --array=0-{max(0, n_runs - 1)}",
-             f"#SBATCH --output={out}/logs/slurm-%A_%a.out"]
-    if nproc_per_node > 1:
-        lines.append(f"#SBATCH --gpus-per-task={nproc_per_node}")
-    lines += [d if d.startswith("#SBATCH") else f"#SBATCH {d if d.startswith('-') else '--' + d}"
-              for d in directives]
-    lines.append(SLURM_HEADER.format(name=sweep.name, n=n_runs, out=out, registry=registry))
-    launcher = "torchrun" if nproc_per_node > 1 else "local"
-    lines.append("set -euo pipefail")
-    lines.append(f"mkdir -p {shlex.quote(str(out / 'logs'))}")
-    lines.append(f"exec {shlex.quote(sys.executable)} -m lmscale sweep exec {shlex.quote(str(registry))} "
-                 f"--sweep {shlex.quote(sweep.name)} --index \"$SLURM_ARRAY_TASK_ID\" "
-                 f"--launcher {launcher} --nproc-per-node {nproc_per_node}")
-    path = out / f"{sweep.name}.sbatch"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    os.chmod(path, 0o755)
-    return path
-
-
-# --------------------------------------------------------------------------- fitting the registry
-
-def records_table(records: list[RunRecord], params: str = "non_embedding") -> dict[str, list[float]]:
-    """N, D, C and final loss of the finished runs (N by `params`, C = 6ND as planned)."""
-    rows = [r for r in records if r.status == "finished" and r.final_val_loss is not None]
-    key = "params_non_embedding" if params == "non_embedding" else "params_total"
-    n = [float(getattr(r, key)) for r in rows]
-    d = [float(r.tokens) for r in rows]
-    return {"name": [r.name for r in rows], "N": n, "D": d, "C": [6.0 * a * b for a, b in zip(n, d)],
-            "loss": [float(r.final_val_loss) for r in rows]}
-
-
-def fit_chinchilla(N, D, loss, holdout: str | None = "largest", n_holdout: int | None = None,
-                   n_bootstrap: int = 0, seed: int = 0, grid: Any = None) -> dict[str, Any]:
-    """Fit L = E + A/N^alpha + B/D^beta, holding out the largest-compute runs.
-
-    `holdout="largest"` holds out the top fifth of the runs by compute (at least one; or
-    `n_holdout`), so the check is an extrapolation in compute, the way the law is used.
-    The returned dict is JSON-ready except for `_law`, the fitted `ChinchillaLaw`.
-    """
-    import numpy as np
-
-    from lmscale.scaling.laws import ChinchillaLaw
-
-    N, D, loss = (np.asarray(x, dtype=float) for x in (N, D, loss))
-    if holdout == "largest" and n_holdout is None:
-        n_holdout = max(1, int(round(0.2 * len(loss))))
-    kw = {"grid": grid} if grid is not None else {}
-    law = ChinchillaLaw(**kw).fit(N, D, loss, holdout=holdout if holdout == "largest" else None,
-                                  n_holdout=n_holdout if holdout == "largest" else None)
-    out: dict[str, Any] = {"law": "chinchilla", "params": {k: float(v) for k, v in law.params_.items()},
-                           "n_points": int(len(loss)), "n_fit": int(law.n_points_), "holdout": []}
-    if law.holdout_ is not None:
-        h = law.holdout_
-        out["holdout"] = [{"index": int(i), "N": float(N[i]), "D": float(D[i]), "C": float(6 * N[i] * D[i]),
-                           "loss": float(a), "predicted": float(p), "rel_error": float(r)}
-                          for i, a, p, r in zip(h["indices"], h["actual"], h["predicted"], h["relative_error"])]
-        out["max_abs_rel_error"] = float(h["max_abs_relative_error"])
-    if n_bootstrap:
-        b = law.bootstrap(n_bootstrap, seed=seed)
-        out["ci95"] = {k: [float(v[0]), float(v[1])] for k, v in b.ci(0.95).items()}
-    out["_law"] = law
-    return out
-
-
-def save_result(path: str | os.PathLike, obj: dict[str, Any]) -> None:
-    atomic_write_json(path, {k: v for k, v in obj.items() if not k.startswith("_")})
