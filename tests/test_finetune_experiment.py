@@ -73,7 +73,7 @@ def tiny_encoder_checkpoint(path, seed=0):
 
 
 def test_experiment_writes_table_plot_and_results(tmp_path):
-    from lmscale.experiments.pretraining_effect import run_pretraining_effect
+    from lmscale.experiments.pretraining_effect import PretrainingEffectConfig, run_pretraining_effect
 
     _, task = make_data(tmp_path, n_train=40, n_dev=30)
     ck = tiny_encoder_checkpoint(tmp_path / "ck")
@@ -81,11 +81,12 @@ def test_experiment_writes_table_plot_and_results(tmp_path):
     for split in ("train", "dev", "test"):
         f = task / f"{split}.tsv"
         lines = f.read_text().splitlines()
-        f.write_text("sentence\tlabel\tscore\n" + "".join(f"{l}\t{float(l.split(chr(9))[1]) * 2 - 1 + 0.1 * i}\n"
-                                                            for i, l in enumerate(lines[1:])))
+        f.write_text("sentence\tlabel\tscore\n" + "".join(f"{row}\t{float(row.split(chr(9))[1]) * 2 - 1 + 0.1 * i}\n"
+                                                            for i, row in enumerate(lines[1:])))
     lines_out = []
-    res = run_pretraining_effect(tmp_path / "exp", checkpoint=ck, task=task, sizes=(10, None), seeds=(0, 1),
-                                 epochs=1, min_steps=2, max_steps=4, evaluations=2, log=lines_out.append)
+    cfg = PretrainingEffectConfig(tmp_path / "exp", checkpoint=ck, task=task, sizes=(10, None), seeds=(0, 1),
+                                  epochs=1, min_steps=2, max_steps=4, evaluations=2)
+    res = run_pretraining_effect(cfg, log=lines_out.append)
     saved = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert saved["sizes"] == [10, 40] and saved["seeds"] == [0, 1]
     assert set(saved["tables"]) == {"accuracy", "pearson", "spearman"}
@@ -134,7 +135,7 @@ def test_pretrained_initialisation_beats_random(tmp_path):
     from lmscale.finetune.api import random_body
     from lmscale.finetune.tasks import load_task
     from lmscale.finetune.trainer import FinetuneConfig, finetune
-    from lmscale.models.serialization import load
+    from lmscale.models.loading import load
     from lmscale.training.loop import pretrain
 
     corpus, unseen_task = make_data(tmp_path)

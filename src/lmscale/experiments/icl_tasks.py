@@ -15,12 +15,16 @@ discontinuous metric) next to the log-probability of the right answer (a continu
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import torch
+
+from lmscale.config import ModelConfig, TrainConfig
+from lmscale.models import build_model
+from lmscale.training.optim import build_optimizer, lr_at
 
 PAD, SEP, ARROW = 0, 1, 2
 N_SPECIAL = 3
@@ -37,7 +41,7 @@ class ICLConfig:
     copy_len: int = 20
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])
     n_layers: int = 2
-    steps: int = 3000  # ~9 minutes on one core; every width shows its induction jump
+    steps: int = 3000  # long enough for every width to show its induction jump
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 50
@@ -100,13 +104,12 @@ def batch(cfg: ICLConfig, rng: np.random.Generator, n: int) -> np.ndarray:
     return np.stack(rows)
 
 
-def evaluate(model: Any, episodes: list[tuple[np.ndarray, list[tuple[int, int]]]], answer_ids: np.ndarray | None = None) -> dict[str, float]:
+def evaluate(model: Any, episodes: list[tuple[np.ndarray, list[tuple[int, int]]]],
+             answer_ids: np.ndarray | None = None) -> dict[str, float]:
     """Accuracy (argmax == answer) and mean log-probability of the answer at the query positions.
 
     `answer_ids` restricts the argmax to the tokens an answer can be (the values, for recall).
     """
-    import torch
-
     x = torch.from_numpy(np.stack([e[0] for e in episodes]))
     with torch.no_grad():
         logits = model(x).logits.float()
@@ -125,28 +128,27 @@ def evaluate(model: Any, episodes: list[tuple[np.ndarray, list[tuple[int, int]]]
     return {"accuracy": correct / n, "answer_logprob": lp / n}
 
 
-def _lr(step: int, cfg: ICLConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+def model_config(cfg: ICLConfig, width: int) -> ModelConfig:
+    """A pre-LN GPT decoder of `cfg.n_layers` layers and width `width` for the task vocabulary."""
+    return ModelConfig(family="decoder", vocab_size=cfg.vocab_size, d_model=width, n_layers=cfg.n_layers,
+                       n_heads=max(1, width // 16), d_ff=4 * width, max_positions=max(64, cfg.seq_len),
+                       position="learned", activation="gelu", norm="layernorm", norm_position="pre",
+                       tie_embeddings=True, dropout=0.0)
+
+
+def train_config(cfg: ICLConfig) -> TrainConfig:
+    """AdamW and the schedule of pretraining (`lmscale.training.optim.lr_at`): linear warm-up over
+    `warmup_steps`, then cosine to a tenth of the peak over the remaining steps."""
+    return TrainConfig(lr=cfg.lr, weight_decay=0.01, beta1=0.9, beta2=0.98, schedule="cosine", min_lr_ratio=0.1,
+                       warmup_steps=cfg.warmup_steps)
 
 
 def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one decoder on the task mix and evaluate both tasks every `eval_every` steps."""
-    import torch
-
-    from lmscale.config import ModelConfig, TrainConfig
-    from lmscale.models import build_model
-    from lmscale.training.optim import build_optimizer
-
     torch.manual_seed(cfg.seed)
-    mcfg = ModelConfig(family="decoder", vocab_size=cfg.vocab_size, d_model=width, n_layers=cfg.n_layers,
-                       n_heads=max(1, width // 16), d_ff=4 * width, max_positions=max(64, cfg.seq_len),
-                       position="learned", activation="gelu", norm="layernorm", norm_position="pre",
-                       tie_embeddings=True, dropout=0.0)
-    model = build_model(mcfg)
-    opt = build_optimizer(model, TrainConfig(lr=cfg.lr, weight_decay=0.01, beta1=0.9, beta2=0.98))
+    model = build_model(model_config(cfg, width))
+    tcfg = train_config(cfg)
+    opt = build_optimizer(model, tcfg)
     counts = model.num_parameters()
     erng = np.random.default_rng(10_000 + cfg.seed)
     rec_eval = [recall_episode(cfg, erng) for _ in range(cfg.eval_episodes)]
@@ -174,7 +176,7 @@ def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = No
         labels = x.clone()
         labels[:, 1:][x[:, 1:] == PAD] = -100  # padding after short episodes
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg)
+            g["lr"] = lr_at(step, cfg.steps, tcfg)
         loss = model(x, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -205,23 +207,14 @@ def transition(evals: list[dict[str, Any]], task: str = "recall") -> dict[str, A
     i = int(np.argmax(acc >= half))
     jumps = np.diff(acc)
     j = int(np.argmax(jumps))
-    return {"risen": rise > 0.2, "rise": rise, "accuracy_before": float(acc[0]), "accuracy_after": float(acc[-1]), "tokens_at_half_rise": float(tok[i]),
+    return {"risen": rise > 0.2, "rise": rise, "accuracy_before": float(acc[0]), "accuracy_after": float(acc[-1]),
+            "tokens_at_half_rise": float(tok[i]),
             "largest_jump": float(jumps[j]), "jump_fraction": float(jumps[j] / rise),
             "jump_between_tokens": [float(tok[j]), float(tok[j + 1])]}
 
 
-def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One result from runs of single widths trained separately (e.g. in parallel processes)."""
-    out = dict(results[0])
-    out["models"] = sorted((m for r in results for m in r["models"]), key=lambda m: m["params_non_embedding"])
-    out["config"] = dict(out["config"], widths=[m["d_model"] for m in out["models"]])
-    return out
-
-
 def run_icl(cfg: ICLConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every width; the result JSON feeds `plots.plot_icl` and the report."""
-    import torch
-
     models = [train_one(cfg, w, log) for w in cfg.widths]
     return {"config": asdict(cfg), "torch_threads": torch.get_num_threads(),
             "chance": {"recall": 1.0 / cfg.n_values, "recall_in_context": 1.0 / cfg.n_pairs,

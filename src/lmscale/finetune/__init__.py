@@ -1,5 +1,11 @@
-"""Fine-tuning: task heads for all three families, task loaders, GLUE metrics. Heavy modules (torch) load on first use."""
+"""Fine-tuning: task heads for all three families, task loaders, GLUE metrics.
+
+The trainer and model loading (torch) are imported on first use of their names, so task files
+and metrics can be read without torch.
+"""
 from __future__ import annotations
+
+import importlib
 
 from lmscale.finetune.metrics import (
     accuracy,
@@ -33,8 +39,6 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)
 

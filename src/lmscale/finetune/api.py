@@ -4,8 +4,14 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable, Optional, Sequence
 
+import torch
+
+from lmscale.config import apply_overrides, load_preset
 from lmscale.errors import LmscaleError
 from lmscale.finetune.tasks import Example, TaskData, TaskSpec, sample_mixture, text_to_text_examples
+from lmscale.models import build_model
+from lmscale.models.loading import load
+from lmscale.tokenization import Tokenizer, train_tokenizer
 
 
 def random_body(model_cfg, tokenizer, seed: int = 0, fit_vocab: bool = True):
@@ -15,10 +21,6 @@ def random_body(model_cfg, tokenizer, seed: int = 0, fit_vocab: bool = True):
     than a tokenizer trained on one task); without it the shape is kept exactly, as a
     like-for-like baseline of a pretrained checkpoint needs.
     """
-    import torch
-
-    from lmscale.models import build_model
-
     cfg = copy.deepcopy(model_cfg)
     if fit_vocab or cfg.vocab_size < tokenizer.vocab_size:
         cfg.vocab_size = tokenizer.vocab_size
@@ -44,8 +46,6 @@ def load_body(
     the task's training texts, as the kind the family uses (WordPiece / BPE / Unigram).
     """
     if checkpoint:
-        from lmscale.models.serialization import load
-
         body, tok = load(checkpoint)
         if tokenizer is not None:
             tok = _as_tokenizer(tokenizer)
@@ -54,8 +54,6 @@ def load_body(
         return body, tok
     if not preset:
         raise LmscaleError("give a checkpoint or a preset")
-    from lmscale.config import apply_overrides, load_preset
-
     run_cfg = load_preset(preset)
     if overrides:
         run_cfg = apply_overrides(run_cfg, overrides)
@@ -65,8 +63,6 @@ def load_body(
     else:
         if train_texts is None:
             raise LmscaleError(f"--preset {preset}: pass --tokenizer DIR (no texts to train one on)")
-        from lmscale.tokenization import train_tokenizer
-
         kind = run_cfg.tokenizer_kind
         tok = train_tokenizer(kind, list(train_texts), vocab_size=min(vocab_size, model_cfg.vocab_size),
                               lowercase=run_cfg.tokenizer.lowercase, min_frequency=2)
@@ -75,8 +71,6 @@ def load_body(
 
 def _as_tokenizer(tokenizer: Any):
     if isinstance(tokenizer, (str, bytes)) or hasattr(tokenizer, "__fspath__"):
-        from lmscale.tokenization import Tokenizer
-
         return Tokenizer.load(tokenizer)
     return tokenizer
 
@@ -101,7 +95,8 @@ def mixture_task(
     for split in ("dev", "test"):
         if all(split in t.splits for t in tasks.values()):
             splits[split] = [e for name, t in tasks.items()
-                             for e in text_to_text_examples(t, split, label_words if t.kind == "classification" else None)]
+                             for e in text_to_text_examples(t, split,
+                                                            label_words if t.kind == "classification" else None)]
     name = "+".join(tasks)
     return TaskData(name=name, spec=TaskSpec(kind="text-to-text"), splits=splits, labels=None,
                     files={f"{n}:{s}": f for n, t in tasks.items() for s, f in t.files.items()})

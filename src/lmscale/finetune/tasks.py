@@ -10,10 +10,12 @@ import csv
 import json
 import math
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
+from lmscale.data.catalog import resolve_corpus
 from lmscale.errors import DataError
 
 KINDS = ("classification", "regression", "text-to-text")
@@ -103,8 +105,6 @@ class TaskData:
         exs = self.splits[split]
         if n is None or n >= len(exs):
             return list(exs)
-        import random
-
         idx = sorted(random.Random(seed).sample(range(len(exs)), n))
         return [exs[i] for i in idx]
 
@@ -234,7 +234,7 @@ def _sort_labels(labels: Iterable[str]) -> list[str]:
 
 
 def _index_labels(examples: list[Example], labels: list[str], split: str, spec: TaskSpec) -> None:
-    index = {l: i for i, l in enumerate(labels)}
+    index = {label: i for i, label in enumerate(labels)}
     for ex in examples:
         if spec.choice_columns:
             try:
@@ -291,16 +291,11 @@ def resolve_task_files(task: str | os.PathLike | dict[str, Any]) -> tuple[str, d
 def _catalog_labeled_splits(name: str) -> Optional[dict[str, Path]]:
     """The catalog's labelled splits for `name`, falling back to the `LMSCALE_DATA_DIR` mirror."""
     try:
-        from lmscale.data import catalog  # type: ignore
-    except ImportError:
-        catalog = None
-    if catalog is not None:
-        try:
-            corpus = catalog.resolve_corpus(name)
-        except Exception:  # unknown name or unavailable source: try the mirror below
-            corpus = None
-        if corpus is not None and hasattr(corpus, "labeled_splits"):
-            return {k: Path(v) for k, v in corpus.labeled_splits().items()}
+        corpus = resolve_corpus(name)
+    except Exception:  # unknown name or unavailable source: try the mirror below
+        corpus = None
+    if corpus is not None and hasattr(corpus, "labeled_splits"):
+        return {k: Path(v) for k, v in corpus.labeled_splits().items()}
     mirror_names = {"sentiment-movies": "sentiment/movieReviewSnippets"}
     root = os.environ.get("LMSCALE_DATA_DIR")
     if name in mirror_names and root:
@@ -394,8 +389,6 @@ def sample_mixture(examples: dict[str, list[Example]], n: int, seed: int, cap: O
                    temperature: float = 1.0) -> list[Example]:
     """Draw `n` examples: a task by its mixing rate, then an example of that task, each epoch-wise
     shuffled so a task's examples repeat only after all of them were used."""
-    import random
-
     rng = random.Random(seed)
     rates = mixing_rates({k: len(v) for k, v in examples.items()}, cap, temperature)
     names = list(rates)

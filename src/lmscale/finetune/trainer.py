@@ -11,22 +11,27 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer as Backend
 from torch import nn
 
-from lmscale.errors import CheckpointError, DataError
+from lmscale.config import TrainConfig, from_dict
+from lmscale.errors import CheckpointError, ConfigError, DataError
 from lmscale.finetune import metrics as M
 from lmscale.finetune.features import Encoded, Featurizer, InputFormat, add_gpt_tokens, collate, pad_batch
 from lmscale.finetune.heads import DEFAULT_POOLING, SequenceHead
 from lmscale.finetune.tasks import Example, TaskData
 from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
-from lmscale.training.optim import adamw, parameter_groups
+from lmscale.models.serialization import load_model_dir, write_model_files
+from lmscale.tokenization import Tokenizer
+from lmscale.training.optim import adamw, lr_at, parameter_groups
 
 FORMAT = "lmscale-finetune"
 
@@ -47,7 +52,7 @@ class FinetuneConfig:
     max_steps: Optional[int] = None
     lr: float = 1e-4
     weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
+    warmup_fraction: float = 0.1  # of the steps; then a linear decay to zero (BERT's schedule)
     grad_clip: float = 1.0
     dropout: float = 0.1
     patience: Optional[int] = 3  # evaluations without dev improvement before stopping
@@ -62,25 +67,30 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "head", "text-to-text"):
-            raise DataError(f"mode {self.mode!r} must be auto, head or text-to-text")
+            raise ConfigError(f"mode {self.mode!r} must be auto, head or text-to-text")
         if self.padding_side not in ("left", "right"):
-            raise DataError(f"padding_side {self.padding_side!r} must be left or right")
+            raise ConfigError(f"padding_side {self.padding_side!r} must be left or right")
         for name in ("max_length", "batch_size", "eval_batch_size", "epochs", "lr"):
             if getattr(self, name) <= 0:
-                raise DataError(f"{name}={getattr(self, name)} must be positive")
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ConfigError(f"warmup_fraction={self.warmup_fraction} must be between 0 and 1")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """Build from a mapping (a YAML file, saved results); an unknown key is a `ConfigError`
+        that names the nearest valid key, as in run configs."""
+        return from_dict(cls, d)
+
+    def schedule(self, total_steps: int) -> TrainConfig:
+        """The learning-rate schedule in pretraining's terms, for `lmscale.training.optim.lr_at`:
+        linear warm-up over `warmup_fraction` of the steps, then linear decay to zero."""
+        return TrainConfig(lr=self.lr, schedule="linear", min_lr_ratio=0.0,
+                           warmup_steps=int(self.warmup_fraction * total_steps))
 
 
 def copy_tokenizer(tokenizer):
     """An independent copy, so adding fine-tuning tokens never changes the caller's tokenizer."""
-    from tokenizers import Tokenizer as Backend
-
-    from lmscale.tokenization import Tokenizer
-
     return Tokenizer(Backend.from_str(tokenizer.to_json()), kind=tokenizer.kind, meta=dict(tokenizer.meta))
 
 
@@ -145,7 +155,8 @@ class FinetunedModel(nn.Module):
             return F.cross_entropy(logits, labels)
         return self._lm_loss(encs)
 
-    def _lm_batch(self, encs: Sequence[Encoded], targets: Optional[Sequence[list[int]]] = None) -> dict[str, torch.Tensor]:
+    def _lm_batch(self, encs: Sequence[Encoded],
+                  targets: Optional[Sequence[list[int]]] = None) -> dict[str, torch.Tensor]:
         """Model kwargs whose `labels` score `targets` (default: each example's own target)."""
         targets = targets if targets is not None else [e.target for e in encs]
         if any(t is None for t in targets):
@@ -162,7 +173,7 @@ class FinetunedModel(nn.Module):
         b = pad_batch(seqs, pad, self.fmt.padding_side)
         labels = torch.full_like(b["input_ids"], -100)
         T = b["input_ids"].shape[1]
-        for i, (e, t) in enumerate(zip(encs, targets)):
+        for i, t in enumerate(targets):
             end = T if self.fmt.padding_side == "left" else len(seqs[i])
             labels[i, end - len(t):end] = torch.tensor(t)
         return {"input_ids": b["input_ids"].to(dev), "attention_mask": b["attention_mask"].to(dev),
@@ -306,10 +317,6 @@ class FinetunedModel(nn.Module):
     # --------------------------------------------------------------- persistence
     def save(self, out_dir: str | Path) -> Path:
         """`out_dir/model/` (a model dir any lmscale command loads), `head.safetensors`, `finetune.json`."""
-        from safetensors.torch import save_file
-
-        from lmscale.models.serialization import write_model_files
-
         out_dir = Path(out_dir)
         with atomic_directory(out_dir) as tmp:
             write_model_files(self.body, self.tokenizer, tmp / "model")
@@ -323,10 +330,6 @@ class FinetunedModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "FinetunedModel":
         """Load a fine-tuned model from its directory or from the run directory holding `best/`."""
-        from safetensors.torch import load_file
-
-        from lmscale.models.serialization import load as load_model
-
         path = Path(path)
         if (path / "best" / "finetune.json").is_file():
             path = path / "best"
@@ -338,7 +341,7 @@ class FinetunedModel(nn.Module):
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{meta_file}: unknown format {meta.get('format')!r}")
         meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
-        body, tok = load_model(path / "model", device=device)
+        body, tok = load_model_dir(path / "model", device=device)
         model = cls(body, tok, meta)
         if isinstance(model.net, SequenceHead):
             state = load_file(str(path / "head.safetensors"))
@@ -420,12 +423,6 @@ def _freeze_body(model: FinetunedModel) -> None:
         w.register_hook(lambda g: g * keep.to(g.device))
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def finetune(
@@ -457,56 +454,89 @@ def finetune(
     truncated = {"train": train_cut, **{s: v[1] for s, v in splits_encs.items()}}
     if cfg.freeze_body:
         _freeze_body(model)
-    groups = parameter_groups(model, cfg.weight_decay)
-    opt = adamw(groups, cfg.device, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    n = len(train_encs)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    metric = cfg.metric or M.main_metric(task.kind)
+    dev = _DevTracker(model, splits_encs["dev"][0], metric, task.kind, cfg, out_dir, log)
+    epochs_run, steps, stopped_early = _train(model, train_encs, cfg, dev)
+    assert dev.best is not None and dev.best_state is not None
+    model.load_state_dict(dev.best_state)
+    model.eval()
+    results = _scores(model, task, splits_encs, metric, dev.best["dev"], cfg.eval_batch_size)
+    results.update({
+        "best_epoch": dev.best["epoch"], "best_step": dev.best["step"], "epochs_run": epochs_run,
+        "evaluations": len(dev.history), "steps": steps,
+        "stopped_early": stopped_early, "train_examples": len(train_encs), "truncated": truncated,
+        "max_length": cfg.max_length, "labels": task.labels, "wall_s": round(time.perf_counter() - dev.t0, 3),
+        "config": asdict(cfg),
+    })
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / "results.json", results)
+    results["model"] = model
+    return results
+
+
+def total_steps(cfg: FinetuneConfig, n_examples: int) -> int:
+    """Optimizer steps of a run: `epochs` passes (more when `min_steps` asks), at most `max_steps`."""
+    steps_per_epoch = math.ceil(n_examples / cfg.batch_size)
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch)) if cfg.min_steps else cfg.epochs
     total = epochs * steps_per_epoch
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    epochs = math.ceil(total / steps_per_epoch)
-    warmup = int(cfg.warmup_fraction * total)
-    metric = cfg.metric or M.main_metric(task.kind)
-    rng = random.Random(cfg.seed)
-    history: list[dict[str, Any]] = []
-    best: Optional[dict[str, Any]] = None
-    best_state: Optional[dict[str, torch.Tensor]] = None
-    bad_evals = 0
-    step = 0
-    t0 = time.perf_counter()
-    params = [p for g in groups for p in g["params"]]
-    model.train()
-    stopped_early = False
-    dev_encs = splits_encs["dev"][0]
+    return min(total, cfg.max_steps) if cfg.max_steps else total
 
-    def evaluate_now(epoch: float, losses: list[float]) -> bool:
+
+class _DevTracker:
+    """Dev evaluations of one run: the history, the best weights so far, and early stopping."""
+
+    def __init__(self, model: FinetunedModel, dev_encs: list[Encoded], metric: str, kind: str,
+                 cfg: FinetuneConfig, out_dir: Optional[str | Path],
+                 log: Optional[Callable[[dict[str, Any]], None]]) -> None:
+        self.model, self.dev_encs, self.metric, self.kind = model, dev_encs, metric, kind
+        self.cfg, self.out_dir, self.log = cfg, out_dir, log
+        self.history: list[dict[str, Any]] = []
+        self.best: Optional[dict[str, Any]] = None
+        self.best_state: Optional[dict[str, torch.Tensor]] = None
+        self.bad_evals = 0
+        self.t0 = time.perf_counter()
+
+    def evaluate(self, epoch: float, step: int, losses: list[float]) -> bool:
         """Evaluate on dev, keep the best state; True when early stopping says stop."""
-        nonlocal best, best_state, bad_evals
-        dev = model.evaluate(dev_encs, cfg.eval_batch_size)
-        if metric not in dev:
-            raise DataError(f"metric {metric!r} is not computed for {task.kind} tasks (have {', '.join(dev)})")
-        value = dev[metric]
+        dev = self.model.evaluate(self.dev_encs, self.cfg.eval_batch_size)
+        if self.metric not in dev:
+            raise DataError(f"metric {self.metric!r} is not computed for {self.kind} tasks (have {', '.join(dev)})")
+        value = dev[self.metric]
         record = {"event": "eval", "epoch": round(epoch, 3), "step": step,
                   "train_loss": float(np.mean(losses)) if losses else None,
-                  "dev": dev, "wall_s": round(time.perf_counter() - t0, 3)}
-        history.append(record)
-        if log:
-            log(record)
+                  "dev": dev, "wall_s": round(time.perf_counter() - self.t0, 3)}
+        self.history.append(record)
+        if self.log:
+            self.log(record)
+        best = self.best
         if best is None or (math.isfinite(value) and (not math.isfinite(best["value"]) or value > best["value"])):
-            best = {"value": value, "epoch": record["epoch"], "step": step, "dev": dev}
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            bad_evals = 0
-            if out_dir is not None:
-                model.save(Path(out_dir) / "best")
+            self.best = {"value": value, "epoch": record["epoch"], "step": step, "dev": dev}
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.bad_evals = 0
+            if self.out_dir is not None:
+                self.model.save(Path(self.out_dir) / "best")
         else:
-            bad_evals += 1
-        if out_dir is not None:
-            atomic_write_text(Path(out_dir) / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-        return cfg.patience is not None and bad_evals >= cfg.patience
+            self.bad_evals += 1
+        if self.out_dir is not None:
+            atomic_write_text(Path(self.out_dir) / "metrics.jsonl",
+                              "".join(json.dumps(h) + "\n" for h in self.history))
+        return self.cfg.patience is not None and self.bad_evals >= self.cfg.patience
 
+
+def _train(model: FinetunedModel, encs: list[Encoded], cfg: FinetuneConfig,
+           dev: _DevTracker) -> tuple[int, int, bool]:
+    """Shuffled passes over `encs` on pretraining's schedule (`lr_at`), evaluating on dev every
+    `eval_every` steps or after each pass; returns (passes begun, steps, stopped early)."""
+    groups = parameter_groups(model, cfg.weight_decay)
+    opt = adamw(groups, cfg.device, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    params = [p for g in groups for p in g["params"]]
+    n = len(encs)
+    total = total_steps(cfg, n)
+    schedule = cfg.schedule(total)
+    rng = random.Random(cfg.seed)
+    model.train()
+    step, epoch, stopped_early = 0, 0, False
     losses: list[float] = []
-    epoch = 0
     while step < total and not stopped_early:
         epoch += 1
         order = list(range(n))
@@ -514,51 +544,49 @@ def finetune(
         for i in range(0, n, cfg.batch_size):
             if step >= total:
                 break
-            batch = [train_encs[j] for j in order[i:i + cfg.batch_size]]
-            f = _lr_factor(step, total, warmup)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * f
-            loss = model.loss(batch)
-            if not torch.isfinite(loss):
-                raise DataError(f"fine-tuning loss became {loss.item()} at step {step}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            batch = [encs[j] for j in order[i:i + cfg.batch_size]]
+            losses.append(_step(model, opt, params, batch, lr_at(step, total, schedule), cfg.grad_clip, step))
             step += 1
-            losses.append(loss.item())
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
-                stopped_early = evaluate_now(epoch - 1 + (i + cfg.batch_size) / n, losses) and step < total
+                stopped_early = dev.evaluate(epoch - 1 + (i + cfg.batch_size) / n, step, losses) and step < total
                 losses = []
                 if stopped_early:
                     break
         if not cfg.eval_every and not stopped_early:
-            stopped_early = evaluate_now(epoch, losses) and step < total
+            stopped_early = dev.evaluate(epoch, step, losses) and step < total
             losses = []
-    assert best is not None and best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
+    return epoch, step, stopped_early
+
+
+def _step(model: FinetunedModel, opt: torch.optim.Optimizer, params: list[nn.Parameter],
+          batch: list[Encoded], lr: float, grad_clip: float, step: int) -> float:
+    """One optimizer step at learning rate `lr`; its loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = model.loss(batch)
+    if not torch.isfinite(loss):
+        raise DataError(f"fine-tuning loss became {loss.item()} at step {step}; lower the learning rate")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    return loss.item()
+
+
+def _scores(model: FinetunedModel, task: TaskData, splits_encs: dict[str, tuple[list[Encoded], int]],
+            metric: str, dev: dict[str, float], batch_size: int) -> dict[str, Any]:
+    """The best checkpoint's dev scores, its test scores, and each task's own for a mixture."""
     results: dict[str, Any] = {
         "task": task.name, "kind": task.kind, "family": model.family, "mode": model.meta["mode"],
-        "metric": metric, "dev": best["dev"],
+        "metric": metric, "dev": dev,
     }
     if "test" in splits_encs:
-        results["test"] = model.evaluate(splits_encs["test"][0], cfg.eval_batch_size)
+        results["test"] = model.evaluate(splits_encs["test"][0], batch_size)
     for split in ("dev", "test"):
         names = sorted({e.task for e in task.splits.get(split, []) if e.task is not None})
         if len(names) > 1:  # a multi-task mixture: each task's own score as well
             results[f"{split}_by_task"] = {
                 name: model.evaluate(_encode(model, [e for e in task.splits[split] if e.task == name])[0],
-                                     cfg.eval_batch_size) for name in names}
-    results.update({
-        "best_epoch": best["epoch"], "best_step": best["step"], "epochs_run": epoch, "evaluations": len(history),
-        "steps": step,
-        "stopped_early": stopped_early, "train_examples": n, "truncated": truncated,
-        "max_length": cfg.max_length, "labels": task.labels, "wall_s": round(time.perf_counter() - t0, 3),
-        "config": asdict(cfg),
-    })
-    if out_dir is not None:
-        atomic_write_json(Path(out_dir) / "results.json", results)
-    results["model"] = model
+                                     batch_size) for name in names}
     return results

@@ -88,81 +88,93 @@ def _print_analysis(a) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    verbs = {"fit": _fit, "compare": _compare, "extrapolate": _extrapolate, "icl": _icl}
+    return verbs[args.verb](args) if args.verb in verbs else 2
+
+
+def _fit(args: argparse.Namespace) -> int:
     from lmscale.scaling import emergence as em
 
-    if args.verb == "fit":
-        data = _load(args)
-        a = em.analyze(data, higher_is_better=not args.lower_is_better, chance=args.chance,
-                       log_metric=args.log_metric)
-        if args.plot:
-            from lmscale.scaling.plots import plot_emergence, save
+    data = _load(args)
+    a = em.analyze(data, higher_is_better=not args.lower_is_better, chance=args.chance, log_metric=args.log_metric)
+    if args.plot:
+        from lmscale.scaling.plots import plot_emergence, save
 
-            save(plot_emergence(data, a, log_metric=args.log_metric), args.plot)
-        print(json.dumps(a.to_dict(), indent=2)) if args.json else _print_analysis(a)
+        save(plot_emergence(data, a, log_metric=args.log_metric), args.plot)
+    print(json.dumps(a.to_dict(), indent=2)) if args.json else _print_analysis(a)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from lmscale.scaling import emergence as em
+
+    disc, cont = _load(args), _load(args, args.continuous)
+    da = em.analyze(disc, chance=args.chance)
+    ca = em.analyze(cont, higher_is_better=False, log_metric=True)
+    cmp = em.compare_metrics(disc, cont)
+    if args.plot:
+        from lmscale.scaling.plots import plot_metric_pair, save
+
+        save(plot_metric_pair(disc, da, cont, ca, cmp), args.plot)
+    if args.json:
+        print(json.dumps({"discontinuous": da.to_dict(), "continuous": ca.to_dict(), "comparison": cmp}, indent=2))
         return 0
-    if args.verb == "compare":
-        disc, cont = _load(args), _load(args, args.continuous)
-        da = em.analyze(disc, chance=args.chance)
-        ca = em.analyze(cont, higher_is_better=False, log_metric=True)
-        cmp = em.compare_metrics(disc, cont)
-        if args.plot:
-            from lmscale.scaling.plots import plot_metric_pair, save
+    _print_analysis(da)
+    _print_analysis(ca)
+    d, c = cmp["discontinuous"], cmp["continuous"]
+    print(f"normalised 10-90% rise: {d['width_decades']:.2f} decades ({d['label']}) vs "
+          f"{c['width_decades']:.2f} ({c['label']}); midpoints 10^{d['midpoint_log10_compute']:.2f} vs "
+          f"10^{c['midpoint_log10_compute']:.2f} FLOPs")
+    return 0
 
-            save(plot_metric_pair(disc, da, cont, ca, cmp), args.plot)
-        if args.json:
-            print(json.dumps({"discontinuous": da.to_dict(), "continuous": ca.to_dict(), "comparison": cmp}, indent=2))
-        else:
-            _print_analysis(da)
-            _print_analysis(ca)
-            d, c = cmp["discontinuous"], cmp["continuous"]
-            print(f"normalised 10-90% rise: {d['width_decades']:.2f} decades ({d['label']}) vs "
-                  f"{c['width_decades']:.2f} ({c['label']}); midpoints 10^{d['midpoint_log10_compute']:.2f} vs "
-                  f"10^{c['midpoint_log10_compute']:.2f} FLOPs")
+
+def _extrapolate(args: argparse.Namespace) -> int:
+    from lmscale.scaling import emergence as em
+
+    data = _load(args)
+    r = em.extrapolate(data, args.target, chance=args.chance, max_decades=args.max_decades,
+                       n_bootstrap=args.bootstrap, tokens_per_param=args.tokens_per_param)
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=2))
+    elif r.ok and r.extra_compute_factor == 1.0:
+        print(f"{data.label}: {args.target} is already reached at C = {r.compute:.3g} FLOPs (observed)")
+    elif r.ok:
+        lo, hi = r.compute_ci95
+        print(f"{data.label}: accuracy {args.target} at C = {r.compute:.3g} FLOPs (95% CI {lo:.3g} - {hi:.3g}), "
+              f"{r.extra_compute_factor:.3g}x the largest observed ({r.observed_max_compute:.3g}); "
+              f"compute-optimal N = {r.params:.3g} parameters (95% CI {r.params_ci95[0]:.3g} - "
+              f"{r.params_ci95[1]:.3g}) at {r.tokens_per_param:g} tokens/parameter")
+    else:
+        print(f"{data.label}: cannot say how much compute reaches {args.target}: {r.reason}")
+    return 0 if r.ok else 3
+
+
+def _icl(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lmscale.experiments.icl_tasks import ICLConfig, run_icl
+    from lmscale.io import atomic_write_json
+    from lmscale.scaling.plots import plot_icl, save
+
+    cfg = ICLConfig.small() if args.small else ICLConfig()
+    if args.widths:
+        cfg.widths = args.widths
+    if args.steps:
+        cfg.steps = args.steps
+    cfg.seed = args.seed
+    res = run_icl(cfg, log=None if args.json else (lambda s: print(s, flush=True)))
+    out = Path(args.out)
+    atomic_write_json(out / "icl.json", res)
+    save(plot_icl(res), out / "icl.png")
+    if args.json:
+        print(json.dumps(res, indent=2))
         return 0
-    if args.verb == "extrapolate":
-        data = _load(args)
-        r = em.extrapolate(data, args.target, chance=args.chance, max_decades=args.max_decades,
-                           n_bootstrap=args.bootstrap, tokens_per_param=args.tokens_per_param)
-        if args.json:
-            print(json.dumps(r.to_dict(), indent=2))
-        elif r.ok and r.extra_compute_factor == 1.0:
-            print(f"{data.label}: {args.target} is already reached at C = {r.compute:.3g} FLOPs (observed)")
-        elif r.ok:
-            lo, hi = r.compute_ci95
-            print(f"{data.label}: accuracy {args.target} at C = {r.compute:.3g} FLOPs (95% CI {lo:.3g} - {hi:.3g}), "
-                  f"{r.extra_compute_factor:.3g}x the largest observed ({r.observed_max_compute:.3g}); "
-                  f"compute-optimal N = {r.params:.3g} parameters (95% CI {r.params_ci95[0]:.3g} - "
-                  f"{r.params_ci95[1]:.3g}) at {r.tokens_per_param:g} tokens/parameter")
-        else:
-            print(f"{data.label}: cannot say how much compute reaches {args.target}: {r.reason}")
-        return 0 if r.ok else 3
-    if args.verb == "icl":
-        from pathlib import Path
-
-        from lmscale.experiments.icl_tasks import ICLConfig, run_icl
-        from lmscale.io import atomic_write_json
-        from lmscale.scaling.plots import plot_icl, save
-
-        cfg = ICLConfig.small() if args.small else ICLConfig()
-        if args.widths:
-            cfg.widths = args.widths
-        if args.steps:
-            cfg.steps = args.steps
-        cfg.seed = args.seed
-        res = run_icl(cfg, log=None if args.json else (lambda s: print(s, flush=True)))
-        out = Path(args.out)
-        atomic_write_json(out / "icl.json", res)
-        save(plot_icl(res), out / "icl.png")
-        if args.json:
-            print(json.dumps({k: v for k, v in res.items()}, indent=2))
-        else:
-            for m in res["models"]:
-                for task, t in m["transition"].items():
-                    desc = (f"accuracy {t['accuracy_before']:.2f} -> {t['accuracy_after']:.2f}, half the rise by "
-                            f"{t['tokens_at_half_rise']:.3g} tokens, largest jump {t['largest_jump']:.2f} "
-                            f"({100 * t['jump_fraction']:.0f}% of the rise in one evaluation interval)"
-                            ) if t.get("risen") else "no rise above chance"
-                    print(f"d_model={m['d_model']} (N={m['params_non_embedding']:,} non-embedding) {task}: {desc}")
-            print(f"wrote {out / 'icl.json'} and {out / 'icl.png'}")
-        return 0
-    return 2
+    for m in res["models"]:
+        for task, t in m["transition"].items():
+            desc = (f"accuracy {t['accuracy_before']:.2f} -> {t['accuracy_after']:.2f}, half the rise by "
+                    f"{t['tokens_at_half_rise']:.3g} tokens, largest jump {t['largest_jump']:.2f} "
+                    f"({100 * t['jump_fraction']:.0f}% of the rise in one evaluation interval)"
+                    ) if t.get("risen") else "no rise above chance"
+            print(f"d_model={m['d_model']} (N={m['params_non_embedding']:,} non-embedding) {task}: {desc}")
+    print(f"wrote {out / 'icl.json'} and {out / 'icl.png'}")
+    return 0

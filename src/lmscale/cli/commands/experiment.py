@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--seeds", type=int, default=3, help="number of seeds per setting (seeds 0..K-1)")
     e.add_argument("--lr", default=None, metavar="INIT=LR,...",
                    help="fine-tuning learning rate per initialisation, e.g. pretrained=3e-4,random=1e-3 "
-                        "(defaults: FINETUNE_LR in lmscale.experiments.pretraining_effect; results.json records the rates used)")
+                        "(defaults: FINETUNE_LR in lmscale.experiments.pretraining_effect; results.json records "
+                        "the rates used)")
     e.add_argument("--no-regression", action="store_true", help="skip the score regression (Pearson/Spearman)")
     e.add_argument("--no-classification", action="store_true", help="run only the score regression")
     e.add_argument("--pretrain-seconds", type=float, default=180.0)
@@ -70,17 +71,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmscale.experiments.pretraining_effect import run_pretraining_effect
+    from lmscale.experiments.pretraining_effect import PretrainingEffectConfig, run_pretraining_effect
 
-    result = run_pretraining_effect(
-        args.out, checkpoint=args.checkpoint, minilm=args.minilm, task=args.task,
+    cfg = PretrainingEffectConfig(
+        out_dir=args.out, checkpoint=args.checkpoint, minilm=args.minilm, task=args.task,
         sizes=_sizes(args.sizes), seeds=tuple(range(args.seeds)), regression=not args.no_regression,
         pretrain_time_s=args.pretrain_seconds, pretrain_corpus=args.pretrain_corpus,
         classification=not args.no_classification, epochs=args.epochs, min_steps=args.min_steps,
         max_steps=args.max_steps, evaluations=args.evaluations, pooling=args.pooling,
-        minilm_sizes=_sizes(args.minilm_sizes), lr=_lrs(args.lr),
-        log=None if args.json else print,
+        minilm_sizes=_sizes(args.minilm_sizes), lr=_lrs(args.lr) or {},
     )
+    result = run_pretraining_effect(cfg, log=None if args.json else print)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             dev = ", ".join(f"{k} {v:.4f}" for k, v in rec["dev"].items())
             loss = rec["train_loss"]
-            print(f"epoch {rec['epoch']:3d} step {rec['step']:6d} loss {loss if loss is None else round(loss, 4)} | dev {dev}")
+            loss = loss if loss is None else round(loss, 4)
+            print(f"epoch {rec['epoch']:3d} step {rec['step']:6d} loss {loss} | dev {dev}")
 
     results = finetune(body, tok, task, cfg, out_dir=args.out, log=log)
     results.pop("model", None)
