@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--law", default="chinchilla", choices=sorted(NEEDS), help="law to fit (default chinchilla)")
     for v, h in (("n", "parameters"), ("d", "training tokens"), ("c", "training FLOPs"), ("u", "unique tokens"),
                  ("loss", "final loss")):
-        p.add_argument(f"--{v}-col", default=None, help=f"column with {h} (default: auto-detected)")
+        p.add_argument(f"--{v}-col", default=None,
+                       help=f"column with {h} (default: the column order of lmscale.scaling.runs)")
     p.add_argument("--run-col", default=None, help="column identifying a run / IsoFLOP group (envelope, isoflop)")
     p.add_argument("--exclude-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss rows")
     p.add_argument("--holdout", choices=("largest",), default=None,

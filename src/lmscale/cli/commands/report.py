@@ -11,7 +11,7 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="sweep registry (SQLite) or CSV of runs (e.g. chinchilla_fig4_epoch.csv)")
     p.add_argument("--sweep", help="sweep name inside the registry (default: all runs)")
     p.add_argument("--params", choices=("non_embedding", "total"), default="non_embedding",
-                   help="which parameter count is N for registry runs")
+                   help="which parameter count is N for a registry or its CSV export (lmscale.scaling.runs)")
     p.add_argument("--n-col", help="CSV column of parameters N")
     p.add_argument("--d-col", help="CSV column of tokens D")
     p.add_argument("--c-col", help="CSV column of compute C (D = C/6N when there is no D column)")
