@@ -19,7 +19,8 @@ EXPECTED_PRESETS = {
     "transformer-base", "transformer-large", "bert-base", "bert-large", "gpt1", "gpt2-small",
     "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-125m", "gpt3-350m", "gpt3-760m", "gpt3-1.3b",
     "gpt3-2.7b", "gpt3-6.7b", "gpt3-13b", "gpt3-175b", "t5-small", "t5-base", "t5-large",
-    "bert-tiny", "gpt-tiny", "t5-tiny",
+    "bert-tiny", "gpt-tiny", "t5-tiny", "pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b",
+    "pythia-2.8b", "pythia-6.9b", "pythia-12b", "tinyllama-1.1b", "llama-tiny",
 }
 
 # Brown et al. 2020, Table 2.1: (n_layers, d_model, d_head); 13B uses 5120 (= 40 x 128) in practice.
@@ -119,7 +120,7 @@ def test_run_config_round_trips_through_dict():
     assert cfg.tokenizer_kind == "unigram" and cfg.objective_kind == "span"
 
 
-@pytest.mark.parametrize("name", ["bert-tiny", "gpt-tiny", "t5-tiny"])
+@pytest.mark.parametrize("name", ["bert-tiny", "gpt-tiny", "t5-tiny", "llama-tiny"])
 def test_tiny_presets_are_small(name):
     m = load_preset(name).model
     assert m.d_model <= 256 and m.vocab_size <= 16384
@@ -139,3 +140,41 @@ def test_model_config_counts_its_parameters_and_training_flops():
     assert t5.training_flops_per_token(512) == 6 * t5.parameter_counts()["total"] + 12 * 12 * 512 * 512
     with pytest.raises(ConfigError, match="seq_len"):
         gpt2.training_flops_per_token(0)
+
+
+def test_architecture_options_default_to_the_plain_transformer():
+    """Grouped-query attention, partial rotary, parallel residual and RoPE scaling are off unless asked for."""
+    m = ModelConfig()
+    assert (m.n_kv_heads, m.kv_heads, m.rotary_fraction, m.parallel_residual, m.rope_scaling) == (None, 4, 1.0,
+                                                                                                 False, None)
+    assert m.rope_type == "default" and m.kv_dim == m.attn_dim
+    t5 = load_preset("t5-small").model
+    assert t5.scale_output is None and t5.output_scaled
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(n_heads=6, d_model=48, n_kv_heads=4), "must divide model.n_heads=6"),
+    (dict(position="rope", rotary_fraction=0.1), "even number of at least 2"),
+    (dict(position="rope", rotary_fraction=1.5), r"must be in \(0, 1\]"),
+    (dict(norm_position="post", parallel_residual=True), "needs pre-LN"),
+    (dict(family="encoder-decoder", parallel_residual=True), "no cross-attention"),
+    (dict(position="rope", rope_scaling={"rope_type": "dynamic", "factor": 2}), "'dynamic' is not supported"),
+    (dict(position="rope", rope_scaling={"rope_type": "llama3", "factor": 8}), "needs low_freq_factor"),
+    (dict(position="rope", rope_scaling={"rope_type": "linear", "factor": 2, "beta": 1}), "unknown keys beta"),
+    (dict(position="learned", rope_scaling={"rope_type": "linear", "factor": 2}), "applies to RoPE"),
+    (dict(position="rope", rope_scaling="linear"), "must be a mapping"),
+    (dict(scale_output=True), "for encoder-decoders"),
+])
+def test_architecture_option_errors_say_what_to_change(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(**kw)
+
+
+def test_rope_scaling_reads_from_yaml_and_overrides(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("preset: llama-tiny\nmodel:\n  rope_scaling: {rope_type: linear, factor: 4}\n")
+    cfg = load_run_config(p, overrides=parse_override_args(["--model.n_kv_heads", "1"]))
+    assert cfg.model.rope_scaling == {"rope_type": "linear", "factor": 4} and cfg.model.kv_heads == 1
+    again = load_run_config(preset="llama-tiny", overrides=parse_override_args(
+        ["--model.rope_scaling", "{rope_type: yarn, factor: 2.0}"]))
+    assert again.model.rope_type == "yarn"

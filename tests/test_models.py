@@ -124,10 +124,16 @@ DECODER_VARIANTS = [
     dict(position="sinusoidal", norm_position="post", embedding_scale=True),
     dict(position="relative", norm="rmsnorm", bias=False),
     dict(position="none", d_head=6),
+    # Pythia's shape: partial rotary, parallel residual; and Llama's grouped-query attention
+    dict(position="rope", rotary_fraction=0.25, parallel_residual=True, n_kv_heads=2, tie_embeddings=False),
+    dict(position="rope", n_kv_heads=1, norm="rmsnorm", gated_mlp=True, activation="silu", bias=False,
+         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4}),
 ]
 
 
-@pytest.mark.parametrize("variant", DECODER_VARIANTS, ids=lambda v: v.get("position", "learned"))
+@pytest.mark.parametrize("variant", DECODER_VARIANTS,
+                         ids=lambda v: v.get("position", "learned") + (f"-kv{v['n_kv_heads']}" if "n_kv_heads" in v
+                                                                       else ""))
 def test_decoder_cache_matches_full_forward_with_left_padding(variant):
     m = make(tiny("decoder", **variant))
     x = torch.randint(1, V, (2, 10))
@@ -143,7 +149,7 @@ def test_decoder_cache_matches_full_forward_with_left_padding(variant):
     real = mask.bool()
     torch.testing.assert_close(inc[real], full[real], atol=2e-5, rtol=1e-5)
     k, v = out.past_key_values[0]
-    assert k.shape == (2, 4, 10, m.config.head_dim) and v.shape == k.shape
+    assert k.shape == (2, m.config.kv_heads, 10, m.config.head_dim) and v.shape == k.shape
 
 
 def test_left_padding_positions_come_from_the_mask():
@@ -216,7 +222,9 @@ def test_mlm_head_runs_only_on_selected_positions():
     dict(position="rope"),
     dict(position="relative", norm="rmsnorm", bias=False),
     dict(gated_mlp=True, activation="silu", tie_embeddings=False, pooler=True, nsp_head=True),
-], ids=["post-ln", "pre-ln", "rope", "relative-bias", "gated-untied-nsp"])
+    dict(position="rope", norm_position="pre", embedding_norm=False, n_kv_heads=2, rotary_fraction=0.5,
+         parallel_residual=True),
+], ids=["post-ln", "pre-ln", "rope", "relative-bias", "gated-untied-nsp", "gqa-partial-rope-parallel"])
 def test_sparse_last_layer_training_equals_full_layer(variant):
     """Training mode runs the last layer at the labelled rows only (`Block(..., rows=)`); loss
     and every gradient equal those of the full forward (eval mode, dropout 0), with padding."""

@@ -107,7 +107,8 @@ def _random_configs(n: int, seed: int = 0):
                   position=rng.choice(["learned", "sinusoidal", "rope", "relative", "none"]),
                   gated_mlp=rng.random() < 0.5, norm=rng.choice(["layernorm", "rmsnorm"]),
                   norm_position=rng.choice(["pre", "post"]), bias=rng.random() < 0.5,
-                  tie_embeddings=rng.random() < 0.5)
+                  tie_embeddings=rng.random() < 0.5, n_kv_heads=rng.choice([None, 1, 2]),
+                  parallel_residual=rng.random() < 0.3, rotary_fraction=rng.choice([1.0, 0.5]))
         if fam == "encoder":
             pool = rng.random() < 0.5
             kw.update(type_vocab_size=rng.choice([0, 2]), embedding_norm=rng.random() < 0.5,
@@ -123,7 +124,7 @@ def _random_configs(n: int, seed: int = 0):
 
 def test_counts_equal_instantiated_lmscale_models():
     models = pytest.importorskip("lmscale.models")
-    for cfg in _random_configs(40) + [preset_model(n) for n in ("gpt-tiny", "bert-tiny", "t5-tiny")]:
+    for cfg in _random_configs(40) + [preset_model(n) for n in ("gpt-tiny", "bert-tiny", "t5-tiny", "llama-tiny")]:
         m = models.build_model(cfg)  # tiny: built for real, on CPU
         got = m.num_parameters()
         want = count_parameters(cfg)
@@ -148,6 +149,56 @@ def test_seed_table_sizes():
     for name in gpt3:
         pub = preset_info(name)["published_params"]
         assert count_parameters(preset_model(name))["params_total"] == pytest.approx(pub, rel=0.02), name
+
+
+# Biderman et al. 2023, Table 1: (total parameters, non-embedding parameters)
+PYTHIA_PUBLISHED = {
+    "pythia-70m": (70_426_624, 18_915_328), "pythia-160m": (162_322_944, 85_056_000),
+    "pythia-410m": (405_334_016, 302_311_424), "pythia-1b": (1_011_781_632, 805_736_448),
+    "pythia-1.4b": (1_414_647_808, 1_208_602_624), "pythia-2.8b": (2_775_208_960, 2_517_652_480),
+    "pythia-6.9b": (6_857_302_016, 6_444_163_072), "pythia-12b": (11_846_072_320, 11_327_027_200),
+}
+
+
+@pytest.mark.parametrize("name", list(PYTHIA_PUBLISHED))
+def test_pythia_presets_match_published_counts_and_transformers(name):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    cfg = preset_model(name)
+    counts = count_parameters(cfg)
+    assert (counts["params_total"], counts["params_non_embedding"]) == PYTHIA_PUBLISHED[name]
+    assert (preset_info(name)["published_params"], preset_info(name)["published_non_embedding_params"]) == \
+        PYTHIA_PUBLISHED[name]
+    hc = GPTNeoXConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
+                       num_attention_heads=cfg.n_heads, intermediate_size=cfg.ffn_dim,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})
+    assert _hf_count(_meta(lambda: GPTNeoXForCausalLM(hc))) == counts["params_total"]
+    assert cfg.rotary_dim == cfg.head_dim // 4 and cfg.parallel_residual and not cfg.tie_embeddings
+
+
+def test_llama_presets_match_transformers_and_published():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    for name in ("tinyllama-1.1b", "llama-tiny"):
+        cfg = preset_model(name)
+        hc = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
+                         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                         num_key_value_heads=cfg.kv_heads, tie_word_embeddings=cfg.tie_embeddings)
+        assert count_parameters(cfg)["params_total"] == _hf_count(_meta(lambda hc=hc: LlamaForCausalLM(hc))), name
+    assert count_parameters(preset_model("tinyllama-1.1b"))["params_total"] == \
+        preset_info("tinyllama-1.1b")["published_params"] == 1_100_048_384
+
+
+def test_grouped_query_attention_narrows_key_value_projections_in_counts_and_flops():
+    mha = ModelConfig(vocab_size=100, d_model=64, n_layers=3, n_heads=8, max_positions=32, position="rope")
+    gqa = ModelConfig(vocab_size=100, d_model=64, n_layers=3, n_heads=8, n_kv_heads=2, max_positions=32,
+                      position="rope")
+    saved = 3 * 2 * (64 * 64 - 64 * 16 + 64 - 16)  # k and v: 64 -> 16 wide, weights and biases, 3 layers
+    assert count_parameters(mha)["params_total"] - count_parameters(gqa)["params_total"] == saved
+    a, b = flops_per_token(mha, 32, "exact")["exact"], flops_per_token(gqa, 32, "exact")["exact"]
+    assert a - b == pytest.approx(3 * 3 * 2 * 2 * 64 * (64 - 16), rel=1e-12)  # 3x forward, 3 layers, k and v
+    # PaLM's attention term counts all query heads either way
+    assert mha.training_flops_per_token() - gqa.training_flops_per_token() == 6 * saved
 
 
 def test_gpt3_175b_training_compute_6nd():

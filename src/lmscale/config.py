@@ -26,6 +26,15 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
+# RoPE scaling variants (`model.rope_scaling`, written as transformers writes `rope_scaling`): each
+# type with the keys it needs (beyond "rope_type") and the keys it may have
+ROPE_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "default": ((), ()),
+    "linear": (("factor",), ()),  # position interpolation (Chen et al. 2023)
+    "llama3": (("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"), ()),
+    "yarn": (("factor",), ("original_max_position_embeddings", "attention_factor", "beta_fast", "beta_slow",
+                           "mscale", "mscale_all_dim", "truncate")),  # Peng et al. 2023
+}
 FAMILY_TOKENIZER = {"encoder": "wordpiece", "decoder": "bpe", "encoder-decoder": "unigram"}
 FAMILY_OBJECTIVE = {"encoder": "mlm", "decoder": "causal", "encoder-decoder": "span"}
 # parameters counted as embedding (Kaplan et al. 2020); `ModelConfig.parameter_breakdown` names them
@@ -67,6 +76,10 @@ class ModelConfig:
     relative_buckets: int = 32
     relative_max_distance: int = 128
     rope_theta: float = 10000.0
+    rope_scaling: Optional[dict[str, Any]] = None  # RoPE frequency scaling, in transformers' terms (see ROPE_TYPES)
+    rotary_fraction: float = 1.0  # share of each head's dimensions RoPE rotates (GPT-NeoX / Pythia: 0.25)
+    n_kv_heads: Optional[int] = None  # grouped-query attention: key/value heads (default n_heads; 1 = multi-query)
+    parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm'(x)) (GPT-J, GPT-NeoX / Pythia); pre-LN only
     activation: str = "gelu"  # gelu | gelu_tanh | relu | silu
     gated_mlp: bool = False  # GEGLU (gelu) / SwiGLU (silu) / ReGLU (relu)
     norm: str = "layernorm"  # layernorm | rmsnorm
@@ -74,6 +87,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     bias: bool = True  # biases in attention/MLP projections and norms
     tie_embeddings: bool = True  # output projection shares the input embedding
+    scale_output: Optional[bool] = None  # encoder-decoder: decoder output times d_model**-0.5 before the head
+    # (T5 v1.0); default: on for a tied head with relative positions
     type_vocab_size: int = 0  # BERT segment embeddings (2); 0 = none
     embedding_norm: bool = False  # LayerNorm right after the embeddings (BERT)
     embedding_scale: bool = False  # multiply embeddings by sqrt(d_model) (original Transformer)
@@ -103,6 +118,20 @@ class ModelConfig:
             )
         if self.position == "rope" and self.head_dim % 2:
             raise ConfigError(f"RoPE needs an even head dimension, got d_head={self.head_dim}")
+        self._check_rope()
+        _positive("model.n_kv_heads", self.n_kv_heads, allow_none=True)
+        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads} "
+                "(each key/value head serves a group of query heads)"
+            )
+        if self.parallel_residual and (self.norm_position != "pre" or self.family == "encoder-decoder"):
+            raise ConfigError(
+                "model.parallel_residual needs pre-LN (model.norm_position=pre) and no cross-attention "
+                "(family decoder or encoder)"
+            )
+        if self.scale_output is not None and self.family != "encoder-decoder":
+            raise ConfigError(f"model.scale_output is for encoder-decoders (family={self.family}); leave it null")
         if self.family != "encoder-decoder" and self.n_decoder_layers is not None:
             raise ConfigError(
                 f"model.n_decoder_layers is only for encoder-decoders (family={self.family}); "
@@ -130,6 +159,67 @@ class ModelConfig:
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"model.{name}={v} must be in [0, 1)")
+
+    def _check_rope(self) -> None:
+        if not isinstance(self.rotary_fraction, (int, float)) or not 0.0 < self.rotary_fraction <= 1.0:
+            raise ConfigError(f"model.rotary_fraction={self.rotary_fraction!r} must be in (0, 1]")
+        if self.position == "rope" and (self.rotary_dim < 2 or self.rotary_dim % 2):
+            raise ConfigError(
+                f"RoPE rotates int(d_head * rotary_fraction) = {self.rotary_dim} dimensions of each head; "
+                "that must be an even number of at least 2"
+            )
+        rs = self.rope_scaling
+        if rs is None:
+            return
+        if not isinstance(rs, dict):
+            raise ConfigError(f"model.rope_scaling={rs!r} must be a mapping like {{rope_type: linear, factor: 4}}")
+        kind = rs.get("rope_type", rs.get("type"))
+        if kind not in ROPE_TYPES:
+            raise ConfigError(
+                f"model.rope_scaling rope_type={kind!r} is not supported; supported: {', '.join(ROPE_TYPES)}"
+            )
+        need, may = ROPE_TYPES[kind]
+        known = {"rope_type", "type", *need, *may}
+        missing = [k for k in need if rs.get(k) is None]
+        unknown = sorted(set(rs) - known)
+        if missing or unknown:
+            parts = ([f"needs {', '.join(missing)}"] if missing else []) + (
+                [f"has unknown keys {', '.join(unknown)}"] if unknown else [])
+            raise ConfigError(f"model.rope_scaling ({kind}) " + " and ".join(parts))
+        if self.position != "rope":
+            raise ConfigError(f"model.rope_scaling applies to RoPE; model.position is {self.position!r}")
+        if kind != "default" and not (isinstance(rs["factor"], (int, float)) and rs["factor"] > 0):
+            raise ConfigError(f"model.rope_scaling factor={rs['factor']!r} must be a positive number")
+
+    @property
+    def rope_type(self) -> str:
+        """The RoPE variant: `default` (plain), or the `rope_scaling` type (linear, llama3, yarn)."""
+        if not self.rope_scaling:
+            return "default"
+        return str(self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default")))
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions of each head that RoPE rotates (the first ones; the rest pass through)."""
+        return int(self.head_dim * self.rotary_fraction)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the self-attention keys (and values): kv_heads * head_dim."""
+        return self.kv_heads * self.head_dim
+
+    @property
+    def output_scaled(self) -> bool:
+        """Whether an encoder-decoder multiplies its decoder output by d_model**-0.5 before the head."""
+        if self.family != "encoder-decoder":
+            return False
+        if self.scale_output is not None:
+            return bool(self.scale_output)
+        return self.tie_embeddings and self.position == "relative"
 
     @property
     def head_dim(self) -> int:
@@ -159,9 +249,11 @@ class ModelConfig:
     def _norm_params(self) -> int:
         return 2 * self.d_model if self.norm == "layernorm" else self.d_model
 
-    def _attention_params(self) -> int:
+    def _attention_params(self, kv: Optional[int] = None) -> int:
+        """q and output projections of width attn_dim, k and v of width `kv` (default attn_dim)."""
         d, a = self.d_model, self.attn_dim
-        return 4 * d * a + ((3 * a + d) if self.bias else 0)
+        kv = a if kv is None else kv
+        return 2 * d * a + 2 * d * kv + ((a + 2 * kv + d) if self.bias else 0)
 
     def _mlp_params(self) -> int:
         d, f = self.d_model, self.ffn_dim
@@ -169,7 +261,8 @@ class ModelConfig:
         return n_in * d * f + f * d + ((n_in * f + d) if self.bias else 0)
 
     def _stack_params(self, n_layers: int, cross_attention: bool) -> int:
-        per_layer = self._attention_params() + self._mlp_params() + 2 * self._norm_params()
+        # grouped-query attention narrows self-attention's keys and values; cross-attention keeps all heads
+        per_layer = self._attention_params(self.kv_dim) + self._mlp_params() + 2 * self._norm_params()
         if cross_attention:
             per_layer += self._attention_params() + self._norm_params()
         total = n_layers * per_layer
@@ -219,7 +312,8 @@ class ModelConfig:
         with N all parameters (a tied embedding counted once), L the layers of every stack, H Q the
         attention width and T the sequence length (default `max_positions`). It counts the attention
         score and value products over the full window (no causal discount) and no norms or softmax;
-        what MFU and FLOP budgets are measured in."""
+        what MFU and FLOP budgets are measured in. Grouped-query attention enters through N (narrower
+        key/value projections); the score and value products still run over all H query heads."""
         t = int(seq_len if seq_len is not None else self.max_positions)
         if t <= 0:
             raise ConfigError(f"seq_len={t} must be positive")

@@ -115,23 +115,91 @@ def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return out
 
 
+def rope_frequencies(dim: int, theta: float, scaling: Optional[dict] = None,
+                     max_positions: Optional[int] = None) -> tuple[torch.Tensor, float]:
+    """RoPE inverse frequencies for `dim` rotated dimensions, and the factor cos and sin are scaled by.
+
+    `scaling` is a `ModelConfig.rope_scaling` mapping, computed as `transformers` computes it:
+    `linear` divides every frequency by `factor` (position interpolation, Chen et al. 2023);
+    `llama3` divides the low frequencies by `factor`, keeps the high ones and interpolates between
+    them (Llama 3.1); `yarn` blends interpolated and original frequencies along a ramp set by
+    `beta_fast`/`beta_slow` and scales cos and sin by its attention factor (Peng et al. 2023).
+    """
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv, 1.0
+    assert scaling is not None
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return inv / factor, 1.0
+    if kind == "llama3":
+        old = float(scaling["original_max_position_embeddings"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > old / low, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / high) * ~(wavelen > old / low)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        old = float(scaling.get("original_max_position_embeddings") or max_positions or 0)
+        attention_factor = scaling.get("attention_factor")
+        if attention_factor is None:
+            mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+            if mscale and mscale_all:
+                attention_factor = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
+            else:
+                attention_factor = _yarn_mscale(factor)
+        beta_fast = scaling.get("beta_fast") or 32
+        beta_slow = scaling.get("beta_slow") or 1
+
+        def correction_dim(rotations: float) -> float:
+            return (dim * math.log(old / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+        lo, hi = correction_dim(beta_fast), correction_dim(beta_slow)
+        if scaling.get("truncate", True):
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, dim - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - lo) / (hi - lo), 0, 1)
+        extrapolation = 1 - ramp
+        return (inv / factor) * (1 - extrapolation) + inv * extrapolation, float(attention_factor)
+    raise LmscaleError(f"RoPE scaling type {kind!r} is not supported")
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
 class Rotary(nn.Module):
     """Rotary embeddings (Su et al. 2021), rotate-half layout (GPT-NeoX / LLaMA).
 
     Angles are computed from position ids, so sequences longer than `max_positions` run
-    (extrapolation; quality beyond the trained length is not guaranteed).
+    (extrapolation; quality beyond the trained length is not guaranteed). With `rotary_dim` below
+    the head dimension only the first `rotary_dim` dimensions of each head turn (GPT-NeoX's partial
+    rotary); `scaling` is a `ModelConfig.rope_scaling` mapping (see `rope_frequencies`).
     """
 
-    def __init__(self, head_dim: int, theta: float) -> None:
+    def __init__(self, head_dim: int, theta: float, rotary_dim: Optional[int] = None,
+                 scaling: Optional[dict] = None, max_positions: Optional[int] = None) -> None:
         super().__init__()
-        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        inv, self.attention_factor = rope_frequencies(rotary_dim or head_dim, theta, scaling, max_positions)
         self.register_buffer("inv_freq", inv, persistent=False)
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "Rotary":
+        return cls(cfg.head_dim, cfg.rope_theta, cfg.rotary_dim, cfg.rope_scaling, cfg.max_positions)
+
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids [B or 1, T] -> (cos, sin) of shape [B or 1, 1, T, head_dim]."""
+        """position_ids [B or 1, T] -> (cos, sin) of shape [B or 1, 1, T, rotary_dim]."""
         freqs = position_ids.to(torch.float32).unsqueeze(-1) * self.inv_freq.to(position_ids.device)
         emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        cos, sin = emb.cos(), emb.sin()
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        return cos.to(dtype), sin.to(dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +208,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + _rotate_half(x) * sin
+    """Rotate the first cos.shape[-1] dimensions of each head; any others pass through."""
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    turned, kept = x[..., :r], x[..., r:]
+    return torch.cat((turned * cos + _rotate_half(turned) * sin, kept), dim=-1)
 
 
 def relative_position_bucket(
@@ -281,15 +354,27 @@ def layer_inputs(
 
 # ----------------------------------------------------------------------------- attention
 
+def repeat_kv(k: torch.Tensor, v: torch.Tensor, groups: int) -> KV:
+    """Grouped-query attention: each key/value head [B, H_kv, T, hd] serves `groups` consecutive
+    query heads (query head h reads key/value head h // groups, as in transformers' `repeat_kv`)."""
+    if groups == 1:
+        return k, v
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused q|k|v projection and an optional KV cache."""
+    """Multi-head self-attention with one fused q|k|v projection and an optional KV cache.
+
+    With grouped-query attention (`n_kv_heads` < `n_heads`) the projection is [q; k; v] with k and
+    v narrower; the cache holds the narrow keys and values."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.kv_heads
         self.head_dim = cfg.head_dim
         a = cfg.attn_dim
-        self.qkv = nn.Linear(cfg.d_model, 3 * a, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.d_model, a + 2 * cfg.kv_dim, bias=cfg.bias)
         self.out = nn.Linear(a, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.attention_dropout
         # T5 folds 1/sqrt(d_head) into its initialisation and attends without scaling.
@@ -305,8 +390,14 @@ class SelfAttention(nn.Module):
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, Optional[KV]]:
         b, t, _ = x.shape
-        # unbind, not indexing: indexing's backward zero-fills the whole q|k|v tensor three times
-        q, k, v = (z.transpose(1, 2) for z in self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2))
+        if self.n_kv_heads == self.n_heads:
+            # unbind, not indexing: indexing's backward zero-fills the whole q|k|v tensor three times
+            q, k, v = (z.transpose(1, 2) for z in self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2))
+        else:
+            a, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            q, k, v = self.qkv(x).split((a, kv, kv), dim=-1)
+            q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k, v = (z.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2) for z in (k, v))
         if rope is not None:
             q = apply_rotary(q, *rope)
             k = apply_rotary(k, *rope)
@@ -314,6 +405,7 @@ class SelfAttention(nn.Module):
             k = torch.cat((past[0], k), dim=2)
             v = torch.cat((past[1], v), dim=2)
         present = (k, v) if use_cache else None
+        k, v = repeat_kv(k, v, self.n_heads // self.n_kv_heads)
         y = attention(q, k, v, mask, self.dropout if self.training else 0.0, is_causal, self.scale)
         y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return self.out(y), present
@@ -335,12 +427,14 @@ class SelfAttention(nn.Module):
         q = F.linear(xq, w[:a], None if bias is None else bias[:a])
         q = q.view(b, m, self.n_heads, self.head_dim).transpose(1, 2)
         kv = F.linear(x, w[a:], None if bias is None else bias[a:])
-        k, v = (z.transpose(1, 2) for z in kv.view(b, t, 2, self.n_heads, self.head_dim).unbind(2))
+        k, v = (z.transpose(1, 2) for z in kv.view(b, t, 2, self.n_kv_heads, self.head_dim).unbind(2))
         if rope is not None:
-            idx = rows[:, None, :, None].expand(b, 1, m, self.head_dim)
-            cos, sin = (r.expand(b, 1, t, self.head_dim).gather(2, idx) for r in rope)
+            r = rope[0].shape[-1]
+            idx = rows[:, None, :, None].expand(b, 1, m, r)
+            cos, sin = (c.expand(b, 1, t, r).gather(2, idx) for c in rope)
             q = apply_rotary(q, cos, sin)
             k = apply_rotary(k, *rope)
+        k, v = repeat_kv(k, v, self.n_heads // self.n_kv_heads)
         if mask is not None and mask.shape[2] != 1:
             h, kl = mask.shape[1], mask.shape[3]
             mask = mask.expand(b, h, t, kl).gather(2, rows[:, None, :, None].expand(b, h, m, kl))
@@ -388,11 +482,13 @@ class Block(nn.Module):
     """One transformer layer: self-attention, optional cross-attention, MLP.
 
     Pre-LN: x + f(norm(x)) (GPT-2, T5). Post-LN: norm(x + f(x)) (BERT, GPT-1, Transformer).
+    Parallel residual (GPT-J, GPT-NeoX): x + attn(norm(x)) + mlp(norm'(x)), both from the same x.
     """
 
     def __init__(self, cfg: ModelConfig, cross: bool = False) -> None:
         super().__init__()
         self.pre = cfg.norm_position == "pre"
+        self.parallel = cfg.parallel_residual
         self.attn_norm = make_norm(cfg)
         self.attn = SelfAttention(cfg)
         self.cross = CrossAttention(cfg) if cross else None
@@ -421,6 +517,9 @@ class Block(nn.Module):
                 raise ValueError("rows= serves a self-attention layer without cache or cross-attention")
             return self._forward_rows(x, rows, mask, rope), None
         self_past = past[:2] if past is not None else None
+        if self.parallel:
+            h, present = self.attn(self.attn_norm(x), mask, is_causal, rope, self_past, use_cache)
+            return x + self.drop(h) + self.drop(self.mlp(self.mlp_norm(x))), present
         if self.pre:
             h, present = self.attn(self.attn_norm(x), mask, is_causal, rope, self_past, use_cache)
             x = x + self.drop(h)
@@ -456,6 +555,10 @@ class Block(nn.Module):
         and the result and gradients are those of `forward` at the same rows."""
         idx = rows[..., None].expand(*rows.shape, x.shape[-1])
         xq = x.gather(1, idx)
+        if self.parallel:
+            src = self.attn_norm(x)
+            h = self.attn.forward_rows(src, src.gather(1, idx), rows, mask, rope)
+            return xq + self.drop(h) + self.drop(self.mlp(self.mlp_norm(xq)))
         if self.pre:
             src = self.attn_norm(x)
             xq = xq + self.drop(self.attn.forward_rows(src, src.gather(1, idx), rows, mask, rope))

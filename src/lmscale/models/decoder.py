@@ -38,7 +38,7 @@ class DecoderModel(LMBase):
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model) if cfg.position == "learned" else None
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta) if cfg.position == "rope" else None
+        self.rotary = Rotary.from_config(cfg) if cfg.position == "rope" else None
         self.rel_bias = RelativeBias(cfg, bidirectional=False) if cfg.position == "relative" else None
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))

@@ -34,7 +34,7 @@ class Stack(nn.Module):
         self.config = cfg
         self.is_decoder = is_decoder
         self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model) if cfg.position == "learned" else None
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta) if cfg.position == "rope" else None
+        self.rotary = Rotary.from_config(cfg) if cfg.position == "rope" else None
         self.rel_bias = RelativeBias(cfg, bidirectional=not is_decoder) if cfg.position == "relative" else None
         self.layers = nn.ModuleList(Block(cfg, cross=is_decoder) for _ in range(n_layers))
         self.norm = make_norm(cfg) if cfg.norm_position == "pre" else None
@@ -74,7 +74,8 @@ class EncoderDecoderModel(LMBase):
     """Shared token embedding, encoder stack, decoder stack with cross-attention, LM head.
 
     T5 v1.0 (relative positions, tied head) scales the decoder output by d_model**-0.5 before the
-    tied head; v1.1 has an untied head and no scaling. The original Transformer (post-LN,
+    tied head; v1.1 has an untied head and no scaling (`transformers` 5 ties its head and leaves the
+    scaling off: `model.scale_output` false). The original Transformer (post-LN,
     sinusoidal) multiplies embeddings by sqrt(d_model) instead (`embedding_scale`).
     """
 
@@ -87,9 +88,7 @@ class EncoderDecoderModel(LMBase):
         self.encoder = Stack(cfg, cfg.n_layers, is_decoder=False)
         self.decoder = Stack(cfg, cfg.decoder_layers, is_decoder=True)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.output_scale = (
-            cfg.d_model ** -0.5 if cfg.tie_embeddings and cfg.position == "relative" else None
-        )
+        self.output_scale = cfg.d_model ** -0.5 if cfg.output_scaled else None
         init_weights(self, cfg)
 
     def _embedding_params(self) -> list[nn.Parameter]:

@@ -1,16 +1,26 @@
-"""Import and export `transformers` checkpoints (BERT, GPT-2, GPT-1, T5).
+"""Import and export `transformers` checkpoints: BERT, GPT-2, GPT-1, T5, Llama and GPT-NeoX (Pythia).
 
 Reading needs only `safetensors` (or torch for `pytorch_model.bin`): a Hugging Face directory is a
 `config.json`, weights and tokenizer files, and the mapping to our tensor names is a table of
 rules. Each rule names our tensor and the Hugging Face tensors it is made of (q|k|v projections
-are concatenated into our fused projection; GPT `Conv1D` weights are transposed), so the same
-table drives both directions.
+are concatenated into our fused projection, Llama's gate and up projections into our gated MLP's
+input; GPT `Conv1D` weights are transposed; GPT-NeoX's per-head interleaved q|k|v is regrouped),
+so the same table drives both directions.
+
+Which of our decoders leaves as what: learned positions as GPT-2 (pre-LN) or GPT-1 (post-LN);
+RoPE with LayerNorm, biases and a plain MLP as GPT-NeoX (parallel residual or not, any rotary
+fraction); RoPE with RMSNorm and a gated MLP as Llama (grouped-query attention, RoPE scaling).
 
 Known differences, all by design:
 - a `BertModel` checkpoint (no masked-LM head, e.g. all-MiniLM-L6-v2) imports with a freshly
   initialised MLM head (the encoder, pooler and hidden states are exact);
-- a `T5Config(tie_word_embeddings=False)` built in code still ties the head in `transformers` 5
-  (without the v1.0 output scaling); it imports as an untied head holding a copy of the embedding.
+- `transformers` 5 writes a T5 v1.1-style model built with `T5Config(tie_word_embeddings=False)`
+  as a tied head without the v1.0 output scaling (`tie_word_embeddings: true`,
+  `scale_decoder_outputs: false`); it imports as exactly that (`model.scale_output: false`), and
+  such a model exports with an untied copy of the embedding as its head, which `transformers` 4
+  and 5 both read as the same function;
+- RoPE scaling converts for the `linear`, `llama3` and `yarn` types; `dynamic` and `longrope`
+  (whose frequencies change with the input length) are refused with a message.
 """
 from __future__ import annotations
 
@@ -48,6 +58,14 @@ class Rule:
     ours: str
     hf: list[str]
     transpose: bool = False  # GPT Conv1D stores [in, out]
+    sizes: Optional[tuple[int, ...]] = None  # rows of each part when they differ (grouped-query q|k|v)
+    heads: int = 0  # GPT-NeoX: q|k|v interleaved per head ([H, 3, d_head] rows); ours is [3, H, d_head]
+
+
+def _neox_qkv(t: torch.Tensor, heads: int, to_ours: bool) -> torch.Tensor:
+    """Regroup fused q|k|v rows between GPT-NeoX's per-head order and ours (weight or bias)."""
+    shape = (heads, 3) if to_ours else (3, heads)
+    return t.reshape(*shape, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
 
 
 def _act(name: str, where: str) -> str:
@@ -114,6 +132,46 @@ def _gpt_rules(cfg: ModelConfig, p: str, gpt1: bool) -> list[Rule]:
         r += [Rule(f"norm.{s}", [f"{p}ln_f.{s}"]) for s in ("weight", "bias")]
     if not cfg.tie_embeddings:
         r.append(Rule("lm_head.weight", ["lm_head.weight"]))
+    return r
+
+
+def _llama_rules(cfg: ModelConfig, p: str) -> list[Rule]:
+    a, kv = cfg.attn_dim, cfg.kv_dim
+    r = [Rule("tok_emb.weight", [f"{p}embed_tokens.weight"]), Rule("norm.weight", [f"{p}norm.weight"])]
+    for i in range(cfg.n_layers):
+        L, H = f"layers.{i}.", f"{p}layers.{i}."
+        for s in ("weight", "bias") if cfg.bias else ("weight",):
+            r += [
+                Rule(f"{L}attn.qkv.{s}", [f"{H}self_attn.{x}_proj.{s}" for x in "qkv"], sizes=(a, kv, kv)),
+                Rule(f"{L}attn.out.{s}", [f"{H}self_attn.o_proj.{s}"]),
+                Rule(f"{L}mlp.fc_in.{s}", [f"{H}mlp.gate_proj.{s}", f"{H}mlp.up_proj.{s}"]),
+                Rule(f"{L}mlp.fc_out.{s}", [f"{H}mlp.down_proj.{s}"]),
+            ]
+        r += [
+            Rule(f"{L}attn_norm.weight", [f"{H}input_layernorm.weight"]),
+            Rule(f"{L}mlp_norm.weight", [f"{H}post_attention_layernorm.weight"]),
+        ]
+    if not cfg.tie_embeddings:
+        r.append(Rule("lm_head.weight", ["lm_head.weight"]))
+    return r
+
+
+def _neox_rules(cfg: ModelConfig, p: str, head: str) -> list[Rule]:
+    r = [Rule("tok_emb.weight", [f"{p}embed_in.weight"])]
+    r += [Rule(f"norm.{s}", [f"{p}final_layer_norm.{s}"]) for s in ("weight", "bias")]
+    for i in range(cfg.n_layers):
+        L, H = f"layers.{i}.", f"{p}layers.{i}."
+        for s in ("weight", "bias"):
+            r += [
+                Rule(f"{L}attn_norm.{s}", [f"{H}input_layernorm.{s}"]),
+                Rule(f"{L}attn.qkv.{s}", [f"{H}attention.query_key_value.{s}"], heads=cfg.n_heads),
+                Rule(f"{L}attn.out.{s}", [f"{H}attention.dense.{s}"]),
+                Rule(f"{L}mlp_norm.{s}", [f"{H}post_attention_layernorm.{s}"]),
+                Rule(f"{L}mlp.fc_in.{s}", [f"{H}mlp.dense_h_to_4h.{s}"]),
+                Rule(f"{L}mlp.fc_out.{s}", [f"{H}mlp.dense_4h_to_h.{s}"]),
+            ]
+    if not cfg.tie_embeddings:
+        r.append(Rule("lm_head.weight", [head]))
     return r
 
 
@@ -206,10 +264,11 @@ def _t5_config(c: dict, where: str) -> ModelConfig:
     act = parts[-1]
     if proj == "gated-gelu":
         act = "gelu_new"
-    if "scale_decoder_outputs" in c:
-        tied = bool(c["scale_decoder_outputs"])
-    else:
-        tied = c.get("tie_word_embeddings", True) is not False
+    # transformers 4 ties the head and scales the output when tie_word_embeddings is true (v1.0) and
+    # unties it without scaling when false (v1.1); transformers 5 always ties and says whether it
+    # scales in scale_decoder_outputs (a separate lm_head.weight in the file still unties it)
+    tied = c.get("tie_word_embeddings", True) is not False
+    scale = bool(c.get("scale_decoder_outputs", tied))
     pad = c.get("pad_token_id", 0) or 0
     start = c.get("decoder_start_token_id")
     return ModelConfig(
@@ -220,9 +279,82 @@ def _t5_config(c: dict, where: str) -> ModelConfig:
         relative_max_distance=c.get("relative_attention_max_distance", 128),
         activation=_act(act, where), gated_mlp=gated, norm="rmsnorm", norm_position="pre",
         norm_eps=c.get("layer_norm_epsilon", 1e-6), bias=False, tie_embeddings=tied,
-        dropout=c.get("dropout_rate", 0.1), attention_dropout=c.get("dropout_rate", 0.1),
+        scale_output=None if scale == tied else scale, dropout=c.get("dropout_rate", 0.1),
+        attention_dropout=c.get("dropout_rate", 0.1),
         init_std=c.get("initializer_factor", 1.0) * 0.05, pad_token_id=pad,
         decoder_start_token_id=pad if start is None else start,
+    )
+
+
+def _rope_parameters(c: dict, where: str, theta_key: str = "rope_theta",
+                     fraction_key: str = "partial_rotary_factor",
+                     defaults: tuple[float, float] = (10000.0, 1.0)) -> tuple[float, float, Optional[dict]]:
+    """-> (theta, rotary fraction, our rope_scaling) from either config style: transformers 5's
+    `rope_parameters` or the older top-level `rope_theta` (GPT-NeoX: `rotary_emb_base`,
+    `rotary_pct`) beside `rope_scaling`."""
+    params = dict(c.get("rope_parameters") or {})
+    if "rope_type" not in params and "type" not in params:
+        params.update(c.get("rope_scaling") or {})
+    theta = params.pop("rope_theta", None) or c.get(theta_key) or c.get("rope_theta") or defaults[0]
+    fraction = params.pop("partial_rotary_factor", None) or c.get(fraction_key) or defaults[1]
+    kind = params.pop("rope_type", params.pop("type", "default"))
+    if kind == "default":
+        return float(theta), float(fraction), None
+    if kind not in ("linear", "llama3", "yarn"):
+        raise CheckpointError(f"{where}: RoPE scaling {kind!r} is not supported (linear, llama3 and yarn are)")
+    if kind in ("llama3", "yarn"):
+        params.setdefault("original_max_position_embeddings", c.get("max_position_embeddings"))
+    if kind == "yarn" and params.get("factor") is None:
+        params["factor"] = c["max_position_embeddings"] / params["original_max_position_embeddings"]
+    if kind == "linear":  # transformers ignores anything but the factor here
+        params = {"factor": params["factor"]}
+    return float(theta), float(fraction), {"rope_type": kind, **{k: v for k, v in params.items() if v is not None}}
+
+
+def _pad_id(c: dict, vocab: int) -> int:
+    pad = c.get("pad_token_id")
+    if pad is None:
+        pad = c.get("eos_token_id")
+    if isinstance(pad, list):
+        pad = pad[0] if pad else None
+    return pad if isinstance(pad, int) and 0 <= pad < vocab else 0
+
+
+def _llama_config(c: dict, where: str) -> ModelConfig:
+    if bool(c.get("attention_bias", False)) != bool(c.get("mlp_bias", False)):
+        raise CheckpointError(f"{where}: Llama with attention_bias != mlp_bias is not supported")
+    d, heads = c["hidden_size"], c["num_attention_heads"]
+    theta, fraction, scaling = _rope_parameters(c, where)
+    if fraction != 1.0:
+        raise CheckpointError(f"{where}: Llama with partial_rotary_factor={fraction} is not supported")
+    head_dim = c.get("head_dim") or d // heads
+    kv = c.get("num_key_value_heads") or heads
+    return ModelConfig(
+        family="decoder", vocab_size=c["vocab_size"], d_model=d, n_layers=c["num_hidden_layers"], n_heads=heads,
+        n_kv_heads=None if kv == heads else kv, d_head=None if head_dim * heads == d else head_dim,
+        d_ff=c["intermediate_size"], max_positions=c.get("max_position_embeddings", 2048), position="rope",
+        rope_theta=theta, rope_scaling=scaling, activation=_act(c.get("hidden_act", "silu"), where),
+        gated_mlp=True, norm="rmsnorm", norm_position="pre", norm_eps=c.get("rms_norm_eps", 1e-6),
+        bias=bool(c.get("attention_bias", False)), tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        dropout=0.0, attention_dropout=c.get("attention_dropout", 0.0) or 0.0,
+        init_std=c.get("initializer_range", 0.02), pad_token_id=_pad_id(c, c["vocab_size"]),
+    )
+
+
+def _neox_config(c: dict, where: str) -> ModelConfig:
+    if c.get("attention_bias", True) is False:
+        raise CheckpointError(f"{where}: GPT-NeoX without attention biases is not supported")
+    theta, fraction, scaling = _rope_parameters(c, where, "rotary_emb_base", "rotary_pct", (10000.0, 0.25))
+    return ModelConfig(
+        family="decoder", vocab_size=c["vocab_size"], d_model=c["hidden_size"], n_layers=c["num_hidden_layers"],
+        n_heads=c["num_attention_heads"], d_ff=c["intermediate_size"],
+        max_positions=c.get("max_position_embeddings", 2048), position="rope", rope_theta=theta,
+        rope_scaling=scaling, rotary_fraction=fraction, activation=_act(c.get("hidden_act", "gelu"), where),
+        norm="layernorm", norm_position="pre", norm_eps=c.get("layer_norm_eps", 1e-5), bias=True,
+        parallel_residual=bool(c.get("use_parallel_residual", True)),
+        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        dropout=c.get("hidden_dropout", 0.0) or 0.0, attention_dropout=c.get("attention_dropout", 0.0) or 0.0,
+        init_std=c.get("initializer_range", 0.02), pad_token_id=_pad_id(c, c["vocab_size"]),
     )
 
 
@@ -280,7 +412,8 @@ def _apply_rules(rules: list[Rule], hf: dict[str, torch.Tensor], tied_extras: li
             missing.extend(absent)
             continue
         parts = [hf[k].t() if rule.transpose and hf[k].dim() == 2 else hf[k] for k in rule.hf]
-        ours[rule.ours] = (torch.cat(parts, 0) if len(parts) > 1 else parts[0]).contiguous()
+        t = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+        ours[rule.ours] = (_neox_qkv(t, rule.heads, to_ours=True) if rule.heads else t).contiguous()
         used.update(rule.hf)
     unexpected = sorted(k for k in hf if k not in used and k not in tied_extras and not _IGNORABLE.search(k))
     return ours, missing, unexpected
@@ -297,9 +430,13 @@ def _detect(c: dict, where: str) -> str:
         return "gpt1"
     if mt in ("t5",):
         return "t5"
+    if mt == "llama":
+        return "llama"
+    if mt == "gpt_neox":
+        return "neox"
     raise CheckpointError(
         f"{where}: model_type={mt!r} (architectures={archs}) is not supported; "
-        "lmscale converts BERT, GPT-2, GPT-1 and T5 checkpoints"
+        "lmscale converts BERT, GPT-2, GPT-1, T5, Llama and GPT-NeoX (Pythia) checkpoints"
     )
 
 
@@ -328,6 +465,16 @@ def _import_layout(c: dict, keys: set[str], where: str) -> tuple[ModelConfig, li
         if kind in ("gpt2", "gpt1"):
             cfg, p = _gpt_config(c, keys, where, kind == "gpt1")
             rules = _gpt_rules(cfg, p, kind == "gpt1")
+        elif kind == "llama":
+            cfg = _llama_config(c, where)
+            rules = _llama_rules(cfg, "model." if any(k.startswith("model.") for k in keys) else "")
+        elif kind == "neox":
+            cfg = _neox_config(c, where)
+            p = "gpt_neox." if any(k.startswith("gpt_neox.") for k in keys) else ""
+            head = "lm_head.weight" if "lm_head.weight" in keys else "embed_out.weight"
+            rules = _neox_rules(cfg, p, head)
+            tied = ["embed_out.weight", "lm_head.weight"] if cfg.tie_embeddings else []
+            return cfg, rules, True, tied
         else:
             cfg = _t5_config(c, where)
             rules = _t5_rules(cfg)
@@ -399,10 +546,14 @@ def _hf_layout(cfg: ModelConfig) -> tuple[str, dict, list[Rule], list[str]]:
     """-> (architecture, config dict, rules, tied HF names to write as copies)."""
     base = {"vocab_size": cfg.vocab_size, "pad_token_id": cfg.pad_token_id,
             "tie_word_embeddings": cfg.tie_embeddings}
+    if cfg.family == "decoder" and cfg.position == "rope":
+        return _rope_decoder_layout(cfg, base)
     if cfg.family == "decoder":
         if cfg.position != "learned" or cfg.norm != "layernorm" or not cfg.bias or cfg.gated_mlp \
-                or cfg.embedding_scale or cfg.d_head not in (None, cfg.d_model // cfg.n_heads):
-            raise _unsupported(cfg, "GPT-2/GPT export needs learned positions, LayerNorm, biases, a plain MLP")
+                or cfg.embedding_scale or cfg.d_head not in (None, cfg.d_model // cfg.n_heads) \
+                or cfg.kv_heads != cfg.n_heads or cfg.parallel_residual:
+            raise _unsupported(cfg, "GPT-2/GPT export needs learned positions, LayerNorm, biases, a plain MLP "
+                               "(or RoPE, for Llama and GPT-NeoX)")
         if cfg.norm_position == "pre":
             arch = "GPT2LMHeadModel"
             c = {**base, "model_type": "gpt2", "n_embd": cfg.d_model, "n_layer": cfg.n_layers,
@@ -441,8 +592,10 @@ def _hf_layout(cfg: ModelConfig) -> tuple[str, dict, list[Rule], list[str]]:
         tied = ["cls.predictions.decoder.weight"] if cfg.tie_embeddings else []
         return arch, c, rules, tied
     if cfg.position != "relative" or cfg.norm != "rmsnorm" or cfg.norm_position != "pre" or cfg.bias \
-            or cfg.embedding_scale:
+            or cfg.embedding_scale or cfg.kv_heads != cfg.n_heads:
         raise _unsupported(cfg, "T5 export needs relative positions, pre-LN RMSNorm and no biases")
+    if cfg.output_scaled and not cfg.tie_embeddings:
+        raise _unsupported(cfg, "T5 scales the decoder output only before a tied head")
     act = _ACT_OUT[cfg.activation]
     if cfg.gated_mlp:
         proj = "gated-gelu" if cfg.activation == "gelu_tanh" else f"gated-{act}"
@@ -450,6 +603,10 @@ def _hf_layout(cfg: ModelConfig) -> tuple[str, dict, list[Rule], list[str]]:
         if cfg.activation == "gelu_tanh":
             raise _unsupported(cfg, "T5's ungated MLP has no tanh-GELU option")
         proj = act
+    # a tied head without the output scaling is written as an untied copy (tie_word_embeddings false):
+    # transformers 4 then neither ties nor scales, and transformers 5 does not scale
+    untied = not cfg.tie_embeddings or not cfg.output_scaled
+    base["tie_word_embeddings"] = not untied
     c = {**base, "model_type": "t5", "d_model": cfg.d_model, "d_kv": cfg.head_dim, "d_ff": cfg.ffn_dim,
          "num_layers": cfg.n_layers, "num_decoder_layers": cfg.decoder_layers, "num_heads": cfg.n_heads,
          "relative_attention_num_buckets": cfg.relative_buckets,
@@ -457,8 +614,56 @@ def _hf_layout(cfg: ModelConfig) -> tuple[str, dict, list[Rule], list[str]]:
          "layer_norm_epsilon": cfg.norm_eps, "feed_forward_proj": proj, "is_encoder_decoder": True,
          "decoder_start_token_id": cfg.decoder_start_token_id, "eos_token_id": 1 if cfg.vocab_size > 1 else 0,
          "initializer_factor": 1.0}
+    if untied:
+        c["scale_decoder_outputs"] = False
     tied = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
-    return "T5ForConditionalGeneration", c, _t5_rules(cfg), tied
+    rules = _t5_rules(cfg)
+    if cfg.tie_embeddings and untied:
+        rules.append(Rule("tok_emb.weight", ["lm_head.weight"]))
+    return "T5ForConditionalGeneration", c, rules, tied
+
+
+def _rope_config(cfg: ModelConfig) -> dict[str, Any]:
+    """RoPE keys in the style both transformers 4 and 5 read (5 moves them into rope_parameters)."""
+    out: dict[str, Any] = {}
+    if cfg.rope_scaling:
+        kind = cfg.rope_type
+        out["rope_scaling"] = {"rope_type": kind,
+                               **{k: v for k, v in cfg.rope_scaling.items() if k not in ("rope_type", "type")}}
+    return out
+
+
+def _rope_decoder_layout(cfg: ModelConfig, base: dict) -> tuple[str, dict, list[Rule], list[str]]:
+    """RoPE decoders: RMSNorm with a gated MLP leaves as Llama, LayerNorm with a plain MLP and
+    biases as GPT-NeoX."""
+    if cfg.embedding_scale:
+        raise _unsupported(cfg, "no transformers decoder scales its embeddings by sqrt(d_model)")
+    common = {**base, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers,
+              "num_attention_heads": cfg.n_heads, "intermediate_size": cfg.ffn_dim,
+              "max_position_embeddings": cfg.max_positions, "initializer_range": cfg.init_std,
+              "attention_dropout": cfg.attention_dropout, "bos_token_id": cfg.pad_token_id,
+              "eos_token_id": cfg.pad_token_id}
+    if cfg.norm == "rmsnorm" and cfg.gated_mlp and cfg.norm_position == "pre" and not cfg.parallel_residual:
+        if cfg.rotary_fraction != 1.0:
+            raise _unsupported(cfg, "Llama rotates whole heads (model.rotary_fraction 1)")
+        if cfg.activation not in _ACT_OUT:
+            raise _unsupported(cfg, f"activation {cfg.activation!r}")
+        act = "gelu_pytorch_tanh" if cfg.activation == "gelu_tanh" else _ACT_OUT[cfg.activation]
+        c = {**common, "model_type": "llama", "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
+             "hidden_act": act, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+             "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "pretraining_tp": 1, **_rope_config(cfg)}
+        tied = ["lm_head.weight"] if cfg.tie_embeddings else []
+        return "LlamaForCausalLM", c, _llama_rules(cfg, "model."), tied
+    if cfg.norm == "layernorm" and not cfg.gated_mlp and cfg.bias and cfg.norm_position == "pre" \
+            and cfg.kv_heads == cfg.n_heads and cfg.d_head in (None, cfg.d_model // cfg.n_heads):
+        c = {**common, "model_type": "gpt_neox", "hidden_act": _ACT_OUT[cfg.activation],
+             "layer_norm_eps": cfg.norm_eps, "rotary_pct": cfg.rotary_fraction, "rotary_emb_base": cfg.rope_theta,
+             "use_parallel_residual": cfg.parallel_residual, "attention_bias": True,
+             "hidden_dropout": cfg.dropout, **_rope_config(cfg)}
+        tied = ["embed_out.weight"] if cfg.tie_embeddings else []
+        return "GPTNeoXForCausalLM", c, _neox_rules(cfg, "gpt_neox.", "embed_out.weight"), tied
+    raise _unsupported(cfg, "a RoPE decoder leaves as Llama (pre-LN RMSNorm, gated MLP, sequential residual) "
+                       "or GPT-NeoX (pre-LN LayerNorm, plain MLP, biases, all heads for keys and values)")
 
 
 def hf_state_dict(model: nn.Module) -> tuple[str, dict, dict[str, torch.Tensor]]:
@@ -469,7 +674,12 @@ def hf_state_dict(model: nn.Module) -> tuple[str, dict, dict[str, torch.Tensor]]
     out: dict[str, torch.Tensor] = {}
     for rule in rules:
         t = ours[rule.ours].detach().cpu()
-        parts = t.chunk(len(rule.hf), 0) if len(rule.hf) > 1 else [t]
+        if rule.heads:
+            t = _neox_qkv(t, rule.heads, to_ours=False)
+        if rule.sizes is not None:
+            parts = list(t.split(list(rule.sizes), 0))
+        else:
+            parts = t.chunk(len(rule.hf), 0) if len(rule.hf) > 1 else [t]
         for name, part in zip(rule.hf, parts):
             out[name] = (part.t() if rule.transpose and part.dim() == 2 else part).contiguous().clone()
     if cfg.family == "encoder":

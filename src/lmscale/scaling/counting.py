@@ -57,10 +57,12 @@ def count_parameters(cfg: ModelConfig) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- FLOPs
 
-def _attn_matmul_flops(cfg: ModelConfig, q_len: int, kv_len: int) -> int:
-    """Forward FLOPs of one attention block for one sequence (projections, scores, values, out)."""
+def _attn_matmul_flops(cfg: ModelConfig, q_len: int, kv_len: int, cross: bool = False) -> int:
+    """Forward FLOPs of one attention block for one sequence (projections, scores, values, out);
+    self-attention's key/value projections are `kv_dim` wide (grouped-query attention)."""
     d, a = cfg.d_model, cfg.attn_dim
-    proj = 2 * q_len * d * a + 2 * 2 * kv_len * d * a + 2 * q_len * a * d
+    kv = a if cross else cfg.kv_dim
+    proj = 2 * q_len * d * a + 2 * 2 * kv_len * d * kv + 2 * q_len * a * d
     return proj + 2 * q_len * kv_len * a * 2
 
 
@@ -83,7 +85,7 @@ def _exact_forward(cfg: ModelConfig, seq_len: int, target_len: int, mlm_fraction
         return cfg.n_layers * layer + head + pooled, seq_len
     enc = cfg.n_layers * (_attn_matmul_flops(cfg, seq_len, seq_len) + _mlp_matmul_flops(cfg, seq_len))
     dec_layer = (_attn_matmul_flops(cfg, target_len, target_len)
-                 + _attn_matmul_flops(cfg, target_len, seq_len)
+                 + _attn_matmul_flops(cfg, target_len, seq_len, cross=True)
                  + _mlp_matmul_flops(cfg, target_len))
     dec = cfg.decoder_layers * dec_layer + 2 * target_len * d * v
     return enc + dec, seq_len + target_len
