@@ -254,7 +254,7 @@ def test_multiple_choice_softmax_over_choices(tmp_path):
     d.mkdir()
     for split, n in (("train", 96), ("dev", 24)):
         rows = ["question\tc0\tc1\tc2\tlabel"]
-        for i in range(n):
+        for _ in range(n):
             k = rng.randrange(3)
             choices = [rng.choice(BAD) for _ in range(3)]
             choices[k] = rng.choice(GOOD)

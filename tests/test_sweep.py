@@ -46,9 +46,10 @@ FAKE_PRETRAIN = textwrap.dedent('''
     with open(run / "metrics.jsonl", "a") as f:
         for step in range(start + 1, t["max_steps"] + 1):
             time.sleep(float(os.environ.get("FAKE_STEP_S", "0")))
-            f.write(json.dumps({"event": "train", "step": step, "tokens": step * tps, "loss": law(step * tps) + 0.05}) + "\\n")
+            loss = law(step * tps)
+            f.write(json.dumps({"event": "train", "step": step, "tokens": step * tps, "loss": loss + 0.05}) + "\\n")
             if step % t["eval_every"] == 0 or step == t["max_steps"]:
-                f.write(json.dumps({"event": "eval", "step": step, "tokens": step * tps, "val_loss": law(step * tps)}) + "\\n")
+                f.write(json.dumps({"event": "eval", "step": step, "tokens": step * tps, "val_loss": loss}) + "\\n")
             f.flush()
             if step % t["checkpoint_every"] == 0:
                 (run / "checkpoints" / f"step_{step:08d}").mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,8 @@ def _fake(tmp_path: Path):
     script.write_text(FAKE_PRETRAIN)
 
     def command(cfg, run_dir, resume):
-        return [sys.executable, str(script), "pretrain", "--config", str(cfg)] + (["--resume", str(run_dir)] if resume else [])
+        resumed = ["--resume", str(run_dir)] if resume else []
+        return [sys.executable, str(script), "pretrain", "--config", str(cfg)] + resumed
     return script, command
 
 
@@ -201,7 +203,8 @@ def test_killed_sweep_resumes_interrupted_run_from_checkpoint(tmp_path):
         import sys
         from lmscale.experiments.sweep import SweepConfig, run_sweep
         sw = SweepConfig.from_dict({sw.to_dict()!r})
-        cmd = lambda c, r, resume: [sys.executable, {str(script)!r}, "--config", str(c)] + (["--resume", str(r)] if resume else [])
+        cmd = lambda c, r, resume: ([sys.executable, {str(script)!r}, "--config", str(c)]
+                                    + (["--resume", str(r)] if resume else []))
         run_sweep(sw, {str(out)!r}, command=cmd, prepare=False, heartbeat_s=0.5)
     ''')
     env = dict(os.environ, FAKE_STEP_S="0.4")  # ~4 s left after step 10: room for a loaded machine
@@ -236,7 +239,8 @@ def test_ctrl_c_stops_the_children_and_marks_runs_resumable(tmp_path):
         from lmscale.cli import main
         from lmscale.experiments.sweep import SweepConfig, run_sweep
         sw = SweepConfig.from_dict({sw.to_dict()!r})
-        cmd = lambda c, r, resume: [sys.executable, {str(script)!r}, "--config", str(c)] + (["--resume", str(r)] if resume else [])
+        cmd = lambda c, r, resume: ([sys.executable, {str(script)!r}, "--config", str(c)]
+                                    + (["--resume", str(r)] if resume else []))
         try:
             run_sweep(sw, {str(out)!r}, command=cmd, prepare=False, heartbeat_s=30)
         except KeyboardInterrupt:
@@ -264,7 +268,8 @@ def test_slurm_launcher_writes_a_job_array_reporting_to_the_registry(tmp_path):
     text = Path(res.script).read_text()
     assert text.startswith("#!/bin/bash") and "#SBATCH --array=0-3" in text
     assert "#SBATCH --time=01:00:00" in text and "#SBATCH --partition=gpu" in text and "#SBATCH --mem=8G" in text
-    assert "Shared-filesystem requirement" in text and "sweep exec" in text and str(Path(res.registry).resolve()) in text
+    assert "Shared-filesystem requirement" in text and "sweep exec" in text
+    assert str(Path(res.registry).resolve()) in text
     assert Registry(res.registry).journal_mode == "delete"
     assert res.counts["pending"] == 4
     # bash accepts the script
@@ -301,7 +306,8 @@ def test_sweep_cli_status_fit_export_and_dry_run(tmp_path, capsys):
     # the stand-in's losses follow L = 1.7 + 400/N^0.34 + 400/D^0.28 exactly, with N = 12 L d^2
     assert main(["sweep", "fit", db, "--holdout", "largest", "--json"]) == 0
     fit = json.loads(capsys.readouterr().out)
-    assert fit["params"]["alpha"] == pytest.approx(0.34, rel=0.05) and fit["params"]["E"] == pytest.approx(1.7, rel=0.05)
+    assert fit["params"]["alpha"] == pytest.approx(0.34, rel=0.05)
+    assert fit["params"]["E"] == pytest.approx(1.7, rel=0.05)
     assert len(fit["holdout"]) == 2 and fit["max_abs_rel_error"] < 0.03
     assert main(["sweep", "export", db, "-o", str(tmp_path / "runs.csv")]) == 0
     assert len((tmp_path / "runs.csv").read_text().splitlines()) == 10
