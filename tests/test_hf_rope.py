@@ -52,10 +52,11 @@ def _close(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -
     assert diff <= TOL, diff
 
 
-def hf_llama(kv: int = 2, scaling: str = "default", tie: bool = False, bias: bool = False, head_dim=None):
+def hf_llama(kv: int = 2, scaling: str = "default", tie: bool = False, bias: bool = False, head_dim=None,
+             vocab: int = V):
     torch.manual_seed(0)
     rope = dict(ROPE_SCALINGS[scaling] or {"rope_type": "default"}, rope_theta=500.0)
-    c = transformers.LlamaConfig(vocab_size=V, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+    c = transformers.LlamaConfig(vocab_size=vocab, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
                                  num_attention_heads=6, num_key_value_heads=kv, head_dim=head_dim,
                                  max_position_embeddings=64, rms_norm_eps=1e-5, rope_parameters=rope,
                                  tie_word_embeddings=tie, attention_bias=bias, mlp_bias=bias,
@@ -63,11 +64,11 @@ def hf_llama(kv: int = 2, scaling: str = "default", tie: bool = False, bias: boo
     return transformers.LlamaForCausalLM(c).eval()
 
 
-def hf_neox(parallel: bool = True, rotary_pct: float = 0.25, scaling: str = "default"):
+def hf_neox(parallel: bool = True, rotary_pct: float = 0.25, scaling: str = "default", vocab: int = V):
     torch.manual_seed(0)
     rope = dict(ROPE_SCALINGS[scaling] or {"rope_type": "default"}, rope_theta=1000.0,
                 partial_rotary_factor=rotary_pct)
-    c = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+    c = transformers.GPTNeoXConfig(vocab_size=vocab, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
                                    num_attention_heads=3, max_position_embeddings=64, use_parallel_residual=parallel,
                                    rope_parameters=rope, hidden_dropout=0.0, attention_dropout=0.0,
                                    initializer_range=0.1)
@@ -281,3 +282,36 @@ def test_t5_tied_head_without_output_scaling_converts_from_a_directory(tmp_path)
     again = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "back").eval()
     with torch.no_grad():
         _close(again(input_ids=x, decoder_input_ids=y).logits, ours(x, decoder_input_ids=y).logits)
+
+
+# ----------------------------------------------------------------------------- loading and evaluating
+
+@pytest.mark.parametrize("make_hf", [hf_neox, hf_llama], ids=["pythia", "llama"])
+def test_fewshot_eval_reads_the_directory_both_ways(make_hf, tmp_path, capsys):
+    """A transformers Pythia (or Llama) directory with its tokenizer: `lmscale.load` converts it,
+    and `eval fewshot DIR` (converted) and `eval fewshot --hf DIR` (transformers' own model) agree."""
+    import lmscale
+    from lmscale.cli import main
+    from lmscale.evaluation.lm import load_hf_causal_lm, scoring_lm
+    from lmscale.tokenization import train_tokenizer
+
+    tok = train_tokenizer("bpe", [f"Is {i} even? yes no" for i in range(10)] * 3, vocab_size=300)
+    assert tok.vocab_size <= 300
+    hf = make_hf(vocab=300)
+    d = tmp_path / "hf"
+    hf.save_pretrained(d)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok.backend, eos_token="<|endoftext|>").save_pretrained(d)
+    model, tok2 = lmscale.load(d)
+    assert tok2 is not None and tok2.encode("Is 4 even?") == tok.encode("Is 4 even?")
+    reqs = [("Is 4 even?", " yes"), ("Is 4 even?", " no"), ("Is 3", " even? no")]
+    ours = [s.logprob for s in scoring_lm(model, tok2).loglikelihood(reqs)]
+    theirs = [s.logprob for s in load_hf_causal_lm(d).loglikelihood(reqs)]
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 1e-4
+    q = tmp_path / "even.jsonl"
+    q.write_text("\n".join(json.dumps({"context": f"Is {i} even?", "choices": [" yes", " no"], "answer": i % 2})
+                           for i in range(6)) + "\n")
+    results = []
+    for how in (["--hf", str(d)], [str(d)]):
+        assert main(["eval", "fewshot", *how, "--task", str(q), "--shots", "0,1", "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out)["results"])
+    assert results[0] and results[0] == results[1]
