@@ -243,25 +243,27 @@ def phase_profile(args, steps_warm: int = 8, steps_profiled: int = 4) -> dict:
 
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from lmscale.training.build import build_run
+    from lmscale.training.distributed import init_distributed
+    from lmscale.training.engine import sync
     from lmscale.training.loop import Trainer
+    from lmscale.training.metrics import MetricsLogger
 
     run_dir = tempfile.mkdtemp(prefix="gpt2-small-profile-")
     cfg = gpt2_small_config(args, run_dir, True, steps_warm + steps_profiled + 2)
-    trainer = Trainer(cfg, progress=False)
-    trainer.validate_and_build()
-    trainer.restore()
-    trainer.plan_schedule()
+    run = build_run(cfg, init_distributed(cfg.train.device))
+    trainer = Trainer(run, MetricsLogger(run.run_dir), progress=False)
     for _ in range(steps_warm):
         trainer.train_step()
     trainer.read_pending()
-    trainer._sync()
+    sync(trainer.device)
     # as `Trainer.run` drives it on a GPU: steps queued back to back, read once at the end
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         with record_function("lmscale_steps"):
             for _ in range(steps_profiled):
                 trainer.train_step()
             trainer.read_pending()
-            trainer._sync()
+            sync(trainer.device)
     trace_path = Path(tempfile.mkdtemp()) / "trace.json"
     prof.export_chrome_trace(str(trace_path))
     trace = json.loads(trace_path.read_text())

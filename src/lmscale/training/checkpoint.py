@@ -178,7 +178,10 @@ def model_and_optimizer_to_save(model: torch.nn.Module, optimizer: torch.optim.O
         return dist_util.unwrap(model), optim_sd
     if not info.is_main:
         return None, optim_sd
-    cpu_model = build_model(model_config)
+    # building draws initial weights from the global RNG; a fork keeps the run's dropout stream
+    # where an uninterrupted run and a resumed one both have it
+    with torch.random.fork_rng(devices=[]):
+        cpu_model = build_model(model_config)
     cpu_model.load_state_dict(model_sd)
     return cpu_model, optim_sd
 
