@@ -87,14 +87,44 @@ def test_fill_mask_targets_and_lecture_blank(bert_pair):
         fill_mask(ours, tok, "no blank here", top_k=5)
 
 
-def test_fill_mask_cli_json(bert_dir, capsys):
+def _same_as_pipeline(ours, theirs) -> None:
+    """Pipeline-shaped records: same keys, tokens, strings and sequences; scores within 1e-5."""
+    assert type(ours) is type(theirs) and len(ours) == len(theirs)
+    if theirs and isinstance(theirs[0], list):
+        for a, b in zip(ours, theirs):
+            _same_as_pipeline(a, b)
+        return
+    for a, b in zip(ours, theirs):
+        assert set(a) == set(b) == {"score", "token", "token_str", "sequence"}
+        assert (a["token"], a["token_str"], a["sequence"]) == (b["token"], b["token_str"], b["sequence"])
+        assert abs(a["score"] - b["score"]) <= 1e-5
+
+
+@pytest.mark.parametrize("text,targets", [
+    ("University of Minnesota is located in [MASK], Minnesota.", None),
+    ("I put [MASK] fork down on the [MASK].", None),
+    ("University of Minnesota is located in [MASK], Minnesota.", ["paris", "london", "city"]),
+], ids=["one-mask", "two-masks", "targets"])
+def test_fill_mask_pipeline_shape_equals_transformers(bert_pair, text, targets):
+    from lmscale.inference import fill_mask_pipeline
+
+    pipe, ours, tok = bert_pair
+    kw = {"targets": targets} if targets else {}
+    _same_as_pipeline(fill_mask_pipeline(ours, tok, text, top_k=3, **kw), pipe(text, top_k=3, **kw))
+
+
+def test_fill_mask_cli_json(bert_pair, bert_dir, capsys):
     from lmscale.cli import main
 
-    assert main(["fill-mask", str(bert_dir), "I put ___ fork down on the [MASK].", "--top-k", "3", "--json"]) == 0
+    pipe = bert_pair[0]
+    text = "I put ___ fork down on the [MASK]."
+    assert main(["fill-mask", str(bert_dir), text, "--top-k", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 2 and all(len(m) == 3 for m in out)
-    assert set(out[0][0]) == {"token", "token_id", "probability"}
-    assert out[0][0]["probability"] >= out[0][1]["probability"] >= out[0][2]["probability"]
+    _same_as_pipeline(out, pipe("I put [MASK] fork down on the [MASK].", top_k=3))
+    assert main(["fill-mask", str(bert_dir), "located in [MASK].", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert isinstance(one[0], dict) and one[0]["sequence"].startswith("located in ")
     assert main(["fill-mask", str(bert_dir), "located in [MASK].", "--targets", "paris,walking"]) == 0
     assert "first sub-token of 'walking'" in capsys.readouterr().out
 
@@ -303,15 +333,72 @@ def test_infill_with_a_random_t5_and_the_cli(unigram_tok, tmp_path, capsys):
     assert main(["generate", str(d), "Thank you <X> me to your party <Y> week.", "--max-new-tokens", "8",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["spans"] == res.spans and out["text"] == res.text
+    assert len(out) == 1 and out[0]["generated_text"] == res.text
+    assert out[0]["spans"] == res.spans and out[0]["text"] == res.text
 
 
-def test_generate_cli_streams_and_json(tmp_path, capsys):
-    from lmscale.cli import main
-    from lmscale.models.serialization import save_model_dir
+@pytest.fixture(scope="module")
+def bpe_tok():
     from lmscale.tokenization import train_tokenizer
 
-    tok = train_tokenizer("bpe", ["the cat sat on the mat and the dog sat on the log"] * 30, vocab_size=300)
+    return train_tokenizer("bpe", ["the cat sat on the mat and the dog sat on the log"] * 30, vocab_size=300)
+
+
+BATCH_PROMPTS = ["the cat", "the dog sat on the mat and the", "a", "the log sat on the cat sat on the dog and"]
+
+
+@pytest.mark.parametrize("variant", [
+    dict(),
+    dict(position="rope", norm="rmsnorm", gated_mlp=True, activation="silu", bias=False, n_kv_heads=2),
+    dict(position="rope", rotary_fraction=0.25, parallel_residual=True, tie_embeddings=False),
+], ids=["gpt2-learned", "llama-gqa", "pythia"])
+def test_batched_generation_gives_each_prompt_its_own_tokens(bpe_tok, variant):
+    """Several prompts decoded together (left padding, KV cache) give the tokens each gets alone:
+    greedy, seeded sampling with a repetition penalty, a stop string, without the cache, and with
+    prompts that reach the context limit."""
+    from lmscale.inference import generate_batch
+
+    tok = bpe_tok
+    torch.manual_seed(5)
+    cfg = ModelConfig(family="decoder", vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4,
+                      max_positions=24, init_std=0.3, **variant)
+    model = build_model(cfg).eval()
+    prompts = BATCH_PROMPTS + ["the mat " * 15]  # longer than the window: cut from the left
+    first = generate(model, tok, prompts[1], greedy=True, max_new_tokens=12).text
+    stop = first[len(first) // 2: len(first) // 2 + 2]  # met half-way by one prompt, perhaps by others
+    settings = [dict(greedy=True), dict(seed=7, temperature=1.3, top_k=40, repetition_penalty=1.2),
+                dict(greedy=True, stop=[stop]), dict(seed=3, use_cache=False)]
+    for kw in settings:
+        alone = [generate(model, tok, p, max_new_tokens=12, **kw) for p in prompts]
+        together = generate_batch(model, tok, prompts, max_new_tokens=12, batch_size=3, **kw)
+        for a, b in zip(alone, together):
+            assert (b.token_ids, b.text, b.stop_reason) == (a.token_ids, a.text, a.stop_reason), kw
+            assert (b.prompt_ids, b.prompt_truncated) == (a.prompt_ids, a.prompt_truncated)
+        reasons = {r.stop_reason for r in together}
+        assert "stop" in reasons if "stop" in kw else reasons <= {"length", "context", "eos"}
+    assert together[-1].prompt_truncated > 0
+
+
+def test_batched_generation_encoder_decoder(unigram_tok):
+    from lmscale.inference import generate_batch
+
+    tok = unigram_tok
+    torch.manual_seed(4)
+    cfg = ModelConfig(family="encoder-decoder", vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4,
+                      position="relative", norm="rmsnorm", bias=False, max_positions=64, pad_token_id=tok.pad_id,
+                      init_std=0.3)
+    model = build_model(cfg).eval()
+    prompts = ["Thank you for inviting me", "the party", "We were happy to see you at the party last week."]
+    for kw in (dict(greedy=True), dict(seed=1)):
+        alone = [generate(model, tok, p, max_new_tokens=8, **kw).token_ids for p in prompts]
+        assert [r.token_ids for r in generate_batch(model, tok, prompts, max_new_tokens=8, **kw)] == alone
+
+
+def test_generate_cli_streams_and_json(tmp_path, capsys, bpe_tok):
+    from lmscale.cli import main
+    from lmscale.models.serialization import save_model_dir
+
+    tok = bpe_tok
     torch.manual_seed(5)
     model = build_model(ModelConfig(family="decoder", vocab_size=tok.vocab_size, d_model=32, n_layers=1,
                                     n_heads=4, max_positions=32)).eval()
@@ -319,7 +406,22 @@ def test_generate_cli_streams_and_json(tmp_path, capsys):
     assert main(["generate", str(d), "the cat", "--greedy", "--max-new-tokens", "10", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     ref = generate(model, tok, "the cat", greedy=True, max_new_tokens=10)
-    assert out["token_ids"] == ref.token_ids and out["text"] == ref.text
+    assert out == [{"generated_text": "the cat" + ref.text, "token_ids": ref.token_ids,
+                    "stop_reason": ref.stop_reason, "prompt_truncated": 0}]
+    # several prompts, as arguments and from a file: one list per prompt, as transformers' pipeline
+    f = tmp_path / "prompts.txt"
+    f.write_text("\n".join(BATCH_PROMPTS[2:]) + "\n\n")
+    assert main(["generate", str(d), *BATCH_PROMPTS[:2], "--file", str(f), "--greedy", "--max-new-tokens", "6",
+                 "--json"]) == 0
+    many = json.loads(capsys.readouterr().out)
+    assert len(many) == 4 and all(len(r) == 1 for r in many)
+    for p, r in zip(BATCH_PROMPTS, many):
+        assert r[0]["generated_text"] == p + generate(model, tok, p, greedy=True, max_new_tokens=6).text
+    assert main(["generate", str(d), *BATCH_PROMPTS[:2], "--greedy", "--max-new-tokens", "6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"[{i + 1}/2] {many[i][0]['generated_text']}" for i in range(2)]
+    assert main(["generate", str(d)]) == 2
+    assert "give a PROMPT" in capsys.readouterr().err
     assert main(["generate", str(d), "the cat", "--greedy", "--max-new-tokens", "10"]) == 0
     assert capsys.readouterr().out == "the cat" + ref.text + "\n"
     # a prompt longer than the context is cut from the left, and generation stops at the window

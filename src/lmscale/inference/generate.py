@@ -98,6 +98,16 @@ def _decoder_start(model: Any) -> int:
     return int(v)
 
 
+def _generator(cfg: SamplingConfig, device: torch.device) -> torch.Generator | None:
+    """The sampling generator of one sequence: seeded with `cfg.seed` (so every sequence decoded with
+    the same seed draws the same numbers, alone or in a batch), else from the system's entropy."""
+    if cfg.greedy:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(cfg.seed) if cfg.seed is not None else random.SystemRandom().randrange(2**63))
+    return gen
+
+
 def iter_token_ids(
     model: Any,
     input_ids: Sequence[int],
@@ -113,10 +123,7 @@ def iter_token_ids(
     """
     family = model_family(model)
     device = next(model.parameters()).device
-    gen = None
-    if not cfg.greedy:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(cfg.seed) if cfg.seed is not None else random.SystemRandom().randrange(2**63))
+    gen = _generator(cfg, device)
     ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
     with torch.inference_mode():
         if family == "encoder-decoder":
@@ -275,6 +282,152 @@ def generate(
         on_text(text[emitted:])
     return GenerationResult(token_ids=new_ids, text=text, stop_reason=reason, prompt_ids=list(ids),
                             prompt_truncated=truncated)
+
+
+# ----------------------------------------------------------------------------- several prompts at once
+
+class _Continuation:
+    """One sequence of a batch: its new tokens, text and why it stopped, decided as `generate` does."""
+
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], truncated: int, budget: int, max_new_tokens: int,
+                 eos: set[int], stops: Sequence[str]) -> None:
+        self.tokenizer, self.eos, self.stops = tokenizer, eos, [s for s in stops if s]
+        self.prompt_ids, self.truncated, self.budget = prompt_ids, truncated, budget
+        self.new_ids: list[int] = []
+        self.text = ""
+        self.reason = "length" if budget == max_new_tokens else "context"
+        self.done = budget < 1
+
+    def _decode(self) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode([t for t in self.new_ids if t not in self.eos], skip_special_tokens=False)
+
+    def add(self, tok: int) -> None:
+        self.new_ids.append(tok)
+        if tok in self.eos:
+            self.reason, self.done = "eos", True
+            return
+        if self.stops:
+            self.text = self._decode()
+            hits = [self.text.find(s) for s in self.stops if s in self.text]
+            if hits:
+                self.text = self.text[: min(hits)]
+                self.reason, self.done = "stop", True
+                return
+        if len(self.new_ids) >= self.budget:
+            self.done = True
+
+    def result(self) -> GenerationResult:
+        if self.reason not in ("stop",):
+            self.text = self._decode()
+        return GenerationResult(token_ids=self.new_ids, text=self.text, stop_reason=self.reason,
+                                prompt_ids=self.prompt_ids, prompt_truncated=self.truncated)
+
+
+def _decode_batch(model: Any, family: str, rows: list[_Continuation], cfg: SamplingConfig, use_cache: bool) -> None:
+    """Decode every row to its end together: decoders left-pad the prompts (positions come from the
+    attention mask, so a padded row computes what it computes alone), encoder-decoders right-pad the
+    encoder input under a mask and start every decoder row together. A finished decoder row is fed
+    padding that its mask hides (so its positions stop growing), until the last row ends."""
+    device = next(model.parameters()).device
+    gens = [_generator(cfg, device) for _ in rows]
+    pad = int(getattr(model.config, "pad_token_id", 0) or 0)
+    n = len(rows)
+    seqs = [list(r.prompt_ids) for r in rows] if family == "decoder" else [[_decoder_start(model)] for _ in rows]
+    width = max(len(r.prompt_ids) for r in rows)
+    enc = enc_mask = None
+    with torch.inference_mode():
+        if family == "decoder":
+            ids = torch.full((n, width), pad, dtype=torch.long, device=device)
+            mask = torch.zeros((n, width), dtype=torch.long, device=device)
+            for i, r in enumerate(rows):
+                k = len(r.prompt_ids)
+                ids[i, width - k:] = torch.tensor(r.prompt_ids, device=device)
+                mask[i, width - k:] = 1
+        else:
+            src = torch.full((n, width), pad, dtype=torch.long, device=device)
+            enc_mask = torch.zeros((n, width), dtype=torch.long, device=device)
+            for i, r in enumerate(rows):
+                src[i, : len(r.prompt_ids)] = torch.tensor(r.prompt_ids, device=device)
+                enc_mask[i, : len(r.prompt_ids)] = 1
+            enc = model.encode(src, enc_mask)
+            ids = torch.tensor([s[:1] for s in seqs], dtype=torch.long, device=device)
+            mask = torch.ones_like(ids)
+        full, full_mask, past = ids, mask, None
+        new, new_mask = ids, mask
+        while not all(r.done for r in rows):
+            x, m = (new, full_mask) if use_cache else (full, full_mask)
+            if family == "decoder":
+                out = model(input_ids=x, attention_mask=m, past_key_values=past, use_cache=use_cache)
+            else:
+                # decoder rows stay aligned (no padding): a finished row's outputs are simply not read
+                out = model(attention_mask=enc_mask, decoder_input_ids=x, encoder_hidden_states=enc,
+                            past_key_values=past, use_cache=use_cache)
+            past = out.past_key_values if use_cache else None
+            logits = out.logits[:, -1]
+            step, live = [], []
+            for i, r in enumerate(rows):
+                if r.done:
+                    step.append(pad)
+                    live.append(0)
+                    continue
+                prev = torch.tensor(seqs[i], dtype=torch.long, device=logits.device)
+                tok = choose_token(logits[i], prev, cfg, gens[i])
+                seqs[i].append(tok)
+                r.add(tok)
+                step.append(tok)
+                live.append(1)
+            new = torch.tensor(step, dtype=torch.long, device=device)[:, None]
+            new_mask = torch.tensor(live, dtype=torch.long, device=device)[:, None]
+            full = torch.cat((full, new), 1)
+            full_mask = torch.cat((full_mask, new_mask), 1)
+
+
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | Sequence[int]],
+    *,
+    max_new_tokens: int = 50,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    stop: Sequence[str] | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    stop_at_eos: bool = True,
+    eos_ids: Sequence[int] | None = None,
+    batch_size: int = 16,
+) -> list[GenerationResult]:
+    """`generate` for several prompts, `batch_size` at a time through one forward pass per token
+    (decoders: left padding and the KV cache). Each result is what `generate(prompt, ...)` returns
+    with the same settings: the same tokens under greedy decoding, and under sampling with a `seed`
+    too, since every sequence draws from its own generator seeded with it."""
+    cfg = SamplingConfig(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
+                         repetition_penalty=repetition_penalty, seed=seed, stop=list(stop or []))
+    if max_new_tokens < 1:
+        raise LmscaleError(f"max_new_tokens={max_new_tokens} must be at least 1")
+    if batch_size < 1:
+        raise LmscaleError(f"batch_size={batch_size} must be at least 1")
+    family = model_family(model)
+    if family == "encoder":
+        raise LmscaleError("encoders (BERT-style) do not generate text; use fill-mask, "
+                           "or a decoder / encoder-decoder checkpoint")
+    eos: set[int] = set()
+    if stop_at_eos:
+        eos = {int(e) for e in eos_ids} if eos_ids is not None else _eos_ids(model, tokenizer)
+    rows = []
+    for prompt in prompts:
+        ids, truncated, budget = _fit_context(model, family, _prompt_ids(tokenizer, prompt, family), max_new_tokens)
+        rows.append(_Continuation(tokenizer, list(ids), truncated, budget, max_new_tokens, eos, cfg.stop))
+    for b in range(0, len(rows), batch_size):
+        chunk = [r for r in rows[b: b + batch_size] if not r.done]
+        if chunk:
+            _decode_batch(model, family, chunk, cfg, use_cache)
+    return [r.result() for r in rows]
 
 
 # ----------------------------------------------------------------------------- T5 span infilling

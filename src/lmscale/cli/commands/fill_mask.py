@@ -8,7 +8,9 @@ HELP = "predict the words behind [MASK] (or ___) with an encoder checkpoint"
 DESCRIPTION = (
     "Show the top candidates and their probabilities for every mask in TEXT, best first. "
     "Write the blank as [MASK] or ___; several masks are each answered. With an encoder-decoder "
-    "(T5) checkpoint the blanks are filled as spans instead."
+    "(T5) checkpoint the blanks are filled as spans instead. --json prints what transformers' "
+    'fill-mask pipeline returns: [{"score", "token", "token_str", "sequence"}, ...] best first for one '
+    "mask, one such list per mask for several."
 )
 
 
@@ -20,12 +22,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated words to score instead of the whole vocabulary "
                         "(a multi-token word is scored by its first sub-token)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="print only JSON: one list per mask")
+    p.add_argument("--json", action="store_true",
+                   help="print only JSON shaped like transformers' fill-mask pipeline (score/token/token_str/sequence)")
 
 
 def run(args: argparse.Namespace) -> int:
     import lmscale
-    from lmscale.inference.fill_mask import BLANK, fill_mask
+    from lmscale.inference.fill_mask import BLANK, fill_mask, fill_mask_pipeline
     from lmscale.inference.generate import infill, model_family
 
     model, tok = lmscale.load(args.checkpoint, device=args.device)
@@ -52,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
             print(res.text)
         return 0
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
-    results = fill_mask(model, tok, args.text, top_k=args.top_k, targets=targets)
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(fill_mask_pipeline(model, tok, args.text, top_k=args.top_k, targets=targets)))
         return 0
+    results = fill_mask(model, tok, args.text, top_k=args.top_k, targets=targets)
     print(args.text)
     for n, entries in enumerate(results, start=1):
         if len(results) > 1:
