@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -310,6 +311,58 @@ def test_checkpoint_retention(data, tmp_path, one_thread):
     loop.pretrain(make_cfg(data, run, train__max_steps=2), progress=False)  # a fresh start replaces the old run
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step_00000002"]
     assert [r["step"] for r in read_metrics(run)] == [1, 2]
+
+
+class _Payload:
+    """Unpickling this runs `os.system`: what a crafted run directory could hide in a pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_trainer_state_is_json_and_safetensors_and_reads_back_exactly(data, tmp_path, one_thread):
+    run = tmp_path / "run"
+    loop.pretrain(make_cfg(data, run, train__max_steps=2, model__dropout=0.1), progress=False)
+    latest = ckpt.latest_checkpoint(run)
+    assert sorted(p.name for p in latest.glob("trainer_state*")) == ["trainer_state.json",
+                                                                      "trainer_state.safetensors"]
+    state = {"optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, 5)}},
+                           "param_groups": [{"betas": (0.9, 0.95), "params": [0], "lr": float("nan")}]},
+             "rng_by_rank": [ckpt.rng_state()], "sampler": {"seed": 1, "epoch": 0, "position": 7},
+             "window": np.arange(6, dtype=np.int64), "best_val_loss": None, "$odd": float("inf")}
+    ckpt.write_trainer_state(tmp_path, state)
+    back = ckpt.load_trainer_state(tmp_path)
+    assert back["optimizer"]["state"][0]["exp_avg"].equal(state["optimizer"]["state"][0]["exp_avg"])
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    assert math.isnan(back["optimizer"]["param_groups"][0]["lr"]) and back["$odd"] == float("inf")
+    assert back["rng_by_rank"][0]["python"] == state["rng_by_rank"][0]["python"]
+    assert back["rng_by_rank"][0]["torch"].equal(state["rng_by_rank"][0]["torch"])
+    assert back["window"].tolist() == list(range(6)) and back["sampler"] == state["sampler"]
+
+
+def test_resume_never_unpickles_a_crafted_trainer_state(data, tmp_path, one_thread, capsys):
+    """An older-format checkpoint whose trainer_state.pt carries a code-running payload: the resume
+    refuses it with a one-line error (exit 2) and the payload never runs."""
+    from lmscale.cli.main import main
+
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    loop.pretrain(make_cfg(data, run, train__max_steps=4, train__checkpoint_every=2), progress=False)
+    (run / "summary.json").unlink()
+    latest = ckpt.latest_checkpoint(run)
+    state = ckpt.load_trainer_state(latest)
+    for name in ("trainer_state.json", "trainer_state.safetensors"):
+        (latest / name).unlink()
+    torch.save({**state, "payload": _Payload(marker)}, latest / "trainer_state.pt")
+    assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer_state.pt" in err and "--trust-checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+    torch.save(state, latest / "trainer_state.pt")  # an older checkpoint without foreign types still resumes
+    assert main(["pretrain", "--resume", str(run), "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 4 and not marker.exists()
 
 
 def test_tensorboard_mirrors_the_metrics_file_through_resume_and_restart(data, tmp_path, one_thread, monkeypatch):

@@ -62,9 +62,10 @@ class Run:
     flops_per_token: float
 
 
-def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False) -> Run:
+def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, trust_checkpoint: bool = False) -> Run:
     """Check, prepare and build everything a run of `cfg` needs (continuing its newest checkpoint
-    when `resume`); every process calls it."""
+    when `resume`; a pickled state of an older checkpoint in full only when `trust_checkpoint`);
+    every process calls it."""
     run_dir = _checked_run_dir(cfg, info)
     tc = cfg.train
     micro, accum = _batching(tc, info)
@@ -80,7 +81,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False) ->
     checkpoint = ckpt.latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None and info.is_main:
         print(f"lmscale pretrain: no checkpoint in {run_dir}; starting from step 0", flush=True)
-    resume_state = ckpt.load_trainer_state(checkpoint) if checkpoint is not None else None
+    resume_state = ckpt.load_trainer_state(checkpoint, trust=trust_checkpoint) if checkpoint is not None else None
     engine = build_engine(cfg, info, checkpoint)
     batches = StepBatches(sampler, objective, tc.seed, micro, accum, info.rank,
                           pin_memory=engine.device.type == "cuda")

@@ -1,32 +1,46 @@
-"""Training checkpoints: a model dir plus `trainer_state.pt`, written as one atomic directory.
+"""Training checkpoints: a model dir plus the trainer state, written as one atomic directory.
 
 `RUN_DIR/checkpoints/step_00000100/` holds the model dir files (config.json, model.safetensors,
-tokenizer) and `trainer_state.pt` (optimizer, RNG states, sampler state, step/tokens, schedule
-length, counters). A directory without `trainer_state.pt` is never a resume point, and because
-the whole directory is renamed into place only when complete, a kill at any moment leaves the
-previous checkpoint intact. `checkpoints/best/` is a model dir of the best validation loss.
+tokenizer) and the trainer state (optimizer, RNG states, sampler state, step/tokens, schedule
+length, counters) as `trainer_state.safetensors` (every tensor) beside `trainer_state.json`
+(everything else, with references to the tensors). Neither format can run code when read, so a
+run directory someone hands over is safe to resume. A directory without the state is never a
+resume point, and because the whole directory is renamed into place only when complete, a kill
+at any moment leaves the previous checkpoint intact. `checkpoints/best/` is a model dir of the
+best validation loss.
+
+Checkpoints written before this format hold a pickled `trainer_state.pt`: it is read with torch's
+restricted unpickler (`weights_only=True`), and only with `trust=True` (`--trust-checkpoint`)
+with the full unpickler, which can run code from the file.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from lmscale.config import ModelConfig
 from lmscale.errors import CheckpointError
-from lmscale.io import atomic_directory, atomic_path, atomic_write_json
+from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
 from lmscale.models import build_model
 from lmscale.models.serialization import WEIGHTS_FILE, load_state_checked, write_model_files
 from lmscale.training import distributed as dist_util
 
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = "trainer_state.json"
+STATE_TENSORS = "trainer_state.safetensors"
+LEGACY_STATE_FILE = "trainer_state.pt"
 _STEP_RE = re.compile(r"step_(\d+)")
 
 
@@ -76,7 +90,7 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     out = []
     for d in ck.iterdir():
         m = _STEP_RE.fullmatch(d.name)
-        if m and d.is_dir() and (d / STATE_FILE).is_file():
+        if m and d.is_dir() and ((d / STATE_FILE).is_file() or (d / LEGACY_STATE_FILE).is_file()):
             out.append((int(m.group(1)), d))
     return sorted(out)
 
@@ -112,8 +126,7 @@ def save_checkpoint(
     target = Path(run_dir) / "checkpoints" / step_dir_name(step)
     with atomic_directory(target) as tmp:
         write_model_files(model, tokenizer, tmp)
-        with atomic_path(tmp / STATE_FILE) as p:
-            torch.save(trainer_state, p)
+        write_trainer_state(tmp, trainer_state)
     prune_checkpoints(run_dir, keep_last)
     return target
 
@@ -148,14 +161,111 @@ def clear_checkpoints(run_dir: str | Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
-    path = Path(ckpt_dir) / STATE_FILE
-    if not path.is_file():
+def write_trainer_state(ckpt_dir: Path, trainer_state: dict[str, Any]) -> None:
+    """The state as JSON plus one safetensors file of its tensors (see the module docstring)."""
+    tensors: dict[str, torch.Tensor] = {}
+    document = _encode(trainer_state, tensors)
+    stored, seen = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        if t.data_ptr() in seen and t.numel():  # safetensors refuses tensors that share memory
+            t = t.clone()
+        seen.add(t.data_ptr())
+        stored[name] = t
+    with atomic_path(ckpt_dir / STATE_TENSORS) as p:
+        save_file(stored, str(p))
+    atomic_write_text(ckpt_dir / STATE_FILE, json.dumps({"format": "lmscale-trainer-state", "version": 1,
+                                                          "state": document}, allow_nan=False))
+
+
+def load_trainer_state(ckpt_dir: str | Path, trust: bool = False) -> dict[str, Any]:
+    """The trainer state of a checkpoint; a pickled state of an older checkpoint only through
+    torch's restricted unpickler unless `trust` (see the module docstring)."""
+    ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / STATE_FILE).is_file():
+        return _read_trainer_state(ckpt_dir)
+    legacy = ckpt_dir / LEGACY_STATE_FILE
+    if not legacy.is_file():
         raise CheckpointError(f"{ckpt_dir} has no {STATE_FILE}; it is not a resumable checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    except Exception as exc:  # types outside torch's allow-list, or a truncated file
+        if not trust:
+            raise CheckpointError(
+                f"{legacy}: a pickled trainer state that torch's safe loader refuses ({type(exc).__name__}); "
+                "reading it in full can run code stored in the file: resume with --trust-checkpoint only "
+                "if you trust where this run directory came from") from None
+    print(f"lmscale: warning: unpickling {legacy} in full (--trust-checkpoint); this can run code from the file",
+          file=sys.stderr, flush=True)
+    try:
+        return torch.load(legacy, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {legacy}: {exc}") from None
+
+
+def _read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
+    path, tensor_path = ckpt_dir / STATE_FILE, ckpt_dir / STATE_TENSORS
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        tensors = load_file(str(tensor_path)) if tensor_path.is_file() else {}
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read the trainer state in {ckpt_dir}: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != "lmscale-trainer-state":
+        raise CheckpointError(f"{path}: not an lmscale trainer state")
+    try:
+        return _decode(document["state"], tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed trainer state ({exc})") from None
+
+
+# JSON holds str-keyed dicts, lists, strings, finite numbers, booleans and null; the tags below
+# carry what it lacks, so the state reads back exactly as it was saved.
+def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = obj
+        return {"$tensor": name}
+    if isinstance(obj, np.ndarray):
+        name = f"t{len(tensors)}"
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(obj))
+        return {"$ndarray": name}
+    if isinstance(obj, (bool, str)) or obj is None:
+        return obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else {"$float": repr(float(obj))}
+    if isinstance(obj, tuple):
+        return {"$tuple": [_encode(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
+            return {k: _encode(v, tensors) for k, v in obj.items()}
+        return {"$items": [[_encode(k, tensors), _encode(v, tensors)] for k, v in obj.items()]}
+    raise CheckpointError(f"cannot store a {type(obj).__name__} in a trainer state")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "$tensor" in obj:
+        return tensors[obj["$tensor"]]
+    if "$ndarray" in obj:
+        return tensors[obj["$ndarray"]].numpy()
+    if "$float" in obj:
+        return float(obj["$float"])
+    if "$tuple" in obj:
+        return tuple(_decode(v, tensors) for v in obj["$tuple"])
+    if "$items" in obj:
+        return {_freeze(_decode(k, tensors)): _decode(v, tensors) for k, v in obj["$items"]}
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def _freeze(key: Any) -> Any:
+    return tuple(_freeze(k) for k in key) if isinstance(key, list) else key
 
 
 def load_model_weights(model: torch.nn.Module, ckpt_dir: str | Path) -> None:

@@ -48,8 +48,10 @@ from lmscale.training.rundir import SUMMARY_FILE, load_run_dir_config, write_sum
 _HINTS: dict[str, bool] = {}  # one-time suggestions already shown in this process
 
 
-def pretrain(run_config: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def pretrain(run_config: RunConfig, resume: bool = False, progress: bool = True,
+             trust_checkpoint: bool = False) -> dict[str, Any]:
     """Train as `run_config` says (or continue its run dir when `resume`); returns the summary.
+    `trust_checkpoint` lets a resume unpickle an older checkpoint's trainer state in full.
 
     Problems found before the first step raise `ConfigError` with what to change; a run that stops
     on repeated non-finite steps returns a summary with status "failed" and the reason.
@@ -57,7 +59,7 @@ def pretrain(run_config: RunConfig, resume: bool = False, progress: bool = True)
     info = dist_util.init_distributed(run_config.train.device)
     try:
         try:
-            run = build_run(run_config, info, resume=resume)
+            run = build_run(run_config, info, resume=resume, trust_checkpoint=trust_checkpoint)
         except LmscaleError as exc:
             if info.is_main:
                 _record_failed_start(run_config.out, str(exc))

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed for initialisation, data order and masking")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every K steps (0 = only at the end)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR exactly from its newest checkpoint")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="resume an older checkpoint whose pickled trainer_state.pt needs the full unpickler "
+                        "(it can run code from the file: only for run directories you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
     p.set_defaults(_accepts_overrides=True)
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from lmscale.training.distributed import launch_rank
     from lmscale.training.loop import pretrain
 
-    summary = pretrain(cfg, resume=resume, progress=not (args.no_progress or args.json))
+    summary = pretrain(cfg, resume=resume, progress=not (args.no_progress or args.json),
+                       trust_checkpoint=args.trust_checkpoint)
     if launch_rank() == 0:  # under torchrun only the first process prints
         if args.json:
             print(json.dumps(summary))
