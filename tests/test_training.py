@@ -253,6 +253,41 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_weights_and_a_bf16_peak(data, tmp
     assert {t.dtype for t in state.values()} == {torch.float32}  # master weights stay fp32
 
 
+@pytest.mark.parametrize("family", ["decoder", "encoder-decoder"])
+def test_fp16_with_gradient_scaler_trains_and_resumes_exactly(data, tmp_path, family, one_thread):
+    """fp16 autocast (what `auto` picks on GPUs without bf16), checked on the CPU: the loss is
+    scaled, the optimizer sees unscaled gradients, weights stay fp32, and the scaler's state is part
+    of the checkpoint, so a resumed run repeats the uninterrupted one's losses."""
+    common = dict(train__max_steps=8, train__lr=3e-3, train__dtype="fp16", train__checkpoint_every=4)
+    full = tmp_path / "full"
+    assert loop.pretrain(make_cfg(data, full, family, **common), progress=False)["status"] == "finished"
+    losses = [r["loss"] for r in read_metrics(full)]
+    assert read_metrics(full, "start")[0]["dtype"] == "fp16"
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    state = ckpt.load_trainer_state(ckpt.latest_checkpoint(full))
+    assert state["grad_scaler"]["scale"] > 1.0
+    weights = load_file(str(ckpt.latest_checkpoint(full) / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    part = tmp_path / "part"
+    loop.pretrain(make_cfg(data, part, family, **{**common, "train__max_steps": 8}), progress=False)
+    shutil.rmtree(part / "checkpoints" / "step_00000008")
+    (part / "summary.json").unlink()
+    loop.pretrain(make_cfg(data, part, family, **common), resume=True, progress=False)
+    assert [r["loss"] for r in read_metrics(part)] == losses
+
+
+def test_dtype_auto_picks_bf16_where_the_gpu_has_it_else_fp16(monkeypatch):
+    from lmscale.training import engine
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.setattr(engine, "cuda_has_bf16", lambda device: True)
+    assert engine.precision(cuda, "auto")[1] == "bf16"
+    monkeypatch.setattr(engine, "cuda_has_bf16", lambda device: False)
+    assert engine.precision(cuda, "auto")[1] == "fp16"
+    assert engine.precision(cuda, "fp32")[1] == "fp32" and engine.precision(cuda, "fp16")[1] == "fp16"
+    assert engine.precision(cpu, "auto")[1] == "fp32"  # CPU results do not depend on the CPU model
+
+
 def test_cpu_precision_hints_once_per_process(data, tmp_path, one_thread, monkeypatch, capfd):
     monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(loop, "_HINTS", {})

@@ -401,8 +401,9 @@ class TrainConfig:
     keep_last: int = 2
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (bf16 autocast; on a CPU
-    # it pays off only with bf16 hardware, AVX512-BF16 or AMX; elsewhere bf16 products are emulated)
+    dtype: str = "auto"  # auto (bf16 on GPUs with it, fp16 + gradient scaler on older GPUs, fp32 on CPU)
+    # | fp32 | bf16 | fp16 (autocast; on a CPU bf16 pays off only with bf16 hardware, AVX512-BF16 or
+    # AMX, elsewhere bf16 products are emulated)
     compile: bool = False
     max_bad_steps: int = 5  # consecutive non-finite steps before stopping (skipped steps leave the
     # weights untouched; on CUDA a streak is noticed at the next log, eval or checkpoint step)
@@ -410,7 +411,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("train.schedule", self.schedule, SCHEDULES)
-        _choice("train.dtype", self.dtype, ("auto", "fp32", "bf16"))
+        _choice("train.dtype", self.dtype, ("auto", "fp32", "bf16", "fp16"))
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         for name in ("seq_len", "batch_size", "lr"):
             _positive(f"train.{name}", getattr(self, name))
@@ -551,6 +552,84 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
         else:
             out.append(f"{prefix}{f.name}")
     return out
+
+
+# names other tools (transformers' TrainingArguments and configs, nanoGPT, litgpt, Megatron) give to
+# our keys: an unknown key is matched on meaning first, then on spelling
+KEY_ALIASES: dict[str, str] = {
+    "learning_rate": "lr", "lr_rate": "lr", "base_lr": "lr", "max_lr": "lr", "min_lr": "min_lr_ratio",
+    "epochs": "max_steps", "num_epochs": "max_steps", "num_train_epochs": "max_steps", "max_epochs": "max_steps",
+    "steps": "max_steps", "max_iters": "max_steps", "num_steps": "max_steps", "total_steps": "max_steps",
+    "train_steps": "max_steps", "train_iters": "max_steps",
+    "warmup": "warmup_steps", "num_warmup_steps": "warmup_steps", "warmup_iters": "warmup_steps",
+    "lr_warmup_steps": "warmup_steps", "warmup_ratio": "warmup_fraction",
+    "scheduler": "schedule", "lr_scheduler": "schedule", "lr_scheduler_type": "schedule", "lr_schedule": "schedule",
+    "lr_decay_style": "schedule", "max_grad_norm": "grad_clip", "clip_grad": "grad_clip",
+    "gradient_clipping": "grad_clip", "clip_grad_norm": "grad_clip",
+    "adam_beta1": "beta1", "adam_beta2": "beta2", "adam_epsilon": "eps", "adam_eps": "eps", "wd": "weight_decay",
+    "global_batch_size": "batch_size", "train_batch_size": "batch_size", "micro_batch": "micro_batch_size",
+    "per_device_train_batch_size": "micro_batch_size", "gradient_accumulation_steps": "micro_batch_size",
+    "max_seq_length": "seq_len", "seq_length": "seq_len", "block_size": "seq_len", "context_length": "seq_len",
+    "eval_interval": "eval_every", "eval_steps": "eval_every", "eval_iters": "eval_batches",
+    "log_interval": "log_every", "logging_steps": "log_every", "save_steps": "checkpoint_every",
+    "save_interval": "checkpoint_every", "save_total_limit": "keep_last", "precision": "dtype",
+    "mixed_precision": "dtype", "bf16": "dtype", "fp16": "dtype",
+    "hidden_size": "d_model", "n_embd": "d_model", "dim": "d_model", "width": "d_model", "n_embed": "d_model",
+    "num_hidden_layers": "n_layers", "num_layers": "n_layers", "n_layer": "n_layers", "depth": "n_layers",
+    "num_attention_heads": "n_heads", "n_head": "n_heads", "num_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads", "n_kv_head": "n_kv_heads", "n_query_groups": "n_kv_heads",
+    "head_dim": "d_head", "d_kv": "d_head", "head_size": "d_head",
+    "intermediate_size": "d_ff", "n_inner": "d_ff", "ffn_dim": "d_ff", "ffn_hidden_size": "d_ff",
+    "max_position_embeddings": "max_positions", "n_positions": "max_positions", "n_ctx": "max_positions",
+    "vocab": "vocab_size", "padded_vocab_size": "vocab_size", "tie_word_embeddings": "tie_embeddings",
+    "layer_norm_eps": "norm_eps", "layer_norm_epsilon": "norm_eps", "rms_norm_eps": "norm_eps",
+    "hidden_act": "activation", "activation_function": "activation", "rotary_pct": "rotary_fraction",
+    "partial_rotary_factor": "rotary_fraction", "rotary_percentage": "rotary_fraction",
+    "rotary_emb_base": "rope_theta", "rope_base": "rope_theta", "use_parallel_residual": "parallel_residual",
+    "parallel_attn": "parallel_residual", "hidden_dropout": "dropout", "resid_pdrop": "dropout",
+    "dropout_rate": "dropout", "hidden_dropout_prob": "dropout", "attn_pdrop": "attention_dropout",
+    "attention_probs_dropout_prob": "attention_dropout", "initializer_range": "init_std",
+    "mlm_prob": "mlm_probability", "masking_probability": "mlm_probability",
+}
+# what an alias cannot say by pointing at one key
+KEY_NOTES: dict[str, str] = {
+    "max_steps": "pretraining is budgeted in train.max_steps, train.max_tokens, train.max_flops or "
+                 "train.max_time_s, not in epochs",
+    "micro_batch_size": "train.batch_size is the global batch in sequences, train.micro_batch_size "
+                        "what one process runs per step; gradient accumulation fills the rest",
+    "dtype": "train.dtype is auto, fp32 or bf16",
+}
+
+
+def suggest_key(key: str, valid: list[str]) -> Optional[str]:
+    """The valid dotted key nearest to an unknown one: the same name in another section, a common
+    alias (`learning_rate` -> `lr`, `epochs` -> `max_steps`, `warmup` -> `warmup_steps`) in this
+    section or another, else the closest spelling."""
+    section, _, leaf = key.rpartition(".")
+    leaf = leaf.replace("-", "_")
+    by_leaf: dict[str, list[str]] = {}
+    for k in valid:
+        by_leaf.setdefault(k.rpartition(".")[2], []).append(k)
+
+    def in_section(name: str) -> Optional[str]:
+        keys = by_leaf.get(name, [])
+        same = [k for k in keys if k.rpartition(".")[0] == section]
+        return (same or keys or [None])[0]
+
+    for name in (leaf, KEY_ALIASES.get(leaf.lower()), KEY_ALIASES.get(leaf.lower().lstrip("_"))):
+        if name and (found := in_section(name)) is not None and found != key:
+            return found
+    own = [k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == section]
+    near = difflib.get_close_matches(leaf, own, n=1, cutoff=0.6) or difflib.get_close_matches(
+        leaf, list(by_leaf), n=1, cutoff=0.6)
+    return in_section(near[0]) if near else None
+
+
+def _alias_note(key: str, suggestion: Optional[str]) -> str:
+    """A note on what the suggested key means, when it was found through an alias."""
+    leaf = key.rpartition(".")[2].replace("-", "_").lower()
+    note = KEY_NOTES.get((suggestion or "").rpartition(".")[2]) if leaf in KEY_ALIASES else None
+    return f" ({note})" if note else ""
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:

@@ -206,6 +206,8 @@ def _restore(state: dict[str, Any], engine: Engine, batches: StepBatches, info: 
     rngs = state.get("rng_by_rank") or [state.get("rng")]
     ckpt.set_rng_state(rngs[info.rank] if info.rank < len(rngs) else rngs[0])
     batches.load_sampler_state(state["sampler"])
+    if engine.scaler is not None and state.get("grad_scaler"):
+        engine.scaler.load_state_dict(state["grad_scaler"])
     return RunState.from_checkpoint(state)
 
 

@@ -22,8 +22,9 @@ class Engine:
     optimizer: torch.optim.Optimizer
     device: torch.device
     autocast: Callable[[], ContextManager]  # the forward passes' precision context
-    compute_dtype: str  # "bf16" or "fp32": the precision of the matmul products
+    compute_dtype: str  # "bf16", "fp16" or "fp32": the precision of the matmul products
     params: dict[str, int]  # parameter counts of the plain model
+    scaler: Optional[torch.amp.GradScaler] = None  # fp16 only: loss scaling against gradient underflow
 
 
 def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -40,6 +41,9 @@ def build_engine(cfg: RunConfig, info: dist_util.DistInfo, checkpoint: Optional[
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     autocast, compute_dtype = precision(device, tc.dtype)
+    if compute_dtype == "fp16" and tc.parallel == "fsdp" and info.enabled:
+        raise ConfigError("train.dtype fp16 with train.parallel fsdp is not supported (its gradient scaler "
+                          "would need the shards); use train.dtype bf16 or fp32 with FSDP")
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model)
     params = {k: int(v) for k, v in model.num_parameters().items()}
@@ -52,7 +56,8 @@ def build_engine(cfg: RunConfig, info: dist_util.DistInfo, checkpoint: Optional[
     model = dist_util.wrap_model(model, info, tc.parallel, device, mixed_bf16=compute_dtype == "bf16")
     if tc.compile and tc.parallel == "fsdp" and info.enabled:
         model = torch.compile(model)
-    return Engine(model, build_optimizer(model, tc), device, autocast, compute_dtype, params)
+    scaler = torch.amp.GradScaler(device.type) if compute_dtype == "fp16" else None
+    return Engine(model, build_optimizer(model, tc), device, autocast, compute_dtype, params, scaler)
 
 
 def resolve_device(pref: str, info: dist_util.DistInfo) -> torch.device:
@@ -70,12 +75,22 @@ def resolve_device(pref: str, info: dist_util.DistInfo) -> torch.device:
 
 
 def precision(device: torch.device, dtype_pref: str) -> tuple[Callable[[], ContextManager], str]:
-    """The autocast context for the forward passes and the dtype of their products: bf16 when
-    asked for, and by default on CUDA; fp32 weights and optimizer state either way."""
-    use_bf16 = dtype_pref == "bf16" or (dtype_pref == "auto" and device.type == "cuda")
-    if use_bf16:
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16), "bf16"
-    return contextlib.nullcontext, "fp32"
+    """The autocast context for the forward passes and the dtype of their products; fp32 weights
+    and optimizer state always. `auto` is bf16 on GPUs that have it, fp16 (with a gradient scaler,
+    see `build_engine`) on older ones such as T4 or V100, and fp32 on CPUs, so CPU results do not
+    depend on which CPU a run lands on."""
+    chosen = dtype_pref
+    if dtype_pref == "auto":
+        chosen = "fp32" if device.type != "cuda" else ("bf16" if cuda_has_bf16(device) else "fp16")
+    if chosen == "fp32":
+        return contextlib.nullcontext, "fp32"
+    half = torch.bfloat16 if chosen == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=half), chosen
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    """bf16 matrix units: compute capability 8.0 (Ampere) and newer."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def sync(device: torch.device) -> None:

@@ -116,6 +116,7 @@ class Trainer:
         self.device = run.engine.device
         self.autocast = run.engine.autocast
         self.compute_dtype = run.engine.compute_dtype
+        self.scaler = run.engine.scaler
         self.params = run.engine.params
         self.batches = run.batches
         self.val_batches = run.val_batches
@@ -131,7 +132,8 @@ class Trainer:
         # a non-finite step is skipped inside the fused AdamW kernel (its found_inf input), so
         # no step has to wait for the device before its update is queued; FSDP's sharded
         # parameters and the multi-tensor fallback keep the host-side decision
-        self.skip_on_device = bool(self.optimizer.defaults.get("fused")) and run.cfg.train.parallel != "fsdp"
+        self.skip_on_device = (bool(self.optimizer.defaults.get("fused")) and run.cfg.train.parallel != "fsdp"
+                               and self.scaler is None)
         # on an accelerator the host queues step after step and reads the losses, gradient
         # norms and skips once per log interval (each read makes the device go idle while the
         # host catches up); on CPU a read costs nothing and every step is read at once
@@ -220,7 +222,8 @@ class Trainer:
                 with self.autocast():
                     loss = compute_loss(self.model, b)
                 weight = counts[i] / total * info.world_size
-                (loss * weight).backward()
+                scaled = loss * weight
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_acc += loss.detach().double() * counts[i]
         if st.step + 1 < st.total_steps:
             # the next step's inputs are built now, before the first read of a result: on an
@@ -228,13 +231,21 @@ class Trainer:
             # the device idling while the host builds them; on CPU it only moves the same work
             self.batches.prefetch(st.step + 1)
         step_loss = dist_util.sum_tensor(loss_acc, info, self.reduce_device) / total
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = tc.grad_clip if tc.grad_clip and tc.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
         norm = norm.detach()
-        if self.skip_on_device:
+        if self.scaler is not None:
+            # the scaler skips a step whose gradients overflowed and lowers the scale: routine in
+            # fp16, so only a non-finite loss counts as a bad step
+            skipped = ~torch.isfinite(step_loss)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.skip_on_device:
             skipped = ~(torch.isfinite(step_loss) & torch.isfinite(norm))
             # the fused kernel leaves weights, moments and step count untouched when found_inf
             # is 1: the same state as not calling step() at all
@@ -349,6 +360,7 @@ class Trainer:
             state = {
                 **asdict(st), "flops": st.tokens * self.flops_per_token, "optimizer": optim_sd,
                 "rng_by_rank": rngs, "sampler": self.batches.sampler_state(), "world_size": info.world_size,
+                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "tokenizer_hash": self.tokenizer.hash,
             }
             path = ckpt.save_checkpoint(self.run_dir, st.step, model, self.tokenizer, state,
