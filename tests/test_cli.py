@@ -23,3 +23,49 @@ def test_presets_json_lists_gpt3_175b(capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "presets" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    import pytest
+
+    from lmscale import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lmscale {__version__}"
+
+
+def test_config_show_prints_the_resolved_yaml_that_reads_back(tmp_path, capsys):
+    import yaml
+
+    from lmscale.config import RunConfig, from_dict, load_run_config
+
+    assert main(["config", "show", "llama-tiny", "--model.d_model", "64", "--train.lr=3e-4"]) == 0
+    text = capsys.readouterr().out
+    assert "  d_head: null  # 16\n" in text and "  kind: null  # bpe\n" in text
+    shown = from_dict(RunConfig, yaml.safe_load(text))
+    assert shown == load_run_config(preset="llama-tiny", overrides={"model.d_model": 64, "train.lr": 3e-4})
+    (tmp_path / "run.yaml").write_text(text)  # what it prints is a config file pretrain reads
+    assert load_run_config(tmp_path / "run.yaml") == shown
+    assert main(["config", "show", str(tmp_path / "run.yaml"), "--section", "train", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lr"] == 3e-4
+    assert main(["config", "show", "gpt-tiny", "--train.learning_rate", "1e-3"]) == 2
+    assert "did you mean --train.lr?" in capsys.readouterr().err
+    assert main(["config", "show", "gpt-tinyy"]) == 2
+    assert "did you mean 'gpt-tiny'" in capsys.readouterr().err
+    assert main(["config"]) == 2
+
+
+def test_pretrain_print_config_and_help_lists_the_sections(capsys):
+    assert main(["pretrain", "--preset", "pythia-70m", "--model.n_layers", "2", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "  n_layers: 2\n" in out and "  rotary_fraction: 0.25\n" in out and "preset: pythia-70m" in out
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    text = sub.choices["pretrain"].format_help()
+    assert "lmscale config show" in text and "--print-config" in text
+    for section, key in (("model", "n_kv_heads"), ("tokenizer", "min_frequency"), ("data", "corpus"),
+                         ("objective", "noise_density"), ("train", "warmup_steps")):
+        line = next(x for x in text.splitlines() if x.startswith(f"  {section}: "))
+        assert key in text[text.index(line):], section

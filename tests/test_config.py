@@ -178,3 +178,29 @@ def test_rope_scaling_reads_from_yaml_and_overrides(tmp_path):
     again = load_run_config(preset="llama-tiny", overrides=parse_override_args(
         ["--model.rope_scaling", "{rope_type: yarn, factor: 2.0}"]))
     assert again.model.rope_type == "yarn"
+
+
+@pytest.mark.parametrize("key,suggested", [
+    ("train.learning_rate", "--train.lr"),
+    ("train.epochs", "--train.max_steps"),
+    ("train.num_train_epochs", "--train.max_steps"),
+    ("train.warmup", "--train.warmup_steps"),
+    ("train.warmup_ratio", "--train.warmup_fraction"),
+    ("model.hidden_size", "--model.d_model"),
+    ("model.num_key_value_heads", "--model.n_kv_heads"),
+    ("model.seq_len", "--train.seq_len"),  # the right name in the wrong section
+    ("train.max_step", "--train.max_steps"),  # spelling
+])
+def test_unknown_keys_suggest_by_meaning_then_spelling(key, suggested):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(preset="gpt-tiny", overrides={key: 1})
+    assert f"did you mean {suggested}?" in str(err.value)
+    if key == "train.epochs":
+        assert "not in epochs" in str(err.value)
+
+
+def test_unknown_yaml_key_suggests_by_meaning(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump({"preset": "gpt-tiny", "train": {"learning_rate": 1e-3}}))
+    with pytest.raises(ConfigError, match=r"did you mean train\.'lr'"):
+        load_run_config(p)

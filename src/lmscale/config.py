@@ -383,6 +383,9 @@ class TrainConfig:
     max_tokens: Optional[int] = None
     max_flops: Optional[float] = None
     max_time_s: Optional[float] = None
+    # a safety cap, not a budget: the schedule still follows the budgets above (so runs repeat
+    # exactly), and a run the clock stops first ends with status "time_cap" and a checkpoint
+    time_cap_s: Optional[float] = None
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     schedule: str = "cosine"  # cosine | linear | wsd | constant
@@ -415,7 +418,7 @@ class TrainConfig:
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         for name in ("seq_len", "batch_size", "lr"):
             _positive(f"train.{name}", getattr(self, name))
-        for name in ("micro_batch_size", "max_steps", "max_tokens", "max_flops", "max_time_s"):
+        for name in ("micro_batch_size", "max_steps", "max_tokens", "max_flops", "max_time_s", "time_cap_s"):
             _positive(f"train.{name}", getattr(self, name), allow_none=True)
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ConfigError(
@@ -529,9 +532,9 @@ def from_dict(cls: type, data: dict[str, Any] | None, path: str = "") -> Any:
     for key, value in data.items():
         full = f"{path}{key}"
         if key not in names:
-            near = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-            hint = f"; did you mean {path}{near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key {full!r}{hint}")
+            near = suggest_key(str(key), names)
+            hint = f"; did you mean {path}{near!r}?" if near else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {full!r}{hint}{_alias_note(str(key), near)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if value is not None and not isinstance(value, dict):
@@ -638,8 +641,8 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     valid = _all_keys(type(cfg))
     for key, value in overrides.items():
         if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean --{near[0]}?" if near else ""
+            near = suggest_key(key, valid)
+            hint = f"; did you mean --{near}?{_alias_note(key, near)}" if near else ""
             raise ConfigError(f"unknown option --{key}{hint}")
         node = data
         parts = key.split(".")
@@ -671,6 +674,43 @@ def parse_override_args(argv: list[str]) -> dict[str, Any]:
         )
         out[key] = yaml.safe_load(raw) if raw != "" else ""
     return out
+
+
+def config_sections() -> dict[str, list[str]]:
+    """Each section of a run config (model, tokenizer, data, objective, train) and its keys."""
+    hints = _type_hints(RunConfig)
+    return {f.name: [g.name for g in fields(hints[f.name])]
+            for f in fields(RunConfig) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _effective_defaults(cfg: RunConfig) -> dict[str, Any]:
+    """What a null key resolves to, where the config decides it (shown beside it by `to_yaml`)."""
+    m, t = cfg.model, cfg.train
+    return {
+        "model.d_head": m.head_dim, "model.d_ff": m.ffn_dim, "model.n_kv_heads": m.kv_heads,
+        "model.scale_output": m.output_scaled if m.family == "encoder-decoder" else None,
+        "tokenizer.kind": cfg.tokenizer_kind, "tokenizer.vocab_size": m.vocab_size,
+        "objective.kind": cfg.objective_kind, "train.micro_batch_size": t.batch_size,
+        "train.warmup_steps": f"{t.warmup_fraction} of the schedule",
+        "data.shards": "RUN_DIR/shards" if cfg.out is None else f"{cfg.out}/shards",
+    }
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The run config as YAML that `--config FILE` reads back to the same config; a null key that
+    the config resolves (d_head, d_ff, the tokenizer kind, ...) carries its value as a comment."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False, width=100)
+    effective = _effective_defaults(cfg)
+    out, section = [], ""
+    for line in text.splitlines():
+        if line and not line.startswith(" "):
+            section = line.split(":", 1)[0]
+        key = line.strip().split(":", 1)[0]
+        value = effective.get(f"{section}.{key}")
+        if line.endswith(": null") and line.startswith("  ") and value is not None:
+            line = f"{line}  # {value}"
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from lmscale import __version__
 from lmscale.errors import LmscaleError
 
 # subcommand -> module under lmscale.cli.commands
@@ -18,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "tokenizer": "tokenizer",
     "data": "data",
     "pretrain": "pretrain",
+    "config": "config",
     "convert": "convert",
     "fill-mask": "fill_mask",
     "generate": "generate",
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lmscale",
         description="Tokenize, pretrain (BERT/GPT/T5), use, fine-tune and scale language models.",
     )
+    parser.add_argument("--version", action="version", version=f"lmscale {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"lmscale.cli.commands.{module_name}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
 HELP = "pretrain a BERT/GPT/T5-style model from a corpus or token shards (also under torchrun)"
 DESCRIPTION = (
@@ -17,7 +18,22 @@ DESCRIPTION = (
 )
 
 
+def _sections_epilog() -> str:
+    """The config sections and their keys, for --help (each settable as --section.key VALUE)."""
+    from lmscale.config import config_sections
+
+    lines = ["config sections (set any key as --section.key VALUE, e.g. --train.lr 3e-4; print the resolved",
+             "config with `lmscale config show PRESET [--section.key VALUE ...]` or add --print-config here):"]
+    for section, keys in config_sections().items():
+        lines += textwrap.wrap(", ".join(keys), width=100, initial_indent=f"  {section}: ",
+                               subsequent_indent=" " * (len(section) + 4))
+    return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = "\n".join(textwrap.wrap(DESCRIPTION, width=100))
+    p.epilog = _sections_epilog()
     p.add_argument("--config", metavar="FILE.yaml", help="run config (sections model/tokenizer/data/objective/train)")
     p.add_argument("--preset", help="start from a preset (see `lmscale presets`), e.g. gpt-tiny")
     p.add_argument("--corpus", help="catalog name (wikitext-2) or a local text file/directory")
@@ -33,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(it can run code from the file: only for run directories you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved config as YAML and exit (no training; as `lmscale config show`)")
     p.set_defaults(_accepts_overrides=True)
 
 
@@ -65,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.config and not args.preset:
             raise ConfigError("give --config FILE.yaml or --preset NAME (see `lmscale presets`), or --resume RUN_DIR")
         cfg = load_run_config(args.config, args.preset, overrides)
+    if getattr(args, "print_config", False):
+        from lmscale.config import to_yaml
+
+        print(to_yaml(cfg), end="")
+        return 0
     if cfg.out is None:
         raise ConfigError("no run directory: add --out RUN_DIR")
 
