@@ -329,6 +329,19 @@ def test_budget_by_wall_clock(data, tmp_path, one_thread):
     assert ckpt.latest_checkpoint(run) is not None
 
 
+def test_time_cap_stops_without_changing_the_schedule(data, tmp_path, one_thread):
+    """A wall-clock cap is a safety net, not a budget: the schedule comes from the step budget alone,
+    a run the clock stops says so in its status, and --resume finishes that same schedule."""
+    run = tmp_path / "run"
+    summary = loop.pretrain(make_cfg(data, run, train__max_steps=40, train__time_cap_s=1e-6), progress=False)
+    start = read_metrics(run, "start")[0]
+    assert start["budget"] == "steps" and start["total_steps"] == 40 and start["step_time_estimate_s"] is None
+    assert summary["status"] == "time_cap" and 1 <= summary["steps"] < 40
+    assert summary["final_val_loss"] is not None and ckpt.latest_checkpoint(run) is not None
+    resumed = loop.pretrain(make_cfg(data, run, train__max_steps=40), resume=True, progress=False)
+    assert resumed["status"] == "finished" and resumed["steps"] == 40
+
+
 def test_checkpoint_retention(data, tmp_path, one_thread):
     run = tmp_path / "run"
     cfg = make_cfg(data, run, train__max_steps=8, train__checkpoint_every=2, train__keep_last=2,

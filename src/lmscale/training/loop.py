@@ -149,7 +149,7 @@ class Trainer:
         try:
             self._open_records()
             status, error = self._train(bar)
-            if status == "finished" and self.state.last_eval_step != self.state.step:
+            if status in ("finished", "time_cap") and self.state.last_eval_step != self.state.step:
                 self.run_eval(bar)  # the summary's final_val_loss belongs to the final weights
         except KeyboardInterrupt:
             self._finish("stopped", "interrupted", bar)
@@ -180,7 +180,7 @@ class Trainer:
             log_now = st.step % max(tc.log_every, 1) == 0 or at_end
             eval_now = bool(tc.eval_every) and (st.step % tc.eval_every == 0 or at_end)
             save_now = bool(tc.checkpoint_every and st.step % tc.checkpoint_every == 0) or at_end
-            out_of_time = tc.max_time_s is not None and not at_end and self._out_of_time()
+            out_of_time = not at_end and self._out_of_time()
             if not (self.read_every_step or log_now or eval_now or save_now or out_of_time):
                 continue
             sync(self.device)
@@ -200,6 +200,10 @@ class Trainer:
             if save_now or out_of_time:
                 self.save()
             if out_of_time:
+                if tc.max_time_s is None or (tc.time_cap_s is not None and tc.time_cap_s < tc.max_time_s):
+                    bar.message(f"lmscale pretrain: stopped by train.time_cap_s={tc.time_cap_s:g} at step "
+                                f"{st.step} of {st.total_steps}; --resume continues the same schedule")
+                    return "time_cap", None
                 break
             segment_start = time.perf_counter()
         return "finished", None
@@ -310,7 +314,10 @@ class Trainer:
         bar.update(st.step, mean_loss, tps)
 
     def _out_of_time(self) -> bool:
-        over = self.state.wall_s >= float(self.cfg.train.max_time_s)
+        limits = [t for t in (self.cfg.train.max_time_s, self.cfg.train.time_cap_s) if t is not None]
+        if not limits:
+            return False
+        over = self.state.wall_s >= float(min(limits))
         return bool(dist_util.broadcast_object(over, self.info))
 
     @torch.no_grad()
