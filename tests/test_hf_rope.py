@@ -127,7 +127,9 @@ def test_llama_logits_and_loss_match(kv, scaling, tie, bias, head_dim):
     (True, 0.25, "default"),   # the Pythia configuration
     (False, 0.5, "default"),   # sequential residual
     (True, 1.0, "linear"),
-], ids=["pythia", "sequential-half-rotary", "full-rotary-linear"])
+    (True, 0.5, "llama3"),
+    (False, 0.5, "yarn"),
+], ids=["pythia", "sequential-half-rotary", "full-rotary-linear", "half-rotary-llama3", "sequential-yarn"])
 def test_gpt_neox_logits_and_loss_match(parallel, rotary_pct, scaling):
     hf = hf_neox(parallel, rotary_pct, scaling)
     _randomise_vectors(hf)
