@@ -218,26 +218,29 @@ def test_fewshot_on_real_bigbench_task(shared_data, tmp_path):
     res = evaluate(lm, [task], shots=[0, 1, 4], seed=1234, limit=10, keep_samples=True)
     assert set(res["results"]) == {f"{task.name}@{k}shot" for k in (0, 1, 4)}
     for k in (0, 1, 4):
-        r = res["results"][f"{task.name}@{k}shot"]
-        assert r["n"] == 10 and r["num_fewshot"] == k
+        key = f"{task.name}@{k}shot"
+        r = res["results"][key]
+        assert r["sample_len"] == 10 and res["n-shot"][key] == k and res["configs"][key]["num_fewshot"] == k
+        assert res["n-samples"][key] == {"original": len(task.examples), "effective": 10}
         for m in ("acc", "acc_norm"):
-            assert 0.0 <= r[m] <= 1.0
-            assert r[f"{m}_stderr"] == pytest.approx(math.sqrt(r[m] * (1 - r[m]) / 9), abs=1e-9)
-        for s in res["samples"][f"{task.name}@{k}shot"]:
+            v = r[f"{m},none"]
+            assert 0.0 <= v <= 1.0
+            assert r[f"{m}_stderr,none"] == pytest.approx(math.sqrt(v * (1 - v) / 9), abs=1e-9)
+        for s in res["lmscale"]["samples"][key]:
             assert s["index"] not in s["demos"] and len(s["demos"]) == k
-    assert res["config"]["seed"] == 1234 and res["config"]["num_fewshot"] == [0, 1, 4]
+    assert res["config"]["fewshot_seed"] == 1234 and res["lmscale"]["num_fewshot"] == [0, 1, 4]
     # the same seed gives the same numbers; the limit sample and the demonstrations are seeded
     again = evaluate(lm, [task], shots=[0, 1, 4], seed=1234, limit=10)
     assert again["results"] == res["results"]
     # truncation: a prompt longer than the window is cut from the left and counted
-    trunc = res["results"][f"{task.name}@4shot"]["truncated"]
+    trunc = res["lmscale"]["truncated"][f"{task.name}@4shot"]
     expected = 0
-    for s in res["samples"][f"{task.name}@4shot"]:
+    for s in res["lmscale"]["samples"][f"{task.name}@4shot"]:
         ex = next(e for e in task.examples if e.index == s["index"])
         longest = max(len(tok.encode(s["prompt"] + c)) for c in ex.choices)
         expected += longest > 128 + 1
     assert trunc == expected and trunc > 0
-    assert res["results"][f"{task.name}@0shot"]["truncated"] == 0
+    assert res["lmscale"]["truncated"][f"{task.name}@0shot"] == 0
 
 
 def test_generative_task_and_cli(tmp_path, capsys):
@@ -259,12 +262,17 @@ def test_generative_task_and_cli(tmp_path, capsys):
     assert "exact_match" in printed and "acc_norm" in printed
     res = json.loads(out.read_text())
     assert set(res["results"]) == {"add@0shot", "add@2shot", "mc@0shot", "mc@2shot"}
-    assert set(res["results"]["add@2shot"]) >= {"exact_match", "exact_match_stderr", "n", "truncated"}
-    assert set(res["results"]["mc@0shot"]) >= {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
-    assert res["curve"]["mc"]["2"] == res["results"]["mc@2shot"]
+    assert set(res["results"]["add@2shot"]) == {"name", "alias", "sample_len", "exact_match,none",
+                                                "exact_match_stderr,none"}
+    assert set(res["results"]["mc@0shot"]) == {"name", "alias", "sample_len", "acc,none", "acc_stderr,none",
+                                               "acc_norm,none", "acc_norm_stderr,none"}
+    assert res["lmscale"]["curve"]["mc"]["2"]["acc"] == res["results"]["mc@2shot"]["acc,none"]
+    assert res["configs"]["add@2shot"]["output_type"] == "generate_until"
+    assert res["higher_is_better"]["mc@0shot"] == {"acc": True, "acc_norm": True}
     assert main(["eval", "fewshot", str(d), "--task", str(m), "--json"]) == 0
     single = json.loads(capsys.readouterr().out)
-    assert list(single["results"]) == ["mc"] and single["config"]["num_fewshot"] == 0
+    assert list(single["results"]) == ["mc"] and single["n-shot"]["mc"] == 0
+    assert single["config"]["model"] == "lmscale" and single["config"]["model_args"] == {"pretrained": str(d)}
 
 
 def test_hf_directory_is_scored_like_the_converted_model(tmp_path):
@@ -300,8 +308,8 @@ def test_hf_directory_is_scored_like_the_converted_model(tmp_path):
     assert main(["eval", "fewshot", "--hf", str(d), "--task", str(q), "--shots", "1", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     ref = evaluate(ours, load_tasks(q), shots=[1], seed=1234)
-    assert res["results"]["even"]["acc"] == ref["results"]["even"]["acc"]
-    assert res["config"]["model"] == "hf:hf"
+    assert res["results"]["even"]["acc,none"] == ref["results"]["even"]["acc,none"]
+    assert res["config"]["model"] == "hf" and res["model_name"] == str(d)
 
 
 def test_encoder_and_encoder_decoder_scoring(tmp_path):
@@ -352,9 +360,9 @@ def test_encoder_and_encoder_decoder_scoring(tmp_path):
                            for w, a in [("two", "yes"), ("three", "no"), ("four", "yes")]) + "\n")
     for lm_ in (lm, lm2):
         res = evaluate(lm_, load_tasks(q), shots=[0, 1], seed=3)
-        assert res["results"]["mc@1shot"]["n"] == 4
+        assert res["results"]["mc@1shot"]["sample_len"] == 4
     res = evaluate(lm2, load_tasks(g), shots=[1], seed=3)
-    assert res["results"]["gen"]["n"] == 3 and "exact_match" in res["results"]["gen"]
+    assert res["results"]["gen"]["sample_len"] == 3 and "exact_match,none" in res["results"]["gen"]
     from lmscale.errors import LmscaleError
 
     with pytest.raises(LmscaleError, match="cannot generate"):

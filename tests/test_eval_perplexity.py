@@ -144,8 +144,15 @@ def test_perplexity_cli(bpe_tok, tmp_path, capsys):
     docs = list(corpus_documents(str(corpus), "test"))
     assert [d.strip() for d in docs] == DOCS
     ref = perplexity(model, bpe_tok, docs, stride=8)
-    assert out["token_perplexity"] == pytest.approx(ref.token_perplexity)
-    assert out["n_words"] == ref.n_words and out["stride"] == 8 and out["window"] == 32
+    task = "corpus.txt:test"
+    assert out["results"][task]["token_perplexity,none"] == pytest.approx(ref.token_perplexity)
+    assert out["results"][task]["word_perplexity,none"] == pytest.approx(ref.word_perplexity)
+    assert out["results"][task]["bits_per_byte,none"] == pytest.approx(ref.bits_per_byte)
+    assert out["results"][task]["byte_perplexity,none"] == pytest.approx(2 ** ref.bits_per_byte)
+    assert out["higher_is_better"][task] == {"word_perplexity": False, "byte_perplexity": False,
+                                             "bits_per_byte": False, "token_perplexity": False}
+    extra = out["lmscale"]
+    assert extra["n_words"] == ref.n_words and extra["stride"] == 8 and extra["window"] == 32
     assert main(["eval", "perplexity", str(d), "--corpus", str(corpus)]) == 0
     text = capsys.readouterr().out
     assert "word-level" in text and "bits/byte" in text

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -22,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lmscale.errors import DataError, LmscaleError
+from lmscale.evaluation import results as results_schema
 from lmscale.evaluation.lm import ScoringLM
 from lmscale.evaluation.tasks import Example, Task
 
@@ -220,6 +222,25 @@ def evaluate_task(
                       truncated=truncated, samples=samples)
 
 
+def _task_config(task: Task, key: str, k: int, gen_tokens: int, family: str) -> dict[str, Any]:
+    """The task as lm-evaluation-harness describes a task in its results' `configs`."""
+    metrics: list[tuple[str, str, bool]] = []
+    if task.multiple_choice:
+        metrics += [("acc", "mean", True), ("acc_norm", "mean", True)]
+    if task.generative and family != "encoder":
+        metrics.append(("exact_match", "mean", True))
+    cfg: dict[str, Any] = {
+        "task": key, "dataset_path": str(task.path), "test_split": "examples",
+        "output_type": "multiple_choice" if task.multiple_choice else "generate_until",
+        "description": task.task_prefix, "target_delimiter": task.target_delimiter,
+        "fewshot_delimiter": task.separator, "num_fewshot": k, "metric_list": results_schema.metric_list(metrics),
+        "repeats": 1, "metadata": {"version": 0, "format": task.format},
+    }
+    if task.generative and family != "encoder":
+        cfg["generation_kwargs"] = {"until": _stop_strings(task), "max_gen_toks": gen_tokens, "do_sample": False}
+    return cfg
+
+
 def evaluate(
     lm: ScoringLM,
     tasks: Sequence[Task],
@@ -228,71 +249,87 @@ def evaluate(
     limit: int | None = None,
     keep_samples: bool = False,
     progress: Callable[[int], None] | None = None,
-    model_args: str | None = None,
+    model_args: str | dict[str, Any] | None = None,
+    model: str = "lmscale",
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every task at every shot count; returns an lm-evaluation-harness shaped dict.
+    """Evaluate every task at every shot count; returns results in lm-evaluation-harness's schema
+    (`lmscale.evaluation.results`).
 
     `results` has one entry per (task, shots): the task's name, suffixed `@{k}shot` when several
-    shot counts were asked. `curve` holds the same numbers as task -> shots -> metrics.
+    shot counts were asked, with `acc,none`, `acc_norm,none`, `exact_match,none` and their
+    standard errors. `lmscale.curve` holds the same numbers as task -> shots -> metric -> value,
+    `lmscale.truncated` the number of prompts cut to fit the window. `model` and `model_args`
+    name the model as the harness would (`lmscale`/`hf`, `{"pretrained": DIR}`).
     """
     shots = list(shots)
     if not shots or any(k < 0 for k in shots):
         raise LmscaleError(f"shots must be non-negative integers, got {shots}")
     if lm.family == "encoder" and all(t.generative and not t.multiple_choice for t in tasks):
         raise LmscaleError("encoders (BERT-style) cannot generate, and every task asked needs exact match")
+    started = time.time()
     results: dict[str, Any] = {}
-    n_shot: dict[str, int] = {}
+    configs: dict[str, Any] = {}
+    n_original: dict[str, int] = {}
     curve: dict[str, dict[str, Any]] = {}
     all_samples: dict[str, list] = {}
-    versions: dict[str, int] = {}
+    truncated: dict[str, int] = {}
+    unscored: dict[str, list[str]] = {}
     for task in tasks:
+        gen_tokens = _max_gen_tokens(lm, task) if task.generative else 0
         for k in shots:
             r = evaluate_task(lm, task, k, seed=seed, limit=limit, keep_samples=keep_samples,
                               progress=progress)
             key = task.name if len(shots) == 1 else f"{task.name}@{k}shot"
-            entry = dict(r.metrics)
-            entry.update(n=r.n, truncated=r.truncated, num_fewshot=k)
-            if task.skipped_metrics:
-                entry["unscored_metrics"] = task.skipped_metrics
+            names = [m for m in r.metrics if not m.endswith("_stderr")]
+            results[key] = results_schema.task_entry(
+                key, r.n, {m: r.metrics[m] for m in names}, {m: r.metrics.get(f"{m}_stderr") for m in names})
+            configs[key] = _task_config(task, key, k, gen_tokens, lm.family)
+            n_original[key] = len(task.examples)
+            truncated[key] = r.truncated
+            skipped = list(task.skipped_metrics)
             if task.generative and lm.family == "encoder":
-                entry["unscored_metrics"] = entry.get("unscored_metrics", []) + ["exact_str_match"]
-            results[key] = entry
-            n_shot[key] = k
-            versions[key] = 0
-            curve.setdefault(task.name, {})[str(k)] = entry
+                skipped.append("exact_str_match")
+            if skipped:
+                unscored[key] = skipped
+            curve.setdefault(task.name, {})[str(k)] = {m: r.metrics[m] for m in names}
             if keep_samples:
                 all_samples[key] = r.samples
-    out: dict[str, Any] = {
-        "results": results,
-        "versions": versions,
-        "n-shot": n_shot,
+    if isinstance(model_args, str):
+        model_args = {"pretrained": model_args}
+    extra: dict[str, Any] = {
+        "model_family": lm.family,
         "curve": curve,
-        "config": {
-            "model": lm.name,
-            "model_family": lm.family,
-            "model_args": model_args,
-            "num_fewshot": shots if len(shots) > 1 else shots[0],
-            "seed": seed,
-            "limit": limit,
-            "max_length": lm.max_length,
-            "tasks": {t.name: str(t.path) for t in tasks},
-            "protocol": "GPT-3 in-context: k seeded demonstrations from the task's other examples; "
-                        "acc = log-likelihood argmax, acc_norm = per-character, exact_match = greedy",
-        },
+        "truncated": truncated,
+        "unscored_metrics": unscored,
+        "num_fewshot": shots,
+        "seed": seed,
+        "tasks": {t.name: str(t.path) for t in tasks},
+        "protocol": "GPT-3 in-context: k seeded demonstrations from the task's other examples; "
+                    "acc = log-likelihood argmax, acc_norm = per-character, exact_match = greedy",
     }
     if keep_samples:
-        out["samples"] = all_samples
-    return out
+        extra["samples"] = all_samples
+    run_config = {"batch_size": None, "device": device, "limit": limit, "bootstrap_iters": 0,
+                  "gen_kwargs": None, "fewshot_seed": seed}
+    return results_schema.from_entries(
+        results, configs, n_original, model=model, model_args=model_args or {},
+        model_name=str((model_args or {}).get("pretrained", lm.name)),
+        max_length=lm.max_length, eot_token_id=lm.tok.eos_id, run_config=run_config, started=started,
+        extra=extra)
 
 
 def format_table(result: dict[str, Any]) -> list[list[str]]:
     """Rows of task, shots, metric, value, stderr, n, truncated for printing."""
     rows = []
-    for task, by_k in result["curve"].items():
-        for k, entry in by_k.items():
-            for metric in ("acc", "acc_norm", "exact_match"):
-                if metric in entry:
-                    se = entry.get(f"{metric}_stderr")
-                    rows.append([task, k, metric, f"{entry[metric]:.4f}",
-                                 "-" if se is None else f"{se:.4f}", str(entry["n"]), str(entry["truncated"])])
+    for key, entry in result["results"].items():
+        k = result["n-shot"][key]
+        task = key.rsplit("@", 1)[0] if key.endswith("shot") and "@" in key else key
+        for metric in ("acc", "acc_norm", "exact_match"):
+            v = entry.get(results_schema.metric_key(metric))
+            if v is None:
+                continue
+            se = entry.get(results_schema.stderr_key(metric))
+            rows.append([task, str(k), metric, f"{v:.4f}", se if isinstance(se, str) else f"{se:.4f}",
+                         str(entry["sample_len"]), str(result["lmscale"]["truncated"][key])])
     return rows

@@ -128,8 +128,10 @@ class ScoringLM(abc.ABC):
         """Summed log-probability of each continuation given its context."""
 
     @abc.abstractmethod
-    def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int) -> tuple[str, bool]:
-        """Greedy continuation cut at the first stop string, and whether the context was truncated."""
+    def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int,
+                     sampling: SamplingConfig | None = None) -> tuple[str, bool]:
+        """Greedy continuation (or one sampled with `sampling`) cut at the first stop string, and
+        whether the context was truncated."""
 
 
 class CausalLM(ScoringLM):
@@ -141,8 +143,7 @@ class CausalLM(ScoringLM):
         return self.model(input_ids=x).logits
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[Score]:
-        W = self.max_length
-        prepared = []
+        pairs = []
         for context, continuation in requests:
             ctx, cont = self.encode_pair(context, continuation)
             if not ctx:
@@ -152,7 +153,16 @@ class CausalLM(ScoringLM):
                 ctx = [start]
             if not cont:
                 raise LmscaleError(f"continuation {continuation!r} encodes to no tokens")
-            full = ctx + cont
+            pairs.append((ctx, cont))
+        return self.loglikelihood_tokens(pairs)
+
+    def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Score]:
+        """Summed log-probability of each continuation's token ids given the context's (at least
+        one context token); the pair is cut from the left to the model's window."""
+        W = self.max_length
+        prepared = []
+        for ctx, cont in pairs:
+            full = list(ctx) + list(cont)
             truncated = len(full) > W + 1
             full = full[-(W + 1):]
             n_cont = min(len(cont), len(full) - 1)
@@ -177,7 +187,8 @@ class CausalLM(ScoringLM):
                     results[i] = Score(float(tok_lp.sum()), n, greedy, trunc)
         return results  # type: ignore[return-value]
 
-    def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int) -> tuple[str, bool]:
+    def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int,
+                     sampling: SamplingConfig | None = None) -> tuple[str, bool]:
         ids = self.tok.encode(context)
         if not ids:
             ids = [self.tok.doc_separator_id or 0]
@@ -188,7 +199,7 @@ class CausalLM(ScoringLM):
         eos = {self.tok.eos_id} if self.tok.eos_id is not None else set()
         out: list[int] = []
         text = ""
-        for t in iter_token_ids(self.model, ids, SamplingConfig(greedy=True), max_new_tokens, eos):
+        for t in iter_token_ids(self.model, ids, sampling or SamplingConfig(greedy=True), max_new_tokens, eos):
             if t in eos:
                 break
             out.append(t)
@@ -209,7 +220,9 @@ class Seq2SeqLM(ScoringLM):
         return int(getattr(self.model.config, "max_positions", 512))
 
     def _encoder_ids(self, context: str) -> tuple[list[int], bool]:
-        ids = self.tok.encode(context)
+        return self._encoder_token_ids(self.tok.encode(context))
+
+    def _encoder_token_ids(self, ids: list[int]) -> tuple[list[int], bool]:
         sent = self.tok.sentinel_ids[:1]
         eos = [self.tok.eos_id] if self.tok.eos_id is not None else []
         room = self.max_length - len(sent) - len(eos)
@@ -218,15 +231,24 @@ class Seq2SeqLM(ScoringLM):
         return ids + sent + eos, truncated
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[Score]:
+        pairs = []
+        for context, continuation in requests:
+            cont = self.tok.encode(continuation.strip()) or self.tok.encode(continuation)
+            if not cont:
+                raise LmscaleError(f"continuation {continuation!r} encodes to no tokens")
+            pairs.append((self.tok.encode(context.rstrip()), cont))
+        return self.loglikelihood_tokens(pairs)
+
+    def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Score]:
+        """The continuation's token ids as the decoder's target after the first sentinel, the
+        context's (cut from the left to fit) to the encoder with that sentinel after it."""
         out: list[Score] = []
         start = _decoder_start(self.model)
         sent = self.tok.sentinel_ids[:1]
         with torch.inference_mode():
-            for context, continuation in requests:
-                enc_ids, trunc = self._encoder_ids(context.rstrip())
-                cont = self.tok.encode(continuation.strip()) or self.tok.encode(continuation)
-                if not cont:
-                    raise LmscaleError(f"continuation {continuation!r} encodes to no tokens")
+            for ctx, cont in pairs:
+                enc_ids, trunc = self._encoder_token_ids(list(ctx))
+                cont = list(cont)
                 dec = [start] + sent + cont
                 x = torch.tensor([enc_ids], device=self.device)
                 d = torch.tensor([dec[:-1]], device=self.device)
@@ -237,14 +259,15 @@ class Seq2SeqLM(ScoringLM):
                                  bool((lp.argmax(-1) == tgt).all()), trunc))
         return out
 
-    def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int) -> tuple[str, bool]:
+    def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int,
+                     sampling: SamplingConfig | None = None) -> tuple[str, bool]:
         enc_ids, trunc = self._encoder_ids(context.rstrip())
         first = self.tok.sentinel_ids[:1]
         eos = {self.tok.eos_id} if self.tok.eos_id is not None else set()
         ends = (set(self.tok.sentinel_ids) - set(first)) | eos
         out: list[int] = []
         text = ""
-        for t in iter_token_ids(self.model, enc_ids, SamplingConfig(greedy=True),
+        for t in iter_token_ids(self.model, enc_ids, sampling or SamplingConfig(greedy=True),
                                 max_new_tokens + len(first), ends):
             if t in ends:
                 break
@@ -304,7 +327,8 @@ class MaskedLM(ScoringLM):
                 out.append(Score(total, len(cont), greedy, truncated))
         return out
 
-    def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int) -> tuple[str, bool]:
+    def greedy_until(self, context: str, stop: Sequence[str], max_new_tokens: int,
+                     sampling: SamplingConfig | None = None) -> tuple[str, bool]:
         raise LmscaleError("encoders (BERT-style) cannot generate, so exact-match tasks need a "
                            "decoder or an encoder-decoder")
 

@@ -15,6 +15,7 @@ encoder with a sentinel where the chunk belongs (the span-corruption shape they 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -24,6 +25,7 @@ import torch
 from lmscale.data.catalog import resolve_corpus
 from lmscale.data.readers import expand_paths, file_documents
 from lmscale.errors import DataError, LmscaleError
+from lmscale.evaluation import results as results_schema
 from lmscale.inference.generate import _decoder_start, model_family
 
 
@@ -55,11 +57,40 @@ class PerplexityResult:
     def bits_per_byte(self) -> float | None:
         return self.nll / (math.log(2) * self.n_bytes) if self.n_bytes else None
 
+    @property
+    def byte_perplexity(self) -> float | None:
+        return math.exp(min(self.nll / self.n_bytes, 700.0)) if self.n_bytes else None
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(loss=self.loss, token_perplexity=self.token_perplexity,
-                 word_perplexity=self.word_perplexity, bits_per_byte=self.bits_per_byte)
+                 word_perplexity=self.word_perplexity, byte_perplexity=self.byte_perplexity,
+                 bits_per_byte=self.bits_per_byte)
         return d
+
+    def to_harness(self, task: str, *, corpus: str, split: str, model: str = "lmscale",
+                   model_args: dict[str, Any] | None = None, model_name: str = "", device: str | None = None,
+                   max_tokens: int | None = None, started: float | None = None) -> dict[str, Any]:
+        """The result in lm-evaluation-harness's results schema, under the metric names of its
+        wikitext task (`word_perplexity`, `byte_perplexity`, `bits_per_byte`; lower is better)
+        plus `token_perplexity`; `lmscale` holds every count and the window and stride."""
+        metrics = {"word_perplexity": self.word_perplexity, "byte_perplexity": self.byte_perplexity,
+                   "bits_per_byte": self.bits_per_byte, "token_perplexity": self.token_perplexity}
+        aggregation = {"bits_per_byte": "bits_per_byte"}
+        config = {
+            "task": task, "dataset_path": corpus, "test_split": split, "output_type": "loglikelihood_rolling",
+            "num_fewshot": 0, "repeats": 1,
+            "metric_list": results_schema.metric_list(
+                (m, aggregation.get(m, "weighted_perplexity"), False) for m in metrics),
+            "metadata": {"version": 0, "kind": self.kind},
+        }
+        entry = results_schema.task_entry(task, self.n_documents, metrics)
+        return results_schema.from_entries(
+            {task: entry}, {task: config}, {task: self.n_documents}, model=model, model_args=model_args or {},
+            model_name=model_name, max_length=self.window, eot_token_id=None,
+            run_config={"batch_size": None, "device": device, "limit": max_tokens, "bootstrap_iters": 0},
+            started=time.time() if started is None else started,
+            extra={"corpus": corpus, "split": split, **self.to_dict()})
 
 
 # ----------------------------------------------------------------------------- window bookkeeping
@@ -128,7 +159,7 @@ def _decoder_nll(model: Any, ids: list[int], window: int, stride: int, batch_siz
     return nll, count, len(wins)
 
 
-def _encoder_pll(model: Any, tok: Any, ids: list[int], window: int, stride: int, batch_size: int,
+def encoder_pll(model: Any, tok: Any, ids: list[int], window: int, stride: int, batch_size: int,
                  progress: Callable[[int], None] | None) -> tuple[float, int, int]:
     mask_id = getattr(tok, "mask_id", None)
     if mask_id is None:
@@ -162,7 +193,7 @@ def _encoder_pll(model: Any, tok: Any, ids: list[int], window: int, stride: int,
     return nll, count, len(wins)
 
 
-def _seq2seq_nll(model: Any, tok: Any, ids: list[int], window: int, stride: int,
+def seq2seq_nll(model: Any, tok: Any, ids: list[int], window: int, stride: int,
                  progress: Callable[[int], None] | None) -> tuple[float, int, int]:
     sentinel = list(getattr(tok, "sentinel_ids", []) or [])[:1]
     eos = [tok.eos_id] if getattr(tok, "eos_id", None) is not None else []
@@ -242,11 +273,11 @@ def perplexity(
         kind = "perplexity"
     elif family == "encoder":
         stride = int(stride or max(1, (window - 2) // 2))
-        nll, n, n_win = _encoder_pll(model, tokenizer, ids, window, stride, batch_size * 4, progress)
+        nll, n, n_win = encoder_pll(model, tokenizer, ids, window, stride, batch_size * 4, progress)
         kind = "pseudo-perplexity"
     else:
         stride = int(stride or min(64, window))
-        nll, n, n_win = _seq2seq_nll(model, tokenizer, ids, window, stride, progress)
+        nll, n, n_win = seq2seq_nll(model, tokenizer, ids, window, stride, progress)
         kind = "conditional perplexity"
     return PerplexityResult(kind=kind, nll=nll, n_tokens=n, n_words=n_words, n_bytes=n_bytes,
                             n_documents=n_docs, window=window, stride=stride, n_windows=n_win)

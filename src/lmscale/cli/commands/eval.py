@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 HELP = "evaluate a checkpoint: corpus perplexity, or few-shot BIG-bench tasks (GPT-3 protocol)"
@@ -32,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="stop after the document that reaches this many tokens (quick estimates)")
     pp.add_argument("--batch-size", type=int, default=8)
     pp.add_argument("--device", default="cpu")
-    pp.add_argument("--out", default=None, help="also write the result as JSON to this file")
+    pp.add_argument("--out", default=None,
+                    help="also write the result to this file, in lm-evaluation-harness's results schema")
     pp.add_argument("--json", action="store_true")
 
     fp = sub.add_parser("fewshot", help="zero/one/few-shot accuracy on BIG-bench JSON (or JSONL) tasks")
@@ -46,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fp.add_argument("--batch-tokens", type=int, default=2048, help="tokens per scoring batch")
     fp.add_argument("--samples", action="store_true", help="include every item's prompt and scores in --out")
     fp.add_argument("--device", default="cpu")
-    fp.add_argument("--out", default=None, help="write lm-evaluation-harness shaped JSON here")
+    fp.add_argument("--out", default=None, help="write the results here, in lm-evaluation-harness's results schema")
     fp.add_argument("--json", action="store_true")
 
 
@@ -68,6 +70,7 @@ def _run_perplexity(args: argparse.Namespace) -> int:
     from lmscale.evaluation.perplexity import corpus_documents, perplexity
     from lmscale.io import atomic_write_json
 
+    started = time.time()
     model, tok = lmscale.load(args.checkpoint, device=args.device)
     if tok is None:
         raise CheckpointError(f"{args.checkpoint}: no tokenizer saved with the model")
@@ -79,7 +82,10 @@ def _run_perplexity(args: argparse.Namespace) -> int:
     finally:
         if prog is not None:
             prog.stop()
-    out = {"checkpoint": str(args.checkpoint), "corpus": args.corpus, "split": args.split, **res.to_dict()}
+    out = res.to_harness(f"{Path(str(args.corpus)).name}:{args.split}", corpus=str(args.corpus), split=args.split,
+                         model="lmscale", model_args={"pretrained": str(Path(args.checkpoint))},
+                         model_name=str(Path(args.checkpoint)), device=args.device,
+                         max_tokens=args.max_tokens, started=started)
     if args.out:
         atomic_write_json(args.out, out)
     if args.json:
@@ -110,20 +116,21 @@ def _run_fewshot(args: argparse.Namespace) -> int:
     tasks = [t for spec in args.task for t in load_tasks(spec)]
     if args.hf is not None:
         lm = load_hf_causal_lm(args.hf, device=args.device, batch_tokens=args.batch_tokens)
-        model_args = str(Path(args.hf))
+        model, model_args = "hf", {"pretrained": str(Path(args.hf))}
     else:
         import lmscale
 
-        model, tok = lmscale.load(args.checkpoint, device=args.device)
+        net, tok = lmscale.load(args.checkpoint, device=args.device)
         if tok is None:
             raise CheckpointError(f"{args.checkpoint}: no tokenizer saved with the model")
-        lm = scoring_lm(model, tok, batch_tokens=args.batch_tokens, name=f"lmscale:{Path(args.checkpoint).name}")
-        model_args = str(Path(args.checkpoint))
+        lm = scoring_lm(net, tok, batch_tokens=args.batch_tokens, name=f"lmscale:{Path(args.checkpoint).name}")
+        model, model_args = "lmscale", {"pretrained": str(Path(args.checkpoint))}
     total = sum(min(len(t.examples), args.limit or len(t.examples)) for t in tasks) * len(args.shots)
     prog, advance = _progress(total, "few-shot", args.json)
     try:
         result = evaluate(lm, tasks, shots=args.shots, seed=args.seed, limit=args.limit,
-                          keep_samples=args.samples, progress=advance, model_args=model_args)
+                          keep_samples=args.samples, progress=advance, model=model, model_args=model_args,
+                          device=args.device)
     finally:
         if prog is not None:
             prog.stop()
@@ -142,7 +149,7 @@ def _run_fewshot(args: argparse.Namespace) -> int:
         print("\nin-context learning curve (main metric by number of shots)")
         ks = [str(k) for k in args.shots]
         print("  ".join(["task".ljust(widths[0])] + [f"{k + '-shot':>8}" for k in ks]))
-        for task, by_k in result["curve"].items():
+        for task, by_k in result["lmscale"]["curve"].items():
             metric = "exact_match" if "exact_match" in by_k[ks[0]] else "acc"
             cells = [f"{by_k[k][metric]:8.3f}" for k in ks]
             print("  ".join([task.ljust(widths[0])] + cells) + f"  ({metric})")
