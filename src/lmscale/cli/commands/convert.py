@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "convert between transformers checkpoints (BERT, GPT-2, GPT, T5) and lmscale model dirs"
+HELP = "convert between transformers checkpoints (BERT, GPT-2, GPT, T5, Llama, GPT-NeoX) and lmscale model dirs"
 DESCRIPTION = (
     "lmscale convert --from-hf HF_DIR --out MODEL_DIR imports a transformers BertForMaskedLM / "
-    "BertModel / BertForPreTraining, GPT2LMHeadModel, OpenAIGPTLMHeadModel or "
-    "T5ForConditionalGeneration directory; lmscale convert --to-hf CKPT --out HF_DIR exports a "
-    "model dir or run dir (its best/newest checkpoint) to safetensors + config + tokenizer files."
+    "BertModel / BertForPreTraining, GPT2LMHeadModel, OpenAIGPTLMHeadModel, "
+    "T5ForConditionalGeneration, LlamaForCausalLM or GPTNeoXForCausalLM (Pythia) directory; "
+    "lmscale convert --to-hf CKPT --out HF_DIR exports a model dir or run dir (its best/newest "
+    "checkpoint) to safetensors + config + tokenizer files, as whichever of these classes computes "
+    "the same function (a RoPE decoder leaves as Llama or GPT-NeoX)."
 )
 
 
