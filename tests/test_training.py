@@ -342,6 +342,22 @@ def test_time_cap_stops_without_changing_the_schedule(data, tmp_path, one_thread
     assert resumed["status"] == "finished" and resumed["steps"] == 40
 
 
+def test_early_stopping_after_evaluations_without_improvement(data, tmp_path, one_thread):
+    """A learning rate that only makes the validation loss worse after the first evaluation: the
+    run stops after `early_stopping` evaluations without improvement, best weights kept."""
+    run = tmp_path / "run"
+    cfg = make_cfg(data, run, train__max_steps=60, train__eval_every=2, train__early_stopping=2, train__lr=5.0,
+                   train__warmup_steps=0, train__grad_clip=0.0)
+    summary = loop.pretrain(cfg, progress=False)
+    evals = [r["val_loss"] for r in read_metrics(run, "eval")]
+    assert summary["status"] == "early_stopped" and summary["steps"] < 60
+    best = evals.index(min(evals))
+    assert len(evals) == best + 3 and summary["best_val_loss"] == min(evals)
+    assert json.loads((run / "checkpoints" / "best" / "best.json").read_text())["val_loss"] == min(evals)
+    with pytest.raises(ConfigError, match="early_stopping"):
+        make_cfg(data, run, train__early_stopping=-1)
+
+
 def test_checkpoint_retention(data, tmp_path, one_thread):
     run = tmp_path / "run"
     cfg = make_cfg(data, run, train__max_steps=8, train__checkpoint_every=2, train__keep_last=2,

@@ -386,6 +386,9 @@ class TrainConfig:
     # a safety cap, not a budget: the schedule still follows the budgets above (so runs repeat
     # exactly), and a run the clock stops first ends with status "time_cap" and a checkpoint
     time_cap_s: Optional[float] = None
+    # stop after this many evaluations in a row without a lower validation loss (0 = never): on a
+    # small corpus a long budget overfits; checkpoints/best keeps the best weights either way
+    early_stopping: int = 0
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     schedule: str = "cosine"  # cosine | linear | wsd | constant
@@ -420,6 +423,9 @@ class TrainConfig:
             _positive(f"train.{name}", getattr(self, name))
         for name in ("micro_batch_size", "max_steps", "max_tokens", "max_flops", "max_time_s", "time_cap_s"):
             _positive(f"train.{name}", getattr(self, name), allow_none=True)
+        if not isinstance(self.early_stopping, int) or isinstance(self.early_stopping, bool) or self.early_stopping < 0:
+            raise ConfigError(f"train.early_stopping={self.early_stopping!r} must be a whole number of "
+                              "evaluations, 0 to never stop early")
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"train.batch_size={self.batch_size} is not a multiple of "

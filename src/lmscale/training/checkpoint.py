@@ -60,6 +60,7 @@ class RunState:
     best_val_loss: Optional[float] = None
     last_val_loss: Optional[float] = None
     last_eval_step: Optional[int] = None
+    evals_since_best: int = 0
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> "RunState":
@@ -75,6 +76,7 @@ class RunState:
             best_val_loss=state.get("best_val_loss"),
             last_val_loss=state.get("last_val_loss"),
             last_eval_step=state.get("last_eval_step"),
+            evals_since_best=int(state.get("evals_since_best", 0)),
         )
 
 

@@ -149,7 +149,7 @@ class Trainer:
         try:
             self._open_records()
             status, error = self._train(bar)
-            if status in ("finished", "time_cap") and self.state.last_eval_step != self.state.step:
+            if status in ("finished", "time_cap", "early_stopped") and self.state.last_eval_step != self.state.step:
                 self.run_eval(bar)  # the summary's final_val_loss belongs to the final weights
         except KeyboardInterrupt:
             self._finish("stopped", "interrupted", bar)
@@ -197,6 +197,11 @@ class Trainer:
                 interval = _Interval()
             if eval_now:
                 self.run_eval(bar)
+                if tc.early_stopping and st.evals_since_best >= tc.early_stopping and not at_end:
+                    self.save()
+                    bar.message(f"lmscale pretrain: validation loss has not improved for {st.evals_since_best} "
+                                f"evaluations; stopped early at step {st.step} (best weights in checkpoints/best)")
+                    return "early_stopped", None
             if save_now or out_of_time:
                 self.save()
             if out_of_time:
@@ -353,6 +358,7 @@ class Trainer:
         improved = st.best_val_loss is None or ev["val_loss"] < st.best_val_loss
         if improved:
             st.best_val_loss = ev["val_loss"]
+        st.evals_since_best = 0 if improved else st.evals_since_best + 1
         self.logger.log({"event": "eval", "step": st.step, "tokens": st.tokens, **ev, "wall_s": round(st.wall_s, 3)})
         bar.message(f"step {st.step}: val_loss {ev['val_loss']:.4f}")
         if improved:
