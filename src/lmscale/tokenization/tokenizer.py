@@ -22,6 +22,9 @@ KINDS = ("bpe", "wordpiece", "unigram")
 META_FORMAT = "lmscale-tokenizer"
 
 BPE_EOS = "<|endoftext|>"
+# a BPE tokenizer's end-of-text token when its meta names none: the first of these it has
+BPE_EOS_CANDIDATES = (BPE_EOS, "</s>", "<eos>", "<|end_of_text|>")
+DOC_SEPARATORS = BPE_EOS_CANDIDATES + ("[SEP]",)
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 UNIGRAM_SPECIALS = ["<pad>", "</s>", "<unk>"]
 SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
@@ -64,7 +67,7 @@ class Tokenizer:
             self.sentinel_ids = [i for i in (tid(s) for s in SENTINELS) if i is not None]
             self.doc_separator_id = self.eos_id
         else:
-            self.eos_id = tid(BPE_EOS)
+            self.eos_id = self._bpe_eos_id()
             self.pad_id = self.eos_id
             self.unk_id = self.bos_id = self.cls_id = self.sep_id = self.mask_id = None
             self.sentinel_ids = []
@@ -73,6 +76,33 @@ class Tokenizer:
         self.special_ids: set[int] = {i for i in (tid(s) for s in specials) if i is not None}
         self._json: str | None = None
         self._hash: str | None = None
+
+    def _bpe_eos_id(self) -> int | None:
+        """The configured end-of-text token (`meta["eos_token"]`), else the first candidate present."""
+        name = self.meta.get("eos_token")
+        if name is not None:
+            i = self.backend.token_to_id(name)
+            if i is None:
+                raise DataError(f"end-of-text token {name!r} is not in this tokenizer's vocabulary")
+            return i
+        return next((i for i in (self.backend.token_to_id(t) for t in BPE_EOS_CANDIDATES) if i is not None), None)
+
+    @property
+    def eos_token(self) -> str | None:
+        return None if self.eos_id is None else self.backend.id_to_token(self.eos_id)
+
+    def set_eos(self, token: str) -> None:
+        """Make `token` (already in the vocabulary) the end-of-text token that separates documents;
+        a BPE tokenizer only (WordPiece uses [SEP], Unigram </s>). Saved in tokenizer_meta.json."""
+        if self.kind != "bpe":
+            raise DataError(f"only a BPE tokenizer's end-of-text token is configurable ({self.kind} uses "
+                            f"{'[SEP]' if self.kind == 'wordpiece' else '</s>'})")
+        if self.backend.token_to_id(token) is None:
+            raise DataError(f"{token!r} is not in this tokenizer's vocabulary")
+        self.meta["eos_token"] = token
+        json_text, file_hash = self._json, self._hash
+        self._refresh()
+        self._json, self._hash = json_text, file_hash  # tokenizer.json itself is unchanged
 
     @property
     def hash(self) -> str:

@@ -20,7 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pr = sub.add_parser("prepare", help="tokenize a corpus into uint16/uint32 shards + index.json",
                         description="Tokenize every split of a corpus with all cores into memory-mapped shards. "
                                     "Re-running with unchanged inputs does nothing; a different tokenizer rebuilds.")
-    pr.add_argument("--corpus", required=True, help="catalog name (wikitext-2, sotu, ...) or a file/directory")
+    pr.add_argument("--corpus", required=True,
+                    help="catalog name (wikitext-2, sotu, ...); a file or directory of .txt/.jsonl/.json/.tsv/"
+                         ".parquet (optionally .gz/.zst); a datasets save_to_disk directory; or "
+                         "hf:NAME[:CONFIG][@SPLIT] (streamed from the hub, online)")
+    pr.add_argument("--text-field", default="text",
+                    help="field holding each document in JSON/Parquet/datasets records; dotted paths reach "
+                         "into nested records, e.g. meta.body (default text)")
     pr.add_argument("--tokenizer", required=True, help="tokenizer dir (or tokenizer.json / GPT-2 vocab+merges dir)")
     pr.add_argument("--out", required=True, help="output shard directory")
     pr.add_argument("--valid-fraction", type=float, default=0.02,
@@ -76,7 +82,7 @@ def _prepare(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         index = prepare(args.corpus, args.tokenizer, args.out, valid_fraction=args.valid_fraction,
                         split_seed=args.split_seed, errors=args.errors, workers=args.workers,
-                        progress=None if not args.json else False, force=args.force)
+                        progress=None if not args.json else False, force=args.force, text_field=args.text_field)
     msgs = [str(w.message) for w in caught]
     splits = {k: {"num_tokens": v["num_tokens"], "num_docs": v["num_docs"], "n_bytes": v["n_bytes"],
                   "n_words": v["n_words"]} for k, v in index.data["splits"].items()}

@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fp.add_argument("--samples", action="store_true", help="include every item's prompt and scores in --out")
     fp.add_argument("--device", default="cpu")
     fp.add_argument("--out", default=None, help="write the results here, in lm-evaluation-harness's results schema")
+    fp.add_argument("--download", action="store_true",
+                    help="fetch BIG-bench (358 MB) if a --task name needs it and it is not here yet")
     fp.add_argument("--json", action="store_true")
 
 
@@ -105,15 +107,24 @@ def _run_perplexity(args: argparse.Namespace) -> int:
 
 
 def _run_fewshot(args: argparse.Namespace) -> int:
+    from lmscale.data.catalog import is_local
     from lmscale.errors import CheckpointError, LmscaleError
     from lmscale.evaluation.fewshot import evaluate, format_table
     from lmscale.evaluation.lm import load_hf_causal_lm, scoring_lm
-    from lmscale.evaluation.tasks import load_tasks
+    from lmscale.evaluation.tasks import is_task_path, load_tasks
     from lmscale.io import atomic_write_json
 
     if (args.checkpoint is None) == (args.hf is None):
         raise LmscaleError("give either CKPT or --hf DIR (exactly one)")
-    tasks = [t for spec in args.task for t in load_tasks(spec)]
+    # every argument is checked before anything large is read or downloaded: the checkpoint path,
+    # the local task files, the model itself, and only then BIG-bench task names
+    where = args.checkpoint if args.hf is None else args.hf
+    if not Path(where).exists():
+        raise CheckpointError(f"{where}: no such checkpoint, run or model directory")
+    local = {spec: load_tasks(spec) for spec in args.task if is_task_path(spec)}
+    names = [spec for spec in args.task if spec not in local]
+    if names and not args.download and not is_local("bigbench"):
+        load_tasks(names[0])  # the error that says how to get BIG-bench, before the model is loaded
     if args.hf is not None:
         lm = load_hf_causal_lm(args.hf, device=args.device, batch_tokens=args.batch_tokens)
         model, model_args = "hf", {"pretrained": str(Path(args.hf))}
@@ -125,6 +136,8 @@ def _run_fewshot(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{args.checkpoint}: no tokenizer saved with the model")
         lm = scoring_lm(net, tok, batch_tokens=args.batch_tokens, name=f"lmscale:{Path(args.checkpoint).name}")
         model, model_args = "lmscale", {"pretrained": str(Path(args.checkpoint))}
+    tasks = [t for spec in args.task
+             for t in (local[spec] if spec in local else load_tasks(spec, download=args.download))]
     total = sum(min(len(t.examples), args.limit or len(t.examples)) for t in tasks) * len(args.shots)
     prog, advance = _progress(total, "few-shot", args.json)
     try:
