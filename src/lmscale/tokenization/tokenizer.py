@@ -17,6 +17,7 @@ from tokenizers import decoders, models, pre_tokenizers, processors
 
 from lmscale.errors import DataError
 from lmscale.io import atomic_write_json, atomic_write_text
+from lmscale.tokenization.tiktoken_file import load_tiktoken_file
 
 KINDS = ("bpe", "wordpiece", "unigram")
 META_FORMAT = "lmscale-tokenizer"
@@ -184,6 +185,8 @@ class Tokenizer:
         p = Path(path)
         if not p.exists():
             raise DataError(f"{p}: no such tokenizer file or directory")
+        if p.is_file() and p.name.endswith(".tiktoken"):
+            return cls.from_tiktoken_file(p)
         meta: dict = {}
         if p.is_dir():
             if (p / "tokenizer.json").is_file():
@@ -209,6 +212,13 @@ class Tokenizer:
         tok._json = content.decode("utf-8")
         tok._hash = hashlib.sha256(content).hexdigest()
         return tok
+
+    @classmethod
+    def from_tiktoken_file(cls, path: str | Path, pattern: str | None = None) -> "Tokenizer":
+        """A local tiktoken encoding (`cl100k_base.tiktoken`, ...) as a byte-level BPE tokenizer
+        giving tiktoken's ids (`lmscale.tokenization.tiktoken_file`; extra `lmscale[tiktoken]`)."""
+        backend, meta = load_tiktoken_file(path, pattern=pattern)
+        return cls(backend, kind="bpe", meta=meta)
 
     @classmethod
     def from_gpt2_files(cls, vocab_file: str | Path, merges_file: str | Path) -> "Tokenizer":

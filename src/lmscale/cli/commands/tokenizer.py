@@ -17,18 +17,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--kind", required=True, choices=["bpe", "wordpiece", "unigram"])
     t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size including special tokens")
     t.add_argument("--input", nargs="+", required=True, metavar="FILE",
-                   help="text files (.txt, .txt.gz, .jsonl), directories, or a catalog corpus name (its train split)")
+                   help="corpus files (.txt, .jsonl, .json, .tsv, .parquet, optionally .gz/.zst), directories, "
+                        "or a catalog corpus name (its train split)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--lowercase", action="store_true")
     t.add_argument("--min-frequency", type=int, default=2, help="bpe/wordpiece: minimum pair/piece frequency")
     t.add_argument("--errors", choices=["strict", "replace"], default="strict",
                    help="undecodable bytes: fail naming the file and offset, or replace and count them")
+    t.add_argument("--text-field", default="text",
+                   help="field of JSON/Parquet/datasets records that holds the text (dotted path; default text)")
     t.add_argument("--json", action="store_true", help="machine-readable output")
+
+    eos = sub.add_parser("set-eos", help="choose a BPE tokenizer's end-of-text (document separator) token",
+                         description="Make TOKEN, already in the vocabulary, the end-of-text token that ends every "
+                                     "document in the token shards and stops generation (BPE tokenizers; "
+                                     "WordPiece uses [SEP] and Unigram </s>). tokenizer.json is unchanged; the "
+                                     "choice is saved in tokenizer_meta.json.")
+    eos.add_argument("tokenizer", help="tokenizer directory (tokenizer.json [+ tokenizer_meta.json])")
+    eos.add_argument("--token", required=True, help='e.g. "</s>"')
+    eos.add_argument("--json", action="store_true", help="machine-readable output")
 
     e = sub.add_parser("encode", help="print the tokens and ids of a text")
     e.add_argument("text")
     e.add_argument("--tokenizer", required=True,
-                   help="tokenizer dir, tokenizer.json, or GPT-2 vocab.json+merges.txt dir")
+                   help="tokenizer dir, tokenizer.json, GPT-2 vocab.json+merges.txt dir, or a .tiktoken file")
     e.add_argument("--special", action="store_true", help="add the family's special tokens ([CLS] ... [SEP], </s>)")
     e.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -46,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     x.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _train_inputs(inputs: list[str], errors: str):
+def _train_inputs(inputs: list[str], errors: str, text_field: str = "text"):
     from pathlib import Path
 
     from lmscale.data import catalog
@@ -59,7 +71,7 @@ def _train_inputs(inputs: list[str], errors: str):
             for doc in corpus.iter_documents("train"):
                 yield from doc.splitlines()
         else:
-            yield from iter_texts(item, errors=errors)
+            yield from iter_texts(item, errors=errors, text_field=text_field)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -75,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
         raise DataError(f"--vocab-size must be positive, got {args.vocab_size}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tok = train_tokenizer(args.kind, _train_inputs(args.input, args.errors), args.vocab_size,
+        tok = train_tokenizer(args.kind, _train_inputs(args.input, args.errors, args.text_field), args.vocab_size,
                               lowercase=args.lowercase, min_frequency=args.min_frequency,
                               show_progress=sys.stderr.isatty() and not args.json)
     tok.save(args.out)
@@ -133,5 +145,25 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_eos(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lmscale.errors import DataError
+    from lmscale.tokenization import Tokenizer
+
+    d = Path(args.tokenizer)
+    if not (d / "tokenizer.json").is_file():
+        raise DataError(f"{d}: not a tokenizer directory (no tokenizer.json)")
+    tok = Tokenizer.load(d)
+    tok.set_eos(args.token)
+    tok.save(d)
+    if args.json:
+        print(json.dumps({"tokenizer": str(d), "eos_token": args.token, "eos_id": tok.eos_id}))
+    else:
+        print(f"{d}: end-of-text token {args.token!r} (id {tok.eos_id}); shards made before are rebuilt "
+              f"by the next data prepare")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    return {"train": _train, "encode": _encode, "explain": _explain}[args.verb](args)
+    return {"train": _train, "encode": _encode, "explain": _explain, "set-eos": _set_eos}[args.verb](args)

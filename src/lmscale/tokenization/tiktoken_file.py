@@ -1,0 +1,119 @@
+"""A local tiktoken encoding file (`NAME.tiktoken`: one `base64(token bytes) rank` per line) as an
+lmscale BPE tokenizer (extra `lmscale[tiktoken]`).
+
+A `.tiktoken` file holds the ranks only. The split pattern and the special tokens come from
+tiktoken's own definition of the encoding when the file is named after one it knows
+(`cl100k_base.tiktoken`, `o200k_base.tiktoken`, `r50k_base.tiktoken`, `p50k_base.tiktoken`; nothing
+is downloaded), otherwise `pattern` (default: cl100k_base's) and `<|endoftext|>` after the last
+rank. The ranks become a byte-level BPE in the `tokenizers` library the way `transformers`
+converts tiktoken encodings: each token of rank r is the merge of the two lower-ranked tokens that
+make it up, and a pre-token that is itself in the vocabulary is never split (tiktoken's rule), so
+the ids are tiktoken's.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from tokenizers import Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as _Backend
+
+from lmscale.errors import DataError
+
+DEFAULT_EOS = "<|endoftext|>"
+
+
+def _tiktoken(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError("a .tiktoken encoding needs the tiktoken package: pip install 'lmscale[tiktoken]'") from None
+
+
+def known_encoding(name: str) -> tuple[str, dict[str, int]] | None:
+    """(split pattern, special tokens) of an encoding tiktoken defines, read from its definition
+    without fetching the ranks; None for a name it does not know."""
+    ext = _tiktoken("tiktoken_ext.openai_public")
+    ctor = getattr(ext, "ENCODING_CONSTRUCTORS", {}).get(name)
+    if ctor is None:
+        return None
+    real = ext.load_tiktoken_bpe
+    ext.load_tiktoken_bpe = lambda *a, **k: {}  # the definition, not its 100k ranks from the network
+    try:
+        spec = ctor()
+    except Exception:  # a definition that needs more than the ranks (gpt2's data-gym files)
+        return None
+    finally:
+        ext.load_tiktoken_bpe = real
+    return spec["pat_str"], dict(spec["special_tokens"])
+
+
+def _gpt2_bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """tiktoken ranks -> a byte-level BPE vocabulary and its merges in rank order."""
+    enc = _gpt2_bytes_to_unicode()
+
+    def s(b: bytes) -> str:
+        return "".join(enc[x] for x in b)
+
+    vocab = {s(t): r for t, r in ranks.items()}
+    merges: list[tuple[int, str, str, int, int]] = []
+    for token, rank in ranks.items():
+        if len(token) < 2:
+            continue
+        for i in range(1, len(token)):
+            a, b = token[:i], token[i:]
+            if a in ranks and b in ranks:
+                merges.append((rank, s(a), s(b), ranks[a], ranks[b]))
+    merges.sort(key=lambda m: (m[0], m[3], m[4]))
+    return vocab, [(a, b) for _, a, b, _, _ in merges]
+
+
+def load_tiktoken_file(path: str | Path, pattern: str | None = None,
+                       special_tokens: dict[str, int] | None = None) -> tuple[_Backend, dict]:
+    """A `tokenizers` backend for a `.tiktoken` file, and the meta to keep with it."""
+    p = Path(path)
+    load = _tiktoken("tiktoken.load")
+    try:
+        ranks = load.load_tiktoken_bpe(str(p))
+    except FileNotFoundError:
+        raise DataError(f"{p}: no such file") from None
+    except Exception as exc:  # base64 / format errors name no file
+        raise DataError(f"{p}: not a .tiktoken file ({exc})") from None
+    if not ranks:
+        raise DataError(f"{p}: no ranks")
+    known = known_encoding(p.name[: -len(".tiktoken")]) if p.name.endswith(".tiktoken") else None
+    if pattern is None:
+        pattern = known[0] if known else known_encoding("cl100k_base")[0]  # type: ignore[index]
+    if special_tokens is None:
+        special_tokens = known[1] if known else {DEFAULT_EOS: max(ranks.values()) + 1}
+    vocab, merges = vocab_and_merges(ranks)
+    backend = _Backend(models.BPE(vocab, merges, ignore_merges=True))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    if len(set(ranks.values())) != len(ranks) or max(ranks.values()) != len(ranks) - 1:
+        raise DataError(f"{p}: ranks are not 0..{len(ranks) - 1} without gaps")
+    by_id = {i: t for t, i in special_tokens.items()}
+    if min(by_id) < len(ranks):
+        raise DataError(f"{p}: special token ids must follow the ranks (>= {len(ranks)})")
+    # ids the encoding leaves unused between the ranks and its special tokens get placeholders,
+    # so every special token keeps the encoding's id
+    for i in range(len(ranks), max(by_id) + 1):
+        backend.add_special_tokens([by_id.get(i, f"<|unused_{i}|>")])
+    eos = DEFAULT_EOS if DEFAULT_EOS in special_tokens else min(special_tokens, key=special_tokens.get)
+    meta = {"source": f"tiktoken:{p.name}", "eos_token": eos}
+    return backend, meta
