@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -51,8 +53,29 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 def _positive(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name}={value!r} must be a positive number")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r} must be a positive (finite) number")
+
+
+def _finite(section: str, cfg: Any) -> None:
+    """Every float field of a config section is a finite number (NaN and infinities are refused)."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{section}.{f.name}={v!r} must be a finite number")
+
+
+def _in_range(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool = False,
+              hi_open: bool = False, allow_none: bool = False) -> None:
+    """`value` within [lo, hi] (an open end excluded); the message states the range."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        lo_s, hi_s = ("(" if lo_open else "[") + f"{lo:g}", ("inf)" if hi == math.inf else f"{hi:g}" + (
+            ")" if hi_open else "]"))
+        raise ConfigError(f"{name}={value!r} must be in {lo_s}, {hi_s}")
 
 
 @dataclass
@@ -102,6 +125,13 @@ class ModelConfig:
     decoder_start_token_id: Optional[int] = None  # encoder-decoder; default pad_token_id
 
     def __post_init__(self) -> None:
+        _finite("model", self)
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            _in_range(f"model.{name}", getattr(self, name), 0.0, lo_open=True)
+        for name in ("relative_buckets", "relative_max_distance"):
+            _in_range(f"model.{name}", getattr(self, name), 1)
+        _in_range("model.type_vocab_size", self.type_vocab_size, 0)
+        _in_range("model.pad_token_id", self.pad_token_id, 0)
         _choice("model.family", self.family, FAMILIES)
         _choice("model.position", self.position, POSITIONS)
         _choice("model.activation", self.activation, ACTIVATIONS)
@@ -330,6 +360,7 @@ class TokenizerConfig:
     def __post_init__(self) -> None:
         if self.kind is not None:
             _choice("tokenizer.kind", self.kind, TOKENIZER_KINDS)
+        _in_range("tokenizer.min_frequency", self.min_frequency, 0)
         _positive("tokenizer.vocab_size", self.vocab_size, allow_none=True)
 
 
@@ -343,7 +374,9 @@ class DataConfig:
     errors: str = "strict"  # strict | replace (undecodable bytes)
 
     def __post_init__(self) -> None:
+        _finite("data", self)
         _choice("data.errors", self.errors, ("strict", "replace"))
+        _in_range("data.split_seed", self.split_seed, 0)
         if not 0.0 < self.valid_fraction < 1.0:
             raise ConfigError(f"data.valid_fraction={self.valid_fraction} must be in (0, 1)")
 
@@ -361,8 +394,12 @@ class ObjectiveConfig:
     mean_noise_span_length: float = 3.0
 
     def __post_init__(self) -> None:
+        _finite("objective", self)
         if self.kind is not None:
             _choice("objective.kind", self.kind, ("mlm", "causal", "span"))
+        for name in ("mask_token_fraction", "random_token_fraction"):
+            _in_range(f"objective.{name}", getattr(self, name), 0.0, 1.0)
+        _in_range("objective.mean_noise_span_length", self.mean_noise_span_length, 1.0)
         for name in ("mlm_probability", "noise_density"):
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
@@ -372,6 +409,10 @@ class ObjectiveConfig:
                 "objective.mask_token_fraction + objective.random_token_fraction must be <= 1 "
                 f"(got {self.mask_token_fraction} + {self.random_token_fraction})"
             )
+
+
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+MAX_LR = 10.0  # an AdamW learning rate above this only diverges
 
 
 @dataclass
@@ -416,6 +457,21 @@ class TrainConfig:
     parallel: str = "ddp"  # ddp | fsdp (used when launched by torchrun)
 
     def __post_init__(self) -> None:
+        _finite("train", self)
+        if not isinstance(self.device, str) or not DEVICE_RE.fullmatch(self.device):
+            raise ConfigError(f"train.device={self.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+        _in_range("train.lr", self.lr, 0.0, MAX_LR, lo_open=True)
+        for name in ("min_lr_ratio", "warmup_fraction", "decay_fraction"):
+            _in_range(f"train.{name}", getattr(self, name), 0.0, 1.0)
+        for name in ("beta1", "beta2"):
+            _in_range(f"train.{name}", getattr(self, name), 0.0, 1.0, hi_open=True)
+        _in_range("train.eps", self.eps, 0.0, lo_open=True)
+        for name in ("weight_decay", "grad_clip", "eval_every", "eval_batches", "log_every", "checkpoint_every",
+                     "seed"):
+            _in_range(f"train.{name}", getattr(self, name), 0)
+        _in_range("train.warmup_steps", self.warmup_steps, 0, allow_none=True)
+        for name in ("keep_last", "max_bad_steps"):
+            _in_range(f"train.{name}", getattr(self, name), 1)
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.dtype", self.dtype, ("auto", "fp32", "bf16", "fp16"))
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
@@ -723,8 +779,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is a directory, not a YAML file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte offset {exc.start}); "
+                          "is it a YAML file?") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from lmscale import __version__
 from lmscale.errors import LmscaleError
@@ -38,8 +39,34 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class UsageError(SystemExit):
+    """A bad command line (exit code 2); `main` returns 2 for it instead of exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the flag (exit code 2), like every other lmscale error."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise UsageError(2)
+
+
+def _undecodable_argument(argv: list[str]) -> str | None:
+    """The message for the first argument that is not valid UTF-8 (bytes Python kept as surrogates)."""
+    for i, arg in enumerate(argv):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            where = f"the value of {argv[i - 1]}" if i and argv[i - 1].startswith("-") else f"argument {shown!r}"
+            if where.startswith("the value"):
+                where += f" ({shown!r})"
+            return f"{where} is not valid UTF-8 (byte offset {exc.start}); give text and file names in UTF-8"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lmscale",
         description="Tokenize, pretrain (BERT/GPT/T5), use, fine-tune and scale language models.",
     )
@@ -56,12 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    args, extra = parser.parse_known_args(argv)
-    if getattr(args, "command", None) is None:
-        parser.print_help()
+    bad = _undecodable_argument(argv)
+    if bad is not None:
+        command = argv[0] if argv and argv[0] in COMMANDS else ""
+        print(f"lmscale{' ' + command if command else ''}: error: {bad}", file=sys.stderr)
         return 2
-    if extra and not getattr(args, "_accepts_overrides", False):
-        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if getattr(args, "command", None) is None:
+            parser.print_help()
+            return 2
+        if extra and not getattr(args, "_accepts_overrides", False):
+            args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError:
+        return 2
     args._extra = extra
     try:
         return int(args._run(args) or 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -90,8 +91,46 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+NON_FINITE_KEY = "non_finite"
+
+
+def json_safe(obj: Any, where: str = "") -> tuple[Any, dict[str, str]]:
+    """`obj` with every NaN or infinite float replaced by None, and where each one was
+    (`{"params.E": "nan"}`): JSON has no NaN or Infinity, and a file that holds them is not JSON."""
+    found: dict[str, str] = {}
+
+    def walk(x: Any, path: str) -> Any:
+        if isinstance(x, bool) or x is None or isinstance(x, (str, int)):
+            return x
+        if isinstance(x, float):
+            f = float(x)
+            if math.isfinite(f):
+                return f
+            found[path or "."] = repr(f)
+            return None
+        if isinstance(x, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        if hasattr(x, "tolist") and callable(x.tolist):  # numpy scalars and arrays
+            return walk(x.tolist(), path)
+        return x
+
+    return walk(obj, where), found
+
+
+def dumps_json(obj: Any, indent: int | None = None, **kwargs: Any) -> str:
+    """`json.dumps` that never writes NaN or Infinity: such values become null, and a dict
+    document lists them under "non_finite" (path -> the value it was), so the reader knows why."""
+    clean, found = json_safe(obj)
+    if found and isinstance(clean, dict) and NON_FINITE_KEY not in clean:
+        clean[NON_FINITE_KEY] = found
+    return json.dumps(clean, indent=indent, allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+    """Write `obj` as JSON (NaN and infinities as null, see `dumps_json`), atomically."""
+    return atomic_write_text(path, dumps_json(obj, indent=indent, sort_keys=False) + "\n")
 
 
 @contextlib.contextmanager
@@ -119,3 +158,25 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def clean_stale_temporaries(directory: str | os.PathLike, subdirs: tuple[str, ...] = ("checkpoints",)) -> None:
+    """Remove what a killed writer left half-written in `directory` (and its `subdirs`): the
+    `.NAME.*.tmp` files and directories of `atomic_path` and `atomic_directory`, and put back a
+    directory that a kill took away between the two renames of `atomic_directory`'s swap. Call it
+    only while holding the directory's lock (`lmscale.io.locks`): nobody else is writing then."""
+    directory = Path(directory)
+    for parent in (directory, *(directory / s for s in subdirs)):
+        if not parent.is_dir():
+            continue
+        for p in parent.glob(".*.tmp"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        for old in parent.glob(".*.old"):
+            target = old.with_name(old.name[1:-4])
+            if old.is_dir() and not target.exists():
+                os.replace(old, target)  # killed between the two renames of an atomic directory swap
+            else:
+                shutil.rmtree(old, ignore_errors=True)

@@ -369,19 +369,30 @@ def is_hf_dir(path: str | Path) -> bool:
     return isinstance(data, dict) and "model_type" in data and data.get("format") != FORMAT
 
 
+def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """One weights file, or a `CheckpointError` naming it (truncated, not safetensors, ...)."""
+    try:
+        if path.suffix == ".bin":
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(str(path))
+    except Exception as exc:  # safetensors' and torch's errors for a damaged or foreign file
+        raise CheckpointError(f"{path}: cannot read the weights ({type(exc).__name__}: {exc}); "
+                              "the file is damaged or incomplete") from None
+
+
 def _read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
     st = d / "model.safetensors"
     if st.is_file():
-        return load_file(str(st))
+        return _load_weights_file(st)
     shards = sorted(d.glob("model-*-of-*.safetensors"))
     if shards:
         out: dict[str, torch.Tensor] = {}
         for s in shards:
-            out.update(load_file(str(s)))
+            out.update(_load_weights_file(s))
         return out
     pt = d / "pytorch_model.bin"
     if pt.is_file():
-        return torch.load(pt, map_location="cpu", weights_only=True)
+        return _load_weights_file(pt)
     raise CheckpointError(f"{d}: no model.safetensors or pytorch_model.bin")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,10 @@ from lmscale.data.objectives import Objective, example_rngs, make_objective
 from lmscale.data.prepare import SHARD_DIR, TOKENIZER_DIR, prepare_shards, prepare_tokenizer
 from lmscale.data.sampler import WindowSampler, validation_windows
 from lmscale.data.shards import TokenDataset
-from lmscale.errors import LmscaleError
+from lmscale.errors import CheckpointError, LmscaleError
+from lmscale.io import clean_stale_temporaries
+from lmscale.io.locks import LOCK_FILE, DirectoryLock
+from lmscale.io.outputs import MARKER, OutputError, check_output_dir, mark_output_dir
 from lmscale.tokenization import Tokenizer
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
@@ -39,9 +43,12 @@ from lmscale.training.checkpoint import RunState
 from lmscale.training.engine import Engine, build_engine, compute_loss, sync
 from lmscale.training.metrics import training_flops_per_token
 from lmscale.training.optim import schedule_steps
-from lmscale.training.rundir import CONFIG_FILE, save_run_config
+from lmscale.training.rundir import CONFIG_FILE, SUMMARY_FILE, save_run_config
 
 _ABSOLUTE_POSITIONS = ("learned", "sinusoidal", "rope")
+# what a run directory holds: a directory of only these (and temporaries) is one lmscale wrote
+RUN_DIR_ENTRIES = frozenset({CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "checkpoints", TOKENIZER_DIR, SHARD_DIR,
+                             "tensorboard", LOCK_FILE, MARKER})
 
 
 @dataclass
@@ -66,6 +73,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     """Check, prepare and build everything a run of `cfg` needs (continuing its newest checkpoint
     when `resume`; a pickled state of an older checkpoint in full only when `trust_checkpoint`);
     every process calls it."""
+    cfg = with_absolute_paths(cfg)
     run_dir = _checked_run_dir(cfg, info)
     tc = cfg.train
     micro, accum = _batching(tc, info)
@@ -78,10 +86,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     sampler = WindowSampler(train_ds, raw_len, tc.batch_size, tc.seed, rank=info.rank, world_size=info.world_size)
     val_batches, bytes_per_token = _validation(valid_ds, objective, raw_len, tc, micro, info)
 
-    checkpoint = ckpt.latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None and info.is_main:
-        print(f"lmscale pretrain: no checkpoint in {run_dir}; starting from step 0", flush=True)
-    resume_state = ckpt.load_trainer_state(checkpoint, trust=trust_checkpoint) if checkpoint is not None else None
+    checkpoint, resume_state = _resume_point(run_dir, info, trust_checkpoint) if resume else (None, None)
     engine = build_engine(cfg, info, checkpoint)
     batches = StepBatches(sampler, objective, tc.seed, micro, accum, info.rank,
                           pin_memory=engine.device.type == "cuda")
@@ -96,6 +101,92 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
         state = RunState(total_steps=total_steps, budget=budget)
     return Run(cfg, info, run_dir, tokenizer, engine, batches, val_batches, bytes_per_token, state,
                resumed=resume_state is not None, step_time_estimate=step_time, flops_per_token=flops_per_token)
+
+
+def looks_like_run_dir(path: Path) -> bool:
+    """A directory with a run's config.yaml and nothing but what runs write (a run directory
+    written before run directories carried the output marker)."""
+    names = [e.name for e in path.iterdir()]
+    return (path / CONFIG_FILE).is_file() and all(
+        n in RUN_DIR_ENTRIES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
+
+
+def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
+                 overwrite: bool = False) -> Optional[DirectoryLock]:
+    """Check that the run directory may be written and take its lock (the first process holds it
+    for the run's life; the caller releases it). A fresh run refuses a file, or a non-empty
+    directory that is not a run directory, unless `overwrite`; a second writer of the same run
+    directory is refused while the first lives. Temporaries that a killed run left are removed."""
+    if cfg.out is None:
+        raise ConfigError("no run directory: set --out RUN_DIR (or `out:` in the config file)")
+    run_dir = Path(cfg.out)
+    lock, error = None, None
+    if info.is_main:
+        try:
+            if not resume:
+                try:
+                    check_output_dir(run_dir, "--out", overwrite=overwrite, ours=looks_like_run_dir)
+                except OutputError as exc:
+                    raise ConfigError(f"cannot write to the run directory: {exc}") from None
+            problem = ckpt.is_writable_dir(run_dir)
+            if problem:
+                raise ConfigError(f"cannot write to the run directory {run_dir} ({problem}); choose another --out")
+            lock = DirectoryLock(run_dir, "run directory").acquire()
+            mark_output_dir(run_dir, "run")
+            clean_stale_temporaries(run_dir)
+        except LmscaleError as exc:
+            if lock is not None:
+                lock.release()
+            error = str(exc)
+    error = dist_util.broadcast_object(error, info)
+    if error:
+        raise ConfigError(error)
+    return lock
+
+
+def with_absolute_paths(cfg: RunConfig) -> RunConfig:
+    """`cfg` with its local paths (corpus file or directory, tokenizer, shards, run directory)
+    made absolute, so that the config a run directory keeps resumes from any working directory."""
+    d = cfg.data
+    fields = {}
+    for key in ("corpus", "tokenizer", "shards"):
+        value = getattr(d, key)
+        # a catalog name (wikitext-2) stays a name; a path that exists, or a tokenizer/shards path, is resolved
+        if value is not None and (key != "corpus" or Path(value).exists()):
+            fields[key] = str(Path(value).expanduser().absolute())
+    out = str(Path(cfg.out).expanduser().absolute()) if cfg.out is not None else None
+    if not fields and out == cfg.out:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, **fields), out=out)
+
+
+def _resume_point(run_dir: Path, info: dist_util.DistInfo, trust: bool,
+                  ) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+    """The newest complete checkpoint that reads back, and its trainer state; an unreadable one
+    (a truncated file) is skipped for the one before it, saying so."""
+    found = ckpt.list_checkpoints(run_dir)
+    if not found:
+        if info.is_main:
+            print(f"lmscale pretrain: no checkpoint in {run_dir}; starting from step 0", flush=True)
+        return None, None
+    problems = []
+    for _, path in reversed(found):
+        problem = ckpt.checkpoint_problem(path)
+        if problem is None:
+            try:
+                state = ckpt.load_trainer_state(path, trust=trust)
+            except CheckpointError as exc:
+                if ckpt.LEGACY_STATE_FILE in str(exc):  # a pickled state refused: the user decides
+                    raise
+                problem = str(exc)
+        if problem is None:
+            if problems and info.is_main:
+                print(f"lmscale pretrain: warning: {'; '.join(problems)}; resuming from {path.name}",
+                      file=sys.stderr, flush=True)
+            return path, state
+        problems.append(f"checkpoint {path.name} is unreadable ({problem})")
+    raise ConfigError(f"{run_dir}: no checkpoint reads back ({'; '.join(problems)}); start the run again "
+                      "without --resume")
 
 
 def _checked_run_dir(cfg: RunConfig, info: dist_util.DistInfo) -> Path:

@@ -153,6 +153,43 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def safetensors_problem(path: Path) -> Optional[str]:
+    """None when `path` is a complete safetensors file (its header parses and its size is the
+    header's plus the tensors' bytes), else what is wrong; reads only the header."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return f"{path.name} is truncated"
+            header = json.loads(fh.read(n))
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{path.name} is not a safetensors file ({exc})"
+    if not isinstance(header, dict):
+        return f"{path.name} is not a safetensors file"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return f"{path.name} has a malformed header"
+    if 8 + n + end != size:
+        return f"{path.name} is truncated ({size} bytes, its header describes {8 + n + end})"
+    return None
+
+
+def checkpoint_problem(ckpt_dir: str | Path) -> Optional[str]:
+    """None when a step checkpoint's files are complete (weights and trainer state), else why not."""
+    d = Path(ckpt_dir)
+    problem = safetensors_problem(d / WEIGHTS_FILE)
+    if problem is None and (d / STATE_FILE).is_file() and (d / STATE_TENSORS).is_file():
+        problem = safetensors_problem(d / STATE_TENSORS)
+    return problem
+
+
 def clear_checkpoints(run_dir: str | Path) -> None:
     """Remove step checkpoints and `best` (a fresh run that reuses a run directory)."""
     ck = Path(run_dir) / "checkpoints"

@@ -38,7 +38,7 @@ from lmscale.errors import LmscaleError
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
 from lmscale.training.batches import to_device
-from lmscale.training.build import Run, build_run
+from lmscale.training.build import Run, build_run, open_run_dir
 from lmscale.training.checkpoint import RunState
 from lmscale.training.engine import compute_loss, sync
 from lmscale.training.metrics import MetricsLogger, Progress, cpu_has_native_bf16, peak_flops
@@ -49,15 +49,19 @@ _HINTS: dict[str, bool] = {}  # one-time suggestions already shown in this proce
 
 
 def pretrain(run_config: RunConfig, resume: bool = False, progress: bool = True,
-             trust_checkpoint: bool = False) -> dict[str, Any]:
+             trust_checkpoint: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train as `run_config` says (or continue its run dir when `resume`); returns the summary.
     `trust_checkpoint` lets a resume unpickle an older checkpoint's trainer state in full.
 
-    Problems found before the first step raise `ConfigError` with what to change; a run that stops
-    on repeated non-finite steps returns a summary with status "failed" and the reason.
+    The run directory is locked for the run's life (a second writer is refused); a fresh run
+    refuses a non-empty directory that is not a run directory unless `overwrite`. Problems found
+    before the first step raise `ConfigError` with what to change; a run that stops on repeated
+    non-finite steps returns a summary with status "failed" and the reason.
     """
     info = dist_util.init_distributed(run_config.train.device)
+    lock = None
     try:
+        lock = open_run_dir(run_config, info, resume=resume, overwrite=overwrite)
         try:
             run = build_run(run_config, info, resume=resume, trust_checkpoint=trust_checkpoint)
         except LmscaleError as exc:
@@ -66,6 +70,8 @@ def pretrain(run_config: RunConfig, resume: bool = False, progress: bool = True,
             raise
         return Trainer(run, MetricsLogger(run.run_dir, enabled=info.is_main), progress=progress).run()
     finally:
+        if lock is not None:
+            lock.release()
         dist_util.shutdown(info)
 
 

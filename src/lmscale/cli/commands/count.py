@@ -27,8 +27,14 @@ def load_model_config(target: str, overrides: dict | None = None):
     published = None
     if path.is_dir() and (path / "config.json").is_file():
         path = path / "config.json"  # a saved model directory
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ConfigError(f"{target} is a directory without config.json: not a model directory or a config file")
     if path.exists() and path.is_file():
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte offset {exc.start}); "
+                              "is it a YAML or JSON file?") from None
         import yaml
 
         try:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 
@@ -47,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="resume an older checkpoint whose pickled trainer_state.pt needs the full unpickler "
                         "(it can run code from the file: only for run directories you trust)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run in --out even when it is a non-empty directory that is not a run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
     p.add_argument("--print-config", action="store_true",
@@ -65,6 +66,38 @@ def _shortcut_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+# what a resumed run may change: where it runs and what it records, never what it trains
+RESUME_MAY_CHANGE = ("out", "data.corpus", "data.tokenizer", "data.shards", "train.device", "train.dtype",
+                     "train.compile", "train.parallel", "train.log_every", "train.eval_every",
+                     "train.checkpoint_every", "train.keep_last", "train.max_bad_steps", "train.time_cap_s")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k in ("model", "tokenizer", "data", "objective", "train"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_overrides(saved, cfg) -> None:
+    """A resumed run continues its own schedule and model exactly: overrides that would change
+    them (a longer --max-steps, another learning rate, ...) are refused instead of half applied."""
+    from lmscale.config import ConfigError, to_dict
+
+    before, after = _flat(to_dict(saved)), _flat(to_dict(cfg))
+    changed = [k for k in after if k not in RESUME_MAY_CHANGE and after[k] != before.get(k)]
+    if changed:
+        k = changed[0]
+        flag = "--max-steps" if k == "train.max_steps" else f"--{k}"
+        raise ConfigError(
+            f"{flag} {after[k]}: --resume continues the run exactly, with its own {k}={before.get(k)} "
+            f"(and schedule); start a new run with --out NEW_DIR to train with another one. A resume may "
+            f"change only {', '.join(RESUME_MAY_CHANGE)}")
+
+
 def run(args: argparse.Namespace) -> int:
     from lmscale.config import ConfigError, apply_overrides, load_run_config, parse_override_args
 
@@ -76,9 +109,10 @@ def run(args: argparse.Namespace) -> int:
 
         if args.config or args.preset:
             raise ConfigError("--resume continues a run with its own config; drop --config/--preset")
-        cfg = load_run_dir_config(args.resume)
+        saved = load_run_dir_config(args.resume)
         overrides["out"] = args.resume
-        cfg = apply_overrides(cfg, overrides)
+        cfg = apply_overrides(saved, overrides)
+        check_resume_overrides(saved, cfg)
     else:
         if not args.config and not args.preset:
             raise ConfigError("give --config FILE.yaml or --preset NAME (see `lmscale presets`), or --resume RUN_DIR")
@@ -91,14 +125,15 @@ def run(args: argparse.Namespace) -> int:
     if cfg.out is None:
         raise ConfigError("no run directory: add --out RUN_DIR")
 
+    from lmscale.io import dumps_json
     from lmscale.training.distributed import launch_rank
     from lmscale.training.loop import pretrain
 
     summary = pretrain(cfg, resume=resume, progress=not (args.no_progress or args.json),
-                       trust_checkpoint=args.trust_checkpoint)
+                       trust_checkpoint=args.trust_checkpoint, overwrite=args.overwrite)
     if launch_rank() == 0:  # under torchrun only the first process prints
         if args.json:
-            print(json.dumps(summary))
+            print(dumps_json(summary))
         else:
             print(f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
                   f"val_loss {summary['final_val_loss']}, run dir {cfg.out}")

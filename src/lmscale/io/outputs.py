@@ -1,0 +1,102 @@
+"""Where a command may write: output paths are checked before any work starts.
+
+A command never deletes or replaces what lmscale did not write. An output directory must be
+missing, empty, or one lmscale wrote (it holds the `.lmscale` marker, or the caller recognises its
+layout); a non-empty directory of anything else, or a file where a directory is asked for, is
+refused unless the user passes `--overwrite`. An output file may replace a file lmscale wrote in
+that format, never a directory, and never another file without `--overwrite`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+from lmscale.errors import LmscaleError
+from lmscale.io import atomic_write_text
+
+MARKER = ".lmscale"  # in every output directory lmscale writes: {"written_by": "lmscale", "kind": ...}
+# sniffed from the start of an existing file: formats lmscale writes as single files
+FILE_KINDS = ("json", "jsonl", "html", "csv", "yaml")
+
+
+class OutputError(LmscaleError):
+    """An output path the command may not write to (a file, a foreign directory, ...)."""
+
+
+def _check_ancestors(p: Path, flag: str) -> None:
+    for anc in p.parents:
+        if anc.exists():
+            if not anc.is_dir():
+                raise OutputError(f"{flag} {p}: {anc} is a file, so no directory can be made there; "
+                                  f"choose another {flag}")
+            return
+
+
+def is_marked(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory lmscale wrote (it holds the marker)."""
+    return (Path(path) / MARKER).is_file()
+
+
+def mark_output_dir(path: str | os.PathLike, kind: str) -> None:
+    """Put the marker in `path` (created if missing): lmscale wrote this directory."""
+    p = Path(path)
+    if not (p / MARKER).is_file():
+        atomic_write_text(p / MARKER, json.dumps({"written_by": "lmscale", "kind": kind}) + "\n")
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out", overwrite: bool = False,
+                     ours: Optional[Callable[[Path], bool]] = None) -> Path:
+    """Refuse `path` as an output directory when it is a file, or a non-empty directory that lmscale
+    did not write (no marker, and `ours(path)` is not true), unless `overwrite`."""
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise OutputError(f"{flag} {p}: a dangling symbolic link; choose another {flag}")
+    if p.exists():
+        if not p.is_dir():
+            raise OutputError(f"{flag} {p}: is a file, not a directory; choose another {flag} "
+                              "(lmscale never replaces a file by a directory)")
+        entries = sorted(e.name for e in p.iterdir())
+        if entries and not overwrite and not is_marked(p) and not (ours is not None and ours(p)):
+            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            raise OutputError(f"{flag} {p}: a non-empty directory that lmscale did not write (holds {shown}); "
+                              f"choose another {flag}, or pass --overwrite to write there anyway")
+    else:
+        _check_ancestors(p, flag)
+    return p
+
+
+def _sniff(path: Path, kind: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    if not head.strip():
+        return True  # an empty file holds nothing to lose
+    text = head.decode("utf-8", "replace").lstrip()
+    if kind in ("json", "jsonl"):
+        return text[:1] in ("{", "[")
+    if kind == "html":
+        return text[:1] == "<" and "lmscale" in text.lower()
+    if kind == "csv":
+        return text.startswith("run_id,")
+    if kind == "yaml":
+        return True
+    raise ValueError(f"unknown file kind {kind!r}; one of {', '.join(FILE_KINDS)}")
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out", kind: str = "json",
+                      overwrite: bool = False) -> Path:
+    """Refuse `path` as an output file when it is a directory, lies under a file, or is an existing
+    file that does not look like one lmscale writes as `kind` (json, jsonl, html, csv), unless
+    `overwrite`."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{flag} {p}: is a directory; name a file to write")
+    _check_ancestors(p, flag)
+    if p.exists() and not overwrite and not _sniff(p, kind):
+        raise OutputError(f"{flag} {p}: an existing file that lmscale did not write (not {kind}); "
+                          f"choose another {flag}, or pass --overwrite to replace it")
+    return p
