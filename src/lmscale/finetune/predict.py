@@ -1,4 +1,8 @@
-"""Predictions for new inputs from a fine-tuned model (the `lmscale predict` library side)."""
+"""Predictions for new inputs from a fine-tuned model (the `lmscale predict` library side).
+
+Every prediction carries where its input came from: `row` (1-based among the inputs) and, for a
+file, `line` (the line of the file), so predictions can always be joined back to their inputs.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +14,7 @@ from lmscale.finetune.tasks import Example, TaskSpec, read_inputs
 def predict_texts(model, texts: Sequence[str], text_pair: Optional[str] = None,
                   batch_size: int = 128) -> tuple[list[Example], list[dict[str, Any]]]:
     exs = [Example(" ".join(t.split()), text_pair, source="<argv>", line=i + 1) for i, t in enumerate(texts)]
-    return exs, model.predict(exs, batch_size)
+    return exs, [{"row": i + 1, **r} for i, r in enumerate(model.predict(exs, batch_size))]
 
 
 def predict_file(model, path: str | Path, text_column: Optional[str] = None,
@@ -27,4 +31,5 @@ def predict_file(model, path: str | Path, text_column: Optional[str] = None,
         format=fmt,
     )
     exs = read_inputs(path, spec)
-    return exs, model.predict(exs, batch_size)
+    rows = model.predict(exs, batch_size)
+    return exs, [{"row": i + 1, "line": ex.line, **r} for i, (ex, r) in enumerate(zip(exs, rows))]

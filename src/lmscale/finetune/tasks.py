@@ -144,10 +144,26 @@ def iter_rows(path: str | os.PathLike, fmt: Optional[str] = None) -> Iterator[tu
                 raise DataError(f"{path}:{i}: each JSONL line must be an object with named fields")
             yield i, obj
         return
+    # fields may be quoted (some TSV exports quote), but an example is one line: a quoted field that
+    # runs over several lines (an unbalanced quote swallowing the rows after it) is an error naming
+    # the line, never silently fewer rows
     reader = csv.reader(text.splitlines(keepends=True), delimiter="\t" if fmt == "tsv" else ",")
     header: Optional[list[str]] = None
-    for row in reader:
+    previous = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: not readable as {fmt.upper()} ({exc})") from None
         line = reader.line_num
+        first, previous = previous + 1, line
+        if line != first:
+            raise DataError(
+                f"{path}:{first}: a quoted field runs from line {first} to line {line} (an unbalanced "
+                "quote?); each example must be on one line: close or remove the quote"
+            )
         if header is None:
             header = [h.strip() for h in row]
             if not any(header):
@@ -233,6 +249,28 @@ def _sort_labels(labels: Iterable[str]) -> list[str]:
         return sorted(labels)
 
 
+RARE_LABEL_SHARE = 0.01  # a training label rarer than this is taken for a typo unless --labels lists it
+
+
+def _check_rare_labels(train: list[Example], spec: TaskSpec) -> None:
+    """A label in under 1% of the training rows is more likely a stray value than a class: it is an
+    error unless the label set is given (`--labels`), so it never silently becomes a class."""
+    if spec.labels:
+        return
+    counts: dict[str, list[Example]] = {}
+    for ex in train:
+        counts.setdefault(ex.label, []).append(ex)
+    n = len(train)
+    for label, exs in sorted(counts.items(), key=lambda kv: len(kv[1])):
+        if len(exs) / n < RARE_LABEL_SHARE:
+            seen = ",".join(_sort_labels(counts))
+            raise DataError(
+                f"{exs[0].where}: label {label!r} is in only {len(exs)} of {n} training rows (under 1%); "
+                f"fix the row if it is a stray value, or, if it is a real class, list the labels with "
+                f"--labels {seen}"
+            )
+
+
 def _index_labels(examples: list[Example], labels: list[str], split: str, spec: TaskSpec) -> None:
     index = {label: i for i, label in enumerate(labels)}
     for ex in examples:
@@ -248,9 +286,10 @@ def _index_labels(examples: list[Example], labels: list[str], split: str, spec: 
             ex.label = k
             continue
         if ex.label not in index:
+            given = "is not in --labels" if spec.labels else "was not seen in training"
             raise DataError(
-                f"{ex.where}: label {ex.label!r} in the {split} split was not seen in training "
-                f"(labels: {', '.join(labels)})"
+                f"{ex.where}: label {ex.label!r} in the {split} split {given} "
+                f"(labels: {', '.join(labels)}); fix the row, or list every label with --labels"
             )
         ex.label = index[ex.label]
 
@@ -321,6 +360,7 @@ def load_task(
         if spec.choice_columns:
             labels = [str(i) for i in range(len(spec.choice_columns))]
         else:
+            _check_rare_labels(splits["train"], spec)
             labels = list(spec.labels) if spec.labels else _sort_labels(ex.label for ex in splits["train"])
             if len(labels) < 2:
                 raise DataError(

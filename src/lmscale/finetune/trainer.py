@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer as Backend
 from torch import nn
@@ -34,6 +35,16 @@ from lmscale.tokenization import Tokenizer
 from lmscale.training.optim import adamw, lr_at, parameter_groups
 
 FORMAT = "lmscale-finetune"
+
+
+FINETUNE_DIR_ENTRIES = frozenset({"best", "metrics.jsonl", "results.json", ".lmscale", ".lock"})
+
+
+def looks_like_finetune_dir(path: Path) -> bool:
+    """A fine-tuning run directory (written before run directories carried the output marker)."""
+    names = [e.name for e in Path(path).iterdir()]
+    recognised = (Path(path) / "results.json").is_file() or (Path(path) / "best" / "finetune.json").is_file()
+    return recognised and all(n in FINETUNE_DIR_ENTRIES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
 
 
 @dataclass
@@ -70,11 +81,26 @@ class FinetuneConfig:
             raise ConfigError(f"mode {self.mode!r} must be auto, head or text-to-text")
         if self.padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side {self.padding_side!r} must be left or right")
-        for name in ("max_length", "batch_size", "eval_batch_size", "epochs", "lr"):
-            if getattr(self, name) <= 0:
+        for name in ("lr", "weight_decay", "warmup_fraction", "grad_clip", "dropout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name}={v!r} must be a finite number")
+        for name in ("max_length", "max_target_length", "batch_size", "eval_batch_size", "epochs", "lr"):
+            if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        for name in ("max_steps", "eval_every", "train_examples"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{name}={v} must be positive (or unset)")
+        for name in ("min_steps", "weight_decay", "grad_clip", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
+        if self.patience is not None and self.patience < 0:
+            raise ConfigError(f"patience={self.patience} must not be negative")
         if not 0.0 <= self.warmup_fraction <= 1.0:
             raise ConfigError(f"warmup_fraction={self.warmup_fraction} must be between 0 and 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
@@ -337,14 +363,23 @@ class FinetunedModel(nn.Module):
         if not meta_file.is_file():
             raise CheckpointError(f"{path}: not a fine-tuned model (no finetune.json; "
                                   "expected a fine-tuning run directory or its best/ directory)")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{meta_file}: unknown format {meta.get('format')!r}")
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{meta_file}: not a readable fine-tuning record ({exc}); the file is "
+                                  "damaged: fine-tune again") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise CheckpointError(f"{meta_file}: unknown format {found!r}")
         meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
         body, tok = load_model_dir(path / "model", device=device)
         model = cls(body, tok, meta)
         if isinstance(model.net, SequenceHead):
-            state = load_file(str(path / "head.safetensors"))
+            try:
+                state = load_file(str(path / "head.safetensors"))
+            except (OSError, SafetensorError) as exc:
+                raise CheckpointError(f"{path / 'head.safetensors'}: cannot read the task head ({exc}); the "
+                                      "file is damaged: fine-tune again") from None
             try:
                 model.net.head.load_state_dict(state)
             except RuntimeError as exc:

@@ -4,6 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmscale.cli.argtypes import (
+    device,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
+
 HELP = "fine-tune a checkpoint (or a randomly initialised preset) on a labelled task"
 DESCRIPTION = (
     "Fine-tune on GLUE-style TSV/CSV/JSONL tasks: a head on [CLS]/mean (encoders), on the last "
@@ -49,8 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", help="model dir, run dir or transformers dir to start from")
     p.add_argument("--preset", help="random initialisation from a preset instead of a checkpoint")
     p.add_argument("--tokenizer", help="tokenizer for --preset (default: trained on the training texts)")
-    p.add_argument("--tokenizer-vocab-size", type=int, default=4096, help="vocab when training one for --preset")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--tokenizer-vocab-size", type=positive_int, default=4096,
+                   help="vocab when training one for --preset")
+    p.add_argument("--out", required=True, help="run directory (best/, metrics.jsonl, results.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even when it is a non-empty directory lmscale did not write")
     add_task_arguments(p)
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--mode", default="auto", choices=("auto", "head", "text-to-text"))
@@ -59,23 +72,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symmetric", action="store_true", help="decoders: similarity (both orders) for pairs")
     g.add_argument("--padding-side", default="right", choices=("left", "right"))
     g.add_argument("--label-words", default=None, help="text-to-text targets per class, comma-separated")
-    g.add_argument("--max-length", type=int, default=64, help="tokens per input; longer ones are truncated and counted")
-    g.add_argument("--max-target-length", type=int, default=16, help="text-to-text target tokens")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--epochs", type=int, default=3)
-    g.add_argument("--min-steps", type=int, default=0)
-    g.add_argument("--max-steps", type=int, default=None)
-    g.add_argument("--lr", type=float, default=1e-4)
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--warmup-fraction", type=float, default=0.1)
-    g.add_argument("--dropout", type=float, default=0.1)
-    g.add_argument("--patience", type=int, default=3, help="evaluations without improvement (0 = never stop early)")
+    g.add_argument("--max-length", type=positive_int, default=64,
+                   help="tokens per input; longer ones are truncated and counted")
+    g.add_argument("--max-target-length", type=positive_int, default=16, help="text-to-text target tokens")
+    g.add_argument("--batch-size", type=positive_int, default=32)
+    g.add_argument("--epochs", type=positive_int, default=3)
+    g.add_argument("--min-steps", type=nonnegative_int, default=0)
+    g.add_argument("--max-steps", type=positive_int, default=None)
+    g.add_argument("--lr", type=positive_float, default=1e-4)
+    g.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
+    g.add_argument("--warmup-fraction", type=unit_interval, default=0.1)
+    g.add_argument("--dropout", type=fraction, default=0.1)
+    g.add_argument("--patience", type=nonnegative_int, default=3,
+                   help="evaluations without improvement (0 = never stop early)")
     g.add_argument("--metric", default=None, help="dev metric for the best checkpoint")
-    g.add_argument("--train-examples", type=int, default=None, help="random subset of the training split")
-    g.add_argument("--mixing-cap", type=int, default=None, help="mixture: examples-proportional cap K")
-    g.add_argument("--mixture-size", type=int, default=None, help="mixture: examples drawn per epoch")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--train-examples", type=positive_int, default=None, help="random subset of the training split")
+    g.add_argument("--mixing-cap", type=positive_int, default=None, help="mixture: examples-proportional cap K")
+    g.add_argument("--mixture-size", type=positive_int, default=None, help="mixture: examples drawn per epoch")
+    g.add_argument("--seed", type=nonnegative_int, default=0)
+    g.add_argument("--device", type=device, default="cpu")
     p.add_argument("--json", action="store_true", help="print results.json only")
     p.set_defaults(_accepts_overrides=True)
 
@@ -99,11 +114,15 @@ def run(args: argparse.Namespace) -> int:
     from lmscale.errors import LmscaleError
     from lmscale.finetune.api import load_body, mixture_task
     from lmscale.finetune.tasks import load_task
-    from lmscale.finetune.trainer import FinetuneConfig, finetune
+    from lmscale.finetune.trainer import FinetuneConfig, finetune, looks_like_finetune_dir
+    from lmscale.io.locks import DirectoryLock
+    from lmscale.io.outputs import check_output_dir, mark_output_dir
 
     overrides = parse_override_args(_reclaim_override_value(args))
     if bool(args.checkpoint) == bool(args.preset):
         raise LmscaleError("give a checkpoint or --preset NAME (random initialisation), not both or neither")
+    # before any work: a fine-tuning run never writes into a file or a directory of something else
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, ours=looks_like_finetune_dir)
     if overrides and not args.preset:
         raise LmscaleError("--model.* overrides apply to --preset only (a checkpoint fixes the architecture)")
     spec = task_spec(args)
@@ -147,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
             loss = loss if loss is None else round(loss, 4)
             print(f"epoch {rec['epoch']:3d} step {rec['step']:6d} loss {loss} | dev {dev}")
 
-    results = finetune(body, tok, task, cfg, out_dir=args.out, log=log)
+    with DirectoryLock(args.out, "fine-tuning run directory"):
+        mark_output_dir(args.out, "finetune")
+        results = finetune(body, tok, task, cfg, out_dir=args.out, log=log)
     results.pop("model", None)
     if args.json:
         print(json.dumps({k: results[k] for k in ("dev", "test") if k in results} | {

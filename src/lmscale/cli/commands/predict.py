@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from lmscale.cli.argtypes import positive_int
 
 HELP = "predict labels / scores / outputs with a fine-tuned model"
 DESCRIPTION = (
@@ -19,8 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", default=None)
     p.add_argument("--text-pair-column", default=None)
     p.add_argument("--format", default=None, choices=("tsv", "csv", "jsonl"))
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--out", default=None, help="write predictions as JSONL here")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--out", default=None, help="write predictions as JSONL here (each with its input row and line)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if lmscale did not write it")
     p.add_argument("--json", action="store_true", help="print a JSON list")
 
 
@@ -28,11 +30,14 @@ def run(args: argparse.Namespace) -> int:
     from lmscale.errors import LmscaleError
     from lmscale.finetune.predict import predict_file, predict_texts
     from lmscale.finetune.trainer import FinetunedModel
-    from lmscale.io import atomic_write_text
+    from lmscale.io import atomic_write_text, dumps_json
+    from lmscale.io.outputs import check_output_file
 
-    model = FinetunedModel.load(args.model)
     if args.input and args.text:
         raise LmscaleError("give texts or --input FILE, not both")
+    if args.out:
+        check_output_file(args.out, "--out", kind="jsonl", overwrite=args.overwrite)
+    model = FinetunedModel.load(args.model)
     if args.input:
         inputs, rows = predict_file(model, args.input, text_column=args.text_column,
                                     text_pair_column=args.text_pair_column, fmt=args.format,
@@ -44,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise LmscaleError("nothing to predict: give texts or --input FILE")
     if args.out:
-        atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(args.out, "".join(dumps_json(r) + "\n" for r in rows))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
         return 0
     for ex, r in zip(inputs, rows):
         text = ex.text if ex.text_pair is None else f"{ex.text} ||| {ex.text_pair}"
