@@ -21,6 +21,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from lmscale.errors import LmscaleError
+from lmscale.scaling.identify import allocation_warning, identification
 from lmscale.scaling.laws import DataConstrainedLaw
 
 CHINCHILLA_KEYS = ("E", "A", "B", "alpha", "beta")
@@ -38,9 +39,9 @@ def _params(law_or_params: Any) -> dict[str, float]:
     return out
 
 
-def _budget(C: float) -> float:
+def _budget(C: float, name: str = "flops") -> float:
     if C is None or not isinstance(C, (int, float)) or not math.isfinite(C) or C <= 0:
-        raise LmscaleError(f"flops={C!r} must be a positive number")
+        raise LmscaleError(f"{name}={C!r} must be a positive number")
     return float(C)
 
 
@@ -96,7 +97,9 @@ def compute_optimal(law_or_params: Any, C: float, level: float = 0.95) -> dict[s
     """N_opt, D_opt, tokens/param and predicted loss at budget C: closed form, numeric, intervals.
 
     Accepts a fitted `ChinchillaLaw`, its `to_dict()` (a fit JSON), or a parameter dict.
-    Intervals come from the bootstrap samples when the law carries them.
+    Intervals come from the bootstrap samples when the law carries them. For a fitted law or a
+    fit's JSON, `identified` says whether the runs determine what the allocation rests on (A, B,
+    alpha, beta); when they do not, `warning` says so, and the numbers are no recommendation.
     """
     C = _budget(C)
     p = _params(law_or_params)
@@ -110,6 +113,12 @@ def compute_optimal(law_or_params: Any, C: float, level: float = 0.95) -> dict[s
         "numeric": num,
         "rule_of_thumb_20": rule_of_thumb(p, C),
     }
+    if not isinstance(law_or_params, dict) or "params" in law_or_params:  # a fitted law or a fit's JSON
+        ident = identification(law_or_params)
+        out["identified"] = bool(ident["allocation_identified"])
+        if not ident["allocation_identified"]:
+            out["warning"] = allocation_warning(ident)
+            out["unidentified"] = ident["unidentified"]
     s = _samples(law_or_params)
     if s is not None and all(k in s for k in CHINCHILLA_KEYS):
         bs = closed_form({k: s[k] for k in CHINCHILLA_KEYS}, C)
@@ -175,7 +184,7 @@ def repeated_data(law_or_params: Any, C: float, unique_tokens: float) -> dict[st
     minimises the predicted loss over N with D = C/(6N) tokens drawn from `unique_tokens`.
     """
     C = _budget(C)
-    U = _budget(unique_tokens)
+    U = _budget(unique_tokens, "unique_tokens")
     p = _params(law_or_params)
     for k in ("R_D_star", "R_N_star"):
         if k not in p:

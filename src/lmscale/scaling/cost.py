@@ -156,9 +156,11 @@ def estimate_cost(
         raise LmscaleError(f"devices={devices!r} must be a positive integer")
     power = _positive("power_w", power_w) if power_w is not None else dev.power_w
     price = float(price_per_hour) if price_per_hour is not None else dev.price_per_hour
-    if price < 0:
+    if not price >= 0 or not math.isfinite(price):
         raise LmscaleError(f"price_per_hour={price} must not be negative")
     pue = _positive("pue", pue)
+    if pue < 1.0:
+        raise LmscaleError(f"pue={pue} must be at least 1 (total facility energy over the IT equipment's)")
     if grid_kg_per_kwh < 0 or not math.isfinite(grid_kg_per_kwh):
         raise LmscaleError(f"grid_kg_per_kwh={grid_kg_per_kwh} must be a non-negative number")
     device_hours = flops / sustained / 3600.0

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from lmscale.errors import DataError
 from lmscale.io import atomic_write_json
+from lmscale.scaling.identify import design_problems, identification
 from lmscale.scaling.laws import GRIDS, ChinchillaLaw
 from lmscale.scaling.runs import RunsTable
 
@@ -29,6 +31,9 @@ def fit_chinchilla(N, D, loss, holdout: str | None = "largest", n_holdout: int |
     The returned dict is JSON-ready except for `_law`, the fitted `ChinchillaLaw`.
     """
     N, D, loss = (np.asarray(x, dtype=float) for x in (N, D, loss))
+    problems = design_problems(("N", "D"), (N, D), "chinchilla")
+    if problems:
+        raise DataError("; ".join(problems))
     largest = holdout == "largest"
     if largest and n_holdout is None:
         n_holdout = max(1, int(round(0.2 * len(loss))))
@@ -46,8 +51,16 @@ def fit_chinchilla(N, D, loss, holdout: str | None = "largest", n_holdout: int |
     if n_bootstrap:
         b = law.bootstrap(n_bootstrap, seed=seed)
         out["ci95"] = {k: [float(v[0]), float(v[1])] for k, v in b.ci(0.95).items()}
+    out["identification"] = identification(law)
     out["_law"] = law
     return out
+
+
+def table_problems(t: RunsTable) -> list[str]:
+    """Why a runs table cannot carry a Chinchilla fit at all ([] when it can)."""
+    if len(t) < 6:
+        return [f"{len(t)} runs cannot determine the 5 parameters of the Chinchilla law; it needs at least 6"]
+    return design_problems(("N", "D"), (t.N, t.D), "chinchilla")
 
 
 def law_derived(law: Any) -> dict[str, Any]:
@@ -60,9 +73,11 @@ def fit_table(t: RunsTable, holdout: str | None = "largest", n_holdout: int | No
               n_bootstrap: int = 100, grid: Any = "hoffmann", seed: int = 0) -> dict[str, Any] | None:
     """Chinchilla fit with the held-out check, then a fit on all runs with bootstrap bands.
 
-    None when there are fewer than 6 runs (5 parameters need one more point); the check needs 8.
+    None when there are fewer than 6 runs (5 parameters need one more point), or when the runs do
+    not vary in N or in D (`table_problems` says why); the check needs 8. The result's
+    `identification` says which parameters the runs leave undetermined.
     """
-    if len(t) < 6:
+    if table_problems(t):
         return None
     g = grid_for(grid)
     res: dict[str, Any] = {}
@@ -77,6 +92,7 @@ def fit_table(t: RunsTable, holdout: str | None = "largest", n_holdout: int | No
     res["params"] = {k: float(v) for k, v in law.params_.items()}
     res["derived"] = {k: float(v) for k, v in law_derived(law).items()}
     res["n_points"] = len(t)
+    res["identification"] = identification(law)
     res["_law"] = law
     return res
 

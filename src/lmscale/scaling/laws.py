@@ -32,6 +32,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from lmscale.errors import DataError, LmscaleError
+from lmscale.scaling.identify import identification
 
 HUBER_DELTA = 1e-3
 
@@ -525,13 +526,14 @@ class _LogHuberLaw:
             "n_points": self.n_points_, "objective": self.objective_, "converged": True,
             "huber_delta": self.delta, "n_starts": self.n_starts_,
             "n_converged_starts": self.n_converged_starts_,
-            "residual_std_log": float(np.std(self.residuals_)),
+            "residual_std_log": float(np.std(self.residuals_)), "min_loss": float(np.exp(np.min(self._y))),
         }
         if self.bootstrap_ is not None:
             d["ci95"] = {k: list(v) for k, v in self.bootstrap_.ci(0.95).items()}
             d["bootstrap"] = self.bootstrap_.to_dict(include_samples=True)
         if getattr(self, "holdout_", None) is not None:
             d["holdout"] = self.holdout_
+        d["identification"] = identification(self)
         return d
 
     def __repr__(self) -> str:

@@ -155,6 +155,14 @@ class Registry:
 
     def __init__(self, path: str | os.PathLike, journal_mode: str | None = None,
                  busy_timeout_s: float = 60.0) -> None:
+        try:
+            self._open(path, journal_mode, busy_timeout_s)
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            raise LmscaleError(f"{path}: not a run registry (SQLite: {exc})") from None
+
+    def _open(self, path: str | os.PathLike, journal_mode: str | None, busy_timeout_s: float) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_s = busy_timeout_s

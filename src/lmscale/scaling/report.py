@@ -19,8 +19,8 @@ from lmscale.errors import DataError
 from lmscale.io import atomic_write_bytes, atomic_write_text
 from lmscale.scaling import plots
 from lmscale.scaling.emergence import analyze, compare_metrics, read_pythia
-from lmscale.scaling.fitting import fit_table
-from lmscale.scaling.runs import RunsTable, load_runs
+from lmscale.scaling.fitting import fit_table, table_problems
+from lmscale.scaling.runs import RunsTable, dropped_note, load_runs
 
 __all__ = ["build_report", "emergence_figures", "fit_table", "load_runs", "make_figures", "render_html"]
 
@@ -29,16 +29,22 @@ def make_figures(t: RunsTable, fit: dict[str, Any] | None, emergence: dict[str, 
                  icl: dict[str, Any] | None = None) -> dict[str, Any]:
     """name -> (matplotlib figure, caption)."""
     law = fit["_law"] if fit else None
+    # no compute-optimal line is drawn from a law that does not identify it
+    alloc_ok = bool(fit) and (fit.get("identification") or {}).get("allocation_identified", True)
+    alloc_law = law if alloc_ok else None
+    not_drawn = ("" if alloc_ok or not fit else " No compute-optimal line: the fitted law does not identify "
+                 "A, B, alpha and beta (see the fit), so it implies no allocation.")
     figs: dict[str, Any] = {
-        "loss_vs_compute": (plots.plot_loss_vs_compute(t, law), "Final validation loss against training compute; "
-                            "dashed: the runs' efficient frontier; red: the fitted law's compute-optimal frontier."),
+        "loss_vs_compute": (plots.plot_loss_vs_compute(t, alloc_law),
+                            "Final validation loss against training compute; dashed: the runs' efficient "
+                            "frontier; red: the fitted law's compute-optimal frontier." + not_drawn),
         "loss_vs_params": (plots.plot_loss_vs(t, "N", law), "Loss against parameters, one colour per token budget; "
                            "lines: fitted Chinchilla law, bands: 95% bootstrap confidence interval."),
         "loss_vs_tokens": (plots.plot_loss_vs(t, "D", law), "Loss against tokens, one colour per model size; "
                            "lines and bands as above."),
         "isoflop": (plots.plot_isoflop(t, law), "IsoFLOP curves with their minima (Hoffmann et al. approach 2)."),
-        "allocation": (plots.plot_allocation(t, law),
-                       "Compute-optimal parameters N_opt and tokens D_opt against compute."),
+        "allocation": (plots.plot_allocation(t, alloc_law),
+                       "Compute-optimal parameters N_opt and tokens D_opt against compute." + not_drawn),
     }
     if any(t.curves):
         figs["training_curves"] = (plots.plot_training_curves(t), "Validation loss during training for every run.")
@@ -104,16 +110,27 @@ def render_html(t: RunsTable, fit: dict[str, Any] | None, images: dict[str, tupl
              f"loss in nats/token. N spans {t.N.min():.3g}&ndash;{t.N.max():.3g} "
              f"({t.N.max() / t.N.min():.1f}&times;), D spans {t.D.min():.3g}&ndash;{t.D.max():.3g} "
              f"({t.D.max() / t.D.min():.1f}&times;).</p>"]
+    if getattr(t, "dropped", None):
+        parts.append(f"<p class='bad'>{html.escape(dropped_note(t.dropped, limit=20))}.</p>")
     if fit:
         p = fit["params"]
         ci = fit.get("ci95", {})
+        bad = (fit.get("identification") or {}).get("unidentified") or {}
+        if bad:
+            parts.append("<p class='bad'><b>Unidentified law.</b> These runs do not determine "
+                         f"{html.escape(', '.join(bad))}: "
+                         + "; ".join(f"{html.escape(k)} {html.escape(r)}" for k, r in bad.items())
+                         + ". Those estimates are not measurements"
+                         + ("" if fit["identification"].get("allocation_identified", True) else
+                            ", and no compute-optimal allocation is drawn from this law") + ".</p>")
         rows = [{"parameter": k, "estimate": v, "95% CI low": ci.get(k, [math.nan])[0],
-                 "95% CI high": ci.get(k, [math.nan, math.nan])[1]} for k, v in p.items()]
+                 "95% CI high": ci.get(k, [math.nan, math.nan])[1],
+                 "identified": "NO" if k in bad else "yes"} for k, v in p.items()]
         for k, v in fit["derived"].items():
             rows.append({"parameter": f"{k} (derived)", "estimate": v, "95% CI low": ci.get(k, [math.nan])[0],
-                         "95% CI high": ci.get(k, [math.nan, math.nan])[1]})
+                         "95% CI high": ci.get(k, [math.nan, math.nan])[1], "identified": "NO" if k in bad else "yes"})
         parts.append("<h2>Fitted law: L(N, D) = E + A/N<sup>&alpha;</sup> + B/D<sup>&beta;</sup></h2>")
-        parts.append(_table(rows, ["parameter", "estimate", "95% CI low", "95% CI high"]))
+        parts.append(_table(rows, ["parameter", "estimate", "95% CI low", "95% CI high", "identified"]))
         parts.append("<p>Fitted by Huber loss on log-loss residuals from a grid of starts (Hoffmann et al. 2022, "
                      "approach 3); intervals from a bootstrap over runs. a and b: N_opt &prop; C<sup>a</sup>, "
                      "D_opt &prop; C<sup>b</sup>.</p>")
@@ -125,7 +142,8 @@ def render_html(t: RunsTable, fit: dict[str, Any] | None, images: dict[str, tupl
                          f"the {len(hc['holdout'])} largest-compute runs with a largest relative error of "
                          f"<b class='{'ok' if ok else 'bad'}'>{100 * hc['max_abs_rel_error']:.2f}%</b>.</p>")
     else:
-        parts.append("<p>Fewer than 6 runs: no law fitted.</p>")
+        why = "; ".join(table_problems(t)) or "no law fitted"
+        parts.append(f"<p class='bad'>No law fitted: {html.escape(why)}.</p>")
     parts.append("<h2>Figures</h2>")
     for name, (png, caption) in images.items():
         b64 = base64.b64encode(png).decode("ascii")
@@ -175,8 +193,12 @@ def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None =
                ] if png_dir is not None else []
     result: dict[str, Any] = {"n_runs": len(t), "figures": list(images), "pngs": written,
                               "figures_not_drawn": skipped}
+    if t.dropped:
+        result["dropped"] = list(t.dropped)
     if fit:
         result["fit"] = {k: v for k, v in fit.items() if not k.startswith("_")}
+    else:
+        result["no_fit"] = "; ".join(table_problems(t))
     if emergence_csv:
         result["emergence"] = extra["Emergence analysis"]
     if out_html is not None:

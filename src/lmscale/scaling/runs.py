@@ -169,6 +169,10 @@ def read_runs(source: str | os.PathLike, columns: Mapping[str, str | None] | Non
     p = Path(source)
     if not p.exists():
         raise DataError(f"{p} does not exist")
+    if p.is_dir():
+        raise DataError(f"{p} is a directory; give a registry file (registry.sqlite) or a CSV of runs")
+    if p.suffix.lower() in (".sqlite", ".sqlite3", ".db") and not is_sqlite(p):
+        raise DataError(f"{p} is not an SQLite run registry (the file does not start with SQLite's header)")
     if not is_sqlite(p):
         return read_runs_csv(p, columns, params=params, extra=extra, text=text, where=where)
     reg = Registry(p)
@@ -178,11 +182,43 @@ def read_runs(source: str | os.PathLike, columns: Mapping[str, str | None] | Non
         reg.close()
 
 
+def invalid_rows(values: Mapping[str, np.ndarray], keys: Sequence[str], names: Sequence[str],
+                 columns: Mapping[str, str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Which rows to keep (a mask), and why each other row is dropped: a quantity in `keys` that is
+    missing (NaN), infinite or not positive. `fit` and `report` both read runs through this, so
+    they keep the same rows and say the same about the others."""
+    n = len(names)
+    keep = np.ones(n, dtype=bool)
+    reasons: dict[int, list[str]] = {}
+    for k in keys:
+        if k not in values:
+            continue
+        v = np.asarray(values[k], dtype=float)
+        col = (columns or {}).get(k, k)
+        label = k if col == k else f"{k} ({col})"
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(v) | (v <= 0)
+        for i in np.flatnonzero(bad):
+            what = "missing" if np.isnan(v[i]) else f"{v[i]:g}, not a positive number"
+            reasons.setdefault(int(i), []).append(f"{label} is {what}")
+        keep &= ~bad
+    dropped = [f"{names[i] if i < len(names) else f'row {i}'}: {'; '.join(r)}" for i, r in sorted(reasons.items())]
+    return keep, dropped
+
+
+def dropped_note(dropped: Sequence[str], limit: int = 5) -> str:
+    """'dropped 2 of 14 runs: row13: N is -5, ...; row14: loss is missing' (the first `limit`)."""
+    if not dropped:
+        return ""
+    shown = "; ".join(dropped[:limit]) + (f"; and {len(dropped) - limit} more" if len(dropped) > limit else "")
+    return f"dropped {len(dropped)} run(s) without a positive, finite value: {shown}"
+
+
 @dataclass
 class RunsTable:
     """Finished runs as arrays: N (parameters), D (tokens), loss; optional names and curves.
 
-    Rows without a positive, finite N, D and loss are dropped.
+    Rows without a positive, finite N, D and loss are dropped, and listed in `dropped` (why each).
     """
 
     N: np.ndarray
@@ -192,12 +228,15 @@ class RunsTable:
     curves: list[list[list[float]]] = field(default_factory=list)  # per run [step, tokens, val_loss]
     n_kind: str = "non-embedding"
     source: str = ""
+    dropped: list[str] = field(default_factory=list)  # why each dropped row was dropped
+    columns: dict[str, str] = field(default_factory=dict)  # which column each quantity came from
 
     def __post_init__(self) -> None:
         self.N, self.D, self.loss = (np.asarray(a, dtype=float) for a in (self.N, self.D, self.loss))
-        with np.errstate(invalid="ignore"):
-            ok = (np.isfinite(self.N) & np.isfinite(self.D) & np.isfinite(self.loss)
-                  & (self.N > 0) & (self.D > 0) & (self.loss > 0))
+        names = self.names or [f"run{i}" for i in range(len(self.N))]
+        ok, dropped = invalid_rows({"N": self.N, "D": self.D, "loss": self.loss}, ("N", "D", "loss"), names,
+                                   self.columns)
+        self.dropped = list(self.dropped) + dropped
         if not ok.all():
             keep = np.flatnonzero(ok)
             self.N, self.D, self.loss = self.N[keep], self.D[keep], self.loss[keep]
@@ -219,7 +258,8 @@ class RunsTable:
             raise DataError(f"{cols.source}: need parameter, token (or compute) and loss columns; columns are "
                             f"{cols.header} (name them with --n-col/--d-col/--c-col/--loss-col)")
         v = cols.values
-        return cls(v["N"], v["D"], v["loss"], cols.names, cols.curves, n_kind=cols.n_kind, source=cols.source)
+        return cls(v["N"], v["D"], v["loss"], cols.names, cols.curves, n_kind=cols.n_kind, source=cols.source,
+                   columns=dict(cols.columns))
 
     @classmethod
     def from_records(cls, records: Sequence[Any], params: str = "non_embedding", source: str = "") -> "RunsTable":
@@ -247,5 +287,6 @@ def load_runs(source: str | os.PathLike, sweep: str | None = None, params: str =
     columns = {names[k]: v for k, v in csv_cols.items()}
     table = RunsTable.from_columns(read_runs(source, columns, params=params, sweep=sweep))
     if len(table) < 2:
-        raise DataError(f"{source}: fewer than 2 finished runs to report on")
+        note = dropped_note(table.dropped)
+        raise DataError(f"{source}: fewer than 2 finished runs to report on" + (f" ({note})" if note else ""))
     return table

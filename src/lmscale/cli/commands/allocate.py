@@ -4,16 +4,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmscale.cli.argtypes import nonnegative_float, positive_float
+
 HELP = "compute-optimal model size and tokens for a FLOP budget, from a fitted Chinchilla law"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--flops", type=float, required=True, help="training FLOP budget C")
+    p.add_argument("--flops", type=positive_float, required=True, help="training FLOP budget C")
     p.add_argument("--fit", default=None, help="fit JSON from `lmscale fit --out` "
                    "(default: Hoffmann et al. 2022's published E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)")
-    p.add_argument("--inference-tokens", type=float, default=None,
+    p.add_argument("--inference-tokens", type=nonnegative_float, default=None,
                    help="lifetime inference tokens: also give the inference-aware allocation (Sardana et al.)")
-    p.add_argument("--unique-tokens", type=float, default=None,
+    p.add_argument("--unique-tokens", type=positive_float, default=None,
                    help="unique training tokens available: repeated-data allocation (needs a data-constrained fit)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -25,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lmscale.errors import DataError
+    from lmscale.io import dumps_json
     from lmscale.scaling.allocation import compute_optimal, inference_aware, repeated_data
 
     if args.fit:
@@ -33,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"{args.fit}: no such fit file")
         try:
             fit = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"{args.fit}: not JSON ({exc})") from None
+        if not isinstance(fit, dict) or not isinstance(fit.get("params"), dict):
+            raise DataError(f"{args.fit}: not a fit (no \"params\"); write one with `lmscale fit --out`")
         if fit.get("converged") is False:
             raise DataError(f"{args.fit}: the fit did not converge; refit before allocating")
     else:
@@ -47,9 +52,13 @@ def run(args: argparse.Namespace) -> int:
     if args.inference_tokens is not None:
         out["inference_aware"] = inference_aware(fit, inference_tokens=args.inference_tokens, flops=args.flops)
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(dumps_json(out, indent=2))
         return 0
     co = out.get("compute_optimal", out)
+    if co.get("warning"):
+        print(co["warning"] + ":")
+        for k, why in co.get("unidentified", {}).items():
+            print(f"  {k} {why}")
     print(f"budget C = {args.flops:.4g} FLOPs")
     ci = co.get("ci", {})
 

@@ -4,29 +4,38 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmscale.cli.argtypes import at_least, nonnegative_float, positive_float, positive_int
+
 HELP = "estimate training time, dollars, energy and CO2e from FLOPs or a preset and token count"
+
+
+def _utilisation(text: str) -> float:
+    value = positive_float(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"is a fraction of peak in (0, 1], got {text}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--flops", type=float, help="total training FLOPs")
+    src.add_argument("--flops", type=positive_float, help="total training FLOPs")
     src.add_argument("--preset", help="preset name (FLOPs = FLOPs/token x --tokens)")
     src.add_argument("--config", help="YAML config file (FLOPs = FLOPs/token x --tokens)")
-    p.add_argument("--tokens", type=float, help="training tokens (with --preset/--config)")
+    p.add_argument("--tokens", type=positive_float, help="training tokens (with --preset/--config)")
     p.add_argument("--convention", default="6N", help="FLOP convention (see `lmscale count`); default 6N")
-    p.add_argument("--seq-len", type=int, default=None, help="context length for per-token conventions")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="context length for per-token conventions")
     p.add_argument("--device", default="a100", help="v100, a100, h100, h200, tpu-v2, tpu-v3, tpu-v4, cpu")
     p.add_argument("--dtype", default=None, help="precision for the peak (default: the device's usual)")
-    p.add_argument("--devices", type=int, default=1, help="number of devices (for wall-clock time)")
-    p.add_argument("--utilisation", type=float, default=None, help="fraction of peak achieved (default 0.4)")
-    p.add_argument("--sustained-flops", type=float, default=None, help="achieved FLOP/s per device "
+    p.add_argument("--devices", type=positive_int, default=1, help="number of devices (for wall-clock time)")
+    p.add_argument("--utilisation", type=_utilisation, default=None, help="fraction of peak achieved (default 0.4)")
+    p.add_argument("--sustained-flops", type=positive_float, default=None, help="achieved FLOP/s per device "
                    "(overrides peak x utilisation)")
-    p.add_argument("--peak-flops", type=float, default=None, help="override the device's peak FLOP/s")
-    p.add_argument("--power-w", type=float, default=None, help="average power per device, watts")
-    p.add_argument("--price", type=float, default=None, help="dollars per device-hour")
-    p.add_argument("--pue", type=float, default=None, help="data-centre PUE (default 1.1)")
-    p.add_argument("--grid", type=float, default=None, help="grid intensity, kg CO2e/kWh (default 0.429)")
-    p.add_argument("--days", type=float, default=None, help="published wall-clock days: report the "
+    p.add_argument("--peak-flops", type=positive_float, default=None, help="override the device's peak FLOP/s")
+    p.add_argument("--power-w", type=positive_float, default=None, help="average power per device, watts")
+    p.add_argument("--price", type=nonnegative_float, default=None, help="dollars per device-hour")
+    p.add_argument("--pue", type=at_least(1.0), default=None, help="data-centre PUE (default 1.1)")
+    p.add_argument("--grid", type=nonnegative_float, default=None, help="grid intensity, kg CO2e/kWh (default 0.429)")
+    p.add_argument("--days", type=positive_float, default=None, help="published wall-clock days: report the "
                    "utilisation that claim implies")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 

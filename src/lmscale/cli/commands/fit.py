@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sys
+
+from lmscale.cli.argtypes import nonnegative_int, positive_int
 
 HELP = "fit a scaling law (chinchilla, kaplan, power-*, broken-*, data-constrained, envelope, isoflop) to a CSV"
 
@@ -22,22 +24,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{v}-col", default=None,
                        help=f"column with {h} (default: the column order of lmscale.scaling.runs)")
     p.add_argument("--run-col", default=None, help="column identifying a run / IsoFLOP group (envelope, isoflop)")
-    p.add_argument("--exclude-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss rows")
+    p.add_argument("--exclude-top-loss", type=nonnegative_int, default=0, metavar="K",
+                   help="drop the K highest-loss rows")
     p.add_argument("--holdout", choices=("largest",), default=None,
                    help="fit on all but the largest-compute runs and report their relative errors")
-    p.add_argument("--n-holdout", type=int, default=None, help="runs to hold out (default 10%%)")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits for intervals (0 = none)")
+    p.add_argument("--n-holdout", type=positive_int, default=None, help="runs to hold out (default 10%%)")
+    p.add_argument("--bootstrap", type=nonnegative_int, default=200, help="bootstrap refits for intervals (0 = none)")
     p.add_argument("--grid", choices=("hoffmann", "coarse"), default="hoffmann",
                    help="initialisation grid for the chinchilla law")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default=None, help="write the fit (with bootstrap samples) to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if lmscale did not write it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def read_columns(path: str, args: argparse.Namespace, needs: tuple[str, ...]):
     """Numeric columns {N, D, C, loss, U, runs} of the CSV, by the runs-table reader's column order."""
     from lmscale.errors import DataError
-    from lmscale.scaling.runs import candidates, read_runs_csv
+    from lmscale.scaling.runs import candidates, invalid_rows, read_runs_csv
 
     named = {"N": args.n_col, "D": args.d_col, "C": args.c_col, "U": args.u_col, "loss": args.loss_col}
     cols = read_runs_csv(path, named, text=[args.run_col] if args.run_col else [])
@@ -56,6 +60,10 @@ def read_columns(path: str, args: argparse.Namespace, needs: tuple[str, ...]):
         import numpy as np
 
         data["runs"] = np.array(cols.text[args.run_col])
+    # the rows `report` keeps too: positive, finite values of what the law uses, and a loss
+    keep, dropped = invalid_rows(data, (*needs, "loss"), cols.names, cols.columns)
+    data = {k: v[keep] for k, v in data.items()}
+    data["_dropped"] = dropped
     return data
 
 
@@ -63,11 +71,19 @@ def fit_from_args(args: argparse.Namespace):
     import numpy as np
 
     from lmscale.errors import DataError
+    from lmscale.scaling.identify import design_problems
     from lmscale.scaling.laws import GRIDS, make_law
+    from lmscale.scaling.runs import dropped_note
 
     needs = NEEDS[args.law]
     data = read_columns(args.csv, args, needs)
+    dropped = data.pop("_dropped")
+    note = dropped_note(dropped)
+    problems = design_problems([k for k in needs if k in ("N", "D", "C", "U")], [data[k] for k in needs], args.law)
     n = data["loss"].size
+    if n == 0 or problems:
+        raise DataError(f"{args.csv}: " + ("; ".join(problems) if n else "no run has usable values")
+                        + (f" ({note})" if note else ""))
     if args.exclude_top_loss:
         k = args.exclude_top_loss
         if k < 0 or k >= n:
@@ -90,18 +106,28 @@ def fit_from_args(args: argparse.Namespace):
     else:
         law.fit(*X, loss=data["loss"], holdout=args.holdout, n_holdout=args.n_holdout)
     if args.bootstrap:
+        if args.bootstrap < 2:
+            raise DataError(f"--bootstrap {args.bootstrap}: give 0 (no intervals) or at least 2 resamples")
         law.bootstrap(args.bootstrap, seed=args.seed)
+    law.dropped_ = dropped
     return law
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmscale.io import atomic_write_json
+    from lmscale.io import atomic_write_json, dumps_json
+    from lmscale.io.outputs import check_output_file
+    from lmscale.scaling.runs import dropped_note
 
+    if args.out:
+        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite)
     law = fit_from_args(args)
     full = law.to_dict()
+    dropped = getattr(law, "dropped_", [])
+    if dropped:
+        full["dropped"] = dropped
     out = {"law": full["law"], "params": full["params"], "ci95": full.get("ci95"), "n_points": full["n_points"],
            "objective": full["objective"], "converged": True}
-    for k in ("derived", "holdout", "optima"):
+    for k in ("derived", "holdout", "optima", "identification", "dropped"):
         if k in full:
             out[k] = full[k]
     if "bootstrap" in full:
@@ -109,18 +135,23 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         atomic_write_json(args.out, full)
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(dumps_json(out, indent=2))
         return 0
+    if dropped:
+        print(f"lmscale fit: {dropped_note(dropped)}", file=sys.stderr)
+    ident = out.get("identification") or {}
+    bad = ident.get("unidentified") or {}
     objective = out["objective"] if out["objective"] is not None else "-"
     print(f"law {out['law']}: {out['n_points']} points, objective {objective}")
-    for k, v in out["params"].items():
-        ci = (out.get("ci95") or {}).get(k)
-        ci_s = f"  95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
-        print(f"  {k:>10} = {v:.6g}{ci_s}")
-    for k, v in (out.get("derived") or {}).items():
-        ci = (out.get("ci95") or {}).get(k)
-        ci_s = f"  95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
-        print(f"  {k:>10} = {v:.6g}{ci_s}  (derived)")
+    if bad:
+        print(f"  UNIDENTIFIED: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not determined by these runs "
+              "(marked below); do not read them, or what follows from them, as measurements")
+    for kind, values in (("", out["params"]), ("  (derived)", out.get("derived") or {})):
+        for k, v in values.items():
+            ci = (out.get("ci95") or {}).get(k)
+            ci_s = f"  95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
+            flag = f"  <- unidentified: {bad[k]}" if k in bad else ""
+            print(f"  {k:>10} = {v:.6g}{ci_s}{kind}{flag}")
     if out.get("holdout"):
         h = out["holdout"]
         print(f"  holdout: {h['n_holdout']} largest-compute runs, mean |relative error| "

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from lmscale.cli.argtypes import nonnegative_int, positive_int
 
 HELP = "one self-contained HTML scaling report (figures embedded) from a sweep registry or a CSV of runs"
 
@@ -18,8 +19,10 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss-col", help="CSV column of the final loss")
     p.add_argument("--holdout", choices=("largest", "none"), default="largest",
                    help="check the fit by predicting the largest-compute runs from the others")
-    p.add_argument("--n-holdout", type=int, help="how many largest-compute runs to hold out (default: a fifth)")
-    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap refits for the 95%% bands (0: none)")
+    p.add_argument("--n-holdout", type=positive_int,
+                   help="how many largest-compute runs to hold out (default: a fifth)")
+    p.add_argument("--bootstrap", type=nonnegative_int, default=100,
+                   help="bootstrap refits for the 95%% bands (0: none)")
     p.add_argument("--grid", choices=("coarse", "hoffmann", "small"), default="hoffmann",
                    help="fit starting grid: Hoffmann et al.'s 5,400 points (default, as `lmscale fit`), 243, or 32")
     p.add_argument("--emergence", metavar="CSV", help="Pythia-style evaluation CSV for the emergence figures")
@@ -40,11 +43,22 @@ def build(args: argparse.Namespace, html: str | None, png_dir: str | None) -> di
 
 
 def summarize(res: dict) -> str:
+    from lmscale.scaling.runs import dropped_note
+
     lines = [f"{res['n_runs']} runs, {len(res['figures'])} figures"]
+    if res.get("dropped"):
+        lines.append(dropped_note(res["dropped"]))
+    if res.get("no_fit"):
+        lines.append(f"no law fitted: {res['no_fit']}")
     fit = res.get("fit")
     if fit:
         p = fit["params"]
         lines.append("L(N, D) = {E:.4g} + {A:.4g}/N^{alpha:.3f} + {B:.4g}/D^{beta:.3f}".format(**p))
+        ident = fit.get("identification") or {}
+        if ident.get("unidentified"):
+            lines.append(f"UNIDENTIFIED LAW: {ident['summary']}")
+            if not ident.get("allocation_identified", True):
+                lines.append("no compute-optimal allocation is drawn from it")
         hc = fit.get("holdout_check")
         if hc:
             lines.append(f"held-out largest-compute runs ({len(hc['holdout'])}): max |relative error| "
@@ -56,12 +70,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_source_arguments(p)
     p.add_argument("-o", "--out", required=True, help="HTML file to write")
     p.add_argument("--png-dir", help="also write the figures as PNG files here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out (and write into --png-dir) even if lmscale did not write them")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lmscale.errors import LmscaleError
+    from lmscale.io import dumps_json
+    from lmscale.io.outputs import check_output_dir, check_output_file
+
+    if args.bootstrap == 1:
+        raise LmscaleError("--bootstrap 1: give 0 (no intervals) or at least 2 resamples")
+    check_output_file(args.out, "--out", kind="html", overwrite=args.overwrite)
+    if args.png_dir:
+        check_output_dir(args.png_dir, "--png-dir", overwrite=args.overwrite,
+                         ours=lambda d: all(e.suffix == ".png" for e in Path(d).iterdir()))
     res = build(args, args.out, args.png_dir)
     if args.json:
-        print(json.dumps(res, indent=2, default=float))
+        print(dumps_json(res, indent=2, default=float))
     else:
         print(summarize(res))
         print(f"wrote {args.out}")
