@@ -11,9 +11,12 @@ registry and records the result there.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,11 +26,13 @@ from typing import Any, Callable
 
 import yaml
 
-from lmscale.io import atomic_path, atomic_write_text
+from lmscale.io import atomic_write_text
+from lmscale.io.locks import lock_holder
 from lmscale.scaling.registry import Registry, RunRecord
 from lmscale.training.metrics import read_metrics
 
 LAUNCHERS = ("local", "torchrun", "slurm")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # exit codes of a child ended by a signal through a shell or torchrun: SIGINT, SIGKILL, SIGTERM
 SIGNAL_EXIT_CODES = (130, 137, 143)
 
@@ -123,6 +128,16 @@ def execute_run(reg: Registry, rec: RunRecord, prev_status: str, out_dir: Path, 
     the run id to its process while it runs, so the caller can signal it directly.
     """
     run_dir = Path(rec.run_dir or out_dir / "runs" / rec.name)
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        # a training process still writes this run (e.g. one a killed sweep left behind): never
+        # start a second writer; the registry names that process, so the run is claimed again
+        # only once it has ended
+        note = (f"not started: process {holder.get('pid')} on {holder.get('host') or socket.gethostname()} is "
+                f"still writing {run_dir}")
+        reg.update(rec.run_id, status="running", pid=holder.get("pid"), host=holder.get("host") or None,
+                   worker=f"{holder.get('host')}:{holder.get('pid')}:lock", error=note)
+        return RunOutcome(rec.run_id, rec.name, "skipped", error=note)
     info = read_run_dir(run_dir)
     if (info["summary"] or {}).get("status") == "finished":
         reg.finish(rec.run_id, **run_results(info))
@@ -157,28 +172,55 @@ def _supervise(cmd: list[str], env: dict[str, str], log_path: Path, heartbeat: C
     """
     rc: int | None = None
     interrupted = False
-    with atomic_path(log_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as log:
-            log.write(f"$ {shlex.join(cmd)}\n")
-            log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-            if active is not None:
-                active[key] = proc
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in log_path.parent.glob(f".{log_path.name}.*.tmp"):  # left by earlier versions' killed sweeps
+        stale.unlink(missing_ok=True)
+    # the log is appended to as the run goes (one section per attempt), never a temporary to rename
+    with open(log_path, "a", encoding="utf-8") as log:
+        start = log.tell()
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent())
+        if active is not None:
+            active[key] = proc
+        try:
+            rc = _wait(proc, heartbeat, heartbeat_s, stop)
+        except BaseException:
+            interrupted = True
+            proc.terminate()
             try:
-                rc = _wait(proc, heartbeat, heartbeat_s, stop)
-            except BaseException:
-                interrupted = True
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            finally:
-                if active is not None:
-                    active.pop(key, None)
-        log_text = Path(tmp).read_text(errors="replace")
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        finally:
+            if active is not None:
+                active.pop(key, None)
+    with open(log_path, "rb") as fh:
+        fh.seek(start)
+        log_text = fh.read().decode("utf-8", "replace")
     return rc, interrupted, log_text
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, what the child runs before exec so that it gets SIGTERM when the thread that
+    started it dies (the sweep killed, even by SIGKILL): a run never outlives its sweep to keep
+    writing. SIGTERM, not SIGKILL, so that torchrun passes it on to its workers."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def _wait(proc: subprocess.Popen, heartbeat: Callable[[], None], heartbeat_s: float,

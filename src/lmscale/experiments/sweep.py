@@ -44,7 +44,9 @@ from lmscale.config import ConfigError, RunConfig, from_dict, load_preset, to_di
 from lmscale.data.prepare import prepare_run_data
 from lmscale.errors import LmscaleError
 from lmscale.experiments.launch import LAUNCHERS, RunOutcome, execute_run, pretrain_command, write_slurm_script
-from lmscale.io import atomic_write_text
+from lmscale.io import atomic_write_text, clean_stale_temporaries
+from lmscale.io.locks import DirectoryLock
+from lmscale.io.outputs import mark_output_dir
 from lmscale.scaling.counting import count_parameters
 from lmscale.scaling.registry import Registry, RunRecord
 from lmscale.scaling.shapes import ShapeRule, describe, shape_for
@@ -125,10 +127,15 @@ class SweepConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SweepConfig":
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"sweep config {p} is a directory, not a YAML file")
         if not p.is_file():
             raise ConfigError(f"sweep config {p} does not exist")
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"sweep config {p} is not UTF-8 text (byte offset {exc.start}); "
+                              "is it a YAML file?") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
@@ -225,6 +232,11 @@ def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
     specs: list[RunSpec] = []
     seen: set[str] = set()
     for m, d in points:
+        if d < tps:
+            raise ConfigError(
+                f"a token budget of {d:.4g} tokens is less than one optimizer step ({tps:,} tokens: "
+                f"batch_size {base.train.batch_size} x seq_len {base.train.seq_len}); raise the budgets "
+                "(or --tokens-scale) or lower the batch")
         steps = max(1, int(round(d / tps)))
         tokens = steps * tps
         counts = count_parameters(m)
@@ -258,8 +270,13 @@ def prepare_data(base: RunConfig, out_dir: Path) -> tuple[str, str]:
     """
     if base.data.corpus is None and base.data.shards is None:
         raise ConfigError("the sweep's base config needs data.corpus (e.g. wikitext-2) or data.shards")
-    data = prepare_run_data(base, out_dir / "data")
-    return str(data.tokenizer_dir), str(data.shard_dir)
+    # several sweep processes may start at once: one prepares, the others wait for it; temporaries
+    # a killed preparation left are removed by whoever holds the lock next
+    data_dir = out_dir / "data"
+    with DirectoryLock(data_dir, "sweep data directory").acquire_waiting():
+        clean_stale_temporaries(data_dir)
+        data = prepare_run_data(base, data_dir)
+    return str(data.tokenizer_dir.absolute()), str(data.shard_dir.absolute())
 
 
 @dataclass
@@ -275,11 +292,17 @@ class SweepResult:
                 "script": self.script, "runs": [asdict(o) for o in self.outcomes]}
 
 
+def looks_like_sweep_dir(path: Path) -> bool:
+    """A sweep directory (written before output directories carried the marker)."""
+    return (Path(path) / REGISTRY_FILE).is_file() or (Path(path) / "sweep.yaml").is_file()
+
+
 def register(sweep: SweepConfig, out_dir: str | os.PathLike, registry: str | os.PathLike | None = None,
              journal_mode: str | None = None, prepare: bool = True) -> tuple[Registry, list[RunSpec]]:
     """Plan the sweep, prepare its shared data, and write its runs into the registry."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out, "sweep")
     reg = Registry(registry or out / REGISTRY_FILE, journal_mode=journal_mode)
     specs = plan(sweep, out)
     base = sweep.base_config()

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from lmscale.cli.argtypes import nonnegative_int, positive_float, positive_int
+
 HELP = "scaling sweeps (grid / IsoFLOP) of `lmscale pretrain` runs with a SQLite run registry"
 DESCRIPTION = """Scaling sweeps. `run` plans the sweep, prepares one tokenizer and token shards for all
 runs, registers every run in OUT/registry.sqlite and trains them (local worker pool, torchrun
@@ -21,18 +23,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--demo", action="store_true", help="the demo sweep: 9 decoders on WikiText-2")
     r.add_argument("--out", help="sweep directory (default sweeps/NAME)")
     r.add_argument("--registry", help="registry file (default OUT/registry.sqlite)")
-    r.add_argument("--workers", type=int, default=1, help="runs trained at once by the local worker pool")
-    r.add_argument("--threads-per-worker", type=int, help="OMP threads per run (default: cores / workers)")
+    r.add_argument("--workers", type=positive_int, default=1, help="runs trained at once by the local worker pool")
+    r.add_argument("--threads-per-worker", type=positive_int, help="OMP threads per run (default: cores / workers)")
     r.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local",
                    help="local: a pool of --workers processes; torchrun: each run on --nproc-per-node "
                         "processes; slurm: write OUT/NAME.sbatch, a job array whose tasks report into the "
                         "registry (OUT must be on a filesystem every node shares, with working POSIX locks)")
-    r.add_argument("--nproc-per-node", type=int, default=1, help="processes per run for torchrun (GPUs per run)")
+    r.add_argument("--nproc-per-node", type=positive_int, default=1,
+                   help="processes per run for torchrun (GPUs per run)")
     r.add_argument("--slurm-directive", action="append", default=[], metavar="OPT",
                    help="extra #SBATCH option for --launcher slurm, e.g. time=04:00:00 or partition=gpu (repeatable)")
     r.add_argument("--retry-failed", action="store_true", help="run failed runs again")
-    r.add_argument("--tokens-scale", type=float, help="multiply every token budget (quick checks of the machinery)")
+    r.add_argument("--tokens-scale", type=positive_float,
+                   help="multiply every token budget (quick checks of the machinery)")
     r.add_argument("--dry-run", action="store_true", help="print the plan only")
+    r.add_argument("--overwrite", action="store_true",
+                   help="use --out even when it is a non-empty directory that is not a sweep directory")
     r.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("status", help="runs of a registry with their status, N, D, C and losses")
@@ -44,24 +50,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("registry", help=_REGISTRY_HELP)
     f.add_argument("--sweep")
     f.add_argument("--holdout", choices=("largest", "none"), default="largest")
-    f.add_argument("--n-holdout", type=int, help="runs held out (default: a fifth, at least one)")
+    f.add_argument("--n-holdout", type=positive_int, help="runs held out (default: a fifth, at least one)")
     f.add_argument("--params", choices=("non_embedding", "total"), default="non_embedding")
-    f.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits for 95%% intervals")
+    f.add_argument("--bootstrap", type=nonnegative_int, default=0, help="bootstrap refits for 95%% intervals")
     f.add_argument("--out", help="write the fit as JSON here")
+    f.add_argument("--overwrite", action="store_true", help="replace --out even if lmscale did not write it")
     f.add_argument("--json", action="store_true")
 
     e = sub.add_parser("exec", help="run one registered run by index (a Slurm array task)")
     e.add_argument("registry", help=_REGISTRY_HELP)
-    e.add_argument("--index", type=int, required=True)
+    e.add_argument("--index", type=nonnegative_int, required=True)
     e.add_argument("--sweep")
     e.add_argument("--launcher", choices=("local", "torchrun"), default="local")
-    e.add_argument("--nproc-per-node", type=int, default=1)
+    e.add_argument("--nproc-per-node", type=positive_int, default=1)
     e.add_argument("--retry-failed", action="store_true")
     e.add_argument("--json", action="store_true")
 
     x = sub.add_parser("export", help="write the registry's runs as CSV (what `lmscale fit`/`report` read)")
     x.add_argument("registry", help=_REGISTRY_HELP)
     x.add_argument("-o", "--out", required=True)
+    x.add_argument("--overwrite", action="store_true", help="replace --out even if lmscale did not write it")
     x.add_argument("--sweep")
 
     sub.add_parser("demo-config", help="print the demo sweep as YAML")
@@ -88,7 +96,8 @@ def _load(args) -> "object":
 def _run(args) -> int:
     from pathlib import Path
 
-    from lmscale.experiments.sweep import plan, run_sweep
+    from lmscale.experiments.sweep import looks_like_sweep_dir, plan, run_sweep
+    from lmscale.io.outputs import check_output_dir
 
     sw = _load(args)
     out = Path(args.out or Path("sweeps") / sw.name)
@@ -105,6 +114,8 @@ def _run(args) -> int:
                       f"C={r['flops']:.3g} steps={r['steps']}")
             print(f"{len(rows)} runs; total C = {sum(r['flops'] for r in rows):.3g} FLOPs (6ND)")
         return 0
+
+    check_output_dir(out, "--out", overwrite=args.overwrite, ours=looks_like_sweep_dir)
 
     def progress(o) -> None:
         if not args.json:
@@ -146,20 +157,32 @@ def _status(args) -> int:
 
 def _fit(args) -> int:
     from lmscale.errors import LmscaleError
+    from lmscale.io import dumps_json
+    from lmscale.io.outputs import check_output_file
     from lmscale.scaling.fitting import fit_chinchilla, save_result
-    from lmscale.scaling.runs import RunsTable, read_runs
+    from lmscale.scaling.runs import RunsTable, dropped_note, read_runs
 
+    if args.bootstrap == 1:
+        raise LmscaleError("--bootstrap 1: give 0 (no intervals) or at least 2 resamples")
+    if args.out:
+        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite)
     t = RunsTable.from_columns(read_runs(args.registry, params=args.params, sweep=args.sweep))
     if len(t) < 6:
-        raise LmscaleError(f"{args.registry}: {len(t)} finished runs; a Chinchilla fit needs at least 6")
+        note = dropped_note(t.dropped)
+        raise LmscaleError(f"{args.registry}: {len(t)} finished runs; a Chinchilla fit needs at least 6"
+                           + (f" ({note})" if note else ""))
     res = fit_chinchilla(t.N, t.D, t.loss, holdout=None if args.holdout == "none" else "largest",
                          n_holdout=args.n_holdout, n_bootstrap=args.bootstrap, grid="coarse")
     res.pop("_law")
     if args.out:
         save_result(args.out, res)
+    if t.dropped:
+        res["dropped"] = t.dropped
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(dumps_json(res, indent=2))
         return 0
+    if t.dropped:
+        print(f"lmscale sweep fit: {dropped_note(t.dropped)}", file=sys.stderr)
     p = res["params"]
     print("L(N, D) = {E:.4g} + {A:.4g}/N^{alpha:.3f} + {B:.4g}/D^{beta:.3f}".format(**p)
           + f"   ({res['n_fit']} runs fitted, N = {args.params.replace('_', '-')} parameters)")
@@ -168,6 +191,9 @@ def _fit(args) -> int:
               f"predicted {h['predicted']:.4f} ({100 * h['rel_error']:+.2f}%)")
     if res["holdout"]:
         print(f"max |relative error| on the held-out largest-compute runs: {100 * res['max_abs_rel_error']:.2f}%")
+    ident = res.get("identification") or {}
+    if ident.get("unidentified"):
+        print(f"UNIDENTIFIED LAW: {ident['summary']}")
     return 0
 
 
@@ -204,8 +230,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(o.__dict__) if args.json else f"[{o.status}] {o.name}" + (f": {o.error}" if o.error else ""))
         return 0 if o.status in ("finished", "skipped") else 1
     if args.verb == "export":
+        from lmscale.io.outputs import check_output_file
         from lmscale.scaling.registry import Registry
 
+        check_output_file(args.out, "--out", kind="csv", overwrite=args.overwrite)
         Registry(args.registry).to_csv(args.out, sweep=args.sweep)
         print(f"wrote {args.out}")
         return 0
