@@ -47,6 +47,8 @@ BLOCK_BYTES = 1 << 20  # bytes read at a time
 NUL_SCAN_BYTES = 1 << 16  # a NUL byte this early means a binary file
 
 _count = threading.local()
+# where each command takes the choice to replace undecodable bytes
+REPLACE_HINT = "--errors replace; in pretrain --data.errors replace"
 
 
 def _counting_replace(exc: UnicodeDecodeError):
@@ -95,7 +97,7 @@ def decode_text(raw: bytes, path: Path, errors: str = "strict", compressed: bool
         except UnicodeDecodeError as exc:
             bad = raw[exc.start:exc.start + 4]
             raise DataError(f"{path}: invalid UTF-8 at byte offset {exc.start}{where} (bytes {bad!r}); "
-                            f"re-encode the file as UTF-8 or use --errors replace") from None
+                            f"re-encode the file as UTF-8, or replace undecodable bytes ({REPLACE_HINT})") from None
     _count.n = 0
     text = raw.decode("utf-8", errors="lmscale-count-replace")
     n = _count.n
@@ -373,7 +375,7 @@ def _decode_line(raw: bytes, path: Path, errors: str, offset: int, where: str) -
         if errors == "strict":
             bad = raw[exc.start:exc.start + 4]
             raise DataError(f"{path}: invalid UTF-8 at byte offset {offset + exc.start}{where} (bytes {bad!r}); "
-                            f"re-encode the file as UTF-8 or use --errors replace") from None
+                            f"re-encode the file as UTF-8, or replace undecodable bytes ({REPLACE_HINT})") from None
     _count.n = 0
     text = raw.decode("utf-8", errors="lmscale-count-replace")
     return text, _count.n

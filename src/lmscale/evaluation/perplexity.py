@@ -225,13 +225,20 @@ def token_stream(tokenizer: Any, documents: Iterable[str], max_tokens: int | Non
     """Documents -> one token list with the tokenizer's document separator after each document
     (as in the pretraining shards) and, for decoders, before the first, so the first word is
     predicted too. Returns (ids, n_words, n_bytes, n_documents); with `max_tokens`, whole documents
-    are taken until the budget is reached, so the word and byte counts match the tokens scored."""
+    are taken until the budget is reached, so the word and byte counts match the tokens scored. A
+    document far longer than the budget left is cut first (at a space within 16 characters per token
+    left), so a cap never pays for tokenizing a huge document in full."""
     sep = getattr(tokenizer, "doc_separator_id", None)
     ids: list[int] = [int(sep)] if (sep is not None and family == "decoder") else []
     n_words = n_bytes = n_docs = 0
     for doc in documents:
         if not doc.strip():
             continue
+        if max_tokens is not None:
+            limit = max(4096, 16 * (max_tokens - len(ids)))
+            if len(doc) > limit:
+                cut = doc.rfind(" ", 0, limit)
+                doc = doc[:cut if cut > 0 else limit]
         ids.extend(tokenizer.encode(doc))
         if sep is not None:
             ids.append(int(sep))
@@ -283,11 +290,12 @@ def perplexity(
                             n_documents=n_docs, window=window, stride=stride, n_windows=n_win)
 
 
-def corpus_documents(corpus: str, split: str) -> Iterable[str]:
+def corpus_documents(corpus: str, split: str, errors: str = "strict") -> Iterable[str]:
     """Documents of a corpus split: a catalog name (`wikitext-2`), or a local text file/directory
-    (all of it, cut into documents as the data pipeline cuts them)."""
+    (all of it, cut into documents as the data pipeline cuts them); `errors="replace"` replaces
+    undecodable bytes instead of failing on them."""
     p = Path(corpus).expanduser()
     if p.exists():
         files = expand_paths(p) if p.is_dir() else [p]
-        return (d for f in files for d in file_documents(f))
-    return resolve_corpus(corpus).documents(split)
+        return (d for f in files for d in file_documents(f, errors))
+    return resolve_corpus(corpus, errors=errors).documents(split)

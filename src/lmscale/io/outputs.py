@@ -34,9 +34,19 @@ def _check_ancestors(p: Path, flag: str) -> None:
             return
 
 
-def is_marked(path: str | os.PathLike) -> bool:
-    """Whether `path` is a directory lmscale wrote (it holds the marker)."""
-    return (Path(path) / MARKER).is_file()
+def marked_kind(path: str | os.PathLike) -> Optional[str]:
+    """The kind of output lmscale wrote in directory `path` (its marker says), or None."""
+    try:
+        data = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(data.get("kind")) if isinstance(data, dict) and data.get("written_by") == "lmscale" else None
+
+
+def is_marked(path: str | os.PathLike, kinds: Optional[tuple[str, ...]] = None) -> bool:
+    """Whether `path` is a directory lmscale wrote (it holds the marker), of one of `kinds` if given."""
+    kind = marked_kind(path)
+    return kind is not None and (kinds is None or kind in kinds)
 
 
 def mark_output_dir(path: str | os.PathLike, kind: str) -> None:
@@ -47,9 +57,10 @@ def mark_output_dir(path: str | os.PathLike, kind: str) -> None:
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--out", overwrite: bool = False,
-                     ours: Optional[Callable[[Path], bool]] = None) -> Path:
+                     ours: Optional[Callable[[Path], bool]] = None, kinds: Optional[tuple[str, ...]] = None) -> Path:
     """Refuse `path` as an output directory when it is a file, or a non-empty directory that lmscale
-    did not write (no marker, and `ours(path)` is not true), unless `overwrite`."""
+    did not write as one of `kinds` (no such marker, and `ours(path)` is not true), unless
+    `overwrite`."""
     p = Path(path)
     if p.is_symlink() and not p.exists():
         raise OutputError(f"{flag} {p}: a dangling symbolic link; choose another {flag}")
@@ -58,7 +69,11 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out", overwrite: bo
             raise OutputError(f"{flag} {p}: is a file, not a directory; choose another {flag} "
                               "(lmscale never replaces a file by a directory)")
         entries = sorted(e.name for e in p.iterdir())
-        if entries and not overwrite and not is_marked(p) and not (ours is not None and ours(p)):
+        if entries and not overwrite and not is_marked(p, kinds) and not (ours is not None and ours(p)):
+            kind = marked_kind(p)
+            if kind is not None:
+                raise OutputError(f"{flag} {p}: holds lmscale's {kind} output, not this command's; choose another "
+                                  f"{flag}, or pass --overwrite to write there anyway")
             shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
             raise OutputError(f"{flag} {p}: a non-empty directory that lmscale did not write (holds {shown}); "
                               f"choose another {flag}, or pass --overwrite to write there anyway")

@@ -125,7 +125,7 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
         try:
             if not resume:
                 try:
-                    check_output_dir(run_dir, "--out", overwrite=overwrite, ours=looks_like_run_dir)
+                    check_output_dir(run_dir, "--out", overwrite=overwrite, ours=looks_like_run_dir, kinds=("run",))
                 except OutputError as exc:
                     raise ConfigError(f"cannot write to the run directory: {exc}") from None
             problem = ckpt.is_writable_dir(run_dir)

@@ -19,7 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="HF_DIR", help="transformers model directory to import")
     src.add_argument("--to-hf", metavar="CKPT", help="lmscale model dir or run dir to export")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory (replaced atomically; it must be new, empty, or one convert wrote)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even when it is a non-empty directory that convert did not write")
     p.add_argument("--json", action="store_true", help="print a JSON summary only")
 
 
@@ -27,10 +30,17 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lmscale.errors import CheckpointError
+    from lmscale.io.outputs import check_output_dir, mark_output_dir
     from lmscale.models import hf
     from lmscale.models.loading import load
     from lmscale.models.serialization import save_model_dir
 
+    source = Path(args.from_hf or args.to_hf).resolve()
+    out = Path(args.out).resolve()
+    if out == source or out in source.parents:
+        raise CheckpointError(f"--out {args.out} is (or holds) the model being converted; choose another --out")
+    # before any work: convert replaces --out, so it must be new, empty or a model directory it wrote
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("model",))
     if args.from_hf:
         if not Path(args.from_hf).is_dir():
             raise CheckpointError(f"{args.from_hf}: not a directory")
@@ -41,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         model, tok = load(args.to_hf)
         hf.to_hf(model, tok, args.out)
         arch = json.loads((Path(args.out) / "config.json").read_text())["architectures"][0]
+    mark_output_dir(args.out, "model")
     summary = {"out": str(args.out), "family": model.config.family, "architecture": arch,
                "params": model.num_parameters(), "tokenizer": tok is not None}
     if args.json:

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise LmscaleError("--bootstrap 1: give 0 (no intervals) or at least 2 resamples")
     check_output_file(args.out, "--out", kind="html", overwrite=args.overwrite)
     if args.png_dir:
-        check_output_dir(args.png_dir, "--png-dir", overwrite=args.overwrite,
+        check_output_dir(args.png_dir, "--png-dir", overwrite=args.overwrite, kinds=("figures",),
                          ours=lambda d: all(e.suffix == ".png" for e in Path(d).iterdir()))
     res = build(args, args.out, args.png_dir)
     if args.json:

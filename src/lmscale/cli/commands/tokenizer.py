@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmscale.cli.argtypes import nonnegative_int, positive_int
+
 HELP = "train a tokenizer (bpe | wordpiece | unigram), encode text, or explain BPE step by step"
 
 
@@ -15,13 +17,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        description="Train a byte-level BPE (GPT), WordPiece (BERT) or Unigram (T5) tokenizer "
                                    "and save it as tokenizer.json + tokenizer_meta.json.")
     t.add_argument("--kind", required=True, choices=["bpe", "wordpiece", "unigram"])
-    t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size including special tokens")
+    t.add_argument("--vocab-size", type=positive_int, required=True, help="vocabulary size including special tokens")
     t.add_argument("--input", nargs="+", required=True, metavar="FILE",
                    help="corpus files (.txt, .jsonl, .json, .tsv, .parquet, optionally .gz/.zst), directories, "
                         "or a catalog corpus name (its train split)")
     t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--overwrite", action="store_true",
+                   help="write into --out even when it is a non-empty directory lmscale did not write")
     t.add_argument("--lowercase", action="store_true")
-    t.add_argument("--min-frequency", type=int, default=2, help="bpe/wordpiece: minimum pair/piece frequency")
+    t.add_argument("--min-frequency", type=nonnegative_int, default=2,
+                   help="bpe/wordpiece: minimum pair/piece frequency")
     t.add_argument("--errors", choices=["strict", "replace"], default="strict",
                    help="undecodable bytes: fail naming the file and offset, or replace and count them")
     t.add_argument("--text-field", default="text",
@@ -51,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "and split rare words with them.")
     x.add_argument("text", nargs="?", help="the text (or use --file)")
     x.add_argument("--file", help="read the text from a file")
-    x.add_argument("--merges", type=int, default=3, help="number of merges (default 3)")
+    x.add_argument("--merges", type=nonnegative_int, default=3, help="number of merges (default 3)")
     x.add_argument("--words", action="store_true", help="subword BPE over words (Sennrich et al. 2016)")
     x.add_argument("--split", action="append", default=[], metavar="WORD",
                    help="with --words: word to segment with the learned merges (default: the rarest words)")
@@ -80,17 +85,22 @@ def _train(args: argparse.Namespace) -> int:
     import warnings
 
     from lmscale.errors import DataError
+    from lmscale.io.outputs import check_output_dir, mark_output_dir
     from lmscale.tokenization import train_tokenizer
 
     t0 = time.perf_counter()
     if args.vocab_size < 1:
         raise DataError(f"--vocab-size must be positive, got {args.vocab_size}")
+    # before training: the tokenizer goes into a new or empty directory, or one holding a tokenizer
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("tokenizer",),
+                     ours=lambda d: {e.name for e in d.iterdir()} <= {"tokenizer.json", "tokenizer_meta.json"})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tok = train_tokenizer(args.kind, _train_inputs(args.input, args.errors, args.text_field), args.vocab_size,
                               lowercase=args.lowercase, min_frequency=args.min_frequency,
                               show_progress=sys.stderr.isatty() and not args.json)
     tok.save(args.out)
+    mark_output_dir(args.out, "tokenizer")
     info = {"out": str(args.out), "kind": tok.kind, "vocab_size": tok.vocab_size, "hash": tok.hash,
             "seconds": round(time.perf_counter() - t0, 3), "warnings": [str(w.message) for w in caught]}
     if args.json:
