@@ -10,7 +10,7 @@ import pytest
 
 from lmscale.cli import main
 
-STAGES = ["data", "tokenizers", "pretrain", "use", "finetune", "scaling", "report"]
+STAGES = ["data", "tokenizers", "pretrain", "use", "finetune", "scaling", "emergence", "report"]
 
 
 def _run(args: list[str], env_extra: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
@@ -32,6 +32,9 @@ def test_fast_quickstart_runs_every_stage_and_resumes(shared_data, tmp_path):
     assert set(results["pretrain"]) == {"encoder", "decoder", "encoder-decoder"}
     for run in results["pretrain"].values():
         assert run["summary"]["status"] == "finished" and run["summary"]["final_val_loss"] > 0
+        # token budgets, not wall-clock: the run is exactly as long as the profile says
+        assert run["summary"]["tokens"] >= {"encoder": 160000, "decoder": 160000, "encoder-decoder": 250000}[
+            next(f for f, r in results["pretrain"].items() if r is run)]
     prompts = [item["prompt"] for item in results["use"]["fill_mask"]]
     assert "University of Minnesota is located in ___, Minnesota." in prompts
     for item in results["use"]["fill_mask"]:
@@ -39,14 +42,65 @@ def test_fast_quickstart_runs_every_stage_and_resumes(shared_data, tmp_path):
         assert len(probs) == 5 and probs == sorted(probs, reverse=True)
     assert set(results["finetune"]["tables"]["accuracy"]) >= {"pretrained", "random"}
     assert set(results["scaling"]["fit"]["params"]) >= {"E", "A", "B", "alpha", "beta"}
+    assert results["scaling"]["compute_decades"] > 1.0 and results["scaling"]["frontier"]["params"]["alpha"] > 0
+    assert set(results["emergence"]["switches"]) == {"32", "64"}
+    checks = [c["check"] for s in STAGES for c in results[s].get("checks", [])]
+    assert any("place name" in c for c in checks) and any("induction" in c for c in checks)
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "University of Minnesota" in html and "data:image/png;base64," in html
+    assert "cpu profile" in html and "What each stage shows" in html
     # the BPE walk-through is the textbook example
     assert "ZabdZabac" in results["tokenizers"]["bpe_explain_text"]
     # a second run skips every finished stage
     again = _run(["--fast", "--out", str(out)], env, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("done earlier, skipped") == len(STAGES)
+
+
+def test_profiles_are_readable_presets_with_token_budgets():
+    from lmscale.experiments.quickstart import load_profile
+
+    for name in ("cpu", "gpu"):
+        for fast in (False, True):
+            p = load_profile(name, fast)
+            for run in p["pretrain"]["runs"].values():
+                assert int(run["max_tokens"]) > 0
+            assert p["sweep"]["tokens"] and p["emergence"]["steps"] > 0
+    assert load_profile("cpu", True)["pretrain"]["runs"]["decoder"]["max_tokens"] < \
+        load_profile("cpu")["pretrain"]["runs"]["decoder"]["max_tokens"]
+
+
+@pytest.mark.slow
+def test_gpu_profile_runs_on_the_cpu_with_tiny_budgets(shared_data, tmp_path, monkeypatch):
+    """The gpu profile's stages (wider models, early stopping, the decoder's pretraining effect, the
+    MiniLM probe when its package is at hand) with budgets cut to seconds, forced onto the CPU."""
+    from lmscale.experiments.quickstart import run_quickstart
+
+    monkeypatch.setenv("LMSCALE_DATA_DIR", str(shared_data))
+    tiny = {"tokenizers": {"vocab_size": 2000, "max_bytes": 1000000},
+            "pretrain": {"eval_every": 20, "runs": {f: {"max_tokens": 30000, "overrides": {
+                "train.batch_size": 16, "model.d_model": 64, "model.d_ff": 128, "model.n_heads": 2}}
+                for f in ("encoder", "decoder")} | {"encoder-decoder": {"max_tokens": 30000, "overrides": {
+                    "train.batch_size": 16, "model.d_model": 64, "model.d_ff": 128, "model.d_head": 32}}}},
+            "finetune": {"sizes": [50], "seeds": 2, "epochs": 1, "min_steps": 4, "max_steps": 4, "evaluations": 1,
+                         "regression": False, "minilm_probe": False, "probe_max_train": 100},
+            "sweep": {"sizes": [1.5e4, 4.0e4, 1.0e5], "tokens": [2.0e4, 4.0e4], "workers": 2, "batch_size": 8,
+                      "seq_len": 32},
+            "emergence": {"widths": [16, 32], "steps": 20, "eval_every": 10}}
+    code = run_quickstart(out=tmp_path / "qs", profile="gpu", device="cpu", overrides=tiny)
+    assert code == 0
+    rec = json.loads((tmp_path / "qs" / "stages" / "finetune.json").read_text())
+    assert rec["mode"] == "gpu-full" and "decoder_ahead" in rec["result"]
+    pre = json.loads((tmp_path / "qs" / "stages" / "pretrain.json").read_text())["result"]
+    assert all(r["summary"]["status"] in ("finished", "early_stopped") for r in pre.values())
+
+
+def test_device_and_profile_flags_are_checked(tmp_path, capsys):
+    assert main(["quickstart", "--out", str(tmp_path), "--device", "banana"]) == 2
+    assert "--device 'banana'" in capsys.readouterr().err
+    if not __import__("torch").cuda.is_available():
+        assert main(["quickstart", "--out", str(tmp_path), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_missing_corpus_says_how_to_use_local_text(tmp_path, capsys):

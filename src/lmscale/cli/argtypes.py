@@ -6,7 +6,7 @@ import argparse
 import math
 import re
 
-_DEVICE = re.compile(r"(cpu|mps|cuda)(:\d+)?")
+_DEVICE = re.compile(r"auto|(cpu|mps|cuda)(:\d+)?")
 
 
 def _number(text: str, kind: type) -> float:
@@ -79,9 +79,14 @@ def at_least(lo: float) -> "argparse._ActionType":  # type: ignore[name-defined]
 
 
 def device(text: str) -> str:
-    """cpu, cuda, cuda:N or mps, checked against what this machine has."""
+    """auto (CUDA when present, else the CPU), cpu, cuda, cuda:N or mps, checked against what this
+    machine has; `auto` comes back as the device it picked."""
+    if text == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if not _DEVICE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda, cuda:N or mps")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
     if text.startswith("cuda") or text == "mps":
         import torch
 

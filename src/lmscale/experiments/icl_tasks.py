@@ -49,6 +49,7 @@ class ICLConfig:
     eval_episodes: int = 256
     recall_fraction: float = 0.5
     seed: int = 0
+    device: str = "cpu"
 
     @classmethod
     def small(cls) -> "ICLConfig":
@@ -110,7 +111,7 @@ def evaluate(model: Any, episodes: list[tuple[np.ndarray, list[tuple[int, int]]]
 
     `answer_ids` restricts the argmax to the tokens an answer can be (the values, for recall).
     """
-    x = torch.from_numpy(np.stack([e[0] for e in episodes]))
+    x = torch.from_numpy(np.stack([e[0] for e in episodes])).to(next(model.parameters()).device)
     with torch.no_grad():
         logits = model(x).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
@@ -146,7 +147,7 @@ def train_config(cfg: ICLConfig) -> TrainConfig:
 def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one decoder on the task mix and evaluate both tasks every `eval_every` steps."""
     torch.manual_seed(cfg.seed)
-    model = build_model(model_config(cfg, width))
+    model = build_model(model_config(cfg, width)).to(cfg.device)
     tcfg = train_config(cfg)
     opt = build_optimizer(model, tcfg)
     counts = model.num_parameters()
@@ -172,7 +173,7 @@ def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = No
     for step in range(cfg.steps):
         if step % cfg.eval_every == 0 and step > 0:
             do_eval(step)
-        x = torch.from_numpy(batch(cfg, rng, cfg.batch_size))
+        x = torch.from_numpy(batch(cfg, rng, cfg.batch_size)).to(cfg.device)
         labels = x.clone()
         labels[:, 1:][x[:, 1:] == PAD] = -100  # padding after short episodes
         for g in opt.param_groups:
@@ -211,6 +212,21 @@ def transition(evals: list[dict[str, Any]], task: str = "recall") -> dict[str, A
             "tokens_at_half_rise": float(tok[i]),
             "largest_jump": float(jumps[j]), "jump_fraction": float(jumps[j] / rise),
             "jump_between_tokens": [float(tok[j]), float(tok[j + 1])]}
+
+
+def switch(evals: list[dict[str, Any]], total_steps: int, task: str = "induction", low: float = 0.1,
+           high: float = 0.9) -> dict[str, Any]:
+    """Does accuracy switch on: from at most `low` to at least `high`, and within what share of the
+    training steps (from the last evaluation at or below `low` to the first at or above `high`)?"""
+    steps = [0] + [e["step"] for e in evals]
+    acc = [None] + [e[task]["accuracy"] for e in evals]
+    up = next((i for i in range(1, len(acc)) if acc[i] >= high), None)
+    if up is None:
+        return {"switched": False, "max_accuracy": max(a for a in acc[1:]) if evals else None}
+    down = max((i for i in range(1, up) if acc[i] <= low), default=0)  # 0: before the first evaluation
+    fraction = (steps[up] - steps[down]) / max(total_steps, 1)
+    return {"switched": True, "from_step": steps[down], "to_step": steps[up], "step_fraction": fraction,
+            "accuracy_from": acc[down], "accuracy_to": acc[up], "low": low, "high": high}
 
 
 def run_icl(cfg: ICLConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 from lmscale.config import load_run_config
@@ -42,17 +43,24 @@ PRETRAIN_OVERRIDES: dict[str, Any] = {
 
 def pretrain_encoder(out_dir: str | Path, corpus: str = "wikitext-2", time_s: float = 180.0,
                      preset: str = "bert-tiny", overrides: Optional[dict[str, Any]] = None,
-                     seed: int = 0) -> Path:
+                     seed: int = 0, device: str = "auto") -> Path:
     """MLM-pretrain a small encoder with the regular training loop; returns the run directory."""
     ov = dict(PRETRAIN_OVERRIDES)
     ov.update(overrides or {})
     ov.update({"data.corpus": corpus, "train.max_time_s": float(time_s), "out": str(out_dir),
-               "train.seed": seed, "train.device": "cpu"})
+               "train.seed": seed, "train.device": device})
     run_cfg = load_run_config(preset=preset, overrides=ov)
     summary = pretrain(run_cfg)
     if summary.get("status") == "failed":
         raise LmscaleError(f"pretraining failed: {summary.get('error')}")
     return Path(out_dir)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` is CUDA when present, else the CPU; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
@@ -155,6 +163,7 @@ class PretrainingEffectConfig:
     minilm_sizes: Optional[Sequence[Optional[int]]] = (100, 1000)
     max_length: int = 64
     batch_size: int = 32
+    device: str = "auto"  # auto: CUDA when present
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -190,7 +199,7 @@ def run_pretraining_effect(cfg: PretrainingEffectConfig | str | Path, log: Optio
     if checkpoint is None:
         say(f"pretraining a small encoder on {cfg.pretrain_corpus} for {cfg.pretrain_time_s:.0f} s ...")
         checkpoint = pretrain_encoder(cfg.out_dir / "pretrain", cfg.pretrain_corpus, cfg.pretrain_time_s,
-                                      overrides=cfg.pretrain_overrides)
+                                      overrides=cfg.pretrain_overrides, device=cfg.device)
     base_body, base_tok = load(checkpoint)
     if base_body.config.family == "encoder-decoder" and cfg.pooling not in (None, "mean", "first"):
         raise LmscaleError(f"pooling {cfg.pooling!r} does not apply to encoder-decoders")
@@ -249,7 +258,8 @@ def _finetune_one(cfg: PretrainingEffectConfig, task: TaskData, kind: str, init:
     ft = FinetuneConfig(epochs=cfg.epochs, min_steps=cfg.min_steps, max_steps=cfg.max_steps, lr=cfg.lr[init],
                         seed=seed, train_examples=size, max_length=cfg.max_length, batch_size=cfg.batch_size,
                         patience=None, eval_every=max(1, steps // cfg.evaluations),
-                        pooling=None if body.config.family == "decoder" else (cfg.pooling or "mean"))
+                        pooling=None if body.config.family == "decoder" else (cfg.pooling or "mean"),
+                        device=resolve_device(cfg.device))
     t0 = time.perf_counter()
     res = finetune(body, tok, task, ft)
     res.pop("model", None)

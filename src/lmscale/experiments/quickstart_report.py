@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from lmscale.io import atomic_write_text
 
 STYLE = """
@@ -44,12 +46,8 @@ def _img_file(path: str | Path, caption: str = "") -> str:
 
 
 def _curves_png(pretrain: dict[str, Any]) -> bytes | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     drawn = False
     for family, run in pretrain.items():
         if not isinstance(run, dict):
@@ -61,7 +59,6 @@ def _curves_png(pretrain: dict[str, Any]) -> bytes | None:
         if c.get("eval_step"):
             ax.plot(c["eval_step"], c["val_loss"], "o--", label=f"{family} validation")
     if not drawn:
-        plt.close(fig)
         return None
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats per predicted token)")
@@ -69,14 +66,28 @@ def _curves_png(pretrain: dict[str, Any]) -> bytes | None:
     ax.legend(fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
-def render(results: dict[str, Any], fast: bool) -> str:
+def _checks_html(results: dict[str, Any], profile: str) -> str:
+    checks = [c for r in results.values() if isinstance(r, dict) for c in r.get("checks", [])]
+    if not checks:
+        return ""
+    rows = [[c["check"], c["target"], c["measured"], "-" if c["ok"] is None else ("yes" if c["ok"] else "no")]
+            for c in checks]
+    return (f"<h2>What each stage shows ({_esc(profile)} profile)</h2>"
+            + _table(rows, ["phenomenon", "target", "measured", "met"]))
+
+
+def render(results: dict[str, Any], fast: bool, profile: str = "cpu", device: str = "cpu") -> str:
+    mode = f"{profile} profile{', fast' if fast else ''}, {device}"
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lmscale quickstart report</title>",
              f"<style>{STYLE}</style></head><body>",
-             f"<h1>lmscale quickstart report{' (fast mode)' if fast else ''}</h1>"]
+             f"<h1>lmscale quickstart report ({_esc(mode)})</h1>",
+             f"<p>Every figure on this page was made by the {_esc(profile)} profile "
+             f"(<code>presets/quickstart/{_esc(profile)}.yaml</code>): token and step budgets and fixed seeds, "
+             "so a re-run of the same profile gives the same numbers.</p>",
+             _checks_html(results, profile)]
     data = results.get("data")
     if data:
         parts.append("<h2>1. Data</h2>")
@@ -144,11 +155,15 @@ def render(results: dict[str, Any], fast: bool) -> str:
                                   f"[{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else "-"]
                                  for k in ("E", "A", "B", "alpha", "beta")],
                                 ["Chinchilla parameter", "value", "95% bootstrap interval"]))
-        if sc.get("fit_warning"):
-            parts.append(f"<p class='note'>Note: {_esc(sc['fit_warning'])}.</p>")
-        if sc.get("holdout_rel_errors"):
-            parts.append("<p>Fit on the smaller runs, relative error on the held-out largest-compute runs: "
-                         + ", ".join(f"{e:+.1%}" for e in sc["holdout_rel_errors"]) + "</p>")
+        front = sc.get("frontier")
+        if front:
+            p, ci = front["params"], front["ci95"]
+            parts.append(f"<p>Compute frontier (the reduced law; E fixed at 0): L(C) = {p['L0']:.4f} "
+                         f"(C / {front['C0']:.3g})<sup>-{p['alpha']:.4f}</sup>, 95% intervals L0 "
+                         f"[{ci['L0'][0]:.4f}, {ci['L0'][1]:.4f}], alpha [{ci['alpha'][0]:.4f}, "
+                         f"{ci['alpha'][1]:.4f}].</p>")
+        if sc.get("allocation_note"):
+            parts.append(f"<p class='note'>Note: {_esc(sc['allocation_note'])}.</p>")
         alloc = sc.get("allocation")
         if alloc:
             parts.append(f"<p>Compute-optimal allocation at C = {alloc['flops']:.0e} FLOPs: "
@@ -169,7 +184,8 @@ def render(results: dict[str, Any], fast: bool) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def write_report(out: str | Path, results: dict[str, Any], fast: bool = False) -> Path:
+def write_report(out: str | Path, results: dict[str, Any], fast: bool = False, profile: str = "cpu",
+                 device: str = "cpu") -> Path:
     path = Path(out) / "report.html"
-    atomic_write_text(path, render(results, fast))
+    atomic_write_text(path, render(results, fast, profile, device))
     return path

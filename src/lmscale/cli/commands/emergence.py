@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmscale.cli.argtypes import device
+
 HELP = "emergence: sigmoid / broken-power-law fits, accuracy vs likelihood, extrapolation, synthetic ICL"
 DESCRIPTION = """Emergence and phase transitions. `fit` fits a metric against log-compute with a sigmoid and
 a broken power law and says whether there is a break; `compare` shows a task's discontinuous
@@ -75,6 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--steps", type=int, help="training steps per model")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--json", action="store_true")
+    i.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
 
 
 def _print_analysis(a) -> None:
@@ -162,6 +165,7 @@ def _icl(args: argparse.Namespace) -> int:
     if args.steps:
         cfg.steps = args.steps
     cfg.seed = args.seed
+    cfg.device = args.device
     res = run_icl(cfg, log=None if args.json else (lambda s: print(s, flush=True)))
     out = Path(args.out)
     atomic_write_json(out / "icl.json", res)

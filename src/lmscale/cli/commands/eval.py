@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from lmscale.cli.argtypes import device, nonnegative_int, positive_int
+
 HELP = "evaluate a checkpoint: corpus perplexity, or few-shot BIG-bench tasks (GPT-3 protocol)"
 
 
@@ -27,12 +29,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pp.add_argument("checkpoint", metavar="CKPT")
     pp.add_argument("--corpus", default="wikitext-2", help="catalog name or text file (default wikitext-2)")
     pp.add_argument("--split", default="test")
-    pp.add_argument("--window", type=int, default=None, help="tokens per window (default: the model's context)")
-    pp.add_argument("--stride", type=int, default=None, help="tokens the window advances (default: half the window)")
-    pp.add_argument("--max-tokens", type=int, default=None,
-                    help="stop after the document that reaches this many tokens (quick estimates)")
-    pp.add_argument("--batch-size", type=int, default=8)
-    pp.add_argument("--device", default="cpu")
+    pp.add_argument("--window", type=positive_int, default=None,
+                    help="tokens per window (default: the model's context)")
+    pp.add_argument("--stride", type=positive_int, default=None,
+                    help="tokens the window advances (default: half the window)")
+    pp.add_argument("--max-tokens", type=positive_int, default=None,
+                    help="stop after the document that reaches this many tokens (quick estimates; a document "
+                         "far longer than that is cut before it is tokenized)")
+    pp.add_argument("--batch-size", type=positive_int, default=8)
+    pp.add_argument("--device", type=device, default="auto",
+                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    pp.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                    help="undecodable bytes in a local corpus: fail naming the file and offset, or replace them")
     pp.add_argument("--out", default=None,
                     help="also write the result to this file, in lm-evaluation-harness's results schema")
     pp.add_argument("--json", action="store_true")
@@ -47,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fp.add_argument("--hf", default=None, metavar="DIR", help="evaluate a local transformers causal LM directory")
     fp.add_argument("--batch-tokens", type=int, default=2048, help="tokens per scoring batch")
     fp.add_argument("--samples", action="store_true", help="include every item's prompt and scores in --out")
-    fp.add_argument("--device", default="cpu")
+    fp.add_argument("--device", type=device, default="auto",
+                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     fp.add_argument("--out", default=None, help="write the results here, in lm-evaluation-harness's results schema")
     fp.add_argument("--download", action="store_true",
                     help="fetch BIG-bench (358 MB) if a --task name needs it and it is not here yet")

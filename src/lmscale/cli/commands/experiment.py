@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmscale.cli.argtypes import device
+
 HELP = "run the lecture's experiments (pretraining-effect)"
 
 
@@ -68,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--evaluations", type=int, default=5, help="dev evaluations per run (best one kept)")
     e.add_argument("--pooling", default=None, help="encoder pooling: mean (default), cls or pooler")
     e.add_argument("--json", action="store_true", help="print results.json only")
+    e.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         pretrain_time_s=args.pretrain_seconds, pretrain_corpus=args.pretrain_corpus,
         classification=not args.no_classification, epochs=args.epochs, min_steps=args.min_steps,
         max_steps=args.max_steps, evaluations=args.evaluations, pooling=args.pooling,
-        minilm_sizes=_sizes(args.minilm_sizes), lr=_lrs(args.lr) or {},
+        minilm_sizes=_sizes(args.minilm_sizes), lr=_lrs(args.lr) or {}, device=args.device,
     )
     result = run_pretraining_effect(cfg, log=None if args.json else print)
     if args.json:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmscale.cli.argtypes import device, positive_int
+
 HELP = "predict the words behind [MASK] (or ___) with an encoder checkpoint"
 DESCRIPTION = (
     "Show the top candidates and their probabilities for every mask in TEXT, best first. "
@@ -17,11 +19,11 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="model directory, run directory or transformers directory")
     p.add_argument("text", metavar="TEXT", help='e.g. "University of Minnesota is located in [MASK], Minnesota."')
-    p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default 5)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="candidates per mask (default 5)")
     p.add_argument("--targets", default=None,
                    help="comma-separated words to score instead of the whole vocabulary "
                         "(a multi-token word is scored by its first sub-token)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true",
                    help="print only JSON shaped like transformers' fill-mask pipeline (score/token/token_str/sequence)")
 
@@ -54,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"<extra_id_{k}> -> {s!r}")
             print(res.text)
         return 0
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets is not None else None
+    if targets is not None and not targets:
+        from lmscale.errors import LmscaleError
+
+        raise LmscaleError(f"--targets {args.targets!r} names no word; give comma-separated words, e.g. --targets "
+                           "paris,london")
     if args.json:
         print(json.dumps(fill_mask_pipeline(model, tok, args.text, top_k=args.top_k, targets=targets)))
         return 0

@@ -90,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mixing-cap", type=positive_int, default=None, help="mixture: examples-proportional cap K")
     g.add_argument("--mixture-size", type=positive_int, default=None, help="mixture: examples drawn per epoch")
     g.add_argument("--seed", type=nonnegative_int, default=0)
-    g.add_argument("--device", type=device, default="cpu")
+    g.add_argument("--device", type=device, default="auto",
+                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print results.json only")
     p.set_defaults(_accepts_overrides=True)
 

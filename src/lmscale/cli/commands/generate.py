@@ -6,6 +6,8 @@ import json
 import re
 import sys
 
+from lmscale.cli.argtypes import device, nonnegative_int, positive_float, positive_int
+
 HELP = "generate text from a decoder or encoder-decoder checkpoint (KV cache; batches; T5 span infilling)"
 DESCRIPTION = (
     "Continue PROMPT token by token, printing each piece as it is generated. Several prompts (as "
@@ -20,23 +22,30 @@ DESCRIPTION = (
 )
 
 
+def _top_p(text: str) -> float:
+    value = positive_float(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"is a probability mass in (0, 1], got {text}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="model directory, run directory or transformers directory")
     p.add_argument("prompt", metavar="PROMPT", nargs="*", help="one or more prompts")
     p.add_argument("--file", metavar="FILE", help="read prompts from FILE, one per line ('-' for stdin)")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts decoded together (default 16)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1.0 = off)")
-    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--temperature", type=positive_float, default=1.0)
+    p.add_argument("--top-k", type=nonnegative_int, default=0, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 discourages repeats (1.0 = off)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=50)
     p.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="stop when this string is generated (repeatable; not included in the output)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=nonnegative_int, default=None,
                    help="sampling seed (same seed, same text; every prompt is sampled with it)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true",
                    help='print only JSON shaped like transformers\' pipeline: [{"generated_text": ...}]')
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmscale.cli.argtypes import positive_int
+from lmscale.cli.argtypes import device, positive_int
 
 HELP = "predict labels / scores / outputs with a fine-tuned model"
 DESCRIPTION = (
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write predictions as JSONL here (each with its input row and line)")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if lmscale did not write it")
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise LmscaleError("give texts or --input FILE, not both")
     if args.out:
         check_output_file(args.out, "--out", kind="jsonl", overwrite=args.overwrite)
-    model = FinetunedModel.load(args.model)
+    model = FinetunedModel.load(args.model, device=args.device)
     if args.input:
         inputs, rows = predict_file(model, args.input, text_column=args.text_column,
                                     text_pair_column=args.text_pair_column, fmt=args.format,

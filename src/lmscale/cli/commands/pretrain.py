@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (metrics, checkpoints, summary.json)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (the schedule length)")
     p.add_argument("--seed", type=int, help="seed for initialisation, data order and masking")
+    p.add_argument("--device", help="train.device: auto (CUDA when present, the default), cpu, cuda or cuda:N")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every K steps (0 = only at the end)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR exactly from its newest checkpoint")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -59,7 +60,7 @@ def _shortcut_overrides(args: argparse.Namespace) -> dict:
     out: dict = {}
     for flag, key in (("corpus", "data.corpus"), ("tokenizer", "data.tokenizer"), ("shards", "data.shards"),
                       ("out", "out"), ("max_steps", "train.max_steps"), ("seed", "train.seed"),
-                      ("checkpoint_every", "train.checkpoint_every")):
+                      ("checkpoint_every", "train.checkpoint_every"), ("device", "train.device")):
         value = getattr(args, flag, None)
         if value is not None:
             out[key] = value

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from lmscale.cli.argtypes import nonnegative_int, positive_float, positive_int
+from lmscale.cli.argtypes import device, nonnegative_int, positive_float, positive_int
 
 HELP = "scaling sweeps (grid / IsoFLOP) of `lmscale pretrain` runs with a SQLite run registry"
 DESCRIPTION = """Scaling sweeps. `run` plans the sweep, prepares one tokenizer and token shards for all
@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--overwrite", action="store_true",
                    help="use --out even when it is a non-empty directory that is not a sweep directory")
     r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.add_argument("--device", default=None,
+                   help="train.device of every run (auto: CUDA when present; default: the sweep config's, else auto)")
 
     s = sub.add_parser("status", help="runs of a registry with their status, N, D, C and losses")
     s.add_argument("registry", help=_REGISTRY_HELP)
@@ -100,6 +102,9 @@ def _run(args) -> int:
     from lmscale.io.outputs import check_output_dir
 
     sw = _load(args)
+    if args.device is not None:
+        device(args.device)  # checked here, resolved by each run
+        sw.base.setdefault("train", {})["device"] = args.device
     out = Path(args.out or Path("sweeps") / sw.name)
     if args.dry_run:
         specs = plan(sw, out)
