@@ -4,14 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmscale.cli.argtypes import positive_int, unit_interval
+
 HELP = "count parameters and training FLOPs/token of a preset or config (no model is built)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="preset name (see `lmscale presets`), a YAML/JSON config file, or a model directory")
-    p.add_argument("--seq-len", type=int, default=None, help="context length for the FLOP conventions "
+    p.add_argument("--seq-len", type=positive_int, default=None, help="context length for the FLOP conventions "
                    "(default: train.seq_len of the config, else model.max_positions)")
-    p.add_argument("--mlm-fraction", type=float, default=0.15,
+    p.add_argument("--mlm-fraction", type=unit_interval, default=0.15,
                    help="share of positions with an MLM loss (encoders; exact convention)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(_accepts_overrides=True)

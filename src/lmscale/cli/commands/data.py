@@ -5,7 +5,16 @@ import argparse
 import json
 import sys
 
+from lmscale.cli.argtypes import positive_float, positive_int
+
 HELP = "list and fetch corpora; tokenize a corpus into memory-mapped token shards"
+
+
+def _open_fraction(text: str) -> float:
+    value = positive_float(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,12 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "into nested records, e.g. meta.body (default text)")
     pr.add_argument("--tokenizer", required=True, help="tokenizer dir (or tokenizer.json / GPT-2 vocab+merges dir)")
     pr.add_argument("--out", required=True, help="output shard directory")
-    pr.add_argument("--valid-fraction", type=float, default=0.02,
+    pr.add_argument("--valid-fraction", type=_open_fraction, default=0.02,
                     help="share of documents held out when the corpus has no validation split (default 0.02)")
     pr.add_argument("--split-seed", type=int, default=1234, help="seed of that held-out choice")
     pr.add_argument("--errors", choices=["strict", "replace"], default="strict",
                     help="undecodable bytes: fail naming the file and offset, or replace and count them")
-    pr.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    pr.add_argument("--workers", type=positive_int, default=None, help="tokenizer processes (default: all cores)")
     pr.add_argument("--force", action="store_true", help="rebuild even if the shards are up to date")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
 

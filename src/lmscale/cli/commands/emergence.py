@@ -72,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     i = sub.add_parser("icl", help="train small decoders on synthetic in-context tasks; watch the abrupt rise")
     i.add_argument("--out", required=True, help="directory for icl.json and icl.png")
+    i.add_argument("--overwrite", action="store_true", help="write into --out even if lmscale did not write it")
     i.add_argument("--small", action="store_true", help="the seconds-long setting (machinery check)")
     i.add_argument("--widths", type=int, nargs="+", help="model widths (d_model), 2 layers each")
     i.add_argument("--steps", type=int, help="training steps per model")
@@ -157,8 +158,11 @@ def _icl(args: argparse.Namespace) -> int:
 
     from lmscale.experiments.icl_tasks import ICLConfig, run_icl
     from lmscale.io import atomic_write_json
+    from lmscale.io.outputs import check_output_dir, mark_output_dir
     from lmscale.scaling.plots import plot_icl, save
 
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("icl",),
+                     ours=lambda d: {e.name for e in d.iterdir()} <= {"icl.json", "icl.png"})
     cfg = ICLConfig.small() if args.small else ICLConfig()
     if args.widths:
         cfg.widths = args.widths
@@ -168,6 +172,7 @@ def _icl(args: argparse.Namespace) -> int:
     cfg.device = args.device
     res = run_icl(cfg, log=None if args.json else (lambda s: print(s, flush=True)))
     out = Path(args.out)
+    mark_output_dir(out, "icl")
     atomic_write_json(out / "icl.json", res)
     save(plot_icl(res), out / "icl.png")
     if args.json:

@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="undecodable bytes in a local corpus: fail naming the file and offset, or replace them")
     pp.add_argument("--out", default=None,
                     help="also write the result to this file, in lm-evaluation-harness's results schema")
+    pp.add_argument("--overwrite", action="store_true", help="replace --out even if lmscale did not write it")
     pp.add_argument("--json", action="store_true")
 
     fp = sub.add_parser("fewshot", help="zero/one/few-shot accuracy on BIG-bench JSON (or JSONL) tasks")
@@ -50,16 +51,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fp.add_argument("--task", action="append", required=True, metavar="PATH_OR_NAME",
                     help="task.json / .jsonl file, task directory, or BIG-bench task name (repeatable)")
     fp.add_argument("--shots", type=_shots, default=[0], help="comma-separated, e.g. 0,1,8 (default 0)")
-    fp.add_argument("--seed", type=int, default=1234, help="seed of the demonstration draws")
-    fp.add_argument("--limit", type=int, default=None, help="evaluate a seeded sample of this many items per task")
+    fp.add_argument("--seed", type=nonnegative_int, default=1234, help="seed of the demonstration draws")
+    fp.add_argument("--limit", type=positive_int, default=None,
+                    help="evaluate a seeded sample of this many items per task")
     fp.add_argument("--hf", default=None, metavar="DIR", help="evaluate a local transformers causal LM directory")
-    fp.add_argument("--batch-tokens", type=int, default=2048, help="tokens per scoring batch")
+    fp.add_argument("--batch-tokens", type=positive_int, default=2048, help="tokens per scoring batch")
     fp.add_argument("--samples", action="store_true", help="include every item's prompt and scores in --out")
     fp.add_argument("--device", type=device, default="auto",
                     help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     fp.add_argument("--out", default=None, help="write the results here, in lm-evaluation-harness's results schema")
     fp.add_argument("--download", action="store_true",
                     help="fetch BIG-bench (358 MB) if a --task name needs it and it is not here yet")
+    fp.add_argument("--overwrite", action="store_true", help="replace --out even if lmscale did not write it")
     fp.add_argument("--json", action="store_true")
 
 
@@ -77,15 +80,21 @@ def _progress(total: int | None, desc: str, quiet: bool):
 
 def _run_perplexity(args: argparse.Namespace) -> int:
     import lmscale
-    from lmscale.errors import CheckpointError
+    from lmscale.errors import CheckpointError, LmscaleError
     from lmscale.evaluation.perplexity import corpus_documents, perplexity
     from lmscale.io import atomic_write_json
+    from lmscale.io.outputs import check_output_file
 
+    if args.out:
+        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite)
+    if args.stride is not None and args.window is not None and args.stride > args.window:
+        raise LmscaleError(f"--stride {args.stride} is longer than --window {args.window}; tokens between "
+                           "windows would never be scored")
     started = time.time()
     model, tok = lmscale.load(args.checkpoint, device=args.device)
     if tok is None:
         raise CheckpointError(f"{args.checkpoint}: no tokenizer saved with the model")
-    docs = corpus_documents(args.corpus, args.split)
+    docs = corpus_documents(args.corpus, args.split, errors=args.errors)
     prog, advance = _progress(args.max_tokens, "scoring tokens", args.json)
     try:
         res = perplexity(model, tok, docs, window=args.window, stride=args.stride, batch_size=args.batch_size,
@@ -122,9 +131,12 @@ def _run_fewshot(args: argparse.Namespace) -> int:
     from lmscale.evaluation.lm import load_hf_causal_lm, scoring_lm
     from lmscale.evaluation.tasks import is_task_path, load_tasks
     from lmscale.io import atomic_write_json
+    from lmscale.io.outputs import check_output_file
 
     if (args.checkpoint is None) == (args.hf is None):
         raise LmscaleError("give either CKPT or --hf DIR (exactly one)")
+    if args.out:
+        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite)
     # every argument is checked before anything large is read or downloaded: the checkpoint path,
     # the local task files, the model itself, and only then BIG-bench task names
     where = args.checkpoint if args.hf is None else args.hf

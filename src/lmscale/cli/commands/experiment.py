@@ -70,12 +70,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--evaluations", type=int, default=5, help="dev evaluations per run (best one kept)")
     e.add_argument("--pooling", default=None, help="encoder pooling: mean (default), cls or pooler")
     e.add_argument("--json", action="store_true", help="print results.json only")
+    e.add_argument("--overwrite", action="store_true", help="write into --out even if lmscale did not write it")
     e.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmscale.experiments.pretraining_effect import PretrainingEffectConfig, run_pretraining_effect
+    from pathlib import Path
 
+    from lmscale.experiments.pretraining_effect import PretrainingEffectConfig, run_pretraining_effect
+    from lmscale.io.outputs import check_output_dir, mark_output_dir
+
+    # a re-run continues in the directory it wrote; anything else there is refused before work
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("experiment",),
+                     ours=lambda d: (Path(d) / "results.json").is_file())
+    mark_output_dir(args.out, "experiment")
     cfg = PretrainingEffectConfig(
         out_dir=args.out, checkpoint=args.checkpoint, minilm=args.minilm, task=args.task,
         sizes=_sizes(args.sizes), seeds=tuple(range(args.seeds)), regression=not args.no_regression,

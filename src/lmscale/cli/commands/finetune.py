@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.preset):
         raise LmscaleError("give a checkpoint or --preset NAME (random initialisation), not both or neither")
     # before any work: a fine-tuning run never writes into a file or a directory of something else
-    check_output_dir(args.out, "--out", overwrite=args.overwrite, ours=looks_like_finetune_dir)
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, ours=looks_like_finetune_dir, kinds=("finetune",))
     if overrides and not args.preset:
         raise LmscaleError("--model.* overrides apply to --preset only (a checkpoint fixes the architecture)")
     spec = task_spec(args)

@@ -12,9 +12,16 @@ HELP = "scaling figures (loss vs C/N/D with fits and bands, IsoFLOPs, allocation
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_source_arguments(p)
     p.add_argument("-o", "--out", required=True, help="directory for the PNG files")
+    p.add_argument("--overwrite", action="store_true", help="write into --out even if lmscale did not write it")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lmscale.io.outputs import check_output_dir
+
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("figures",),
+                     ours=lambda d: all(e.suffix == ".png" for e in Path(d).iterdir()))
     res = build(args, None, args.out)
     if args.json:
         print(json.dumps(res, indent=2, default=float))

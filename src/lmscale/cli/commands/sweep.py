@@ -120,7 +120,7 @@ def _run(args) -> int:
             print(f"{len(rows)} runs; total C = {sum(r['flops'] for r in rows):.3g} FLOPs (6ND)")
         return 0
 
-    check_output_dir(out, "--out", overwrite=args.overwrite, ours=looks_like_sweep_dir)
+    check_output_dir(out, "--out", overwrite=args.overwrite, ours=looks_like_sweep_dir, kinds=("sweep",))
 
     def progress(o) -> None:
         if not args.json:
