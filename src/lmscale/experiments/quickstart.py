@@ -43,6 +43,8 @@ from lmscale.models.loading import load
 from lmscale.scaling.allocation import compute_optimal
 from lmscale.scaling.fitting import fit_table
 from lmscale.scaling.frontier import chinchilla_identified, fit_frontier
+from lmscale.scaling.plots import plot_icl, save
+from lmscale.scaling.report import build_report
 from lmscale.scaling.runs import load_runs
 from lmscale.tokenization import train_tokenizer
 from lmscale.tokenization.explain import explain_bpe
@@ -454,9 +456,12 @@ def stage_scaling(ctx: Context) -> dict:
         frontier = None
         ctx.console.print(f"[yellow]note: no compute-frontier fit ({exc})[/]")
     checks, identified = _law_checks(fit, frontier, decades, 2.5 if ctx.profile_name == "gpu" else 1.5)
+    report = build_report(result.registry, out_html=sweep_dir / "report.html", png_dir=sweep_dir / "figures",
+                          sweep=sweep.name, n_bootstrap=200, title="Quickstart scaling sweep")
     out: dict[str, Any] = {"registry": result.registry, "fit": fit, "frontier": frontier, "counts": result.counts,
                            "compute_decades": decades, "sweep_s": round(sweep_s, 1), "workers": s["workers"],
-                           "law_identified": identified, "checks": checks}
+                           "law_identified": identified, "checks": checks, "report": str(sweep_dir / "report.html"),
+                           "figures": report.get("pngs", [])}
     _print_fit(ctx, fit, frontier)
     if identified and law is not None:
         out["allocation"] = compute_optimal(law, 1e15)
@@ -507,6 +512,7 @@ def stage_emergence(ctx: Context) -> dict:
     result["checks"] = [_check("induction switches on (accuracy <= 0.1 to >= 0.9 within 20% of the steps)",
                                ">= 2 widths", f"{len(quick)} of {len(switches)} widths ({quick})", len(quick) >= 2)]
     atomic_write_json(ctx.path("emergence", "icl.json"), result)
+    result["plot"] = str(save(plot_icl(result), ctx.path("emergence", "icl.png")))
     _print_checks(ctx, result["checks"])
     return result
 

@@ -79,6 +79,124 @@ def _checks_html(results: dict[str, Any], profile: str) -> str:
             + _table(rows, ["phenomenon", "target", "measured", "met"]))
 
 
+def _data_html(data: dict[str, Any]) -> list[str]:
+    return ["<h2>1. Data</h2>",
+            f"<p>Corpus <b>{_esc(data['corpus'])}</b>, {data['bytes'] / 1e6:.1f} MB in "
+            f"{len(data['splits'])} splits ({_esc(', '.join(data['splits']))}).</p>"]
+
+
+def _tokenizers_html(tok: dict[str, Any]) -> list[str]:
+    kinds = list(tok["tokenizers"])
+    words = list(next(iter(tok["rare_words"].values())))
+    rows = [[w] + [" ".join(tok["rare_words"][k][w]) for k in kinds] for w in words]
+    return ["<h2>2. Tokenizers</h2>",
+            _table(rows, ["word"] + [f"{k} ({tok['tokenizers'][k]['vocab_size']})" for k in kinds]),
+            "<h3>Classic byte-pair encoding, step by step</h3>",
+            f"<pre>{_esc(tok.get('bpe_explain_text', ''))}</pre>"]
+
+
+def _pretrain_html(pre: dict[str, Any]) -> list[str]:
+    rows = []
+    for family, run in pre.items():
+        s = run["summary"]
+        val = s.get("best_val_loss") if s.get("best_val_loss") is not None else s.get("final_val_loss")
+        rows.append([family, run["preset"], run["objective"], f"{s['params']['total']:,}", s["steps"],
+                     f"{s['tokens']:,}", f"{s['tokens_per_s'] or 0:.0f}", f"{val:.3f}" if val is not None else "-",
+                     s["status"]])
+    parts = ["<h2>3. Pretraining</h2>",
+             _table(rows, ["family", "preset", "objective", "parameters", "steps", "tokens", "tokens/s",
+                           "best validation loss", "status"])]
+    png = _curves_png(pre)
+    if png:
+        parts.append(_img_bytes(png, "pretraining curves", "Training and validation loss per optimizer step."))
+    return parts
+
+
+def _use_html(use: dict[str, Any]) -> list[str]:
+    parts = ["<h2>4. Using the pretrained models</h2><h3>Fill-mask (encoder)</h3>"]
+    for item in use["fill_mask"]:
+        parts.append(f"<p><b>{_esc(item['prompt'])}</b></p>")
+        parts.append(_table([[p["token"], f"{p['probability']:.4f}"] for p in item["predictions"]],
+                            ["candidate", "probability"]))
+    parts.append("<h3>Generation (decoder)</h3>")
+    parts.append(_table([[g["mode"], g["prompt"], g["text"]] for g in use["generation"]],
+                        ["mode", "prompt", "continuation"]))
+    inf = use.get("infill")
+    if inf:
+        parts.append("<h3>Span infilling (encoder-decoder)</h3>")
+        parts.append(_table([[inf["prompt"], " | ".join(inf["spans"]), inf["text"]]],
+                            ["input", "filled spans", "reassembled"]))
+    return parts
+
+
+def _mean_std_table(table: dict[str, Any], title: str) -> list[str]:
+    sizes = sorted({size for init in table.values() for size in init}, key=lambda x: (x == "all", str(x)))
+    rows = [[init] + [f"{by_size[s]['mean']:.3f} ± {by_size[s]['std']:.3f}" if s in by_size else "-"
+                      for s in sizes] for init, by_size in table.items()]
+    return [f"<h3>{_esc(title)}</h3>", _table(rows, ["initialisation"] + [f"{s} labels" for s in sizes])]
+
+
+def _finetune_html(ft: dict[str, Any]) -> list[str]:
+    parts = ["<h2>5. Fine-tuning: pretrained vs random initialisation</h2>"]
+    for metric, table in (ft.get("tables") or {}).items():
+        parts += _mean_std_table(table, f"own encoder, dev {metric} (mean ± std over seeds)")
+    for metric, table in (ft.get("decoder_tables") or {}).items():
+        parts += _mean_std_table(table, f"own decoder (last-token head), dev {metric} (mean ± std over seeds)")
+    probe = ft.get("minilm_probe")
+    if probe:
+        parts += _mean_std_table(probe["table"], "all-MiniLM-L6-v2 vs its random twin: frozen features, "
+                                                 "ridge probe, dev accuracy (mean ± std over seeds)")
+    parts.append(_img_file(ft.get("plot", ""), "Dev metric against the number of labelled examples."))
+    return parts
+
+
+def _scaling_html(sc: dict[str, Any]) -> list[str]:
+    parts = ["<h2>6. Scaling</h2>",
+             f"<p>{sc.get('counts', {}).get('finished', 0)} runs spanning {sc.get('compute_decades', 0):.2f} "
+             "decades of compute.</p>"]
+    fit = sc.get("fit") or {}
+    if fit.get("params"):
+        ci = fit.get("ci95", {})
+        parts.append(_table([[k, f"{fit['params'][k]:.4g}", f"[{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else "-"]
+                             for k in ("E", "A", "B", "alpha", "beta")],
+                            ["Chinchilla parameter", "value", "95% bootstrap interval"]))
+    front = sc.get("frontier")
+    if front:
+        p, ci = front["params"], front["ci95"]
+        parts.append(f"<p>Compute frontier (the reduced law; E fixed at 0): L(C) = {p['L0']:.4f} "
+                     f"(C / {front['C0']:.3g})<sup>-{p['alpha']:.4f}</sup>, 95% intervals L0 "
+                     f"[{ci['L0'][0]:.4f}, {ci['L0'][1]:.4f}], alpha [{ci['alpha'][0]:.4f}, "
+                     f"{ci['alpha'][1]:.4f}].</p>")
+    if sc.get("allocation_note"):
+        parts.append(f"<p class='note'>Note: {_esc(sc['allocation_note'])}.</p>")
+    alloc = sc.get("allocation")
+    if alloc:
+        parts.append(f"<p>Compute-optimal allocation at C = {alloc['flops']:.0e} FLOPs: "
+                     f"N_opt = {alloc['N_opt']:.3g}, D_opt = {alloc['D_opt']:.3g} "
+                     f"({alloc['tokens_per_param']:.1f} tokens per parameter); the 20-tokens-per-parameter "
+                     f"rule gives N = {alloc['rule_of_thumb_20']['N']:.3g}.</p>")
+    for png in sc.get("figures", []):
+        parts.append(_img_file(png, Path(png).stem.replace("_", " ")))
+    return parts
+
+
+def _emergence_html(em: dict[str, Any]) -> list[str]:
+    rows = []
+    for width, sw in em.get("switches", {}).items():
+        rows.append([width, f"{sw['accuracy_from']:.2f} at step {sw['from_step']}" if sw["switched"] else "-",
+                     f"{sw['accuracy_to']:.2f} at step {sw['to_step']}" if sw["switched"] else
+                     f"never (best {sw['max_accuracy']:.2f})",
+                     f"{sw['step_fraction']:.0%}" if sw["switched"] else "-"])
+    return ["<h2>7. Emergence: in-context induction switches on</h2>",
+            _table(rows, ["d_model", "last accuracy <= 0.1", "first accuracy >= 0.9", "share of the steps"]),
+            _img_file(em.get("plot", ""), "In-context accuracy and answer log-probability per training step.")]
+
+
+SECTIONS = (("data", _data_html), ("tokenizers", _tokenizers_html), ("pretrain", _pretrain_html),
+            ("use", _use_html), ("finetune", _finetune_html), ("scaling", _scaling_html),
+            ("emergence", _emergence_html))
+
+
 def render(results: dict[str, Any], fast: bool, profile: str = "cpu", device: str = "cpu") -> str:
     mode = f"{profile} profile{', fast' if fast else ''}, {device}"
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lmscale quickstart report</title>",
@@ -88,96 +206,9 @@ def render(results: dict[str, Any], fast: bool, profile: str = "cpu", device: st
              f"(<code>presets/quickstart/{_esc(profile)}.yaml</code>): token and step budgets and fixed seeds, "
              "so a re-run of the same profile gives the same numbers.</p>",
              _checks_html(results, profile)]
-    data = results.get("data")
-    if data:
-        parts.append("<h2>1. Data</h2>")
-        parts.append(f"<p>Corpus <b>{_esc(data['corpus'])}</b>, {data['bytes'] / 1e6:.1f} MB in "
-                     f"{len(data['splits'])} splits ({_esc(', '.join(data['splits']))}).</p>")
-    tok = results.get("tokenizers")
-    if tok:
-        parts.append("<h2>2. Tokenizers</h2>")
-        kinds = list(tok["tokenizers"])
-        words = list(next(iter(tok["rare_words"].values())))
-        rows = [[w] + [" ".join(tok["rare_words"][k][w]) for k in kinds] for w in words]
-        parts.append(_table(rows, ["word"] + [f"{k} ({tok['tokenizers'][k]['vocab_size']})" for k in kinds]))
-        parts.append("<h3>Classic byte-pair encoding, step by step</h3>")
-        parts.append(f"<pre>{_esc(tok.get('bpe_explain_text', ''))}</pre>")
-    pre = results.get("pretrain")
-    if pre:
-        parts.append("<h2>3. Pretraining</h2>")
-        rows = []
-        for family, run in pre.items():
-            if not isinstance(run, dict):
-                continue
-            s = run["summary"]
-            rows.append([family, run["preset"], run["objective"], f"{s['params']['total']:,}", s["steps"],
-                         f"{s['tokens']:,}", f"{s['tokens_per_s']:.0f}",
-                         f"{s['final_val_loss']:.3f}" if s.get("final_val_loss") is not None else "-"])
-        parts.append(_table(rows, ["family", "preset", "objective", "parameters", "steps", "tokens",
-                                   "tokens/s", "validation loss"]))
-        png = _curves_png(pre)
-        if png:
-            parts.append(_img_bytes(png, "pretraining curves", "Training and validation loss per optimizer step."))
-    use = results.get("use")
-    if use:
-        parts.append("<h2>4. Using the pretrained models</h2><h3>Fill-mask (encoder)</h3>")
-        for item in use["fill_mask"]:
-            parts.append(f"<p><b>{_esc(item['prompt'])}</b></p>")
-            parts.append(_table([[p["token"], f"{p['probability']:.4f}"] for p in item["predictions"]],
-                                ["candidate", "probability"]))
-        parts.append("<h3>Generation (decoder)</h3>")
-        parts.append(_table([[g["mode"], g["prompt"], g["text"]] for g in use["generation"]],
-                            ["mode", "prompt", "continuation"]))
-        inf = use.get("infill")
-        if inf:
-            parts.append("<h3>Span infilling (encoder-decoder)</h3>")
-            parts.append(_table([[inf["prompt"], " | ".join(inf["spans"]), inf["text"]]],
-                                ["input", "filled spans", "reassembled"]))
-    ft = results.get("finetune")
-    if ft:
-        parts.append("<h2>5. Fine-tuning: pretrained vs random initialisation</h2>")
-        for metric, table in (ft.get("tables") or {}).items():
-            sizes = sorted({size for init in table.values() for size in init}, key=lambda x: (x == "all", str(x)))
-            rows = []
-            for init, by_size in table.items():
-                rows.append([init] + [
-                    f"{by_size[s]['mean']:.3f} ± {by_size[s]['std']:.3f}" if s in by_size else "-" for s in sizes])
-            parts.append(f"<h3>dev {_esc(metric)} (mean ± std over seeds)</h3>")
-            parts.append(_table(rows, ["initialisation"] + [f"{s} labels" for s in sizes]))
-        parts.append(_img_file(ft.get("plot", ""), "Dev metric against the number of labelled examples."))
-    sc = results.get("scaling")
-    if sc:
-        parts.append("<h2>6. Scaling</h2>")
-        fit = sc.get("fit") or {}
-        if fit.get("params"):
-            ci = fit.get("ci95", {})
-            parts.append(_table([[k, f"{fit['params'][k]:.4g}",
-                                  f"[{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else "-"]
-                                 for k in ("E", "A", "B", "alpha", "beta")],
-                                ["Chinchilla parameter", "value", "95% bootstrap interval"]))
-        front = sc.get("frontier")
-        if front:
-            p, ci = front["params"], front["ci95"]
-            parts.append(f"<p>Compute frontier (the reduced law; E fixed at 0): L(C) = {p['L0']:.4f} "
-                         f"(C / {front['C0']:.3g})<sup>-{p['alpha']:.4f}</sup>, 95% intervals L0 "
-                         f"[{ci['L0'][0]:.4f}, {ci['L0'][1]:.4f}], alpha [{ci['alpha'][0]:.4f}, "
-                         f"{ci['alpha'][1]:.4f}].</p>")
-        if sc.get("allocation_note"):
-            parts.append(f"<p class='note'>Note: {_esc(sc['allocation_note'])}.</p>")
-        alloc = sc.get("allocation")
-        if alloc:
-            parts.append(f"<p>Compute-optimal allocation at C = {alloc['flops']:.0e} FLOPs: "
-                         f"N_opt = {alloc['N_opt']:.3g}, D_opt = {alloc['D_opt']:.3g} "
-                         f"({alloc['tokens_per_param']:.1f} tokens per parameter); the 20-tokens-per-parameter "
-                         f"rule gives N = {alloc['rule_of_thumb_20']['N']:.3g}.</p>")
-        for png in sc.get("figures", []):
-            parts.append(_img_file(png, Path(png).stem.replace("_", " ")))
-    parts.append("<h2>What tiny CPU models can and cannot do</h2><p class='note'>These models have about "
-                 "2 million parameters and saw a few million tokens for a few minutes on a CPU; the lecture's "
-                 "BERT-Large has 340 million parameters and saw 3.3 billion words for days on TPUs. Expect "
-                 "fill-mask guesses dominated by frequent words, repetitive greedy text and small fine-tuning "
-                 "gains: the pipeline is the same, the scale is not. The scaling sweep shows how loss falls "
-                 "with parameters and tokens, which is the way from here to there.</p>")
+    for name, section in SECTIONS:
+        if results.get(name):
+            parts += section(results[name])
     parts.append("<details><summary>raw results (JSON)</summary><pre>"
                  + _esc(json.dumps(results, indent=1, default=str)[:200_000]) + "</pre></details>")
     parts.append("</body></html>")
