@@ -53,6 +53,8 @@ FAKE_PRETRAIN = textwrap.dedent('''
             f.flush()
             if step % t["checkpoint_every"] == 0:
                 (run / "checkpoints" / f"step_{step:08d}").mkdir(parents=True, exist_ok=True)
+                if not resume and step == int(os.environ.get("FAKE_PAUSE_AT", "0")):
+                    time.sleep(600)  # held here until the test kills it: the kill always lands mid-run
     final = law(t["max_steps"] * tps)
     json.dump({"status": "finished", "steps": t["max_steps"], "tokens": t["max_steps"] * tps, "wall_s": 0.1,
                "final_val_loss": final, "best_val_loss": final, "resumed_from": start, "error": None,
@@ -207,7 +209,9 @@ def test_killed_sweep_resumes_interrupted_run_from_checkpoint(tmp_path):
                                     + (["--resume", str(r)] if resume else []))
         run_sweep(sw, {str(out)!r}, command=cmd, prepare=False, heartbeat_s=0.5)
     ''')
-    env = dict(os.environ, FAKE_STEP_S="0.4")  # ~4 s left after step 10: room for a loaded machine
+    # the run waits at its step-10 checkpoint until it is killed: however slow the machine, the kill
+    # lands mid-run (a run that finished first would be recorded as finished, not resumed)
+    env = dict(os.environ, FAKE_STEP_S="0.02", FAKE_PAUSE_AT="10")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline and not list(out.glob("runs/*/checkpoints/step_00000010")):

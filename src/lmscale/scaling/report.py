@@ -103,7 +103,8 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 def render_html(t: RunsTable, fit: dict[str, Any] | None, images: dict[str, tuple[bytes, str]],
                 title: str, extra: dict[str, Any] | None = None) -> str:
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='generator' content='lmscale'>"
+             f"<title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{len(t)} runs from <code>{html.escape(t.source or 'input')}</code>; N = "
              f"{html.escape(t.n_kind + ' ' if t.n_kind else '')}parameters, D = training tokens, C = 6ND; "

@@ -128,10 +128,14 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
                     check_output_dir(run_dir, "--out", overwrite=overwrite, ours=looks_like_run_dir, kinds=("run",))
                 except OutputError as exc:
                     raise ConfigError(f"cannot write to the run directory: {exc}") from None
+            try:  # the lock first: nothing is written into a directory another run holds
+                lock = DirectoryLock(run_dir, "run directory").acquire()
+            except OSError as exc:
+                raise ConfigError(f"cannot write to the run directory {run_dir} ({exc.strerror or exc}); "
+                                  "choose another --out") from None
             problem = ckpt.is_writable_dir(run_dir)
             if problem:
                 raise ConfigError(f"cannot write to the run directory {run_dir} ({problem}); choose another --out")
-            lock = DirectoryLock(run_dir, "run directory").acquire()
             mark_output_dir(run_dir, "run")
             clean_stale_temporaries(run_dir)
         except LmscaleError as exc:
