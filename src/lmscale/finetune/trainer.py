@@ -29,7 +29,7 @@ from lmscale.finetune import metrics as M
 from lmscale.finetune.features import Encoded, Featurizer, InputFormat, add_gpt_tokens, collate, pad_batch
 from lmscale.finetune.heads import DEFAULT_POOLING, SequenceHead
 from lmscale.finetune.tasks import Example, TaskData
-from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
+from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text, dumps_json
 from lmscale.models.serialization import load_model_dir, write_model_files
 from lmscale.tokenization import Tokenizer
 from lmscale.training.optim import adamw, lr_at, parameter_groups
@@ -554,7 +554,7 @@ class _DevTracker:
             self.bad_evals += 1
         if self.out_dir is not None:
             atomic_write_text(Path(self.out_dir) / "metrics.jsonl",
-                              "".join(json.dumps(h) + "\n" for h in self.history))
+                              "".join(dumps_json(h) + "\n" for h in self.history))
         return self.cfg.patience is not None and self.bad_evals >= self.cfg.patience
 
 

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 
 from lmscale.config import ModelConfig
-from lmscale.io import atomic_write_json, atomic_write_text, cache_dir
+from lmscale.io import atomic_write_json, atomic_write_text, cache_dir, dumps_json
 
 # Dense peak FLOP/s by device name fragment: (bf16/fp16 tensor core, fp32 without TF32).
 GPU_PEAK_FLOPS: dict[str, tuple[float, float]] = {
@@ -229,8 +229,7 @@ class MetricsLogger:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._fh.write(json.dumps(clean) + "\n")
+        self._fh.write(dumps_json(record) + "\n")  # a non-finite loss is null, listed under non_finite
         self._fh.flush()
         if self._tb_wanted:
             self._open_tensorboard()
