@@ -358,6 +358,15 @@ def test_bad_input_is_one_line_error_and_nothing_is_written(fx, tmp_path, argv, 
     assert tree(fx["root"]) == fixtures_before
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused_before_any_work(fx, tmp_path):
+    refused(cli("generate", fx["G"], "a", "--device", "cuda"), "--device", "CUDA is not available")
+    refused(cli("eval", "perplexity", fx["G"], "--corpus", fx["C"], "--device", "cuda:1"), "--device")
+    refused(cli("pretrain", "--preset", "gpt-tiny", "--corpus", fx["C"], "--out", tmp_path / "r", "--max-steps", "1",
+                "--train.device", "cuda"), "train.device=cuda", "CUDA is not available")
+    assert not (tmp_path / "r" / "shards").exists() and not (tmp_path / "r" / "tokenizer").exists()
+
+
 # ----------------------------------------------------------------------------- what still works
 
 def test_writers_reuse_their_own_output_and_overwrite_only_when_asked(fx, tmp_path):

@@ -40,7 +40,7 @@ from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
 from lmscale.training.batches import Batch, StepBatches, to_device, validation_batches
 from lmscale.training.checkpoint import RunState
-from lmscale.training.engine import Engine, build_engine, compute_loss, sync
+from lmscale.training.engine import Engine, build_engine, compute_loss, resolve_device, sync
 from lmscale.training.metrics import training_flops_per_token
 from lmscale.training.optim import schedule_steps
 from lmscale.training.rundir import CONFIG_FILE, SUMMARY_FILE, save_run_config
@@ -74,6 +74,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     when `resume`; a pickled state of an older checkpoint in full only when `trust_checkpoint`);
     every process calls it."""
     cfg = with_absolute_paths(cfg)
+    resolve_device(cfg.train.device, info)  # an unavailable device fails before data is prepared
     run_dir = _checked_run_dir(cfg, info)
     tc = cfg.train
     micro, accum = _batching(tc, info)
