@@ -122,3 +122,11 @@ def test_empty_corpus_is_refused(tmp_path, capsys):
 def test_unknown_stage_is_a_clear_error(tmp_path, capsys):
     assert main(["quickstart", "--out", str(tmp_path), "--only", "pretrian"]) == 2
     assert "unknown stage 'pretrian'" in capsys.readouterr().err
+
+
+def test_quickstart_refuses_a_foreign_output_directory(tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["quickstart", "--fast", "--out", str(foreign)]) == 2
+    assert "--out" in capsys.readouterr().err and (foreign / "notes.txt").read_text() == "keep me"

@@ -38,11 +38,13 @@ from lmscale.finetune.tasks import TaskSpec, load_task
 from lmscale.inference.fill_mask import fill_mask
 from lmscale.inference.generate import generate, infill
 from lmscale.io import atomic_write_json
+from lmscale.io.outputs import check_output_dir, mark_output_dir
 from lmscale.models.hf import fetch_minilm
 from lmscale.models.loading import load
 from lmscale.scaling.allocation import compute_optimal
 from lmscale.scaling.fitting import fit_table
-from lmscale.scaling.frontier import chinchilla_identified, fit_frontier
+from lmscale.scaling.frontier import fit_frontier
+from lmscale.scaling.identify import identification
 from lmscale.scaling.plots import plot_icl, save
 from lmscale.scaling.report import build_report
 from lmscale.scaling.runs import load_runs
@@ -419,7 +421,8 @@ def _law_checks(fit: dict[str, Any], frontier: Optional[dict[str, Any]], decades
     checks.append(_check("held-out largest-compute runs predicted", "within 3%",
                          ", ".join(f"{e:+.1%}" for e in errs) or "not enough runs",
                          bool(errs) and all(abs(e) <= 0.03 for e in errs)))
-    full_ok = all(chinchilla_identified(fit.get("ci95", {})).values()) and bool(fit.get("ci95"))
+    ident = identification(fit, max_ratio=3.0) if fit.get("params") else {"identified": False}
+    full_ok = bool(ident["identified"] and fit.get("ci95"))
     if full_ok:
         checks.append(_check("Chinchilla law identified", "every 95% interval within x3", "yes", True))
     elif frontier is not None:
@@ -541,7 +544,7 @@ STAGES: list[Stage] = [
 def run_quickstart(out: str | Path = "lmscale-out", fast: bool = False, corpus: str = "wikitext-2",
                    only: list[str] | None = None, redo: list[str] | None = None,
                    console: Console | None = None, profile: Optional[str] = None, device: str = "auto",
-                   overrides: Optional[dict[str, Any]] = None) -> int:
+                   overrides: Optional[dict[str, Any]] = None, overwrite: bool = False) -> int:
     """Run (or continue) the quickstart into `out`; `overrides` are merged into the profile (tests
     run the gpu profile's code with tiny budgets that way). Returns the exit code."""
     console = console or Console()
@@ -558,7 +561,9 @@ def run_quickstart(out: str | Path = "lmscale-out", fast: bool = False, corpus: 
     if device == "auto":
         device = "cuda" if name == "gpu" and torch.cuda.is_available() else "cpu"
     out = Path(out).resolve()
+    check_output_dir(out, "--out", overwrite=overwrite, ours=lambda p: (p / "stages").is_dir(), kinds=("quickstart",))
     out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out, "quickstart")
     ctx = Context(out=out, profile_name=name, profile=spec, fast=fast, corpus=corpus, device=device, console=console)
     console.rule(f"lmscale quickstart ({ctx.mode} profile, {device}) -> {out}")
     status: dict[str, str] = {}

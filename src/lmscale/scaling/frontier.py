@@ -71,11 +71,3 @@ def fit_frontier(C: Any, loss: Any, n_bootstrap: int = 1000, seed: int = 0, leve
 def predict_frontier(fit: dict[str, Any], C: Any) -> np.ndarray:
     p = fit["params"]
     return p["L0"] * np.power(np.asarray(C, dtype=float) / fit["C0"], -p["alpha"])
-
-
-def chinchilla_identified(ci: dict[str, Any], ratio: float = 3.0) -> dict[str, bool]:
-    """Per parameter of a fit's 95% intervals: does it span at most a factor `ratio`?"""
-    out = {}
-    for k, (lo, hi) in ci.items():
-        out[k] = bool(lo > 0 and hi > 0 and hi / lo <= ratio) or bool(lo < 0 and hi < 0 and lo / hi <= ratio)
-    return out

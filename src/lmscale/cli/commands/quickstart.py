@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="catalog name or local .txt/.txt.gz/.jsonl file or directory (default: wikitext-2)")
     p.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")
     p.add_argument("--redo", default=None, help="comma-separated stage names to run again")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it is a non-empty directory lmscale did not write")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,4 +34,5 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, fast=args.fast, corpus=args.corpus,
         only=args.only.split(",") if args.only else None,
         redo=args.redo.split(",") if args.redo else None, profile=args.profile, device=args.device,
+        overwrite=args.overwrite,
     )
