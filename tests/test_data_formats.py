@@ -236,3 +236,16 @@ def test_data_prepare_cli_text_field(tmp_path, bpe, reference, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["splits"]["train"]["num_docs"] + out["splits"]["valid"]["num_docs"] == len(DOCS)
     _same_shards(reference, tmp_path / "out")
+
+
+def test_held_out_share_is_split_off_in_small_blocks(tmp_path, bpe, monkeypatch):
+    monkeypatch.setattr(shards, "HOLD_OUT_BLOCK_TOKENS", 40)  # many blocks, cut between whole documents
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(DOCS) + "\n", encoding="utf-8")
+    prepare(f, bpe, tmp_path / "s", valid_fraction=0.2, split_seed=9)
+    corpus = resolve_corpus(f, valid_fraction=0.2, split_seed=9)
+    for split in ("train", "valid"):
+        docs = corpus.documents(split)
+        ds = TokenDataset.open(tmp_path / "s", split)
+        assert ds.tokens.tolist() == [i for d in docs for i in bpe.encode(d) + [bpe.eos_id]]
+        assert ds.num_docs == len(docs) and ds.meta["n_bytes"] == sum(len(d.encode()) for d in docs)

@@ -43,7 +43,7 @@ VERSION = 1
 CHUNK_BYTES = 256 * 1024
 MIN_PARALLEL_BYTES = 1 << 20
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker process: memory stays bounded
-HOLD_OUT_BLOCK_DOCS = 1 << 16  # documents copied at a time when the held-out share is split off
+HOLD_OUT_BLOCK_TOKENS = 1 << 21  # tokens copied at a time when the held-out share is split off
 
 
 def default_workers() -> int:
@@ -361,12 +361,15 @@ def _hold_out(tmp: Path, whole: _SplitWriter, corpus: Corpus, dtype: np.dtype,
     out = {"train": _SplitWriter(tmp / "train.bin", dtype), "valid": _SplitWriter(tmp / "valid.bin", dtype)}
     lens = np.diff(offsets)
     with open(whole.path, "rb") as fh:
-        for a in range(0, n, HOLD_OUT_BLOCK_DOCS):
-            b = min(n, a + HOLD_OUT_BLOCK_DOCS)
+        a = 0
+        while a < n:  # blocks of about HOLD_OUT_BLOCK_TOKENS tokens, whole documents
+            b = max(a + 1, int(np.searchsorted(offsets, offsets[a] + HOLD_OUT_BLOCK_TOKENS, side="right")) - 1)
+            b = min(n, b)
             tokens = np.fromfile(fh, dtype=dtype, count=int(offsets[b] - offsets[a]))
             mask = np.repeat(held[a:b], lens[a:b])
             for split, sel, docs in (("train", ~mask, ~held[a:b]), ("valid", mask, held[a:b])):
                 out[split].write(tokens[sel], lens[a:b][docs], doc_bytes[a:b][docs].sum(), doc_words[a:b][docs].sum())
+            a = b
     whole.path.unlink()
     (tmp / ".all.docs.npy").unlink()
     return {s: w.close(tmp / f"{s}.docs.npy") for s, w in out.items()}
