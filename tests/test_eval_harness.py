@@ -175,13 +175,21 @@ def test_adapter_generation_and_rolling_loglikelihood_equal_the_hf_model(runs):
 
 
 def test_adapter_serves_encoder_decoders(world, tmp_path):
-    res = _harness(world, "lmscale", world["t5"], ["mc", "gen", "rolling"])
+    from types import SimpleNamespace
+
+    from lmscale.evaluation.harness import LmscaleLM
+
+    res = _harness(world, "lmscale", world["t5"], ["mc", "rolling"])
     ours = _fewshot(world, world["t5"], "mc", tmp_path, "--samples")
     assert res["results"]["mc"]["acc,none"] == ours["results"]["mc"]["acc,none"]
     ll_ours = [s["loglikelihoods"] for s in sorted(ours["lmscale"]["samples"]["mc"], key=lambda s: s["index"])]
     np.testing.assert_allclose(_loglikelihoods(res["samples"]["mc"]), ll_ours, atol=1e-5)
-    assert len(res["samples"]["gen"]) == len(GEN)
     assert res["results"]["rolling"]["word_perplexity,none"] > 1.0
+    # generate_until: the same greedy continuation as the scorer eval fewshot uses, cut at the stop string
+    lm = LmscaleLM(pretrained=str(world["t5"]))
+    reqs = [SimpleNamespace(args=(r["context"], {"until": ["\n"], "max_gen_toks": 4})) for r in GEN[:2]]
+    want = [lm.scorer.greedy_until(r["context"], ["\n"], 4)[0] for r in GEN[:2]]
+    assert lm.generate_until(reqs) == want
 
 
 def _types(d: dict) -> dict:
