@@ -135,6 +135,9 @@ def test_datasets_save_to_disk_round_trips(tmp_path, bpe, reference):
     prepare(tmp_path / "dict", bpe, tmp_path / "s2")
     prepare(txt, bpe, tmp_path / "s3")
     _same_shards(tmp_path / "s3", tmp_path / "s2", ("train", "valid", "test"))
+    from lmscale.evaluation.perplexity import corpus_documents
+
+    assert list(corpus_documents(str(tmp_path / "dict"), "test")) == DOCS[40:]  # eval perplexity reads that split
 
 
 def test_hub_streaming_offline_says_so_and_online_streams(tmp_path, bpe, reference, monkeypatch):

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from lmscale.data.catalog import resolve_corpus
-from lmscale.data.readers import expand_paths, file_documents
+from lmscale.data.readers import expand_paths, is_saved_dataset, iter_file_documents
 from lmscale.errors import DataError, LmscaleError
 from lmscale.evaluation import results as results_schema
 from lmscale.inference.generate import _decoder_start, model_family
@@ -291,11 +291,11 @@ def perplexity(
 
 
 def corpus_documents(corpus: str, split: str, errors: str = "strict") -> Iterable[str]:
-    """Documents of a corpus split: a catalog name (`wikitext-2`), or a local text file/directory
-    (all of it, cut into documents as the data pipeline cuts them); `errors="replace"` replaces
-    undecodable bytes instead of failing on them."""
+    """Documents of a corpus split, streamed: a catalog name (`wikitext-2`), `hf:NAME...`, a saved
+    `datasets` directory (that split), or a local file/directory (all of it, cut into documents as
+    the data pipeline cuts them); `errors="replace"` replaces undecodable bytes instead of failing."""
     p = Path(corpus).expanduser()
-    if p.exists():
+    if p.exists() and not is_saved_dataset(p):
         files = expand_paths(p) if p.is_dir() else [p]
-        return (d for f in files for d in file_documents(f, errors))
-    return resolve_corpus(corpus, errors=errors).documents(split)
+        return (d for f in files for d in iter_file_documents(f, errors))
+    return resolve_corpus(corpus, errors=errors).iter_documents(split)
