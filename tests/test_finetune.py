@@ -391,3 +391,25 @@ def test_finetune_from_a_transformers_bert_directory(task_dir, tmp_path):
             assert torch.allclose(got, want, atol=1e-5), pooling
     res = finetune(body, hf_tok, load_task(task_dir), FinetuneConfig(epochs=1, lr=3e-3, patience=None))
     assert set(res["dev"]) == {"accuracy", "f1", "mcc"}
+
+
+def test_finetune_from_random_weights_learns_with_default_flags(tmp_path, capsys):
+    """600 examples that one keyword separates perfectly: `finetune --preset bert-tiny` with no
+    learning-rate flag trains at the random-initialisation rate and learns the task."""
+    from lmscale.cli import main
+
+    rng = random.Random(3)
+    words = "the a film plot actor scene was is quite very long short story music cast".split()
+    d = tmp_path / "keyword"
+    d.mkdir()
+    for split, n in (("train", 600), ("dev", 100), ("test", 100)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            pos = i % 2 == 0
+            ws = [rng.choice(words) for _ in range(rng.randint(5, 12))]
+            ws.insert(rng.randint(0, len(ws)), "excellent" if pos else "mediocre")
+            rows.append(f"{' '.join(ws)}\t{'pos' if pos else 'neg'}")
+        (d / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert main(["finetune", "--preset", "bert-tiny", "--task", str(d), "--out", str(tmp_path / "run"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["test"]["accuracy"] >= 0.9

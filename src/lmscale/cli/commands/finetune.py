@@ -14,6 +14,10 @@ from lmscale.cli.argtypes import (
     unit_interval,
 )
 
+# default peak learning rates by initialisation
+PRETRAINED_LR = 1e-4
+RANDOM_INIT_LR = 1e-3
+
 HELP = "fine-tune a checkpoint (or a randomly initialised preset) on a labelled task"
 DESCRIPTION = (
     "Fine-tune on GLUE-style TSV/CSV/JSONL tasks: a head on [CLS]/mean (encoders), on the last "
@@ -79,7 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=positive_int, default=3)
     g.add_argument("--min-steps", type=nonnegative_int, default=0)
     g.add_argument("--max-steps", type=positive_int, default=None)
-    g.add_argument("--lr", type=positive_float, default=1e-4)
+    g.add_argument("--lr", type=positive_float, default=None,
+                   help=f"peak learning rate (default {PRETRAINED_LR:g} from a checkpoint, as for pretrained BERT; "
+                        f"{RANDOM_INIT_LR:g} from random weights (--preset), which learn nothing in a few dozen "
+                        "steps at the pretrained rate)")
     g.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
     g.add_argument("--warmup-fraction", type=unit_interval, default=0.1)
     g.add_argument("--dropout", type=fraction, default=0.1)
@@ -149,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         mode="text-to-text" if task.kind == "text-to-text" else args.mode, pooling=args.pooling,
         freeze_body=args.freeze_body, max_length=args.max_length, max_target_length=args.max_target_length,
         batch_size=args.batch_size,
-        epochs=args.epochs, min_steps=args.min_steps, max_steps=args.max_steps, lr=args.lr,
+        epochs=args.epochs, min_steps=args.min_steps, max_steps=args.max_steps,
+        lr=args.lr if args.lr is not None else (RANDOM_INIT_LR if args.preset else PRETRAINED_LR),
         weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction, dropout=args.dropout,
         patience=args.patience or None, seed=args.seed, padding_side=args.padding_side,
         symmetric=args.symmetric, metric=args.metric, train_examples=args.train_examples,
