@@ -63,12 +63,18 @@ def _is_gzip(path: Path) -> bool:
     return path.name.endswith(".gz")
 
 
-def read_bytes(path: Path) -> bytes:
+def existing_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path when it is a file; otherwise an error that names it."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a file")
+    return path
+
+
+def read_bytes(path: Path) -> bytes:
+    path = existing_file(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -285,11 +291,7 @@ class _Counted(io.RawIOBase):
 @contextlib.contextmanager
 def open_binary(path: Path, stats: dict | None = None) -> Iterator[BinaryIO]:
     """The file's (decompressed) bytes as a stream; missing paths and directories fail naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a file")
+    path = existing_file(path)
     try:
         raw = open(path, "rb", buffering=0)
     except OSError as exc:

@@ -349,9 +349,9 @@ def _minilm_probe(ctx: Context, spec: dict[str, Any]) -> Optional[dict[str, Any]
     task = load_task("sentiment-movies", TaskSpec(kind="classification", label_column="label"))
     seeds = list(range(spec["seeds"]))
     twin = random_body(body.config, tok, seed=1000, fit_vocab=False)
-    dev = "cuda" if ctx.device != "cpu" and torch.cuda.is_available() else "cpu"
     rows = [r for init, b in (("minilm", body), ("minilm-random", twin))
-            for r in probe(b, tok, task, spec["sizes"], seeds, init, max_train=spec["probe_max_train"], device=dev)]
+            for r in probe(b, tok, task, spec["sizes"], seeds, init, max_train=spec["probe_max_train"],
+                           device=ctx.device)]
     table = summarize(rows, "accuracy", "classification")
     return {"rows": rows, "table": table, "ahead": _ahead(table, "minilm", "minilm-random")}
 
@@ -499,9 +499,8 @@ def _print_fit(ctx: Context, fit: dict[str, Any], frontier: Optional[dict[str, A
 
 def stage_emergence(ctx: Context) -> dict:
     spec = ctx.profile["emergence"]
-    dev = "cuda" if ctx.device != "cpu" and torch.cuda.is_available() else "cpu"
     cfg = ICLConfig(widths=list(spec["widths"]), steps=int(spec["steps"]), eval_every=int(spec["eval_every"]),
-                    device=dev)
+                    device=ctx.device)
     ctx.console.print(f"in-context learning: 2-layer decoders of width {cfg.widths}, {cfg.steps} steps each")
     result = run_icl(cfg, log=None)
     switches = {m["d_model"]: switch(m["evals"], cfg.steps, "induction") for m in result["models"]}

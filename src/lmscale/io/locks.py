@@ -29,7 +29,10 @@ class LockedError(LmscaleError):
     """The directory is being written by another live process."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Is a process with this id running on this machine? (One that is not ours to signal is.)"""
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -102,7 +105,7 @@ class DirectoryLock:
     def _check_pid_file(self, holder: dict[str, Any]) -> None:
         pid = holder.get("pid")
         same_host = holder.get("host") in ("", socket.gethostname())
-        if pid and pid != os.getpid() and (not same_host or _pid_alive(pid)):
+        if pid and pid != os.getpid() and (not same_host or pid_alive(pid)):
             raise self._busy(holder)
 
     def _busy(self, holder: dict[str, Any]) -> LockedError:
@@ -138,14 +141,14 @@ def lock_holder(directory: str | os.PathLike) -> Optional[dict[str, Any]]:
         holder = _read_holder(fd)
         if fcntl is None:
             pid = holder.get("pid")
-            return holder if pid and _pid_alive(pid) else None
+            return holder if pid and pid_alive(pid) else None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return holder
         except OSError:
             pid = holder.get("pid")
-            return holder if pid and _pid_alive(pid) else None
+            return holder if pid and pid_alive(pid) else None
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 from lmscale.errors import LmscaleError
 from lmscale.io import atomic_write_text
+from lmscale.io.locks import pid_alive
 
 STATUSES = ("pending", "running", "finished", "failed", "stopped")
 SCHEMA_VERSION = 1
@@ -133,18 +134,6 @@ def _to_db(key: str, value: Any) -> Any:
     if key in _JSON_COLUMNS:
         return json.dumps(value if value is not None else ({} if key == "config" else []))
     return value
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Registry:
@@ -309,7 +298,7 @@ class Registry:
         if st == "failed":
             return retry_failed
         if st == "running":
-            if rec["host"] == socket.gethostname() and rec["pid"] and not _pid_alive(rec["pid"]):
+            if rec["host"] == socket.gethostname() and rec["pid"] and not pid_alive(rec["pid"]):
                 return True
             hb = rec["heartbeat_at"] or rec["started_at"] or 0.0
             return now - hb > stale_after_s
