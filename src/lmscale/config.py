@@ -28,6 +28,9 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to
+# the train keys that say where a run is reported, not how it trains
+TRACKER_KEYS = ("report_to", "tracker_project", "tracker_run_name", "tracker_group", "tracker_params")
 # RoPE scaling variants (`model.rope_scaling`, written as transformers writes `rope_scaling`): each
 # type with the keys it needs (beyond "rope_type") and the keys it may have
 ROPE_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -455,9 +458,26 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before stopping (skipped steps leave the
     # weights untouched; on CUDA a streak is noticed at the next log, eval or checkpoint step)
     parallel: str = "ddp"  # ddp | fsdp (used when launched by torchrun)
+    # where the metrics.jsonl scalars are mirrored: tensorboard (when installed), wandb, mlflow, or
+    # none; wandb and mlflow read their usual settings (WANDB_MODE, WANDB_DIR, MLFLOW_TRACKING_URI)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tracker_project: str = "lmscale"  # the wandb project, the mlflow experiment
+    tracker_run_name: Optional[str] = None  # default: the run directory's name
+    tracker_group: Optional[str] = None  # runs shown together (a sweep sets its name)
+    # extra run parameters for the trackers (a sweep sets the run's N, D and C); not a training setting
+    tracker_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _finite("train", self)
+        bad = [t for t in self.report_to if t not in TRACKERS]
+        if bad:
+            raise ConfigError(f"train.report_to={bad[0]!r} is not a tracker: use {', '.join(TRACKERS)} or none")
+        self.report_to = list(dict.fromkeys(self.report_to))
+        for key, value in self.tracker_params.items():
+            if not isinstance(key, str) or not (value is None or isinstance(value, (str, int, float, bool))):
+                raise ConfigError(f"train.tracker_params[{key!r}]={value!r}: values must be numbers or strings")
+        if not self.tracker_project.strip():
+            raise ConfigError("train.tracker_project must not be empty")
         if not isinstance(self.device, str) or not DEVICE_RE.fullmatch(self.device):
             raise ConfigError(f"train.device={self.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
         _in_range("train.lr", self.lr, 0.0, MAX_LR, lo_open=True)
@@ -547,6 +567,8 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 def _coerce(path: str, value: Any, tp: Any) -> Any:
     base, optional = _unwrap_optional(tp)
+    if typing.get_origin(base) is list and (value is None or str(value).strip().lower() in ("", "none", "null")):
+        return []  # report_to: none
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
@@ -578,6 +600,18 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{path}={value!r} is not a number") from None
     if base is str:
         return str(value)
+    origin = typing.get_origin(base)
+    if origin is list:
+        # `--train.report_to wandb,mlflow`, a YAML list, or none
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}={value!r} is not a list (use a YAML list or comma-separated names)")
+        return [str(v).strip() for v in value if str(v).strip() and str(v).strip().lower() != "none"]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}={value!r} is not a mapping")
+        return dict(value)
     return value
 
 

@@ -402,13 +402,13 @@ def _sweep_config(ctx: Context) -> SweepConfig:
     tok = ctx.results["tokenizers"]["tokenizers"]["bpe"]
     return SweepConfig.from_dict({
         "name": f"quickstart-{ctx.mode}", "design": "grid", "preset": s["preset"], "sizes": s["sizes"],
-        "tokens": s["tokens"], "seeds": [0],
+        "tokens": s["tokens"], "seeds": [0], "evals_per_run": s.get("evals_per_run", 8),
         "base": {
             "model": {"vocab_size": tok["vocab_size"], "max_positions": s["seq_len"]},
             "data": {"corpus": ctx.corpus, "tokenizer": tok["dir"], "shards": str(ctx.out / "shards" / "bpe")},
             "train": {"seq_len": s["seq_len"], "batch_size": s["batch_size"], "lr": s["lr"], "warmup_fraction": 0.05,
-                      "schedule": "cosine", "eval_batches": 16, "log_every": 20, "device": ctx.device,
-                      "time_cap_s": s.get("time_cap_s")},
+                      "schedule": "cosine", "eval_batches": s.get("eval_batches", 16), "log_every": 20,
+                      "device": ctx.device, "time_cap_s": s.get("time_cap_s")},
         },
     })
 

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import yaml
 
-from lmscale.config import ConfigError, RunConfig, from_dict, load_preset, to_dict
+from lmscale.config import TRACKER_KEYS, ConfigError, RunConfig, from_dict, load_preset, to_dict
 from lmscale.data.prepare import prepare_run_data
 from lmscale.errors import LmscaleError
 from lmscale.experiments.launch import LAUNCHERS, RunOutcome, execute_run, pretrain_command, write_slurm_script
@@ -199,6 +199,8 @@ def _run_id(cfg: RunConfig) -> str:
     d = to_dict(cfg)
     d.pop("out", None)
     d["data"] = {k: v for k, v in d["data"].items() if k not in ("tokenizer", "shards")}
+    # where a run is reported is not what it trains: the same run whichever trackers watch it
+    d["train"] = {k: v for k, v in d["train"].items() if k not in TRACKER_KEYS}
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -248,6 +250,10 @@ def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
             data["train"].update(
                 max_steps=steps, max_tokens=tokens, seed=seed, max_flops=None, max_time_s=None,
                 eval_every=max(1, steps // max(1, sweep.evals_per_run)), checkpoint_every=max(1, steps // 4),
+                tracker_group=data["train"].get("tracker_group") or sweep.name,
+                tracker_params={**data["train"].get("tracker_params", {}), "sweep": sweep.name,
+                                "N": n_c, "N_counts": sweep.flops_params, "D": tokens, "C": 6.0 * n_c * tokens,
+                                "seed": seed},
             )
             data["out"] = str(out / "runs" / name)
             cfg = from_dict(RunConfig, data)

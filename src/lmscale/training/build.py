@@ -44,11 +44,12 @@ from lmscale.training.engine import Engine, build_engine, compute_loss, resolve_
 from lmscale.training.metrics import training_flops_per_token
 from lmscale.training.optim import schedule_steps
 from lmscale.training.rundir import CONFIG_FILE, SUMMARY_FILE, save_run_config
+from lmscale.training.trackers import TRACKERS_FILE, check_trackers
 
 _ABSOLUTE_POSITIONS = ("learned", "sinusoidal", "rope")
 # what a run directory holds: a directory of only these (and temporaries) is one lmscale wrote
 RUN_DIR_ENTRIES = frozenset({CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "checkpoints", TOKENIZER_DIR, SHARD_DIR,
-                             "tensorboard", LOCK_FILE, MARKER})
+                             "tensorboard", TRACKERS_FILE, "wandb", LOCK_FILE, MARKER})
 
 
 @dataclass
@@ -75,6 +76,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     every process calls it."""
     cfg = with_absolute_paths(cfg)
     resolve_device(cfg.train.device, info)  # an unavailable device fails before data is prepared
+    check_trackers(cfg.train.report_to)  # and so does a tracker that is not installed
     run_dir = _checked_run_dir(cfg, info)
     tc = cfg.train
     micro, accum = _batching(tc, info)
@@ -172,7 +174,7 @@ def _resume_point(run_dir: Path, info: dist_util.DistInfo, trust: bool,
     found = ckpt.list_checkpoints(run_dir)
     if not found:
         if info.is_main:
-            print(f"lmscale pretrain: no checkpoint in {run_dir}; starting from step 0", flush=True)
+            print(f"lmscale pretrain: no checkpoint in {run_dir}; starting from step 0", file=sys.stderr, flush=True)
         return None, None
     problems = []
     for _, path in reversed(found):

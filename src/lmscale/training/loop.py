@@ -33,7 +33,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from lmscale.config import RunConfig
+from lmscale.config import RunConfig, to_dict
 from lmscale.errors import LmscaleError
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
@@ -44,6 +44,7 @@ from lmscale.training.engine import compute_loss, sync
 from lmscale.training.metrics import MetricsLogger, Progress, cpu_has_native_bf16, peak_flops
 from lmscale.training.optim import lr_at, tokens_per_step
 from lmscale.training.rundir import SUMMARY_FILE, load_run_dir_config, write_summary
+from lmscale.training.trackers import flat_params
 
 _HINTS: dict[str, bool] = {}  # one-time suggestions already shown in this process
 
@@ -68,7 +69,8 @@ def pretrain(run_config: RunConfig, resume: bool = False, progress: bool = True,
             if info.is_main:
                 _record_failed_start(run_config.out, str(exc))
             raise
-        return Trainer(run, MetricsLogger(run.run_dir, enabled=info.is_main), progress=progress).run()
+        return Trainer(run, MetricsLogger(run.run_dir, enabled=info.is_main, train_cfg=run.cfg.train),
+                       progress=progress).run()
     finally:
         if lock is not None:
             lock.release()
@@ -409,6 +411,7 @@ class Trainer:
             ckpt.clear_checkpoints(self.run_dir)
             (self.run_dir / SUMMARY_FILE).unlink(missing_ok=True)
         dist_util.barrier(info)
+        self.logger.open_trackers(st.step if self.resumed else None, self.tracker_params())
         if not self.resumed:
             self.logger.log({
                 "event": "start", "step": 0, "tokens": 0, "total_steps": st.total_steps, "budget": st.budget,
@@ -417,6 +420,15 @@ class Trainer:
                 "device": str(self.device), "dtype": self.compute_dtype,
                 "micro_batch_size": self.batches.micro, "accum_steps": self.batches.accum,
             })
+
+    def tracker_params(self) -> dict[str, Any]:
+        """What a tracker run is described by: the resolved config, the parameter counts, the
+        FLOPs per token, and the `train.tracker_params` a sweep adds (its N, D and C)."""
+        cfg = to_dict(self.cfg)
+        cfg["train"].pop("tracker_params", None)
+        return {**flat_params(cfg), **{f"params.{k}": v for k, v in (self.params or {}).items()},
+                "flops_per_token": self.flops_per_token, "total_steps": self.state.total_steps,
+                **self.cfg.train.tracker_params}
 
     def _finish(self, status: str, error: Optional[str], bar: Progress) -> dict[str, Any]:
         bar.close()
@@ -427,7 +439,7 @@ class Trainer:
                              "bad_steps": st.bad_steps, "wall_s": round(st.wall_s, 3),
                              "tokens_per_s": summary["tokens_per_s"], "error": error})
             write_summary(self.run_dir, summary)
-        self.logger.close()
+        self.logger.close(status)
         return summary
 
 

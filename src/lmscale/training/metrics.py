@@ -1,4 +1,4 @@
-"""Training FLOPs, model FLOPs utilisation (MFU), and the run's metric sinks.
+"""Training FLOPs, model FLOPs utilisation (MFU), and the run's metrics file.
 
 FLOP convention for MFU and for FLOP budgets: PaLM (Chowdhery et al. 2022, App. B), the model
 config's own count (`ModelConfig.training_flops_per_token`): ``6·N + 12·L·H·Q·T`` training FLOPs
@@ -12,7 +12,6 @@ probed once per process, the best probe kept per machine.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import platform
@@ -26,8 +25,9 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
-from lmscale.config import ModelConfig
+from lmscale.config import ModelConfig, TrainConfig
 from lmscale.io import atomic_write_json, atomic_write_text, cache_dir, dumps_json
+from lmscale.training.trackers import open_trackers, scalars
 
 # Dense peak FLOP/s by device name fragment: (bf16/fp16 tensor core, fp32 without TF32).
 GPU_PEAK_FLOPS: dict[str, tuple[float, float]] = {
@@ -87,6 +87,15 @@ def measure_cpu_matmul_flops(size: int = 1024, seconds: float = 0.3, dtype: str 
     """
     g = torch.Generator().manual_seed(0)  # never touch the global RNG the training run relies on
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    if size > 256:
+        # emulated bf16 runs about 1 GFLOP/s: at full size the probe alone would take many seconds,
+        # so a slow rate at 256 is measured there (it is compute-bound either way)
+        s = torch.randn(256, 256, generator=g).to(dt)
+        torch.mm(s, s)
+        t0 = time.perf_counter()
+        torch.mm(s, s)
+        if time.perf_counter() - t0 > 0.005:
+            size = 256
     a = torch.randn(size, size, generator=g).to(dt)
     b = torch.randn(size, size, generator=g).to(dt)
     torch.mm(a, b)
@@ -155,52 +164,21 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return events
 
 
-def _wait_for_a_later_event_file_name(tb_dir: Path) -> None:
-    """TensorBoard reads a run's event files in name order, and a name starts with the second it
-    was created in, then compares process id and a counter as text: a writer opened within the
-    same second as the interrupted run's could sort before it, and its purge would then be read
-    before the events it hides. Waiting for the next second (at most 2 s) keeps the order."""
-    stamps = []
-    for f in tb_dir.glob("events.out.tfevents.*"):
-        try:
-            stamps.append(int(f.name.split(".")[3]))
-        except (IndexError, ValueError):
-            continue
-    if stamps:
-        wait = min(max(stamps) + 1 - time.time(), 2.0)
-        if wait > 0:
-            time.sleep(wait)
-
-
 class MetricsLogger:
-    """One JSON object per event in `metrics.jsonl`, mirrored to TensorBoard when installed.
+    """One JSON object per event in `metrics.jsonl`, mirrored to the trackers `train.report_to`
+    names (`trackers.py`: the same scalars, opened by `open_trackers` before the first step).
 
     The file is append-only during a run; on resume the lines past the checkpoint are dropped
     (rewritten atomically) so every step appears once and in order.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.tb_dir = Path(run_dir) / "tensorboard"
+    def __init__(self, run_dir: Path, enabled: bool = True, train_cfg: Optional[TrainConfig] = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
         self.enabled = enabled
+        self.train_cfg = train_cfg if train_cfg is not None else TrainConfig()
         self._fh = None
-        self._tb = None
-        self._tb_wanted = enabled and tensorboard
-        self._tb_purge: Optional[int] = None
-
-    def _open_tensorboard(self) -> None:
-        self._tb_wanted = False
-        try:
-            if importlib.util.find_spec("tensorboard") is not None:
-                # optional dependency: imported only where installed and asked for
-                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
-
-                # purge_step hides the events an interrupted run wrote past its last checkpoint
-                if self._tb_purge is not None:
-                    _wait_for_a_later_event_file_name(self.tb_dir)
-                self._tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=self._tb_purge)
-        except Exception:  # tensorboard is optional; a broken install must not stop training
-            self._tb = None
+        self.trackers: list[Any] = []
 
     def truncate_after(self, step: int) -> None:
         """Drop events past `step` (those of an interrupted run beyond its last checkpoint);
@@ -208,9 +186,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         if step < 0:
-            shutil.rmtree(self.tb_dir, ignore_errors=True)
-        else:
-            self._tb_purge = step + 1
+            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
         if not self.path.exists():
             return
         kept = []
@@ -223,6 +199,11 @@ class MetricsLogger:
                 kept.append(line)
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
+    def open_trackers(self, resume_step: Optional[int], params: dict[str, Any]) -> None:
+        """Start (or, for a run resumed at `resume_step`, continue) the tracker runs."""
+        if self.enabled:
+            self.trackers = open_trackers(self.run_dir, self.train_cfg, params, resume_step)
+
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -231,25 +212,27 @@ class MetricsLogger:
             self._fh = open(self.path, "a", encoding="utf-8")
         self._fh.write(dumps_json(record) + "\n")  # a non-finite loss is null, listed under non_finite
         self._fh.flush()
-        if self._tb_wanted:
-            self._open_tensorboard()
-        if self._tb is not None:
-            event = record.get("event", "train")
-            step = int(record.get("step", 0))
-            for k, v in record.items():
-                if k in ("event", "step") or not isinstance(v, (int, float)) or isinstance(v, bool):
-                    continue
-                if isinstance(v, float) and not math.isfinite(v):
-                    continue
-                self._tb.add_scalar(f"{event}/{k}", v, step)
+        values = scalars(record)
+        for tracker in list(self.trackers) if values else []:
+            try:
+                tracker.log(int(record.get("step", 0)), values)
+            except Exception as exc:  # a tracker that fails mid-run (a server gone) must not stop training
+                self.trackers.remove(tracker)
+                print(f"lmscale: warning: {tracker.name} stopped receiving metrics at step {record.get('step')} "
+                      f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); metrics.jsonl has them all",
+                      file=sys.stderr, flush=True)
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            try:
+                tracker.close(status)
+            except Exception as exc:  # the run's own records are complete whatever a tracker says
+                print(f"lmscale: warning: closing {tracker.name} failed ({type(exc).__name__}: "
+                      f"{(str(exc).splitlines() or [''])[0]})", file=sys.stderr, flush=True)
 
 
 class Progress:

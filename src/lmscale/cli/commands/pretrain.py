@@ -70,7 +70,9 @@ def _shortcut_overrides(args: argparse.Namespace) -> dict:
 # what a resumed run may change: where it runs and what it records, never what it trains
 RESUME_MAY_CHANGE = ("out", "data.corpus", "data.tokenizer", "data.shards", "train.device", "train.dtype",
                      "train.compile", "train.parallel", "train.log_every", "train.eval_every",
-                     "train.checkpoint_every", "train.keep_last", "train.max_bad_steps", "train.time_cap_s")
+                     "train.checkpoint_every", "train.keep_last", "train.max_bad_steps", "train.time_cap_s",
+                     "train.report_to", "train.tracker_project", "train.tracker_run_name", "train.tracker_group",
+                     "train.tracker_params")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
