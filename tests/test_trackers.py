@@ -256,3 +256,15 @@ def test_the_tracker_scalars_are_the_metrics_file_numbers():
     assert trk.scalars(rec) == {"train/loss": 2.5, "train/lr": 1e-3, "train/tokens": 96}
     assert trk.flat_params({"train": {"lr": 1e-3, "report_to": ["wandb", "mlflow"]}, "out": None}) == {
         "train.lr": 1e-3, "train.report_to": "wandb,mlflow", "out": None}
+
+
+def test_an_mlflow_store_that_cannot_open_names_the_setting(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "nosuchscheme://store")
+    with pytest.raises(ConfigError) as exc:
+        trk.open_trackers(tmp_path / "run", TrainConfig(report_to=["mlflow"]), {}, None)
+    msg = str(exc.value)
+    assert msg.startswith("train.report_to=mlflow: ") and "MLFLOW_TRACKING_URI picks the store" in msg
+    assert "\n" not in msg and list(tmp_path.iterdir()) == []

@@ -450,6 +450,8 @@ def stage_scaling(ctx: Context) -> dict:
         raise StageUnavailable(f"only {n_done} sweep runs finished (counts: {result.counts}); see {sweep_dir}")
     t = load_runs(result.registry, sweep=sweep.name)
     fit = fit_table(t, holdout="largest", n_bootstrap=200) or {}
+    report = build_report(result.registry, out_html=sweep_dir / "report.html", png_dir=sweep_dir / "figures",
+                          sweep=sweep.name, title="Quickstart scaling sweep", fit=fit or None)
     law = fit.pop("_law", None)
     C = 6.0 * np.asarray(t.N) * np.asarray(t.D)
     decades = float(np.log10(C.max() / C.min()))
@@ -459,8 +461,6 @@ def stage_scaling(ctx: Context) -> dict:
         frontier = None
         ctx.console.print(f"[yellow]note: no compute-frontier fit ({exc})[/]")
     checks, identified = _law_checks(fit, frontier, decades, 2.5 if ctx.profile_name == "gpu" else 1.5)
-    report = build_report(result.registry, out_html=sweep_dir / "report.html", png_dir=sweep_dir / "figures",
-                          sweep=sweep.name, n_bootstrap=200, title="Quickstart scaling sweep")
     out: dict[str, Any] = {"registry": result.registry, "fit": fit, "frontier": frontier, "counts": result.counts,
                            "compute_decades": decades, "sweep_s": round(sweep_s, 1), "workers": s["workers"],
                            "law_identified": identified, "checks": checks, "report": str(sweep_dir / "report.html"),

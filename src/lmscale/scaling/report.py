@@ -172,13 +172,16 @@ def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None =
                  emergence_csv: str | os.PathLike | None = None, emergence_task: str = "lambada_openai",
                  icl_json: str | os.PathLike | None = None, holdout: str | None = "largest",
                  n_holdout: int | None = None, n_bootstrap: int = 100, title: str | None = None,
-                 params: str = "non_embedding", grid: Any = "hoffmann", **csv_cols: Any) -> dict[str, Any]:
+                 params: str = "non_embedding", grid: Any = "hoffmann", fit: dict[str, Any] | None = None,
+                 **csv_cols: Any) -> dict[str, Any]:
     """Fit, draw and write: PNGs into `png_dir`, one self-contained HTML at `out_html`.
 
-    `csv_cols` (`n_col`, `d_col`, `c_col`, `loss_col`) name the columns of a CSV source.
+    `csv_cols` (`n_col`, `d_col`, `c_col`, `loss_col`) name the columns of a CSV source. `fit`, a
+    `fit_table` result of these runs (with its `_law`), is drawn instead of fitting them again.
     """
     t = load_runs(source, sweep=sweep, params=params, **csv_cols)
-    fit = fit_table(t, holdout=holdout, n_holdout=n_holdout, n_bootstrap=n_bootstrap, grid=grid)
+    if fit is None or "_law" not in fit:
+        fit = fit_table(t, holdout=holdout, n_holdout=n_holdout, n_bootstrap=n_bootstrap, grid=grid)
     extra: dict[str, Any] = {}
     em_figs = None
     if emergence_csv:

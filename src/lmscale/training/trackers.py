@@ -178,8 +178,11 @@ class MlflowTracker:
                 self.run_id = run.info.run_id
                 self._log_params(params)
         except Exception as exc:  # an unreachable server, a store MLflow refuses: a one-line reason
+            hint = "" if os.environ.get("MLFLOW_TRACKING_URI") else (
+                "; MLFLOW_TRACKING_URI picks the store: a server (http://HOST:5000), a file store (file:./mlruns, "
+                "with MLFLOW_ALLOW_FILE_STORE=true on MLflow 3), or sqlite:///mlflow.db with the full mlflow package")
             raise ConfigError(f"train.report_to=mlflow: {type(exc).__name__}: "
-                              f"{(str(exc).splitlines() or [''])[0]}") from None
+                              f"{(str(exc).strip().splitlines() or [''])[0]}{hint}") from None
 
     def _log_params(self, params: dict[str, Any]) -> None:
         items = [self._param(k, ("" if v is None else str(v))[:_MLFLOW_PARAM_CHARS]) for k, v in params.items()]
