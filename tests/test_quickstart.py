@@ -72,8 +72,9 @@ def test_profiles_are_readable_presets_with_token_budgets():
 
 @pytest.mark.slow
 def test_gpu_profile_runs_on_the_cpu_with_tiny_budgets(shared_data, tmp_path, monkeypatch):
-    """The gpu profile's stages (wider models, early stopping, the decoder's pretraining effect, the
-    MiniLM probe when its package is at hand) with budgets cut to seconds, forced onto the CPU."""
+    """The gpu profile's own stages (wider models, early stopping, the decoder's pretraining effect,
+    the MiniLM probe when its package is at hand) with budgets cut to seconds, forced onto the CPU.
+    Its sweep and emergence stages run the cpu profile's code with other sizes (the fast test)."""
     from lmscale.experiments.quickstart import run_quickstart
 
     monkeypatch.setenv("LMSCALE_DATA_DIR", str(shared_data))
@@ -83,11 +84,9 @@ def test_gpu_profile_runs_on_the_cpu_with_tiny_budgets(shared_data, tmp_path, mo
                 for f in ("encoder", "decoder")} | {"encoder-decoder": {"max_tokens": 30000, "overrides": {
                     "train.batch_size": 16, "model.d_model": 64, "model.d_ff": 128, "model.d_head": 32}}}},
             "finetune": {"sizes": [50], "seeds": 2, "epochs": 1, "min_steps": 4, "max_steps": 4, "evaluations": 1,
-                         "regression": False, "minilm_probe": False, "probe_max_train": 100},
-            "sweep": {"sizes": [1.5e4, 4.0e4, 1.0e5], "tokens": [2.0e4, 4.0e4], "workers": 2, "batch_size": 8,
-                      "seq_len": 32},
-            "emergence": {"widths": [16, 32], "steps": 20, "eval_every": 10}}
-    code = run_quickstart(out=tmp_path / "qs", profile="gpu", device="cpu", overrides=tiny)
+                         "regression": False, "minilm_probe": False, "probe_max_train": 100}}
+    code = run_quickstart(out=tmp_path / "qs", profile="gpu", device="cpu", overrides=tiny,
+                          only=["data", "tokenizers", "pretrain", "use", "finetune", "report"])
     assert code == 0
     rec = json.loads((tmp_path / "qs" / "stages" / "finetune.json").read_text())
     assert rec["mode"] == "gpu-full" and "decoder_ahead" in rec["result"]
