@@ -449,7 +449,7 @@ def stage_scaling(ctx: Context) -> dict:
     if n_done < 6:
         raise StageUnavailable(f"only {n_done} sweep runs finished (counts: {result.counts}); see {sweep_dir}")
     t = load_runs(result.registry, sweep=sweep.name)
-    fit = fit_table(t, holdout="largest", n_bootstrap=200) or {}
+    fit = fit_table(t, holdout="largest", n_bootstrap=s.get("n_bootstrap", 200)) or {}
     report = build_report(result.registry, out_html=sweep_dir / "report.html", png_dir=sweep_dir / "figures",
                           sweep=sweep.name, title="Quickstart scaling sweep", fit=fit or None)
     law = fit.pop("_law", None)

@@ -14,7 +14,7 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="lmscale-out", help="output directory (default: ./lmscale-out)")
-    p.add_argument("--fast", action="store_true", help="the profile's smaller budgets (cpu: about 5 minutes)")
+    p.add_argument("--fast", action="store_true", help="the profile's smaller budgets (cpu: about 3 minutes)")
     p.add_argument("--profile", choices=["cpu", "gpu"], default=None,
                    help="sizes and budgets (src/lmscale/presets/quickstart/PROFILE.yaml); default: gpu when the "
                         "device is a CUDA GPU, else cpu")
