@@ -243,7 +243,7 @@ def phase_profile(args, steps_warm: int = 8, steps_profiled: int = 4) -> dict:
 
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from lmscale.training.build import build_run
+    from lmscale.training.build import build_run, open_run_dir
     from lmscale.training.distributed import init_distributed
     from lmscale.training.engine import sync
     from lmscale.training.loop import Trainer
@@ -251,7 +251,9 @@ def phase_profile(args, steps_warm: int = 8, steps_profiled: int = 4) -> dict:
 
     run_dir = tempfile.mkdtemp(prefix="gpt2-small-profile-")
     cfg = gpt2_small_config(args, run_dir, True, steps_warm + steps_profiled + 2)
-    run = build_run(cfg, init_distributed(cfg.train.device))
+    info = init_distributed(cfg.train.device)
+    lock = open_run_dir(cfg, info)  # noqa: F841  checks and locks the directory for the process's life
+    run = build_run(cfg, info)
     trainer = Trainer(run, MetricsLogger(run.run_dir), progress=False)
     for _ in range(steps_warm):
         trainer.train_step()

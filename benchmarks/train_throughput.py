@@ -48,7 +48,7 @@ from lmscale.data.objectives import compute_input_and_target_lengths  # noqa: E4
 from lmscale.io import atomic_write_json  # noqa: E402
 from lmscale.models import build_model  # noqa: E402
 from lmscale.models.hf import hf_state_dict  # noqa: E402
-from lmscale.training.metrics import cpu_name, training_flops_per_token  # noqa: E402
+from lmscale.training.metrics import cpu_name  # noqa: E402
 from lmscale.training.optim import build_optimizer, parameter_groups  # noqa: E402
 
 SEQ = 128
@@ -250,7 +250,7 @@ def main() -> int:
         ratios: list[float] = []
         ratios_fused: list[float] = []
         peaks: list[float] = []
-        fpt = training_flops_per_token(cfg, SEQ, ours.num_parameters()["total"])
+        fpt = cfg.training_flops_per_token(SEQ)
         for r in range(args.rounds):
             # the machine is shared: the peak is re-measured next to every round it normalises
             peak = matmul_peak(dtype=peak_dtype)

@@ -119,10 +119,9 @@ def test_schedules_match_transformers(schedule):
 
 def test_budgets_set_schedule_length():
     from lmscale.scaling.counting import flops_per_token
-    from lmscale.training.metrics import training_flops_per_token
 
     cfg = load_run_config(preset="gpt-tiny")
-    fpt = training_flops_per_token(cfg.model, 128)
+    fpt = cfg.model.training_flops_per_token(128)
     assert fpt == flops_per_token(cfg.model, 128, "palm")["palm"]
     per_step = 32 * 128
     tc = TrainConfig(max_tokens=10 * per_step + 1)

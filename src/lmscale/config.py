@@ -699,7 +699,7 @@ KEY_NOTES: dict[str, str] = {
                  "train.max_time_s, not in epochs",
     "micro_batch_size": "train.batch_size is the global batch in sequences, train.micro_batch_size "
                         "what one process runs per step; gradient accumulation fills the rest",
-    "dtype": "train.dtype is auto, fp32 or bf16",
+    "dtype": "train.dtype is auto, fp32, bf16 or fp16",
 }
 
 

@@ -19,3 +19,9 @@ class DataError(LmscaleError):
 
 class CheckpointError(LmscaleError):
     """A checkpoint that cannot be loaded as asked (missing/unexpected/mis-shaped tensors, ...)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message` of a third-party exception, for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -402,12 +402,12 @@ def _sweep_config(ctx: Context) -> SweepConfig:
     tok = ctx.results["tokenizers"]["tokenizers"]["bpe"]
     return SweepConfig.from_dict({
         "name": f"quickstart-{ctx.mode}", "design": "grid", "preset": s["preset"], "sizes": s["sizes"],
-        "tokens": s["tokens"], "seeds": [0], "evals_per_run": s.get("evals_per_run", 8),
+        "tokens": s["tokens"], "seeds": [0], "evals_per_run": s["evals_per_run"],
         "base": {
             "model": {"vocab_size": tok["vocab_size"], "max_positions": s["seq_len"]},
             "data": {"corpus": ctx.corpus, "tokenizer": tok["dir"], "shards": str(ctx.out / "shards" / "bpe")},
             "train": {"seq_len": s["seq_len"], "batch_size": s["batch_size"], "lr": s["lr"], "warmup_fraction": 0.05,
-                      "schedule": "cosine", "eval_batches": s.get("eval_batches", 16), "log_every": 20,
+                      "schedule": "cosine", "eval_batches": s["eval_batches"], "log_every": 20,
                       "device": ctx.device, "time_cap_s": s.get("time_cap_s")},
         },
     })
@@ -449,7 +449,7 @@ def stage_scaling(ctx: Context) -> dict:
     if n_done < 6:
         raise StageUnavailable(f"only {n_done} sweep runs finished (counts: {result.counts}); see {sweep_dir}")
     t = load_runs(result.registry, sweep=sweep.name)
-    fit = fit_table(t, holdout="largest", n_bootstrap=s.get("n_bootstrap", 200)) or {}
+    fit = fit_table(t, holdout="largest", n_bootstrap=s["n_bootstrap"]) or {}
     report = build_report(result.registry, out_html=sweep_dir / "report.html", png_dir=sweep_dir / "figures",
                           sweep=sweep.name, title="Quickstart scaling sweep", fit=fit or None)
     law = fit.pop("_law", None)

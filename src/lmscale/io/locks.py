@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from lmscale.errors import LmscaleError
 
@@ -154,12 +154,3 @@ def lock_holder(directory: str | os.PathLike) -> Optional[dict[str, Any]]:
     finally:
         os.close(fd)
 
-
-@contextlib.contextmanager
-def locked(directory: str | os.PathLike, what: str = "directory", enabled: bool = True) -> Iterator[None]:
-    """Hold `directory`'s lock for the block (a no-op when not `enabled`, e.g. on other ranks)."""
-    if not enabled:
-        yield
-        return
-    with DirectoryLock(directory, what):
-        yield

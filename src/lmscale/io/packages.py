@@ -72,7 +72,7 @@ def _simple_index_url() -> str:
     return "https://pypi.org/simple"
 
 
-def _progress_bar(total: int | None, description: str) -> Progress:
+def _progress_bar(description: str) -> Progress:
     return Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), transient=True, disable=not sys.stderr.isatty(),
                     console=Console(stderr=True))
@@ -81,7 +81,7 @@ def _progress_bar(total: int | None, description: str) -> Progress:
 def _download(url: str, out: Path, description: str) -> None:
     with urllib.request.urlopen(url, timeout=60) as r, open(out, "wb") as fh:
         total = int(r.headers.get("Content-Length") or 0) or None
-        with _progress_bar(total, description) as bar:
+        with _progress_bar(description) as bar:
             task = bar.add_task("download", total=total)
             while b := r.read(1 << 20):
                 fh.write(b)

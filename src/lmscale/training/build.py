@@ -41,7 +41,6 @@ from lmscale.training import distributed as dist_util
 from lmscale.training.batches import Batch, StepBatches, to_device, validation_batches
 from lmscale.training.checkpoint import RunState
 from lmscale.training.engine import Engine, build_engine, compute_loss, resolve_device, sync
-from lmscale.training.metrics import training_flops_per_token
 from lmscale.training.optim import schedule_steps
 from lmscale.training.rundir import CONFIG_FILE, SUMMARY_FILE, save_run_config
 from lmscale.training.trackers import TRACKERS_FILE, check_trackers
@@ -93,7 +92,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     engine = build_engine(cfg, info, checkpoint)
     batches = StepBatches(sampler, objective, tc.seed, micro, accum, info.rank,
                           pin_memory=engine.device.type == "cuda")
-    flops_per_token = training_flops_per_token(cfg.model, tc.seq_len, engine.params["total"])
+    flops_per_token = cfg.model.training_flops_per_token(tc.seq_len)  # PaLM convention (metrics.py)
     step_time = None
     if resume_state is not None:
         state = _restore(resume_state, engine, batches, info)
@@ -182,9 +181,9 @@ def _resume_point(run_dir: Path, info: dist_util.DistInfo, trust: bool,
         if problem is None:
             try:
                 state = ckpt.load_trainer_state(path, trust=trust)
+            except ckpt.UntrustedStateError:  # a pickled state refused: the user decides
+                raise
             except CheckpointError as exc:
-                if ckpt.LEGACY_STATE_FILE in str(exc):  # a pickled state refused: the user decides
-                    raise
                 problem = str(exc)
         if problem is None:
             if problems and info.is_main:
@@ -197,13 +196,10 @@ def _resume_point(run_dir: Path, info: dist_util.DistInfo, trust: bool,
 
 
 def _checked_run_dir(cfg: RunConfig, info: dist_util.DistInfo) -> Path:
+    """The run directory `open_run_dir` checked and locked, with the config saved early."""
     if cfg.out is None:
         raise ConfigError("no run directory: set --out RUN_DIR (or `out:` in the config file)")
     run_dir = Path(cfg.out)
-    problem = ckpt.is_writable_dir(run_dir) if info.is_main else None
-    problem = dist_util.broadcast_object(problem, info)
-    if problem:
-        raise ConfigError(f"cannot write to the run directory {run_dir} ({problem}); choose another --out")
     if info.is_main and not (run_dir / CONFIG_FILE).exists():
         save_run_config(run_dir, cfg)  # early, so a run killed while preparing data can --resume
     return run_dir

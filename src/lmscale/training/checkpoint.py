@@ -146,11 +146,6 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
     found = list_checkpoints(run_dir)
     for _, d in found[: max(len(found) - max(int(keep_last), 1), 0)]:
         shutil.rmtree(d, ignore_errors=True)
-    # leftovers of interrupted atomic writes
-    ck = Path(run_dir) / "checkpoints"
-    for d in ck.glob(".step_*.tmp"):
-        if d.is_dir():
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def safetensors_problem(path: Path) -> Optional[str]:
@@ -217,6 +212,10 @@ def write_trainer_state(ckpt_dir: Path, trainer_state: dict[str, Any]) -> None:
                                                           "state": document}, allow_nan=False))
 
 
+class UntrustedStateError(CheckpointError):
+    """A pickled trainer state that the safe loader refuses: only the user can decide to trust it."""
+
+
 def load_trainer_state(ckpt_dir: str | Path, trust: bool = False) -> dict[str, Any]:
     """The trainer state of a checkpoint; a pickled state of an older checkpoint only through
     torch's restricted unpickler unless `trust` (see the module docstring)."""
@@ -230,7 +229,7 @@ def load_trainer_state(ckpt_dir: str | Path, trust: bool = False) -> dict[str, A
         return torch.load(legacy, map_location="cpu", weights_only=True)
     except Exception as exc:  # types outside torch's allow-list, or a truncated file
         if not trust:
-            raise CheckpointError(
+            raise UntrustedStateError(
                 f"{legacy}: a pickled trainer state that torch's safe loader refuses ({type(exc).__name__}); "
                 "reading it in full can run code stored in the file: resume with --trust-checkpoint only "
                 "if you trust where this run directory came from") from None

@@ -43,7 +43,7 @@ from lmscale.training.checkpoint import RunState
 from lmscale.training.engine import compute_loss, sync
 from lmscale.training.metrics import MetricsLogger, Progress, cpu_has_native_bf16, peak_flops
 from lmscale.training.optim import lr_at, tokens_per_step
-from lmscale.training.rundir import SUMMARY_FILE, load_run_dir_config, write_summary
+from lmscale.training.rundir import SUMMARY_FILE, write_summary
 from lmscale.training.trackers import flat_params
 
 _HINTS: dict[str, bool] = {}  # one-time suggestions already shown in this process
@@ -458,4 +458,4 @@ def _cpu_precision_hint(asked: str, compute_dtype: str, bar: Progress) -> None:
                         "and much slower than fp32 ones; --train.dtype fp32 trains faster here")
 
 
-__all__ = ["pretrain", "Trainer", "compute_loss", "load_run_dir_config", "summary_record", "write_summary"]
+__all__ = ["pretrain", "Trainer", "compute_loss", "summary_record", "write_summary"]

@@ -25,7 +25,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
-from lmscale.config import ModelConfig, TrainConfig
+from lmscale.config import TrainConfig
+from lmscale.errors import one_line
 from lmscale.io import atomic_write_json, atomic_write_text, cache_dir, dumps_json
 from lmscale.training.trackers import open_trackers, scalars
 
@@ -49,12 +50,6 @@ GPU_PEAK_FLOPS: dict[str, tuple[float, float]] = {
     "V100": (125e12, 15.7e12),
     "T4": (65e12, 8.1e12),
 }
-
-
-def training_flops_per_token(model_cfg: ModelConfig, seq_len: int, n_params: Optional[int] = None) -> float:
-    """Training FLOPs per token, PaLM convention: the config's own count (see module docstring).
-    `n_params` is not read: the config counts its parameters exactly."""
-    return model_cfg.training_flops_per_token(seq_len)
 
 
 def cpu_name() -> str:
@@ -219,8 +214,7 @@ class MetricsLogger:
             except Exception as exc:  # a tracker that fails mid-run (a server gone) must not stop training
                 self.trackers.remove(tracker)
                 print(f"lmscale: warning: {tracker.name} stopped receiving metrics at step {record.get('step')} "
-                      f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); metrics.jsonl has them all",
-                      file=sys.stderr, flush=True)
+                      f"({one_line(exc)}); metrics.jsonl has them all", file=sys.stderr, flush=True)
 
     def close(self, status: str = "finished") -> None:
         if self._fh is not None:
@@ -231,8 +225,8 @@ class MetricsLogger:
             try:
                 tracker.close(status)
             except Exception as exc:  # the run's own records are complete whatever a tracker says
-                print(f"lmscale: warning: closing {tracker.name} failed ({type(exc).__name__}: "
-                      f"{(str(exc).splitlines() or [''])[0]})", file=sys.stderr, flush=True)
+                print(f"lmscale: warning: closing {tracker.name} failed ({one_line(exc)})", file=sys.stderr,
+                      flush=True)
 
 
 class Progress:

@@ -24,12 +24,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lmscale.config import TrainConfig
-from lmscale.errors import ConfigError
+from lmscale.errors import ConfigError, one_line
 from lmscale.io import atomic_write_json
 
 TRACKERS_FILE = "trackers.json"
-# the package each tracker needs (tensorboard is mirrored when installed, else skipped)
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 _MLFLOW_PARAMS_PER_CALL = 100  # MLflow's limit on parameters in one log_batch
 _MLFLOW_PARAM_CHARS = 6000  # and on one parameter's value
 
@@ -61,9 +59,10 @@ def flat_params(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_trackers(report_to: list[str]) -> None:
-    """Refuse, before any work, a tracker whose package is missing (tensorboard is optional)."""
+    """Refuse, before any work, a tracker whose package (of the tracker's name) is missing;
+    tensorboard is mirrored when installed, else skipped."""
     for name in report_to:
-        if name != "tensorboard" and importlib.util.find_spec(PACKAGES[name]) is None:
+        if name != "tensorboard" and importlib.util.find_spec(name) is None:
             raise ConfigError(f"train.report_to names {name}, which is not installed: pip install "
                               f"'lmscale[trackers]' (or {name}), or drop it from train.report_to")
 
@@ -134,8 +133,7 @@ class WandbTracker:
                 dir=os.environ.get("WANDB_DIR") or str(run_dir), config=params,
             )
         except Exception as exc:  # no API key, no network, a bad setting: a one-line reason
-            raise ConfigError(f"train.report_to=wandb: wandb.init failed ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); WANDB_MODE=offline "
+            raise ConfigError(f"train.report_to=wandb: wandb.init failed ({one_line(exc)}); WANDB_MODE=offline "
                               "logs without an account") from None
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
@@ -181,8 +179,7 @@ class MlflowTracker:
             hint = "" if os.environ.get("MLFLOW_TRACKING_URI") else (
                 "; MLFLOW_TRACKING_URI picks the store: a server (http://HOST:5000), a file store (file:./mlruns, "
                 "with MLFLOW_ALLOW_FILE_STORE=true on MLflow 3), or sqlite:///mlflow.db with the full mlflow package")
-            raise ConfigError(f"train.report_to=mlflow: {type(exc).__name__}: "
-                              f"{(str(exc).strip().splitlines() or [''])[0]}{hint}") from None
+            raise ConfigError(f"train.report_to=mlflow: {one_line(exc)}{hint}") from None
 
     def _log_params(self, params: dict[str, Any]) -> None:
         items = [self._param(k, ("" if v is None else str(v))[:_MLFLOW_PARAM_CHARS]) for k, v in params.items()]

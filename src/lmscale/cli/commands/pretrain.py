@@ -5,6 +5,8 @@ import argparse
 import sys
 import textwrap
 
+from lmscale.config import TRACKER_KEYS
+
 HELP = "pretrain a BERT/GPT/T5-style model from a corpus or token shards (also under torchrun)"
 DESCRIPTION = (
     "Pretrain from a config file or a preset. Any config field can be overridden with "
@@ -71,8 +73,7 @@ def _shortcut_overrides(args: argparse.Namespace) -> dict:
 RESUME_MAY_CHANGE = ("out", "data.corpus", "data.tokenizer", "data.shards", "train.device", "train.dtype",
                      "train.compile", "train.parallel", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.keep_last", "train.max_bad_steps", "train.time_cap_s",
-                     "train.report_to", "train.tracker_project", "train.tracker_run_name", "train.tracker_group",
-                     "train.tracker_params")
+                     *(f"train.{k}" for k in TRACKER_KEYS))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     overrides.update(_shortcut_overrides(args))
     resume = args.resume is not None
     if resume:
-        from lmscale.training.loop import load_run_dir_config
+        from lmscale.training.rundir import load_run_dir_config
 
         if args.config or args.preset:
             raise ConfigError("--resume continues a run with its own config; drop --config/--preset")
