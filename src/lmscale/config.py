@@ -879,17 +879,18 @@ def load_run_config(
         file_data = load_yaml(config_file)
         if "preset" in file_data and preset is None:
             data = to_dict(load_preset(file_data["preset"]))
-        _deep_update(data, file_data)
+        deep_update(data, file_data)
     cfg = from_dict(RunConfig, data)
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     return cfg
 
 
-def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """Merge nested mapping `src` into `dst` in place (a mapping merges key by key, anything else replaces)."""
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
+            deep_update(dst[k], v)
         else:
             dst[k] = v
 

@@ -33,10 +33,6 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
-def finite_float(text: str) -> float:
-    return float(_number(text, float))
-
-
 def positive_float(text: str) -> float:
     value = float(_number(text, float))
     if not value > 0:

@@ -133,18 +133,6 @@ class Corpus:
             return [d for i, d in enumerate(docs) if i not in valid]
         raise DataError(f"corpus {self.name!r} has no split {split!r} (has {', '.join(self.available_splits)})")
 
-    def all_documents(self) -> dict[str, list[str]]:
-        """Every available split's documents, reading each file once."""
-        if self.kind == "tasks":
-            return {s: self.documents(s) for s in ("train",)}
-        out = {s: self._file_docs(fs) for s, fs in self.splits.items() if s in ("train", "valid", "test")}
-        if self.derived_valid and "train" in out:
-            docs = out["train"]
-            valid = held_out_indices(len(docs), self.valid_fraction, self.split_seed)
-            out["train"] = [d for i, d in enumerate(docs) if i not in valid]
-            out["valid"] = [docs[i] for i in sorted(valid)]
-        return {s: out[s] for s in self.available_splits if s in out}
-
     def iter_documents(self, split: str) -> Iterator[str]:
         """`documents(split)` streamed: the held-out choice of a corpus without its own validation
         split costs one extra pass that counts the training documents."""

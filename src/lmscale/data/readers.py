@@ -121,25 +121,6 @@ def read_text(path: str | Path, errors: str = "strict", allow_empty: bool = Fals
     return decode_text(raw, path, errors, compressed=_is_gzip(path))
 
 
-def is_jsonl(path: Path) -> bool:
-    return path.name.endswith(".jsonl") or path.name.endswith(".jsonl.gz")
-
-
-def jsonl_texts(path: Path, text: str, field: str = "text") -> Iterator[str]:
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict) or field not in rec:
-            raise DataError(f"{path}: line {lineno}: record has no {field!r} field")
-        if not isinstance(rec[field], str):
-            raise DataError(f"{path}: line {lineno}: field {field!r} is not a string")
-        yield rec[field]
-
-
 def tsv_texts(path: Path, text: str | Iterable[str], field: str = "sentence") -> Iterator[str]:
     """The `sentence` column of a GLUE-style TSV (the first column when there is no such header);
     `text` is the file's text or its lines (`str.splitlines` semantics)."""

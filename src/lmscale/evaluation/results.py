@@ -75,8 +75,3 @@ def from_entries(results: dict[str, dict[str, Any]], configs: dict[str, dict[str
         "total_evaluation_time_seconds": str(time.time() - started),
         "lmscale": extra,
     }
-
-
-def metric_value(result: Mapping[str, Any], task: str, metric: str) -> Any:
-    """`result["results"][task]["METRIC,none"]` (None when absent)."""
-    return result["results"][task].get(metric_key(metric))

@@ -24,7 +24,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from lmscale.config import PRESET_DIR, load_run_config
+from lmscale.config import PRESET_DIR, deep_update, load_run_config
 from lmscale.data.catalog import resolve_corpus
 from lmscale.data.readers import iter_texts
 from lmscale.errors import ConfigError, LmscaleError
@@ -83,8 +83,7 @@ class StageUnavailable(LmscaleError):
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    deep_update(out, copy.deepcopy(over))
     return out
 
 
@@ -453,7 +452,7 @@ def stage_scaling(ctx: Context) -> dict:
     report = build_report(result.registry, out_html=sweep_dir / "report.html", png_dir=sweep_dir / "figures",
                           sweep=sweep.name, title="Quickstart scaling sweep", fit=fit or None)
     law = fit.pop("_law", None)
-    C = 6.0 * np.asarray(t.N) * np.asarray(t.D)
+    C = t.C
     decades = float(np.log10(C.max() / C.min()))
     try:
         frontier = fit_frontier(C, t.loss, n_bootstrap=1000)

@@ -150,8 +150,7 @@ def iter_token_ids(
         new = list(seq)
         for _ in range(max_new_tokens):
             logits, past = step(new, past)
-            prev = torch.tensor(seq, dtype=torch.long, device=logits.device)
-            tok = choose_token(logits, prev, cfg, gen)
+            tok = choose_token(logits, seq, cfg, gen)
             seq.append(tok)
             new = [tok]
             yield tok
@@ -372,15 +371,15 @@ def _decode_batch(model: Any, family: str, rows: list[_Continuation], cfg: Sampl
                     step.append(pad)
                     live.append(0)
                     continue
-                prev = torch.tensor(seqs[i], dtype=torch.long, device=logits.device)
-                tok = choose_token(logits[i], prev, cfg, gens[i])
+                tok = choose_token(logits[i], seqs[i], cfg, gens[i])
                 seqs[i].append(tok)
                 r.add(tok)
                 step.append(tok)
                 live.append(1)
             new = torch.tensor(step, dtype=torch.long, device=device)[:, None]
             new_mask = torch.tensor(live, dtype=torch.long, device=device)[:, None]
-            full = torch.cat((full, new), 1)
+            if not use_cache:  # with the cache only the new tokens go in
+                full = torch.cat((full, new), 1)
             full_mask = torch.cat((full_mask, new_mask), 1)
 
 

@@ -6,6 +6,7 @@ in the papers and tools people compare against.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -79,9 +80,13 @@ def process_logits(logits: torch.Tensor, prev_ids: torch.Tensor, cfg: SamplingCo
     return top_p_filter(logits, cfg.top_p)
 
 
-def choose_token(logits: torch.Tensor, prev_ids: torch.Tensor, cfg: SamplingConfig,
+def choose_token(logits: torch.Tensor, prev_ids: Sequence[int], cfg: SamplingConfig,
                  generator: torch.Generator | None) -> int:
-    logits = process_logits(logits, prev_ids, cfg)
+    """The next token after `prev_ids`; their tensor is built only for a repetition penalty (the
+    one step that reads them), not once per token of every generation."""
+    prev = (torch.tensor(list(prev_ids), dtype=torch.long, device=logits.device) if cfg.repetition_penalty != 1.0
+            else logits.new_empty(0, dtype=torch.long))
+    logits = process_logits(logits, prev, cfg)
     if cfg.greedy:
         return int(torch.argmax(logits, dim=-1))
     probs = torch.softmax(logits, dim=-1)

@@ -127,11 +127,13 @@ def identification(fit: Any, max_ratio: float = MAX_INTERVAL_RATIO, min_loss: fl
 
     `fit` is a fitted law (with or without a bootstrap) or a fit's dict: its `params`, `derived`
     and `ci95`. Returns `{"identified", "unidentified": {name: reason}, "allocation_identified",
-    "summary"}`; a fit's dict that already carries an `identification` is taken as it is.
+    "summary"}`; a fit's dict that already carries an `identification` (made at the default
+    threshold) is taken as it is when asked at that threshold, and judged again at any other.
     """
     if isinstance(fit, Mapping):
-        if isinstance(fit.get("identification"), Mapping) and "unidentified" in fit["identification"]:
-            return dict(fit["identification"])
+        stored = fit.get("identification")
+        if max_ratio == MAX_INTERVAL_RATIO and isinstance(stored, Mapping) and "unidentified" in stored:
+            return dict(stored)
         params = dict(fit.get("params") or {})
         derived = dict(fit.get("derived") or {})
         ci = dict(fit.get("ci95") or {})

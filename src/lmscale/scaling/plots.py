@@ -8,7 +8,6 @@ the caller's pyplot backend and figure list alone. `save` writes them atomically
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +22,8 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 from lmscale.io import atomic_path
 from lmscale.scaling.emergence import BrokenPowerLawFit, SigmoidFit
 from lmscale.scaling.fitting import law_derived
+from lmscale.scaling.frontier import frontier_indices
+from lmscale.scaling.frontier import frontier_indices as frontier  # one frontier for fits and figures
 from lmscale.scaling.runs import RunsTable
 
 __all__ = ["RunsTable", "frontier", "isoflop_minima", "law_derived", "law_frontier", "plot_allocation",
@@ -76,17 +77,6 @@ def _groups(values: np.ndarray, rel: float = 0.1) -> list[np.ndarray]:
     return groups
 
 
-def frontier(C: np.ndarray, loss: np.ndarray) -> np.ndarray:
-    """Indices of the efficient frontier: runs no cheaper run beats (lowest loss so far in C)."""
-    order = np.argsort(C)
-    best, idx = math.inf, []
-    for i in order:
-        if loss[i] < best:
-            best = loss[i]
-            idx.append(i)
-    return np.array(idx, dtype=int)
-
-
 def law_frontier(law: Any, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Compute-optimal N and loss of a fitted Chinchilla law along C (closed form, D = C/6N)."""
     dv = law_derived(law)
@@ -99,7 +89,7 @@ def plot_loss_vs_compute(t: RunsTable, law: Any = None):
     sc = ax.scatter(t.C, t.loss, c=np.log10(t.N), cmap="viridis", s=28, zorder=3)
     cb = fig.colorbar(sc, ax=ax)
     cb.set_label(f"log10 {_n_label(t)}")
-    f = frontier(t.C, t.loss)
+    f = frontier_indices(t.C, t.loss)  # the runs fit_frontier fits
     ax.plot(t.C[f], t.loss[f], "k--", lw=1.2, label="efficient frontier (runs)", zorder=2)
     if law is not None:
         cg = np.logspace(np.log10(t.C.min()), np.log10(t.C.max()) + 0.5, 100)

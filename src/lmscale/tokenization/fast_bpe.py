@@ -38,7 +38,7 @@ def _bytes_to_unicode() -> list[str]:
     return table
 
 
-_B2U = _bytes_to_unicode()
+_B2U = BYTE_TO_UNICODE = _bytes_to_unicode()  # byte value -> its ByteLevel character
 _LATIN1_TO_B2U = {b: c for b, c in enumerate(_B2U)}
 
 

@@ -19,6 +19,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as _Backend
 
 from lmscale.errors import DataError
+from lmscale.tokenization.fast_bpe import BYTE_TO_UNICODE
 
 DEFAULT_EOS = "<|endoftext|>"
 
@@ -48,21 +49,9 @@ def known_encoding(name: str) -> tuple[str, dict[str, int]] | None:
     return spec["pat_str"], dict(spec["special_tokens"])
 
 
-def _gpt2_bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """tiktoken ranks -> a byte-level BPE vocabulary and its merges in rank order."""
-    enc = _gpt2_bytes_to_unicode()
+    enc = BYTE_TO_UNICODE
 
     def s(b: bytes) -> str:
         return "".join(enc[x] for x in b)
