@@ -172,12 +172,13 @@ class ShardIndex:
 _worker_tok = None
 
 
-def _init_worker(tokenizer_json: str | None, kind: str, tok_hash: str, use_fast: bool) -> None:
-    """Pool initializer. Forked workers already hold the parent's tokenizer (`tokenizer_json` is None)."""
+def _init_worker(tokenizer_json: str | None, kind: str, tok_hash: str, use_fast: bool, meta: dict) -> None:
+    """Pool initializer. Forked workers already hold the parent's tokenizer (`tokenizer_json` is
+    None); others rebuild it with its meta, which holds a chosen end-of-text token."""
     global _worker_tok
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if tokenizer_json is not None:
-        _worker_tok = Tokenizer(Backend.from_str(tokenizer_json), kind=kind)
+        _worker_tok = Tokenizer(Backend.from_str(tokenizer_json), kind=kind, meta=meta)
         _worker_tok._hash = tok_hash  # the parent's; saves re-serializing a large vocabulary per worker
     _encoders.clear()
     _encoders[tok_hash] = fast_bpe.CachedByteLevelEncoder(_worker_tok) if use_fast else None
@@ -262,7 +263,8 @@ class _Tokenizing:
                 else:
                     payload = self.tok.backend.to_str()
                 self.pool = ctx.Pool(self.workers, initializer=_init_worker,
-                                     initargs=(payload, self.tok.kind, self.tok.hash, use_fast))
+                                     initargs=(payload, self.tok.kind, self.tok.hash, use_fast,
+                                               self.tok.meta))
             finally:
                 if old is None:
                     os.environ.pop("TOKENIZERS_PARALLELISM", None)

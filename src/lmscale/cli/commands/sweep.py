@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from lmscale.cli.argtypes import device, nonnegative_int, positive_float, positive_int
+from lmscale.cli.argtypes import nonnegative_int, positive_float, positive_int
 
 HELP = "scaling sweeps (grid / IsoFLOP) of `lmscale pretrain` runs with a SQLite run registry"
 DESCRIPTION = """Scaling sweeps. `run` plans the sweep, prepares one tokenizer and token shards for all
@@ -98,12 +98,16 @@ def _load(args) -> "object":
 def _run(args) -> int:
     from pathlib import Path
 
+    from lmscale.config import DEVICE_RE, ConfigError
     from lmscale.experiments.sweep import looks_like_sweep_dir, plan, run_sweep
     from lmscale.io.outputs import check_output_dir
 
     sw = _load(args)
     if args.device is not None:
-        device(args.device)  # checked here, resolved by each run
+        # the spelling is checked here; whether the device exists, by each run where it runs (a
+        # Slurm or torchrun node, not necessarily this machine)
+        if not DEVICE_RE.fullmatch(args.device):
+            raise ConfigError(f"--device {args.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
         sw.base.setdefault("train", {})["device"] = args.device
     out = Path(args.out or Path("sweeps") / sw.name)
     if args.dry_run:
