@@ -267,12 +267,19 @@ def test_fp16_with_gradient_scaler_trains_and_resumes_exactly(data, tmp_path, fa
     assert state["grad_scaler"]["scale"] > 1.0
     weights = load_file(str(ckpt.latest_checkpoint(full) / "model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float32}
+    # clipping and the logged norm see unscaled gradients: the first step's norm is fp32's
+    fp32 = tmp_path / "fp32"
+    loop.pretrain(make_cfg(data, fp32, family, **{**common, "train__dtype": "fp32", "train__max_steps": 1}),
+                  progress=False)
+    assert read_metrics(full)[0]["grad_norm"] == pytest.approx(read_metrics(fp32)[0]["grad_norm"], rel=0.05)
+    # as if killed after step 8 before its checkpoint: the resume restores the scaler of step 4
     part = tmp_path / "part"
-    loop.pretrain(make_cfg(data, part, family, **{**common, "train__max_steps": 8}), progress=False)
+    shutil.copytree(full, part)
     shutil.rmtree(part / "checkpoints" / "step_00000008")
     (part / "summary.json").unlink()
     loop.pretrain(make_cfg(data, part, family, **common), resume=True, progress=False)
     assert [r["loss"] for r in read_metrics(part)] == losses
+    assert ckpt.load_trainer_state(ckpt.latest_checkpoint(part))["grad_scaler"] == state["grad_scaler"]
 
 
 def test_dtype_auto_picks_bf16_where_the_gpu_has_it_else_fp16(monkeypatch):

@@ -33,6 +33,14 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def bootstrap_count(text: str) -> int:
+    """Bootstrap resamples: 0 (no intervals) or at least 2, checked before any fitting."""
+    value = nonnegative_int(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("give 0 (no intervals) or at least 2 resamples, got 1")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(_number(text, float))
     if not value > 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmscale.cli.argtypes import nonnegative_int, positive_int
+from lmscale.cli.argtypes import bootstrap_count, nonnegative_int, positive_int
 
 HELP = "fit a scaling law (chinchilla, kaplan, power-*, broken-*, data-constrained, envelope, isoflop) to a CSV"
 
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", choices=("largest",), default=None,
                    help="fit on all but the largest-compute runs and report their relative errors")
     p.add_argument("--n-holdout", type=positive_int, default=None, help="runs to hold out (default 10%%)")
-    p.add_argument("--bootstrap", type=nonnegative_int, default=200, help="bootstrap refits for intervals (0 = none)")
+    p.add_argument("--bootstrap", type=bootstrap_count, default=200, help="bootstrap refits for intervals (0 = none)")
     p.add_argument("--grid", choices=("hoffmann", "coarse"), default="hoffmann",
                    help="initialisation grid for the chinchilla law")
     p.add_argument("--seed", type=nonnegative_int, default=0)
@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_columns(path: str, args: argparse.Namespace, needs: tuple[str, ...]):
-    """Numeric columns {N, D, C, loss, U, runs} of the CSV, by the runs-table reader's column order."""
+    """The numeric columns {N, D, C, loss, U, runs} of the CSV (by the runs-table reader's column order) and
+    the rows left out."""
     from lmscale.errors import DataError
     from lmscale.scaling.runs import candidates, invalid_rows, read_runs_csv
 
@@ -62,9 +63,7 @@ def read_columns(path: str, args: argparse.Namespace, needs: tuple[str, ...]):
         data["runs"] = np.array(cols.text[args.run_col])
     # the rows `report` keeps too: positive, finite values of what the law uses, and a loss
     keep, dropped = invalid_rows(data, (*needs, "loss"), cols.names, cols.columns)
-    data = {k: v[keep] for k, v in data.items()}
-    data["_dropped"] = dropped
-    return data
+    return {k: v[keep] for k, v in data.items()}, dropped
 
 
 def fit_from_args(args: argparse.Namespace):
@@ -76,8 +75,7 @@ def fit_from_args(args: argparse.Namespace):
     from lmscale.scaling.runs import dropped_note
 
     needs = NEEDS[args.law]
-    data = read_columns(args.csv, args, needs)
-    dropped = data.pop("_dropped")
+    data, dropped = read_columns(args.csv, args, needs)
     note = dropped_note(dropped)
     problems = design_problems([k for k in needs if k in ("N", "D", "C", "U")], [data[k] for k in needs], args.law)
     n = data["loss"].size
@@ -86,10 +84,8 @@ def fit_from_args(args: argparse.Namespace):
                         + (f" ({note})" if note else ""))
     if args.exclude_top_loss:
         k = args.exclude_top_loss
-        if k < 0 or k >= n:
+        if k >= n:  # (the rows kept have a finite loss)
             raise DataError(f"--exclude-top-loss {k}: must be between 0 and {n - 1}")
-        if np.isnan(data["loss"]).any():
-            raise DataError(f"{args.csv}: loss column has NaN values")
         keep = np.sort(np.argsort(data["loss"], kind="stable")[: n - k])
         data = {key: v[keep] for key, v in data.items()}
     kw = {}
@@ -106,11 +102,8 @@ def fit_from_args(args: argparse.Namespace):
     else:
         law.fit(*X, loss=data["loss"], holdout=args.holdout, n_holdout=args.n_holdout)
     if args.bootstrap:
-        if args.bootstrap < 2:
-            raise DataError(f"--bootstrap {args.bootstrap}: give 0 (no intervals) or at least 2 resamples")
         law.bootstrap(args.bootstrap, seed=args.seed)
-    law.dropped_ = dropped
-    return law
+    return law, dropped
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,9 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite)
-    law = fit_from_args(args)
+    law, dropped = fit_from_args(args)
     full = law.to_dict()
-    dropped = getattr(law, "dropped_", [])
     if dropped:
         full["dropped"] = dropped
     out = {"law": full["law"], "params": full["params"], "ci95": full.get("ci95"), "n_points": full["n_points"],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmscale.cli.argtypes import nonnegative_int, positive_int
+from lmscale.cli.argtypes import bootstrap_count, positive_int
 
 HELP = "one self-contained HTML scaling report (figures embedded) from a sweep registry or a CSV of runs"
 
@@ -21,7 +21,7 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
                    help="check the fit by predicting the largest-compute runs from the others")
     p.add_argument("--n-holdout", type=positive_int,
                    help="how many largest-compute runs to hold out (default: a fifth)")
-    p.add_argument("--bootstrap", type=nonnegative_int, default=100,
+    p.add_argument("--bootstrap", type=bootstrap_count, default=100,
                    help="bootstrap refits for the 95%% bands (0: none)")
     p.add_argument("--grid", choices=("coarse", "hoffmann", "small"), default="hoffmann",
                    help="fit starting grid: Hoffmann et al.'s 5,400 points (default, as `lmscale fit`), 243, or 32")
@@ -77,12 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lmscale.errors import LmscaleError
     from lmscale.io import dumps_json
     from lmscale.io.outputs import check_output_dir, check_output_file
 
-    if args.bootstrap == 1:
-        raise LmscaleError("--bootstrap 1: give 0 (no intervals) or at least 2 resamples")
     check_output_file(args.out, "--out", kind="html", overwrite=args.overwrite)
     if args.png_dir:
         check_output_dir(args.png_dir, "--png-dir", overwrite=args.overwrite, kinds=("figures",),

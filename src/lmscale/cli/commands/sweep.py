@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from lmscale.cli.argtypes import nonnegative_int, positive_float, positive_int
+from lmscale.cli.argtypes import bootstrap_count, nonnegative_int, positive_float, positive_int
 
 HELP = "scaling sweeps (grid / IsoFLOP) of `lmscale pretrain` runs with a SQLite run registry"
 DESCRIPTION = """Scaling sweeps. `run` plans the sweep, prepares one tokenizer and token shards for all
@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--holdout", choices=("largest", "none"), default="largest")
     f.add_argument("--n-holdout", type=positive_int, help="runs held out (default: a fifth, at least one)")
     f.add_argument("--params", choices=("non_embedding", "total"), default="non_embedding")
-    f.add_argument("--bootstrap", type=nonnegative_int, default=0, help="bootstrap refits for 95%% intervals")
+    f.add_argument("--bootstrap", type=bootstrap_count, default=0, help="bootstrap refits for 95%% intervals")
     f.add_argument("--out", help="write the fit as JSON here")
     f.add_argument("--overwrite", action="store_true", help="replace --out even if lmscale did not write it")
     f.add_argument("--json", action="store_true")
@@ -171,8 +171,6 @@ def _fit(args) -> int:
     from lmscale.scaling.fitting import fit_chinchilla, save_result
     from lmscale.scaling.runs import RunsTable, dropped_note, read_runs
 
-    if args.bootstrap == 1:
-        raise LmscaleError("--bootstrap 1: give 0 (no intervals) or at least 2 resamples")
     if args.out:
         check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite)
     t = RunsTable.from_columns(read_runs(args.registry, params=args.params, sweep=args.sweep))

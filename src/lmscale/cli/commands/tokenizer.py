@@ -84,13 +84,10 @@ def _train(args: argparse.Namespace) -> int:
     import time
     import warnings
 
-    from lmscale.errors import DataError
     from lmscale.io.outputs import check_output_dir, mark_output_dir
     from lmscale.tokenization import train_tokenizer
 
     t0 = time.perf_counter()
-    if args.vocab_size < 1:
-        raise DataError(f"--vocab-size must be positive, got {args.vocab_size}")
     # before training: the tokenizer goes into a new or empty directory, or one holding a tokenizer
     check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("tokenizer",),
                      ours=lambda d: {e.name for e in d.iterdir()} <= {"tokenizer.json", "tokenizer_meta.json"})
