@@ -50,7 +50,7 @@ def test_real_sweep_trains_records_skips_and_records_failures(tmp_path):
     rec.status = "pending"
     reg.add_run(rec)
     assert reg.claim("broken", worker="t") == "pending"
-    o = execute_run(reg, reg.get("broken"), "pending", out, "t",
+    o = execute_run(reg, reg.get("broken"), out, "t",
                     lambda c, r, resume: pretrain_command(c, r, resume), 1, 2)
     assert o.status == "failed"
     assert "no-such-tokenizer" in reg.get("broken").error

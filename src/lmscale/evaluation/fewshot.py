@@ -167,13 +167,16 @@ def evaluate_task(
     limit: int | None = None,
     keep_samples: bool = False,
     progress: Callable[[int], None] | None = None,
+    gen_tokens: int | None = None,
 ) -> TaskResult:
-    """Score one task at one number of shots."""
+    """Score one task at one number of shots (`gen_tokens`: the generation budget, when the caller
+    already knows it from the task's targets)."""
     positions = list(range(len(task.examples)))
     if limit is not None and limit < len(positions):
         rng = np.random.default_rng([int(seed), 0x5EED])
         positions = sorted(rng.choice(len(positions), size=limit, replace=False).tolist())
-    gen_tokens = _max_gen_tokens(lm, task) if task.generative else 0
+    if gen_tokens is None:
+        gen_tokens = _max_gen_tokens(lm, task) if task.generative else 0
     stops = _stop_strings(task)
     per: dict[str, list[float]] = {}
     samples: list[dict[str, Any]] = []
@@ -279,7 +282,7 @@ def evaluate(
         gen_tokens = _max_gen_tokens(lm, task) if task.generative else 0
         for k in shots:
             r = evaluate_task(lm, task, k, seed=seed, limit=limit, keep_samples=keep_samples,
-                              progress=progress)
+                              progress=progress, gen_tokens=gen_tokens)
             key = task.name if len(shots) == 1 else f"{task.name}@{k}shot"
             names = [m for m in r.metrics if not m.endswith("_stderr")]
             results[key] = results_schema.task_entry(

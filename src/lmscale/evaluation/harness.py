@@ -38,7 +38,7 @@ import torch
 
 from lmscale.errors import LmscaleError
 from lmscale.evaluation.lm import ScoringLM, scoring_lm
-from lmscale.evaluation.perplexity import encoder_pll, seq2seq_nll
+from lmscale.evaluation.perplexity import default_stride, encoder_pll, seq2seq_nll
 from lmscale.inference.generate import context_limit
 from lmscale.inference.sampling import SamplingConfig
 from lmscale.models.loading import load
@@ -151,9 +151,9 @@ class LmscaleLM(LM):
                        for w in lm_eval_utils.get_rolling_token_windows(ids, prefix, W, 1)]
             return float(sum(s.logprob for s in sc.loglikelihood_tokens(windows)))
         if sc.family == "encoder-decoder":
-            nll, _, _ = seq2seq_nll(sc.model, sc.tok, ids, W, min(64, W), None)
+            nll, _, _ = seq2seq_nll(sc.model, sc.tok, ids, W, default_stride(sc.family, W), None)
         else:
-            nll, _, _ = encoder_pll(sc.model, sc.tok, ids, W, max(1, (W - 2) // 2), sc.max_batch, None)
+            nll, _, _ = encoder_pll(sc.model, sc.tok, ids, W, default_stride(sc.family, W), sc.max_batch, None)
         return -float(nll)
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:

@@ -274,20 +274,28 @@ def perplexity(
     if getattr(cfg, "position", "learned") == "learned" and window > cfg.max_positions:
         raise LmscaleError(f"window={window} is longer than the model's {cfg.max_positions} positions")
     ids, n_words, n_bytes, n_docs = token_stream(tokenizer, documents, max_tokens, family)
+    stride = int(stride or default_stride(family, window))
     if family == "decoder":
-        stride = int(stride or max(1, window // 2))
         nll, n, n_win = _decoder_nll(model, ids, window, stride, batch_size, progress)
         kind = "perplexity"
     elif family == "encoder":
-        stride = int(stride or max(1, (window - 2) // 2))
         nll, n, n_win = encoder_pll(model, tokenizer, ids, window, stride, batch_size * 4, progress)
         kind = "pseudo-perplexity"
     else:
-        stride = int(stride or min(64, window))
         nll, n, n_win = seq2seq_nll(model, tokenizer, ids, window, stride, progress)
         kind = "conditional perplexity"
     return PerplexityResult(kind=kind, nll=nll, n_tokens=n, n_words=n_words, n_bytes=n_bytes,
                             n_documents=n_docs, window=window, stride=stride, n_windows=n_win)
+
+
+def default_stride(family: str, window: int) -> int:
+    """Tokens between window starts: half a window (a decoder; an encoder, whose windows hold two
+    special tokens), 64 tokens for an encoder-decoder, whose cost grows with every window."""
+    if family == "decoder":
+        return max(1, window // 2)
+    if family == "encoder":
+        return max(1, (window - 2) // 2)
+    return min(64, window)
 
 
 def corpus_documents(corpus: str, split: str, errors: str = "strict") -> Iterable[str]:
@@ -296,6 +304,6 @@ def corpus_documents(corpus: str, split: str, errors: str = "strict") -> Iterabl
     the data pipeline cuts them); `errors="replace"` replaces undecodable bytes instead of failing."""
     p = Path(corpus).expanduser()
     if p.exists() and not is_saved_dataset(p):
-        files = expand_paths(p) if p.is_dir() else [p]
+        files = expand_paths(p)
         return (d for f in files for d in iter_file_documents(f, errors))
     return resolve_corpus(corpus, errors=errors).iter_documents(split)

@@ -117,7 +117,7 @@ def run_results(info: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- one run
 
-def execute_run(reg: Registry, rec: RunRecord, prev_status: str, out_dir: Path, worker: str,
+def execute_run(reg: Registry, rec: RunRecord, out_dir: Path, worker: str,
                 command: Callable[[Path, Path, bool], list[str]], threads: int | None = None,
                 heartbeat_s: float = 30.0, stop: threading.Event | None = None,
                 active: dict[str, subprocess.Popen] | None = None) -> RunOutcome:

@@ -416,8 +416,8 @@ class _WorkerPool:
                 claimed = self._claim(reg, worker)
                 if claimed is None:
                     return
-                rec, prev = claimed
-                o = execute_run(reg, rec, prev, self.out, worker, self.command, self.threads, self.heartbeat_s,
+                rec, _ = claimed
+                o = execute_run(reg, rec, self.out, worker, self.command, self.threads, self.heartbeat_s,
                                 self.stop, self.active)
                 with self.lock:
                     self.outcomes.append(o)
@@ -465,4 +465,4 @@ def exec_index(registry: str | os.PathLike, index: int, sweep_name: str | None =
         return RunOutcome(rec.run_id, rec.name, "skipped", error=f"run is {reg.get(rec.run_id).status}")
     rec = reg.get(rec.run_id)
     cmd = lambda c, r, resume: pretrain_command(c, r, resume, launcher, nproc_per_node)  # noqa: E731
-    return execute_run(reg, rec, prev, out, worker, cmd, None, heartbeat_s)
+    return execute_run(reg, rec, out, worker, cmd, None, heartbeat_s)

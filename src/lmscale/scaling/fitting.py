@@ -13,13 +13,8 @@ import numpy as np
 from lmscale.errors import DataError
 from lmscale.io import atomic_write_json
 from lmscale.scaling.identify import design_problems, identification
-from lmscale.scaling.laws import GRIDS, ChinchillaLaw
+from lmscale.scaling.laws import ChinchillaLaw
 from lmscale.scaling.runs import RunsTable
-
-
-def grid_for(grid: Any) -> Any:
-    """A starting grid: one of `GRIDS` by name, or the grid itself."""
-    return GRIDS[grid] if isinstance(grid, str) else grid
 
 
 def fit_chinchilla(N, D, loss, holdout: str | None = "largest", n_holdout: int | None = None,
@@ -37,7 +32,7 @@ def fit_chinchilla(N, D, loss, holdout: str | None = "largest", n_holdout: int |
     largest = holdout == "largest"
     if largest and n_holdout is None:
         n_holdout = max(1, int(round(0.2 * len(loss))))
-    kw = {"grid": grid_for(grid)} if grid is not None else {}
+    kw = {"grid": grid} if grid is not None else {}
     law = ChinchillaLaw(**kw).fit(N, D, loss, holdout="largest" if largest else None,
                                   n_holdout=n_holdout if largest else None)
     out: dict[str, Any] = {"law": "chinchilla", "params": {k: float(v) for k, v in law.params_.items()},
@@ -79,7 +74,7 @@ def fit_table(t: RunsTable, holdout: str | None = "largest", n_holdout: int | No
     """
     if table_problems(t):
         return None
-    g = grid_for(grid)
+    g = grid  # a grid or a name in laws.GRIDS
     res: dict[str, Any] = {}
     if holdout == "largest" and len(t) >= 8:
         check = fit_chinchilla(t.N, t.D, t.loss, holdout="largest", n_holdout=n_holdout, grid=g)

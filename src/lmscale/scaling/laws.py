@@ -546,12 +546,16 @@ class _LogHuberLaw:
 def _grid_from(spec: Any, default: dict[str, Sequence[float]]) -> dict[str, Sequence[float]]:
     if spec is None:
         return default
+    if isinstance(spec, str):  # a grid by name
+        if spec not in GRIDS:
+            raise ValueError(f"grid {spec!r} is not one of {', '.join(GRIDS)}")
+        spec = GRIDS[spec]
     if isinstance(spec, dict):
         missing = set(default) - set(spec)
         if missing:
             raise ValueError(f"grid is missing axes {sorted(missing)} (expected {sorted(default)})")
         return spec
-    raise ValueError("grid must be a dict of axis -> values")
+    raise ValueError("grid must be a dict of axis -> values, or a name in GRIDS")
 
 
 # ----------------------------------------------------------------------------- Chinchilla

@@ -262,10 +262,6 @@ class RunsTable:
                    columns=dict(cols.columns))
 
     @classmethod
-    def from_records(cls, records: Sequence[Any], params: str = "non_embedding", source: str = "") -> "RunsTable":
-        return cls.from_columns(records_columns(records, params=params, source=source))
-
-    @classmethod
     def from_csv(cls, path: str | os.PathLike, n_col: str | None = None, d_col: str | None = None,
                  c_col: str | None = None, loss_col: str | None = None,
                  params: str = "non_embedding") -> "RunsTable":

@@ -71,7 +71,7 @@ def fit_from_args(args: argparse.Namespace):
 
     from lmscale.errors import DataError
     from lmscale.scaling.identify import design_problems
-    from lmscale.scaling.laws import GRIDS, make_law
+    from lmscale.scaling.laws import make_law
     from lmscale.scaling.runs import dropped_note
 
     needs = NEEDS[args.law]
@@ -90,9 +90,9 @@ def fit_from_args(args: argparse.Namespace):
         data = {key: v[keep] for key, v in data.items()}
     kw = {}
     if args.law == "chinchilla":
-        kw["grid"] = GRIDS[args.grid]
+        kw["grid"] = args.grid
     elif args.law == "data-constrained":
-        kw["base_grid"] = GRIDS[args.grid]
+        kw["base_grid"] = args.grid
     law = make_law(args.law, **kw)
     X = [data[k] for k in needs]
     if args.law in ("envelope", "isoflop"):
