@@ -30,7 +30,7 @@ from lmscale.data.readers import iter_texts
 from lmscale.errors import ConfigError, LmscaleError
 from lmscale.experiments.icl_tasks import ICLConfig, run_icl, switch
 from lmscale.experiments.pretraining_effect import run_pretraining_effect, summarize
-from lmscale.experiments.quickstart_report import write_report
+from lmscale.experiments.quickstart_report import all_checks, write_report
 from lmscale.experiments.sweep import SweepConfig, run_sweep
 from lmscale.finetune.api import random_body
 from lmscale.finetune.probe import probe
@@ -612,7 +612,7 @@ def _print_summary(ctx: Context, status: dict[str, str]) -> None:
     for stage in STAGES:
         table.add_row(stage.title, status.get(stage.name, "not run"))
     ctx.console.print(table)
-    checks = [c for r in ctx.results.values() if isinstance(r, dict) for c in r.get("checks", [])]
+    checks = all_checks(ctx.results)
     if checks:
         _print_checks(ctx, checks)
     report = ctx.out / "report.html"

@@ -69,8 +69,13 @@ def _curves_png(pretrain: dict[str, Any]) -> bytes | None:
     return buf.getvalue()
 
 
+def all_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every stage's checks against its targets, in stage order."""
+    return [c for r in results.values() if isinstance(r, dict) for c in r.get("checks", [])]
+
+
 def _checks_html(results: dict[str, Any], profile: str) -> str:
-    checks = [c for r in results.values() if isinstance(r, dict) for c in r.get("checks", [])]
+    checks = all_checks(results)
     if not checks:
         return ""
     rows = [[c["check"], c["target"], c["measured"], "-" if c["ok"] is None else ("yes" if c["ok"] else "no")]

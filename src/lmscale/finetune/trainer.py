@@ -30,6 +30,7 @@ from lmscale.finetune.features import Encoded, Featurizer, InputFormat, add_gpt_
 from lmscale.finetune.heads import DEFAULT_POOLING, SequenceHead
 from lmscale.finetune.tasks import Example, TaskData
 from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text, dumps_json
+from lmscale.io.outputs import only_known_entries
 from lmscale.models.serialization import load_model_dir, write_model_files
 from lmscale.tokenization import Tokenizer
 from lmscale.training.optim import adamw, lr_at, parameter_groups
@@ -42,9 +43,8 @@ FINETUNE_DIR_ENTRIES = frozenset({"best", "metrics.jsonl", "results.json", ".lms
 
 def looks_like_finetune_dir(path: Path) -> bool:
     """A fine-tuning run directory (written before run directories carried the output marker)."""
-    names = [e.name for e in Path(path).iterdir()]
     recognised = (Path(path) / "results.json").is_file() or (Path(path) / "best" / "finetune.json").is_file()
-    return recognised and all(n in FINETUNE_DIR_ENTRIES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
+    return recognised and only_known_entries(path, FINETUNE_DIR_ENTRIES)
 
 
 @dataclass

@@ -34,6 +34,12 @@ def _check_ancestors(p: Path, flag: str) -> None:
             return
 
 
+def only_known_entries(path: str | os.PathLike, allowed: frozenset[str]) -> bool:
+    """Whether every entry of directory `path` is in `allowed` or a `.NAME.tmp` temporary: what
+    tells a writer's own unmarked output (from before outputs carried the marker) from anything else."""
+    return all(e.name in allowed or (e.name.startswith(".") and e.name.endswith(".tmp")) for e in Path(path).iterdir())
+
+
 def marked_kind(path: str | os.PathLike) -> Optional[str]:
     """The kind of output lmscale wrote in directory `path` (its marker says), or None."""
     try:

@@ -34,7 +34,7 @@ from lmscale.data.shards import TokenDataset
 from lmscale.errors import CheckpointError, LmscaleError
 from lmscale.io import clean_stale_temporaries
 from lmscale.io.locks import LOCK_FILE, DirectoryLock
-from lmscale.io.outputs import MARKER, OutputError, check_output_dir, mark_output_dir
+from lmscale.io.outputs import MARKER, OutputError, check_output_dir, mark_output_dir, only_known_entries
 from lmscale.tokenization import Tokenizer
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
@@ -108,9 +108,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
 def looks_like_run_dir(path: Path) -> bool:
     """A directory with a run's config.yaml and nothing but what runs write (a run directory
     written before run directories carried the output marker)."""
-    names = [e.name for e in path.iterdir()]
-    return (path / CONFIG_FILE).is_file() and all(
-        n in RUN_DIR_ENTRIES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
+    return (path / CONFIG_FILE).is_file() and only_known_entries(path, RUN_DIR_ENTRIES)
 
 
 def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
