@@ -190,6 +190,10 @@ def test_rope_scaling_reads_from_yaml_and_overrides(tmp_path):
     ("model.num_key_value_heads", "--model.n_kv_heads"),
     ("model.seq_len", "--train.seq_len"),  # the right name in the wrong section
     ("train.max_step", "--train.max_steps"),  # spelling
+    # the trackers, as HF Trainer, litgpt and accelerate name them
+    ("train.logger_name", "--train.report_to"),
+    ("train.log_with", "--train.report_to"),
+    ("train.run_name", "--train.tracker_run_name"),
 ])
 def test_unknown_keys_suggest_by_meaning_then_spelling(key, suggested):
     with pytest.raises(ConfigError) as err:

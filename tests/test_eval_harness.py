@@ -185,11 +185,36 @@ def test_adapter_serves_encoder_decoders(world, tmp_path):
     ll_ours = [s["loglikelihoods"] for s in sorted(ours["lmscale"]["samples"]["mc"], key=lambda s: s["index"])]
     np.testing.assert_allclose(_loglikelihoods(res["samples"]["mc"]), ll_ours, atol=1e-5)
     assert res["results"]["rolling"]["word_perplexity,none"] > 1.0
-    # generate_until: the same greedy continuation as the scorer eval fewshot uses, cut at the stop string
+    # generate_until: T5's greedy answer after the first sentinel, recomputed here step by step
+    # without the cache (ended by another sentinel or </s>, special tokens left out)
     lm = LmscaleLM(pretrained=str(world["t5"]))
-    reqs = [SimpleNamespace(args=(r["context"], {"until": ["\n"], "max_gen_toks": 4})) for r in GEN[:2]]
-    want = [lm.scorer.greedy_until(r["context"], ["\n"], 4)[0] for r in GEN[:2]]
-    assert lm.generate_until(reqs) == want
+    model, tok = lm.scorer.model, lm.scorer.tok
+    # the random model would end at once: the tokens that end an answer (or pad it) never win here
+    banned = [0, tok.eos_id, *tok.sentinel_ids[1:]]
+    def ban(module, inputs, out):
+        if hasattr(out, "logits"):  # (the encoder-only calls return hidden states)
+            out.logits[..., banned] = -1e4
+
+    model.register_forward_hook(ban)
+    reqs = [SimpleNamespace(args=(r["context"], {"until": ["\n"], "max_gen_toks": 4})) for r in GEN[:4]]
+    want = []
+    for r in GEN[:4]:
+        enc = torch.tensor([tok.encode(r["context"]) + tok.sentinel_ids[:1] + [tok.eos_id]])
+        dec = [model.config.decoder_start_token_id]
+        with torch.no_grad():
+            for _ in range(5):  # the leading sentinel and 4 answer tokens
+                logits = model(input_ids=enc, attention_mask=torch.ones_like(enc),
+                               decoder_input_ids=torch.tensor([dec])).logits
+                dec.append(int(logits[0, -1].argmax()))
+        answer = []
+        for t in dec[1:]:
+            if t == tok.sentinel_ids[0] and not answer:
+                continue
+            if t in tok.sentinel_ids or t == tok.eos_id:
+                break
+            answer.append(t)
+        want.append(tok.decode(answer[:4], skip_special_tokens=True).split("\n")[0])
+    assert any(want) and lm.generate_until(reqs) == want
 
 
 def _types(d: dict) -> dict:

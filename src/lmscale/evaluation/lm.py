@@ -277,7 +277,8 @@ class Seq2SeqLM(ScoringLM):
                 continue
             out.append(t)
             text = self.tok.decode(out, skip_special_tokens=True)
-            if any(s and s in text for s in stop):
+            # one extra step is allowed for a leading sentinel, not for a longer answer
+            if any(s and s in text for s in stop) or len(out) == max_new_tokens:
                 break
         return _cut(text, stop), trunc
 
