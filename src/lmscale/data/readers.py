@@ -525,7 +525,11 @@ def iter_file_documents(path: Path, errors: str = "strict", doc_format: str | No
         docs = tsv_texts(path, _split_lines(iter_lines(path, errors, stats)))
     else:
         fmt = doc_format or "paragraphs"
-        breaks = fmt != "paragraphs" or has_paragraph_break(iter_lines(path, errors, allow_empty=True))
+        breaks = True
+        if fmt == "paragraphs":
+            with warnings.catch_warnings():  # the reading pass below reports replaced bytes, once
+                warnings.simplefilter("ignore")
+                breaks = has_paragraph_break(iter_lines(path, errors, allow_empty=True))
         docs = iter_split_documents(iter_lines(path, errors, stats), fmt, breaks)
     n = 0
     for d in docs:

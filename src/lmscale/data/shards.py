@@ -339,25 +339,30 @@ class _SplitWriter:
         self.n_bytes += int(n_bytes)
         self.n_words += int(n_words)
 
-    def close(self, docs_file: Path) -> dict:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+    def finish(self) -> np.ndarray:
+        """Close the token file; the documents' start offsets (and the end)."""
         self.fh.close()
         lens = np.concatenate(self.lens) if self.lens else np.zeros(0, np.int64)
         offsets = np.zeros(len(lens) + 1, np.int64)
         offsets[1:] = np.cumsum(lens)
+        return offsets
+
+    def close(self, docs_file: Path) -> dict:
+        """Finish a split that is kept: synced to disk, its offsets saved beside it."""
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        offsets = self.finish()
         np.save(docs_file, offsets)
         return {"file": self.path.name, "docs_file": docs_file.name, "num_tokens": int(offsets[-1]),
-                "num_docs": int(len(lens)), "n_bytes": self.n_bytes, "n_words": self.n_words}
+                "num_docs": len(offsets) - 1, "n_bytes": self.n_bytes, "n_words": self.n_words}
 
 
 def _hold_out(tmp: Path, whole: _SplitWriter, corpus: Corpus, dtype: np.dtype,
               doc_bytes: np.ndarray, doc_words: np.ndarray) -> dict[str, dict]:
     """Split the tokenized training documents into train and the seeded held-out valid share,
     copying the token file block by block (never whole in memory)."""
-    info = whole.close(tmp / ".all.docs.npy")
-    offsets = np.load(tmp / ".all.docs.npy")
-    n = info["num_docs"]
+    offsets = whole.finish()  # a temporary: read back below, never kept
+    n = len(offsets) - 1
     held = np.zeros(n, bool)
     held[sorted(held_out_indices(n, corpus.valid_fraction, corpus.split_seed))] = True
     out = {"train": _SplitWriter(tmp / "train.bin", dtype), "valid": _SplitWriter(tmp / "valid.bin", dtype)}
@@ -373,7 +378,6 @@ def _hold_out(tmp: Path, whole: _SplitWriter, corpus: Corpus, dtype: np.dtype,
                 out[split].write(tokens[sel], lens[a:b][docs], doc_bytes[a:b][docs].sum(), doc_words[a:b][docs].sum())
             a = b
     whole.path.unlink()
-    (tmp / ".all.docs.npy").unlink()
     return {s: w.close(tmp / f"{s}.docs.npy") for s, w in out.items()}
 
 
