@@ -258,14 +258,14 @@ def phase_profile(args, steps_warm: int = 8, steps_profiled: int = 4) -> dict:
     for _ in range(steps_warm):
         trainer.train_step()
     trainer.read_pending()
-    sync(trainer.device)
+    sync(trainer.engine.device)
     # as `Trainer.run` drives it on a GPU: steps queued back to back, read once at the end
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         with record_function("lmscale_steps"):
             for _ in range(steps_profiled):
                 trainer.train_step()
             trainer.read_pending()
-            sync(trainer.device)
+            sync(trainer.engine.device)
     trace_path = Path(tempfile.mkdtemp()) / "trace.json"
     prof.export_chrome_trace(str(trace_path))
     trace = json.loads(trace_path.read_text())

@@ -69,3 +69,40 @@ def test_pretrain_print_config_and_help_lists_the_sections(capsys):
                          ("objective", "noise_density"), ("train", "warmup_steps")):
         line = next(x for x in text.splitlines() if x.startswith(f"  {section}: "))
         assert key in text[text.index(line):], section
+
+
+def _device_flags(parser, prog=""):
+    """(command path, --device action) of every (sub)command that has one."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _device_flags(sub, f"{prog} {name}".strip())
+        elif "--device" in action.option_strings:
+            yield prog, action
+
+
+def test_device_flag_is_one_argument_everywhere(capsys, monkeypatch):
+    """Every `--device` (except cost's, a hardware name) is `add_device_argument`'s: the spelling is
+    checked while parsing (one line, exit 2); resolving commands get the device this machine has."""
+    import torch
+
+    from lmscale.cli.argtypes import resolve_device_argument
+
+    flags = dict(_device_flags(build_parser()))
+    assert {"quickstart", "pretrain", "generate", "fill-mask", "eval perplexity", "eval fewshot", "finetune",
+            "predict", "experiment pretraining-effect", "emergence icl", "sweep run"} <= set(flags)
+    assert {type(a).__name__ for cmd, a in flags.items() if cmd != "cost"} == {"_DeviceSpelling"}
+    assert main(["generate", "ckpt", "a", "--device", "cuda:x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device 'cuda:x' is not a device" in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = build_parser().parse_args(["generate", "ckpt", "a"])
+    resolve_device_argument(args)
+    assert args.device == "cpu"
+    args = build_parser().parse_args(["quickstart"])  # the quickstart picks its profile from `auto`
+    resolve_device_argument(args)
+    assert args.device == "auto"
+    assert main(["fill-mask", "ckpt", "a [MASK]", "--device", "cuda"]) == 2
+    assert "--device=cuda but CUDA is not available" in capsys.readouterr().err

@@ -79,3 +79,26 @@ def test_emergence_cli_on_pythia(shared_data, capsys, tmp_path):
                  "--plot", str(tmp_path / "f.png")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["break_detected"] and (tmp_path / "f.png").exists()
+
+
+def test_training_takes_the_shared_optimizer_step(monkeypatch):
+    """Every step goes through `OptimizerStep`: a non-finite one is skipped, and training goes on."""
+    import math
+
+    from lmscale.experiments import icl_tasks
+    from lmscale.training.step import OptimizerStep
+
+    seen, real_update, real_loss, calls = [], OptimizerStep.update, icl_tasks._loss, {"n": 0}
+
+    def loss(*args):
+        calls["n"] += 1
+        return real_loss(*args) * (float("nan") if calls["n"] == 2 else 1.0)
+
+    monkeypatch.setattr(OptimizerStep, "update", lambda self, step_loss: seen.append(real_update(self, step_loss))
+                        or seen[-1])
+    monkeypatch.setattr(icl_tasks, "_loss", loss)
+    cfg = ICLConfig.small()
+    cfg.steps, cfg.eval_every = 6, 3
+    out = icl_tasks.train_one(cfg, 16)
+    assert [r.read()[2] for r in seen] == [False, True, False, False, False, False]
+    assert all(math.isfinite(e[task]["answer_logprob"]) for e in out["evals"] for task in ("recall", "induction"))

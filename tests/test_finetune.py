@@ -188,6 +188,38 @@ def test_classification_learns_for_every_family(family, task_dir, tmp_path):
     assert preds[0]["label"] in ("neg", "pos") and sum(preds[0]["probabilities"].values()) == pytest.approx(1.0)
 
 
+def test_a_nonfinite_loss_is_skipped_and_counted_as_in_pretraining(task_dir, monkeypatch):
+    """Fine-tuning takes pretraining's optimizer step: a non-finite step leaves the weights as they
+    were and training goes on; `max_bad_steps` (5) in a row stop it."""
+    from lmscale.training.step import OptimizerStep
+
+    bad, real_loss, calls = {"calls": {3}}, FinetunedModel.loss, {"n": 0}
+
+    def loss(self, batch):
+        calls["n"] += 1
+        out = real_loss(self, batch)
+        return out * float("nan") if self.training and calls["n"] in bad["calls"] else out
+
+    steps, real_update = [], OptimizerStep.update
+
+    def update(self, step_loss):
+        before = [p.detach().clone() for p in self.params]
+        result = real_update(self, step_loss)
+        steps.append((result.read()[2], all(torch.equal(a, p) for a, p in zip(before, self.params))))
+        return result
+
+    monkeypatch.setattr(FinetunedModel, "loss", loss)
+    monkeypatch.setattr(OptimizerStep, "update", update)
+    tok = tokenizer("wordpiece")
+    task = load_task(task_dir)
+    res = finetune(tiny("encoder", tok), tok, task, FinetuneConfig(epochs=1, batch_size=32, patience=None))
+    assert res["steps"] == 5 and steps == [(False, False), (False, False), (True, True), (False, False),
+                                           (False, False)]
+    calls["n"], bad["calls"] = 0, set(range(2, 100))
+    with pytest.raises(DataError, match=r"5 consecutive steps with a non-finite loss or gradient \(up to step 6\)"):
+        finetune(tiny("encoder", tok), tok, task, FinetuneConfig(epochs=2, batch_size=32, patience=None))
+
+
 def test_regression_head_scores_correlate(task_dir):
     tok = tokenizer("wordpiece")
     task = load_task(task_dir, TaskSpec(kind="regression", label_column="score"))

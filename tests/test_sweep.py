@@ -6,6 +6,7 @@ training; `test_sweep_e2e.py` runs the real engine.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from lmscale.experiments.sweep import DEMO_SWEEP, SweepConfig, plan, run_sweep
 from lmscale.scaling.counting import count_parameters
 from lmscale.scaling.registry import Registry
 from lmscale.scaling.shapes import ShapeRule, shape_for
+from lmscale.training.rundir import RunDir
 
 FAKE_PRETRAIN = textwrap.dedent('''
     import json, os, sys, time, yaml
@@ -345,3 +347,19 @@ def test_changed_plan_leaves_old_runs_alone(tmp_path):
     runs = Registry(res.registry).runs("t")
     assert sorted(r.idx for r in runs) == [-1, 0, 1]  # the first plan's run is kept, outside the index
     assert res.counts["finished"] == 2
+
+
+def test_a_run_the_sweep_would_resume_with_another_config_is_refused_untouched(tmp_path):
+    """A sweep resumes interrupted runs with `RunDir.check_resume`, the policy of `--resume`: a run
+    whose saved config trains differently is recorded failed, and nothing is started there."""
+    out, started = tmp_path / "out", []
+    sw = _tiny_sweep(sizes=[2e4], tokens=[320])
+    spec = plan(sw, out)[0]
+    run = RunDir(spec.config.out)
+    run.save_config(dataclasses.replace(spec.config, train=dataclasses.replace(spec.config.train, lr=0.5)))
+    run.step_dir(2).mkdir(parents=True)
+    res = run_sweep(sw, out, command=lambda c, r, resume: started.append(r) or [sys.executable, "-c", ""],
+                    prepare=False)
+    assert started == [] and [o.status for o in res.outcomes] == ["failed"]
+    assert "--resume continues the run exactly" in res.outcomes[0].error
+    assert sorted(p.name for p in Path(spec.config.out).iterdir()) == ["checkpoints", "config.yaml"]

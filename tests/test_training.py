@@ -504,6 +504,18 @@ def test_nonfinite_step_is_skipped_and_counted(data, tmp_path, monkeypatch, one_
     assert read_metrics(run, "end")[0]["bad_steps"] == 1
 
 
+def test_pretraining_takes_the_shared_optimizer_step(data, tmp_path, monkeypatch, one_thread):
+    """The step fine-tuning and the experiments take too (`training.step.OptimizerStep`)."""
+    from lmscale.training.step import OptimizerStep
+
+    seen, real = [], OptimizerStep.update
+    monkeypatch.setattr(OptimizerStep, "update", lambda self, step_loss: seen.append(real(self, step_loss))
+                        or seen[-1])
+    _losses_turn_nonfinite(monkeypatch, float("nan"), lambda n: n == 2)
+    loop.pretrain(make_cfg(data, tmp_path / "run", train__max_steps=3), progress=False)
+    assert [r.read()[2] for r in seen] == [False, True, False]
+
+
 def test_nonfinite_streak_stops_and_keeps_checkpoint(data, tmp_path, monkeypatch, one_thread):
     run = tmp_path / "run"
     _losses_turn_nonfinite(monkeypatch, float("inf"), lambda n: n >= 4)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
+from typing import Any, Optional
 
-_DEVICE = re.compile(r"auto|(cpu|mps|cuda)(:\d+)?")
+from lmscale.config import DEVICE_RE
 
 
 def _number(text: str, kind: type) -> float:
@@ -82,25 +82,34 @@ def at_least(lo: float) -> "argparse._ActionType":  # type: ignore[name-defined]
     return check
 
 
-def device(text: str) -> str:
-    """auto (CUDA when present, else the CPU), cpu, cuda, cuda:N or mps, checked against what this
-    machine has; `auto` comes back as the device it picked."""
-    if text == "auto":
-        import torch
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:N or mps"
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not _DEVICE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
-    if text.startswith("cuda") or text == "mps":
-        import torch
 
-        if text.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine; use cpu")
-            index = int(text.split(":")[1]) if ":" in text else 0
-            if index >= torch.cuda.device_count():
-                raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA "
-                                                 "device(s)")
-        elif not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise argparse.ArgumentTypeError("mps: Apple's Metal backend is not available here; use cpu")
-    return text
+class _DeviceSpelling(argparse.Action):
+    """`--device`: only the spelling is checked while parsing (`lmscale.config.DEVICE_RE`, what
+    train.device accepts); whether the device exists is `resolve_device`'s question."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        if not DEVICE_RE.fullmatch(values):
+            parser.error(f"{option_string} {values!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+        setattr(namespace, self.dest, values)
+
+
+def add_device_argument(parser: Any, default: Optional[str] = "auto", help: str = DEVICE_HELP,
+                        resolve: bool = True) -> None:
+    """The `--device` flag of a command. With `resolve`, the command receives the device as this
+    machine has it (`auto` resolved, an absent one refused with exit code 2 before any work, see
+    `resolve_device_argument`); without, the spelling goes on as given (to a run config, or to
+    runs on other machines)."""
+    parser.add_argument("--device", action=_DeviceSpelling, default=default, help=help)
+    if resolve:
+        parser.set_defaults(_resolve_device=True)
+
+
+def resolve_device_argument(args: argparse.Namespace) -> None:
+    """Replace a resolving command's `--device` by the device it names here (`auto` picked)."""
+    if getattr(args, "_resolve_device", False):
+        from lmscale.training.device import resolve_device
+
+        args.device = str(resolve_device(args.device, what="--device"))

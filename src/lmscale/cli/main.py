@@ -11,6 +11,7 @@ import sys
 from typing import NoReturn
 
 from lmscale import __version__
+from lmscale.cli.argtypes import resolve_device_argument
 from lmscale.errors import LmscaleError
 
 # subcommand -> module under lmscale.cli.commands
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args._extra = extra
     try:
+        resolve_device_argument(args)
         return int(args._run(args) or 0)
     except LmscaleError as exc:
         print(f"lmscale {args.command}: error: {exc}", file=sys.stderr)

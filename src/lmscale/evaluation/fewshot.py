@@ -181,7 +181,7 @@ def evaluate_task(
     per: dict[str, list[float]] = {}
     samples: list[dict[str, Any]] = []
     truncated = 0
-    generative = task.generative and lm.family != "encoder"
+    generative = task.generative and lm.can_generate
     for g in range(0, len(positions), ITEMS_PER_BATCH):
         group = positions[g: g + ITEMS_PER_BATCH]
         prompts = [build_prompt(task, pos, shots, seed) for pos in group]
@@ -225,12 +225,12 @@ def evaluate_task(
                       truncated=truncated, samples=samples)
 
 
-def _task_config(task: Task, key: str, k: int, gen_tokens: int, family: str) -> dict[str, Any]:
+def _task_config(task: Task, key: str, k: int, gen_tokens: int, can_generate: bool) -> dict[str, Any]:
     """The task as lm-evaluation-harness describes a task in its results' `configs`."""
     metrics: list[tuple[str, str, bool]] = []
     if task.multiple_choice:
         metrics += [("acc", "mean", True), ("acc_norm", "mean", True)]
-    if task.generative and family != "encoder":
+    if task.generative and can_generate:
         metrics.append(("exact_match", "mean", True))
     cfg: dict[str, Any] = {
         "task": key, "dataset_path": str(task.path), "test_split": "examples",
@@ -239,7 +239,7 @@ def _task_config(task: Task, key: str, k: int, gen_tokens: int, family: str) -> 
         "fewshot_delimiter": task.separator, "num_fewshot": k, "metric_list": results_schema.metric_list(metrics),
         "repeats": 1, "metadata": {"version": 0, "format": task.format},
     }
-    if task.generative and family != "encoder":
+    if task.generative and can_generate:
         cfg["generation_kwargs"] = {"until": _stop_strings(task), "max_gen_toks": gen_tokens, "do_sample": False}
     return cfg
 
@@ -268,7 +268,7 @@ def evaluate(
     shots = list(shots)
     if not shots or any(k < 0 for k in shots):
         raise LmscaleError(f"shots must be non-negative integers, got {shots}")
-    if lm.family == "encoder" and all(t.generative and not t.multiple_choice for t in tasks):
+    if not lm.can_generate and all(t.generative and not t.multiple_choice for t in tasks):
         raise LmscaleError("encoders (BERT-style) cannot generate, and every task asked needs exact match")
     started = time.time()
     results: dict[str, Any] = {}
@@ -287,11 +287,11 @@ def evaluate(
             names = [m for m in r.metrics if not m.endswith("_stderr")]
             results[key] = results_schema.task_entry(
                 key, r.n, {m: r.metrics[m] for m in names}, {m: r.metrics.get(f"{m}_stderr") for m in names})
-            configs[key] = _task_config(task, key, k, gen_tokens, lm.family)
+            configs[key] = _task_config(task, key, k, gen_tokens, lm.can_generate)
             n_original[key] = len(task.examples)
             truncated[key] = r.truncated
             skipped = list(task.skipped_metrics)
-            if task.generative and lm.family == "encoder":
+            if task.generative and not lm.can_generate:
                 skipped.append("exact_str_match")
             if skipped:
                 unscored[key] = skipped

@@ -42,6 +42,7 @@ from lmscale.evaluation.perplexity import default_stride, encoder_pll, seq2seq_n
 from lmscale.inference.generate import context_limit
 from lmscale.inference.sampling import SamplingConfig
 from lmscale.models.loading import load
+from lmscale.training.device import resolve_device
 
 try:
     import lm_eval.models  # noqa: F401  the harness's own models, registered before ours (lazily, cheap)
@@ -96,6 +97,7 @@ class LmscaleLM(LM):
                                "(known: pretrained, device, batch_size, batch_tokens, max_gen_toks)")
         if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
             device = "cpu"  # the harness's default device is cuda; its own models fall back the same way
+        device = str(resolve_device(device))
         model, tok = load(pretrained, device=device)
         if tok is None:
             raise LmscaleError(f"{pretrained}: no tokenizer saved with the model")
@@ -143,14 +145,14 @@ class LmscaleLM(LM):
         if not ids:
             return 0.0
         W = sc.max_length
-        if sc.family == "decoder":
+        if sc.scoring == "causal":
             prefix = sc.tok.doc_separator_id
             if prefix is None:
                 raise LmscaleError("rolling log-likelihood needs an end-of-text token to predict the first token from")
             windows = [lm_eval_utils.make_disjoint_window(w)
                        for w in lm_eval_utils.get_rolling_token_windows(ids, prefix, W, 1)]
             return float(sum(s.logprob for s in sc.loglikelihood_tokens(windows)))
-        if sc.family == "encoder-decoder":
+        if sc.scoring == "seq2seq":
             nll, _, _ = seq2seq_nll(sc.model, sc.tok, ids, W, default_stride(sc.family, W), None)
         else:
             nll, _, _ = encoder_pll(sc.model, sc.tok, ids, W, default_stride(sc.family, W), sc.max_batch, None)

@@ -19,6 +19,7 @@ import torch
 from lmscale.errors import LmscaleError
 from lmscale.inference.generate import _decoder_start, context_limit, iter_token_ids, model_family
 from lmscale.inference.sampling import SamplingConfig
+from lmscale.models.spec import family_spec
 
 
 @dataclass
@@ -94,7 +95,9 @@ def _batches(order: list[int], lengths: list[int], max_tokens: int, max_batch: i
 class ScoringLM(abc.ABC):
     """Base: request encoding (lm-evaluation-harness's whitespace rule) and truncation counting."""
 
-    family = "decoder"
+    family = "decoder"  # the family whose scoring this is (reported with results)
+    scoring = "causal"  # how text is scored: a `FamilySpec.scoring`
+    can_generate = True
 
     def __init__(self, model: Any, tokenizer: Any, batch_tokens: int = 2048, max_batch: int = 32,
                  name: str = "lmscale") -> None:
@@ -214,6 +217,7 @@ class Seq2SeqLM(ScoringLM):
     and the decoder scores `<extra_id_0> continuation`, the span-corruption target shape."""
 
     family = "encoder-decoder"
+    scoring = "seq2seq"
 
     @property
     def max_length(self) -> int:
@@ -288,6 +292,8 @@ class MaskedLM(ScoringLM):
     the context and the rest of the continuation visible."""
 
     family = "encoder"
+    scoring = "pseudo-likelihood"
+    can_generate = False
 
     @property
     def max_length(self) -> int:
@@ -341,9 +347,11 @@ def _cut(text: str, stop: Sequence[str]) -> str:
 
 def scoring_lm(model: Any, tokenizer: Any, **kw: Any) -> ScoringLM:
     """The right scorer for a model's family."""
-    fam = model_family(model)
-    cls: Callable[..., ScoringLM] = {"decoder": CausalLM, "encoder-decoder": Seq2SeqLM, "encoder": MaskedLM}[fam]
-    return cls(model, tokenizer, **kw)
+    scoring = family_spec(model).scoring
+    scorers: dict[str, Callable[..., ScoringLM]] = {s.scoring: s for s in (CausalLM, Seq2SeqLM, MaskedLM)}
+    if scoring not in scorers:
+        raise LmscaleError(f"{model_family(model)!r} models do not score text (scoring={scoring!r})")
+    return scorers[scoring](model, tokenizer, **kw)
 
 
 def load_hf_causal_lm(path: str | Path, device: str = "cpu", **kw: Any) -> CausalLM:

@@ -26,7 +26,8 @@ from lmscale.data.catalog import resolve_corpus
 from lmscale.data.readers import expand_paths, is_saved_dataset, iter_file_documents
 from lmscale.errors import DataError, LmscaleError
 from lmscale.evaluation import results as results_schema
-from lmscale.inference.generate import _decoder_start, model_family
+from lmscale.inference.generate import _decoder_start
+from lmscale.models.spec import FamilySpec, family_spec
 
 
 @dataclass
@@ -221,7 +222,7 @@ def seq2seq_nll(model: Any, tok: Any, ids: list[int], window: int, stride: int,
 # ----------------------------------------------------------------------------- public API
 
 def token_stream(tokenizer: Any, documents: Iterable[str], max_tokens: int | None = None,
-                 family: str = "decoder") -> tuple[list[int], int, int, int]:
+                 family: str | FamilySpec = "decoder") -> tuple[list[int], int, int, int]:
     """Documents -> one token list with the tokenizer's document separator after each document
     (as in the pretraining shards) and, for decoders, before the first, so the first word is
     predicted too. Returns (ids, n_words, n_bytes, n_documents); with `max_tokens`, whole documents
@@ -229,7 +230,7 @@ def token_stream(tokenizer: Any, documents: Iterable[str], max_tokens: int | Non
     document far longer than the budget left is cut first (at a space within 16 characters per token
     left), so a cap never pays for tokenizing a huge document in full."""
     sep = getattr(tokenizer, "doc_separator_id", None)
-    ids: list[int] = [int(sep)] if (sep is not None and family == "decoder") else []
+    ids: list[int] = [int(sep)] if (sep is not None and family_spec(family).causal) else []
     n_words = n_bytes = n_docs = 0
     for doc in documents:
         if not doc.strip():
@@ -267,18 +268,20 @@ def perplexity(
     context length, `stride` to half of it (decoders, encoders) or 64 tokens (encoder-decoders)."""
     if isinstance(documents, str):
         documents = [documents]
-    family = model_family(model)
+    spec = family_spec(model)
     model.eval()
     cfg = model.config
     window = int(window or getattr(cfg, "max_positions", 512))
     if getattr(cfg, "position", "learned") == "learned" and window > cfg.max_positions:
         raise LmscaleError(f"window={window} is longer than the model's {cfg.max_positions} positions")
-    ids, n_words, n_bytes, n_docs = token_stream(tokenizer, documents, max_tokens, family)
-    stride = int(stride or default_stride(family, window))
-    if family == "decoder":
+    if spec.scoring == "none":
+        raise LmscaleError(f"{spec.name!r} models do not score text, so they have no perplexity")
+    ids, n_words, n_bytes, n_docs = token_stream(tokenizer, documents, max_tokens, spec)
+    stride = int(stride or default_stride(spec, window))
+    if spec.scoring == "causal":
         nll, n, n_win = _decoder_nll(model, ids, window, stride, batch_size, progress)
         kind = "perplexity"
-    elif family == "encoder":
+    elif spec.scoring == "pseudo-likelihood":
         nll, n, n_win = encoder_pll(model, tokenizer, ids, window, stride, batch_size * 4, progress)
         kind = "pseudo-perplexity"
     else:
@@ -288,12 +291,13 @@ def perplexity(
                             n_documents=n_docs, window=window, stride=stride, n_windows=n_win)
 
 
-def default_stride(family: str, window: int) -> int:
+def default_stride(family: str | FamilySpec, window: int) -> int:
     """Tokens between window starts: half a window (a decoder; an encoder, whose windows hold two
     special tokens), 64 tokens for an encoder-decoder, whose cost grows with every window."""
-    if family == "decoder":
+    scoring = family_spec(family).scoring
+    if scoring == "causal":
         return max(1, window // 2)
-    if family == "encoder":
+    if scoring == "pseudo-likelihood":
         return max(1, (window - 2) // 2)
     return min(64, window)
 

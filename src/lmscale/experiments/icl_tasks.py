@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from lmscale.config import ModelConfig, TrainConfig
+from lmscale.errors import LmscaleError
 from lmscale.models import build_model
+from lmscale.training.device import resolve_device
 from lmscale.training.optim import build_optimizer, lr_at
+from lmscale.training.step import BadSteps, OptimizerStep, record_step, streak_message
 
 PAD, SEP, ARROW = 0, 1, 2
 N_SPECIAL = 3
@@ -138,16 +142,22 @@ def model_config(cfg: ICLConfig, width: int) -> ModelConfig:
 
 
 def train_config(cfg: ICLConfig) -> TrainConfig:
-    """AdamW and the schedule of pretraining (`lmscale.training.optim.lr_at`): linear warm-up over
-    `warmup_steps`, then cosine to a tenth of the peak over the remaining steps."""
+    """AdamW, the schedule and the optimizer step of pretraining (`lmscale.training.optim.lr_at`,
+    `lmscale.training.step.OptimizerStep`): linear warm-up over `warmup_steps`, then cosine to a
+    tenth of the peak over the remaining steps; gradients clipped to norm 1."""
     return TrainConfig(lr=cfg.lr, weight_decay=0.01, beta1=0.9, beta2=0.98, schedule="cosine", min_lr_ratio=0.1,
-                       warmup_steps=cfg.warmup_steps)
+                       warmup_steps=cfg.warmup_steps, grad_clip=1.0)
+
+
+def _loss(model: Any, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return model(x, labels=labels).loss
 
 
 def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one decoder on the task mix and evaluate both tasks every `eval_every` steps."""
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = build_model(model_config(cfg, width)).to(cfg.device)
+    model = build_model(model_config(cfg, width)).to(device)
     tcfg = train_config(cfg)
     opt = build_optimizer(model, tcfg)
     counts = model.num_parameters()
@@ -170,19 +180,16 @@ def train_one(cfg: ICLConfig, width: int, log: Callable[[str], None] | None = No
             log(f"d_model={width} step {step}: recall acc {r['accuracy']:.3f}, induction acc {c['accuracy']:.3f}")
 
     model.train()
+    optimizer_step, bad = OptimizerStep(model, opt, tcfg.grad_clip), BadSteps()
     for step in range(cfg.steps):
         if step % cfg.eval_every == 0 and step > 0:
             do_eval(step)
-        x = torch.from_numpy(batch(cfg, rng, cfg.batch_size)).to(cfg.device)
+        x = torch.from_numpy(batch(cfg, rng, cfg.batch_size)).to(device)
         labels = x.clone()
         labels[:, 1:][x[:, 1:] == PAD] = -100  # padding after short episodes
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.steps, tcfg)
-        loss = model(x, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        result = optimizer_step(lr_at(step, cfg.steps, tcfg), partial(_loss, model, x, labels))
+        if record_step(bad, result.read()[2], tcfg.max_bad_steps):
+            raise LmscaleError(f"d_model={width}: {streak_message(bad.consecutive_bad, step + 1)}; lower lr")
     do_eval(cfg.steps)
     return {"d_model": width, "n_layers": cfg.n_layers, "params_total": int(counts["total"]),
             "params_non_embedding": int(counts["non_embedding"]), "wall_s": time.perf_counter() - t0,

@@ -12,7 +12,6 @@ registry and records the result there.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shlex
 import signal
@@ -26,10 +25,14 @@ from typing import Any, Callable
 
 import yaml
 
+from lmscale.config import RunConfig, from_dict
+from lmscale.errors import LmscaleError
 from lmscale.io import atomic_write_text
 from lmscale.io.locks import lock_holder
+from lmscale.io.rundir import RunLayout, RunSummary
 from lmscale.scaling.registry import Registry, RunRecord
 from lmscale.training.metrics import read_metrics
+from lmscale.training.rundir import RunDir
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -63,15 +66,10 @@ def pretrain_command(config_path: Path, run_dir: Path, resume: bool, launcher: s
 # --------------------------------------------------------------------------- reading a run dir
 
 def read_run_dir(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Summary and curves of a `lmscale pretrain` run directory (missing pieces are None/[])."""
+    """Summary (a `RunSummary`) and curves of a `lmscale pretrain` run directory (missing pieces
+    are None/[])."""
     run_dir = Path(run_dir)
-    out: dict[str, Any] = {"summary": None, "loss_curve": [], "train_curve": []}
-    sp = run_dir / "summary.json"
-    if sp.exists():
-        try:
-            out["summary"] = json.loads(sp.read_text())
-        except json.JSONDecodeError:
-            out["summary"] = None
+    out: dict[str, Any] = {"summary": RunLayout(run_dir).read_summary(), "loss_curve": [], "train_curve": []}
     evals: dict[int, list[float]] = {}
     trains: dict[int, list[float]] = {}
     for ev in read_metrics(run_dir) or []:
@@ -88,13 +86,12 @@ def read_run_dir(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
-    ck = Path(run_dir) / "checkpoints"
-    return ck.is_dir() and any(p.name.startswith("step_") for p in ck.iterdir())
+    return bool(RunLayout(run_dir).step_dirs())
 
 
 def run_results(info: dict[str, Any]) -> dict[str, Any]:
     """The registry columns a run directory fills in (see `read_run_dir`)."""
-    s = info["summary"] or {}
+    s = info["summary"].to_dict() if info["summary"] is not None else {}
     res: dict[str, Any] = {"loss_curve": info["loss_curve"], "train_curve": info["train_curve"]}
     for key in ("final_val_loss", "best_val_loss", "wall_s", "steps"):
         if s.get(key) is not None:
@@ -124,8 +121,10 @@ def execute_run(reg: Registry, rec: RunRecord, out_dir: Path, worker: str,
     """Train one claimed run in a subprocess and record its outcome in the registry.
 
     A run whose directory already says finished is recorded without training; one with
-    checkpoints is resumed. `stop` asks the run to stop at the next heartbeat; `active` maps
-    the run id to its process while it runs, so the caller can signal it directly.
+    checkpoints is resumed, unless the sweep now asks that run for a config it may not continue
+    with (the resume policy of `RunDir.check_resume`): then it is recorded as failed, untouched.
+    `stop` asks the run to stop at the next heartbeat; `active` maps the run id to its process
+    while it runs, so the caller can signal it directly.
     """
     run_dir = Path(rec.run_dir or out_dir / "runs" / rec.name)
     holder = lock_holder(run_dir)
@@ -139,10 +138,17 @@ def execute_run(reg: Registry, rec: RunRecord, out_dir: Path, worker: str,
                    worker=f"{holder.get('host')}:{holder.get('pid')}:lock", error=note)
         return RunOutcome(rec.run_id, rec.name, "skipped", error=note)
     info = read_run_dir(run_dir)
-    if (info["summary"] or {}).get("status") == "finished":
+    if info["summary"] is not None and info["summary"].status == "finished":
         reg.finish(rec.run_id, **run_results(info))
         return RunOutcome(rec.run_id, rec.name, "finished")
     resume = has_checkpoint(run_dir)
+    if resume:
+        try:
+            RunDir(run_dir).check_resume(from_dict(RunConfig, rec.config))
+        except LmscaleError as exc:
+            error = f"{run_dir}: {exc}"
+            reg.fail(rec.run_id, error=error[-4000:], **run_results(info))
+            return RunOutcome(rec.run_id, rec.name, "failed", True, error)
     cfg_path = out_dir / "configs" / f"{rec.name}.yaml"
     atomic_write_text(cfg_path, yaml.safe_dump(rec.config, sort_keys=False))
     rc, interrupted, log_text = _supervise(
@@ -239,20 +245,21 @@ def _record(reg: Registry, rec: RunRecord, run_dir: Path, resume: bool, rc: int 
     """Read what the run left and record it: stopped (resumable), finished, or failed with its error."""
     info = read_run_dir(run_dir)
     results = run_results(info)
-    summary = info["summary"] or {}
+    summary: RunSummary | None = info["summary"]
+    status, summary_error = (summary.status, summary.error) if summary is not None else (None, None)
     killed = rc is not None and (rc < 0 or rc in SIGNAL_EXIT_CODES)
     if interrupted or killed or (stop is not None and stop.is_set() and rc != 0) \
-            or summary.get("status") == "stopped":
+            or status == "stopped":
         # interrupted (Ctrl-C, a signal, the engine's own stop): resumable from its checkpoints
-        note = summary.get("error") or (f"interrupted (exit code {rc})" if rc is not None else "interrupted")
+        note = summary_error or (f"interrupted (exit code {rc})" if rc is not None else "interrupted")
         reg.release(rec.run_id, status="stopped", error=str(note)[-4000:], **results)
         return RunOutcome(rec.run_id, rec.name, "stopped", resume, str(note))
-    if rc == 0 and summary.get("status") == "finished":
+    if rc == 0 and status == "finished":
         reg.finish(rec.run_id, **results)
         return RunOutcome(rec.run_id, rec.name, "finished", resume)
-    err = summary.get("error") or ""
+    err = summary_error or ""
     tail = "\n".join(log_text.splitlines()[-25:])
-    error = (f"exit code {rc}; " if rc else "") + (f"status {summary.get('status')}; " if summary else "") + \
+    error = (f"exit code {rc}; " if rc else "") + (f"status {status}; " if summary is not None else "") + \
         (err or tail or "no output").strip()
     reg.fail(rec.run_id, error=error[-4000:], **results)
     return RunOutcome(rec.run_id, rec.name, "failed", resume, error)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from lmscale.config import load_run_config
@@ -27,6 +26,8 @@ from lmscale.finetune.trainer import FinetuneConfig, finetune
 from lmscale.io import atomic_path, atomic_write_json, atomic_write_text
 from lmscale.models.hf import fetch_minilm
 from lmscale.models.loading import load
+from lmscale.models.spec import family_spec
+from lmscale.training.device import resolve_device
 from lmscale.training.loop import pretrain
 
 DEFAULT_TASK = "sentiment-movies"
@@ -54,13 +55,6 @@ def pretrain_encoder(out_dir: str | Path, corpus: str = "wikitext-2", time_s: fl
     if summary.get("status") == "failed":
         raise LmscaleError(f"pretraining failed: {summary.get('error')}")
     return Path(out_dir)
-
-
-def resolve_device(device: str) -> str:
-    """`auto` is CUDA when present, else the CPU; anything else as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
@@ -201,7 +195,8 @@ def run_pretraining_effect(cfg: PretrainingEffectConfig | str | Path, log: Optio
         checkpoint = pretrain_encoder(cfg.out_dir / "pretrain", cfg.pretrain_corpus, cfg.pretrain_time_s,
                                       overrides=cfg.pretrain_overrides, device=cfg.device)
     base_body, base_tok = load(checkpoint)
-    if base_body.config.family == "encoder-decoder" and cfg.pooling not in (None, "mean", "first"):
+    spec = family_spec(base_body)
+    if spec.is_encoder_decoder and cfg.pooling not in (None, *spec.poolings):
         raise LmscaleError(f"pooling {cfg.pooling!r} does not apply to encoder-decoders")
     if base_tok is None:
         raise LmscaleError(f"{checkpoint}: no tokenizer saved with the checkpoint")
@@ -258,8 +253,8 @@ def _finetune_one(cfg: PretrainingEffectConfig, task: TaskData, kind: str, init:
     ft = FinetuneConfig(epochs=cfg.epochs, min_steps=cfg.min_steps, max_steps=cfg.max_steps, lr=cfg.lr[init],
                         seed=seed, train_examples=size, max_length=cfg.max_length, batch_size=cfg.batch_size,
                         patience=None, eval_every=max(1, steps // cfg.evaluations),
-                        pooling=None if body.config.family == "decoder" else (cfg.pooling or "mean"),
-                        device=resolve_device(cfg.device))
+                        pooling=None if family_spec(body).causal else (cfg.pooling or "mean"),
+                        device=str(resolve_device(cfg.device)))
     t0 = time.perf_counter()
     res = finetune(body, tok, task, ft)
     res.pop("model", None)

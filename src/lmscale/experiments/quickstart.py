@@ -9,7 +9,6 @@ that record instead of redoing the work, so an interrupted quickstart continues 
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
@@ -20,11 +19,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-from lmscale.config import PRESET_DIR, deep_update, load_run_config
+from lmscale.config import PRESET_DIR, deep_merge, load_run_config, load_yaml
 from lmscale.data.catalog import resolve_corpus
 from lmscale.data.readers import iter_texts
 from lmscale.errors import ConfigError, LmscaleError
@@ -50,8 +48,10 @@ from lmscale.scaling.report import build_report
 from lmscale.scaling.runs import load_runs
 from lmscale.tokenization import train_tokenizer
 from lmscale.tokenization.explain import explain_bpe
+from lmscale.training.device import resolve_device
 from lmscale.training.loop import pretrain
 from lmscale.training.metrics import read_metrics
+from lmscale.training.rundir import RunDir
 
 PROFILES = ("cpu", "gpu")
 PROFILE_DIR = PRESET_DIR / "quickstart"
@@ -81,26 +81,22 @@ class StageUnavailable(LmscaleError):
     """A stage cannot run here (e.g. no corpus); the message tells the user what to do."""
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    deep_update(out, copy.deepcopy(over))
-    return out
+# a profile with a section over it, deep-merged (inputs untouched): the config package's one deep merge
+_merge = deep_merge
 
 
 def load_profile(name: str, fast: bool = False) -> dict[str, Any]:
     """The profile's sizes and budgets, with its `fast` section applied when `fast`."""
     if name not in PROFILES:
         raise ConfigError(f"--profile {name!r} is not one of {', '.join(PROFILES)}")
-    data = yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+    data = load_yaml(PROFILE_DIR / f"{name}.yaml", what="quickstart profile")
     fast_part = data.pop("fast", {}) or {}
     return _merge(data, fast_part) if fast else data
 
 
-def default_profile(device: str) -> str:
+def default_profile(device: torch.device) -> str:
     """gpu when the run goes to a CUDA device (asked for, or found by `auto`), else cpu."""
-    if device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "gpu" if device.startswith("cuda") else "cpu"
+    return "gpu" if device.type == "cuda" else "cpu"
 
 
 @dataclass
@@ -240,13 +236,14 @@ def stage_pretrain(ctx: Context) -> dict:
     for family, spec in ctx.profile["pretrain"]["runs"].items():
         cfg = _pretrain_config(ctx, family, spec)
         run_dir = Path(cfg.out)
-        resume = (run_dir / "checkpoints").is_dir() and not (run_dir / "summary.json").exists()
+        layout = RunDir(run_dir)
+        resume = layout.checkpoints.is_dir() and not layout.summary_path.exists()
         ctx.console.print(f"[bold]{spec['preset']}[/] ({family}, {cfg.objective_kind} objective, "
                           f"{int(spec['max_tokens']):,} tokens)" + (" - resuming" if resume else ""))
         summary = pretrain(cfg, resume=resume)
         if summary.get("status") == "failed":
             raise StageUnavailable(f"pretraining {spec['preset']} failed: {summary.get('error')}")
-        best = run_dir / "checkpoints" / "best"
+        best = layout.best
         val = summary.get("best_val_loss") if best.is_dir() else summary.get("final_val_loss")
         out[family] = {"preset": spec["preset"], "run_dir": str(run_dir), "objective": cfg.objective_kind,
                        "model_dir": str(best if best.is_dir() else run_dir), "summary": summary,
@@ -550,14 +547,11 @@ def run_quickstart(out: str | Path = "lmscale-out", fast: bool = False, corpus: 
     for name in (only or []) + (redo or []):
         if name not in known:
             raise LmscaleError(f"unknown stage {name!r}; stages are: {', '.join(s.name for s in STAGES)}")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise ConfigError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    name = profile or default_profile(device)
+    found = resolve_device(device, what="--device")  # a misspelled or absent device fails here
+    name = profile or default_profile(found)
     spec = _merge(load_profile(name, fast), overrides or {})
     if device == "auto":
-        device = "cuda" if name == "gpu" and torch.cuda.is_available() else "cpu"
+        device = "cuda" if name == "gpu" and found.type == "cuda" else "cpu"
     out = Path(out).resolve()
     check_output_dir(out, "--out", overwrite=overwrite, ours=lambda p: (p / "stages").is_dir(), kinds=("quickstart",))
     out.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import yaml
 
-from lmscale.config import TRACKER_KEYS, ConfigError, RunConfig, from_dict, load_preset, to_dict
+from lmscale.config import TRACKER_KEYS, ConfigError, RunConfig, compose, deep_merge, from_dict, load_yaml, to_dict
 from lmscale.data.prepare import prepare_run_data
 from lmscale.errors import LmscaleError
 from lmscale.experiments.launch import LAUNCHERS, RunOutcome, execute_run, pretrain_command, write_slurm_script
@@ -126,33 +126,18 @@ class SweepConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SweepConfig":
-        p = Path(path)
-        if p.is_dir():
-            raise ConfigError(f"sweep config {p} is a directory, not a YAML file")
-        if not p.is_file():
-            raise ConfigError(f"sweep config {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"sweep config {p} is not UTF-8 text (byte offset {exc.start}); "
-                              "is it a YAML file?") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: a sweep config is a mapping")
-        return cls.from_dict(data)
+        return cls.from_dict(load_yaml(path, what="sweep config"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def base_config(self) -> RunConfig:
-        data = to_dict(load_preset(self.preset)) if self.preset else {}
-        for section, values in (self.base or {}).items():
-            if isinstance(values, dict) and isinstance(data.get(section), dict):
-                data[section].update(values)
-            else:
-                data[section] = values
-        return from_dict(RunConfig, data)
+        """The run config every run starts from: `preset`, then `base` deep-merged over it (as
+        `lmscale pretrain --preset P --config BASE.yaml` composes them). A `preset` key inside
+        `base` is only the config's label, as it always was: the sweep's own `preset` is loaded."""
+        base = dict(self.base or {})
+        label = {"preset": base.pop("preset")} if "preset" in base else None
+        return compose(self.preset or None, [base], label)
 
 
 # The demo: 9 decoders on WikiText-2, 8x in non-embedding parameters and 4x in tokens.
@@ -245,17 +230,19 @@ def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
         n_c = counts["params_non_embedding" if sweep.flops_params == "non_embedding" else "params_total"]
         for seed in sweep.seeds:
             name = f"{describe(m)}-D{_fmt(tokens)}-s{seed}"
-            data = to_dict(base)
-            data["model"] = to_dict(m)
-            data["train"].update(
-                max_steps=steps, max_tokens=tokens, seed=seed, max_flops=None, max_time_s=None,
-                eval_every=max(1, steps // max(1, sweep.evals_per_run)), checkpoint_every=max(1, steps // 4),
-                tracker_group=data["train"].get("tracker_group") or sweep.name,
-                tracker_params={**data["train"].get("tracker_params", {}), "sweep": sweep.name,
-                                "N": n_c, "N_counts": sweep.flops_params, "D": tokens, "C": 6.0 * n_c * tokens,
-                                "seed": seed},
-            )
-            data["out"] = str(out / "runs" / name)
+            # this run's shape, budget and schedule over the base (the one deep merge: the base's
+            # tracker_params keep their keys beside the sweep's)
+            data = deep_merge(to_dict(base), {
+                "model": to_dict(m),
+                "train": dict(
+                    max_steps=steps, max_tokens=tokens, seed=seed, max_flops=None, max_time_s=None,
+                    eval_every=max(1, steps // max(1, sweep.evals_per_run)), checkpoint_every=max(1, steps // 4),
+                    tracker_group=base.train.tracker_group or sweep.name,
+                    tracker_params={"sweep": sweep.name, "N": n_c, "N_counts": sweep.flops_params, "D": tokens,
+                                    "C": 6.0 * n_c * tokens, "seed": seed},
+                ),
+                "out": str(out / "runs" / name),
+            })
             cfg = from_dict(RunConfig, data)
             rid = _run_id(cfg)
             if rid in seen:

@@ -9,7 +9,7 @@ import torch
 from lmscale.config import apply_overrides, load_preset
 from lmscale.errors import LmscaleError
 from lmscale.finetune.tasks import Example, TaskData, TaskSpec, sample_mixture, text_to_text_examples
-from lmscale.models import build_model
+from lmscale.models import build_model, family_spec
 from lmscale.models.loading import load
 from lmscale.tokenization import Tokenizer, train_tokenizer
 
@@ -25,7 +25,7 @@ def random_body(model_cfg, tokenizer, seed: int = 0, fit_vocab: bool = True):
     if fit_vocab or cfg.vocab_size < tokenizer.vocab_size:
         cfg.vocab_size = tokenizer.vocab_size
         cfg.pad_token_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        if cfg.family == "encoder-decoder":
+        if family_spec(cfg).is_encoder_decoder:
             cfg.decoder_start_token_id = cfg.pad_token_id
     torch.manual_seed(seed)
     return build_model(cfg)

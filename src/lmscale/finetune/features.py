@@ -15,6 +15,7 @@ import torch
 
 from lmscale.errors import DataError
 from lmscale.finetune.tasks import Example
+from lmscale.models.spec import family_spec
 
 GPT_TOKENS = ("<|start|>", "<|delim|>", "<|extract|>")
 
@@ -77,24 +78,25 @@ class Featurizer:
         self.fmt = fmt
         if fmt.padding_side not in ("left", "right"):
             raise DataError(f"padding_side must be left or right, got {fmt.padding_side!r}")
-        if fmt.family == "encoder" and (tokenizer.cls_id is None or tokenizer.sep_id is None):
+        self.head = family_spec(fmt.family).head
+        if self.head == "cls" and (tokenizer.cls_id is None or tokenizer.sep_id is None):
             raise DataError("encoder fine-tuning needs a tokenizer with [CLS] and [SEP] (WordPiece)")
-        if fmt.family == "decoder" and fmt.input_format != "text-to-text" and not fmt.special:
+        if self.head == "last_token" and fmt.input_format != "text-to-text" and not fmt.special:
             raise DataError("decoder classification needs the start/delim/extract tokens (add_gpt_tokens)")
 
     def _ids(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
 
     def _sequence(self, a: list[int], b: Optional[list[int]]) -> tuple[list[int], list[int], bool]:
-        fam, L = self.fmt.family, self.fmt.max_length
-        if fam == "encoder":
+        L = self.fmt.max_length
+        if self.head == "cls":
             cls, sep = self.tok.cls_id, self.tok.sep_id
             if b is None:
                 (a,), cut = _truncate([a], L - 2)
                 return [cls] + a + [sep], [0] * (len(a) + 2), cut
             (a, b), cut = _truncate([a, b], L - 3)
             return [cls] + a + [sep] + b + [sep], [0] * (len(a) + 2) + [1] * (len(b) + 1), cut
-        if fam == "decoder":
+        if self.head == "last_token":
             s = self.fmt.special
             if b is None:
                 (a,), cut = _truncate([a], L - 2)
@@ -130,7 +132,7 @@ class Featurizer:
         b = self._ids(ex.text_pair) if ex.text_pair is not None else None
         ids, tt, cut = self._sequence(a, b)
         views, types = [ids], [tt]
-        if f.symmetric and f.family == "decoder" and b is not None:
+        if f.symmetric and self.head == "last_token" and b is not None:
             ids2, tt2, cut2 = self._sequence(b, a)
             views.append(ids2)
             types.append(tt2)
@@ -141,10 +143,10 @@ class Featurizer:
         f, eos = self.fmt, self.tok.eos_id
         src = self._ids(ex.text)
         tgt = self._ids(ex.label) + [eos] if isinstance(ex.label, str) else None
-        if f.family == "encoder-decoder":
+        if self.head == "encoder-decoder":
             (src,), cut = _truncate([src], f.max_length - 1)
             ids = src + [eos]
-        elif f.family == "decoder":
+        elif self.head == "last_token":
             s = f.special
             (src,), cut = _truncate([src], f.max_length - 2 - f.max_target_length)
             ids = [s["start"]] + src + [s["delim"]]

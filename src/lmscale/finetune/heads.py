@@ -15,8 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-POOLINGS = {"encoder": ("cls", "mean", "pooler"), "decoder": ("last",), "encoder-decoder": ("mean", "first")}
-DEFAULT_POOLING = {"encoder": "cls", "decoder": "last", "encoder-decoder": "mean"}
+from lmscale.models.spec import family_spec
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -33,11 +32,12 @@ def masked_mean(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
 
 def body_features(body: nn.Module, family: str, pooling: str, input_ids: torch.Tensor,
                   attention_mask: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """One vector per sequence from the body's final hidden states."""
-    if family == "encoder-decoder":
+    """One vector per sequence from the body's final hidden states, read as the family's head says."""
+    head = family_spec(family).head
+    if head == "encoder-decoder":
         h = body.encode(input_ids, attention_mask)
         return h[:, 0] if pooling == "first" else masked_mean(h, attention_mask)
-    if family == "encoder":
+    if head == "cls":
         tt = token_type_ids if getattr(body.config, "type_vocab_size", 0) else None
         h = body.encode(input_ids, attention_mask, tt)
         if pooling == "pooler":
@@ -75,10 +75,11 @@ class SequenceHead(nn.Module):
     def __init__(self, body: nn.Module, family: str, num_outputs: int, pooling: Optional[str] = None,
                  dropout: float = 0.1, multiple_choice: bool = False):
         super().__init__()
-        pooling = pooling or DEFAULT_POOLING[family]
-        if pooling not in POOLINGS[family]:
+        spec = family_spec(family)
+        pooling = pooling or spec.default_pooling
+        if pooling not in spec.poolings:
             raise ValueError(f"pooling {pooling!r} is not available for {family} models "
-                             f"(choose from {', '.join(POOLINGS[family])})")
+                             f"(choose from {', '.join(spec.poolings)})")
         self.body = body
         self.family = family
         self.pooling = pooling

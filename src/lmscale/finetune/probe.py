@@ -18,6 +18,7 @@ from lmscale.finetune.features import Featurizer, InputFormat, collate
 from lmscale.finetune.heads import body_features
 from lmscale.finetune.metrics import accuracy
 from lmscale.finetune.tasks import TaskData
+from lmscale.models.spec import family_spec
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def pooled_features(body: torch.nn.Module, tokenizer: Any, examples: Sequence[An
     for i in range(0, len(encoded), batch_size):
         b = collate(encoded[i:i + batch_size], pad)
         f = body_features(body, family, pooling, b["input_ids"].to(device), b["attention_mask"].to(device),
-                          b.get("token_type_ids", None) if family == "encoder" else None)
+                          b.get("token_type_ids", None) if family_spec(family).uses_segments else None)
         out.append(f.double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, body.config.d_model))
 

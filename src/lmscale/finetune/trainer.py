@@ -12,6 +12,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,16 +25,19 @@ from tokenizers import Tokenizer as Backend
 from torch import nn
 
 from lmscale.config import TrainConfig, from_dict
-from lmscale.errors import CheckpointError, ConfigError, DataError
+from lmscale.config.validate import choice, in_range, positive
+from lmscale.errors import CheckpointError, DataError
 from lmscale.finetune import metrics as M
 from lmscale.finetune.features import Encoded, Featurizer, InputFormat, add_gpt_tokens, collate, pad_batch
-from lmscale.finetune.heads import DEFAULT_POOLING, SequenceHead
+from lmscale.finetune.heads import SequenceHead
 from lmscale.finetune.tasks import Example, TaskData
 from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text, dumps_json
 from lmscale.io.outputs import only_known_entries
 from lmscale.models.serialization import load_model_dir, write_model_files
+from lmscale.models.spec import family_spec
 from lmscale.tokenization import Tokenizer
 from lmscale.training.optim import adamw, lr_at, parameter_groups
+from lmscale.training.step import BadSteps, OptimizerStep, record_step, streak_message
 
 FORMAT = "lmscale-finetune"
 
@@ -77,30 +81,18 @@ class FinetuneConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("auto", "head", "text-to-text"):
-            raise ConfigError(f"mode {self.mode!r} must be auto, head or text-to-text")
-        if self.padding_side not in ("left", "right"):
-            raise ConfigError(f"padding_side {self.padding_side!r} must be left or right")
-        for name in ("lr", "weight_decay", "warmup_fraction", "grad_clip", "dropout"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"{name}={v!r} must be a finite number")
+        # the config package's validators, so fine-tuning refuses what run configs refuse, in the same words
+        choice("mode", self.mode, ("auto", "head", "text-to-text"))
+        choice("padding_side", self.padding_side, ("left", "right"))
         for name in ("max_length", "max_target_length", "batch_size", "eval_batch_size", "epochs", "lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+            positive(name, getattr(self, name))
         for name in ("max_steps", "eval_every", "train_examples"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise ConfigError(f"{name}={v} must be positive (or unset)")
+            positive(name, getattr(self, name), allow_none=True)
         for name in ("min_steps", "weight_decay", "grad_clip", "seed"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
-        if self.patience is not None and self.patience < 0:
-            raise ConfigError(f"patience={self.patience} must not be negative")
-        if not 0.0 <= self.warmup_fraction <= 1.0:
-            raise ConfigError(f"warmup_fraction={self.warmup_fraction} must be between 0 and 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+            in_range(name, getattr(self, name), 0)
+        in_range("patience", self.patience, 0, allow_none=True)
+        in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
+        in_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
@@ -130,6 +122,7 @@ class FinetunedModel(nn.Module):
         self.meta = meta
         self.tokenizer = tokenizer
         self.family = body.config.family
+        self.spec = family_spec(self.family)
         self.fmt = InputFormat(**meta["input_format"])
         self.featurizer = Featurizer(tokenizer, self.fmt)
         if meta["mode"] == "head":
@@ -189,7 +182,7 @@ class FinetunedModel(nn.Module):
             raise DataError("text-to-text training needs a target for every example")
         pad = self.tokenizer.pad_id
         dev = self._device()
-        if self.family == "encoder-decoder":
+        if self.spec.is_encoder_decoder:
             b = pad_batch([e.views[0] for e in encs], pad, "right")
             lab = pad_batch(targets, pad, "right")
             labels = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
@@ -214,7 +207,7 @@ class FinetunedModel(nn.Module):
         out = self.body(**batch)
         logits = out.logits
         labels = batch["labels"]
-        if self.family == "decoder":
+        if self.spec.causal:
             logits, labels = logits[:, :-1], labels[:, 1:]
         logp = torch.log_softmax(logits.float(), dim=-1)
         mask = labels != -100
@@ -228,7 +221,7 @@ class FinetunedModel(nn.Module):
         n_max = self.fmt.max_target_length
         done = [False] * len(encs)
         outs: list[list[int]] = [[] for _ in encs]
-        if self.family == "encoder-decoder":
+        if self.spec.is_encoder_decoder:
             b = pad_batch([e.views[0] for e in encs], pad, "right")
             ids, mask = b["input_ids"].to(dev), b["attention_mask"].to(dev)
             start = self.body.config.decoder_start_token_id
@@ -392,6 +385,7 @@ class FinetunedModel(nn.Module):
 def prepare(body: nn.Module, tokenizer, task: TaskData, cfg: FinetuneConfig) -> FinetunedModel:
     """Decide the mode, add decoder special tokens (resizing the embeddings) and build the head."""
     family = body.config.family
+    spec = family_spec(family)
     kind = task.kind
     mode = cfg.mode
     if mode == "auto":
@@ -399,16 +393,16 @@ def prepare(body: nn.Module, tokenizer, task: TaskData, cfg: FinetuneConfig) -> 
     if kind == "text-to-text" and mode != "text-to-text":
         raise DataError("a text-to-text task (input -> target) has no head; use mode text-to-text")
     if mode == "text-to-text":
-        if family == "encoder":
+        if not spec.can_generate:
             raise DataError("encoders cannot generate text; use mode head (a classifier on [CLS])")
         if kind == "regression" or task.spec.choice_columns:
             raise DataError("text-to-text fine-tuning covers classification and text-to-text tasks")
-    if family != "decoder" and cfg.padding_side == "left":
+    if not spec.causal and cfg.padding_side == "left":
         raise DataError("left padding is for decoders (the last real token is then at the end)")
     tok = copy_tokenizer(tokenizer)
     special: dict[str, int] = {}
     new_ids: list[int] = []
-    if family == "decoder":
+    if spec.head == "last_token":
         before = tok.vocab_size
         special = add_gpt_tokens(tok)
         new_ids = [i for i in special.values() if i >= before]
@@ -420,7 +414,7 @@ def prepare(body: nn.Module, tokenizer, task: TaskData, cfg: FinetuneConfig) -> 
                       special=special, max_target_length=cfg.max_target_length)
     meta: dict[str, Any] = {
         "kind": kind, "mode": mode, "family": family,
-        "pooling": (cfg.pooling or DEFAULT_POOLING[family]) if mode == "head" else None,
+        "pooling": (cfg.pooling or spec.default_pooling) if mode == "head" else None,
         "num_outputs": task.num_labels, "multiple_choice": bool(task.spec.choice_columns),
         "labels": task.labels, "input_format": fmt.to_dict(), "dropout": cfg.dropout,
         "task": task.name, "task_spec": asdict(task.spec), "new_token_ids": new_ids,
@@ -560,14 +554,17 @@ class _DevTracker:
 
 def _train(model: FinetunedModel, encs: list[Encoded], cfg: FinetuneConfig,
            dev: _DevTracker) -> tuple[int, int, bool]:
-    """Shuffled passes over `encs` on pretraining's schedule (`lr_at`), evaluating on dev every
-    `eval_every` steps or after each pass; returns (passes begun, steps, stopped early)."""
+    """Shuffled passes over `encs` on pretraining's schedule (`lr_at`) and optimizer step
+    (`OptimizerStep`: a non-finite step is skipped and counted, `max_bad_steps` in a row stop the
+    run), evaluating on dev every `eval_every` steps or after each pass; returns (passes begun,
+    steps, stopped early)."""
     groups = parameter_groups(model, cfg.weight_decay)
     opt = adamw(groups, cfg.device, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    params = [p for g in groups for p in g["params"]]
+    optimizer_step = OptimizerStep(model, opt, cfg.grad_clip, params=[p for g in groups for p in g["params"]])
     n = len(encs)
     total = total_steps(cfg, n)
     schedule = cfg.schedule(total)
+    bad = BadSteps()
     rng = random.Random(cfg.seed)
     model.train()
     step, epoch, stopped_early = 0, 0, False
@@ -580,8 +577,12 @@ def _train(model: FinetunedModel, encs: list[Encoded], cfg: FinetuneConfig,
             if step >= total:
                 break
             batch = [encs[j] for j in order[i:i + cfg.batch_size]]
-            losses.append(_step(model, opt, params, batch, lr_at(step, total, schedule), cfg.grad_clip, step))
+            loss, _, skipped = optimizer_step(lr_at(step, total, schedule), partial(model.loss, batch)).read()
             step += 1
+            if record_step(bad, skipped, schedule.max_bad_steps):
+                raise DataError(f"fine-tuning: {streak_message(bad.consecutive_bad, step)}; lower lr or grad_clip")
+            if not skipped:
+                losses.append(loss)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
                 stopped_early = dev.evaluate(epoch - 1 + (i + cfg.batch_size) / n, step, losses) and step < total
                 losses = []
@@ -591,22 +592,6 @@ def _train(model: FinetunedModel, encs: list[Encoded], cfg: FinetuneConfig,
             stopped_early = dev.evaluate(epoch, step, losses) and step < total
             losses = []
     return epoch, step, stopped_early
-
-
-def _step(model: FinetunedModel, opt: torch.optim.Optimizer, params: list[nn.Parameter],
-          batch: list[Encoded], lr: float, grad_clip: float, step: int) -> float:
-    """One optimizer step at learning rate `lr`; its loss."""
-    for g in opt.param_groups:
-        g["lr"] = lr
-    loss = model.loss(batch)
-    if not torch.isfinite(loss):
-        raise DataError(f"fine-tuning loss became {loss.item()} at step {step}; lower the learning rate")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    opt.step()
-    return loss.item()
 
 
 def _scores(model: FinetunedModel, task: TaskData, splits_encs: dict[str, tuple[list[Encoded], int]],

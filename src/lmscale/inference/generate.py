@@ -16,6 +16,7 @@ import torch
 
 from lmscale.errors import LmscaleError
 from lmscale.inference.sampling import SamplingConfig, choose_token
+from lmscale.models.spec import FamilySpec, family_name, family_spec
 
 # The lecture writes T5's sentinels as <X>, <Y>, <Z>.
 SENTINEL_ALIASES = {"<X>": 0, "<Y>": 1, "<Z>": 2}
@@ -48,23 +49,15 @@ class InfillResult:
 # ----------------------------------------------------------------------------- model plumbing
 
 def model_family(model: Any) -> str:
-    """`decoder` / `encoder` / `encoder-decoder` for our models and for `transformers` models."""
-    cfg = getattr(model, "config", None)
-    fam = getattr(cfg, "family", None)
-    if isinstance(fam, str):
-        return fam
-    if getattr(cfg, "is_encoder_decoder", False):
-        return "encoder-decoder"
-    if getattr(cfg, "is_decoder", False) or type(model).__name__.endswith(("LMHeadModel", "CausalLM")):
-        return "decoder"
-    return "encoder"
+    """The family name of one of our models or of a `transformers` model (see `family_spec`)."""
+    return family_name(model)
 
 
 def context_limit(model: Any) -> int | None:
     """Longest sequence the decoder can attend over, or None when its positions do not cap it."""
     cfg = model.config
     if getattr(cfg, "family", None) is not None:
-        if cfg.family == "encoder-decoder" or cfg.position == "relative":
+        if family_spec(cfg).is_encoder_decoder or cfg.position == "relative":
             return None
         return int(cfg.max_positions)
     for name in ("n_positions", "max_position_embeddings", "n_ctx"):
@@ -121,12 +114,12 @@ def iter_token_ids(
     For decoders `input_ids` is the prompt; for encoder-decoders it is the encoder input and
     decoding starts from the decoder start token.
     """
-    family = model_family(model)
+    spec = family_spec(model)
     device = next(model.parameters()).device
     gen = _generator(cfg, device)
     ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
     with torch.inference_mode():
-        if family == "encoder-decoder":
+        if spec.is_encoder_decoder:
             enc_mask = torch.ones_like(ids)
             enc = model.encode(ids, enc_mask)
             seq = [_decoder_start(model)]
@@ -136,7 +129,7 @@ def iter_token_ids(
                 out = model(attention_mask=enc_mask, decoder_input_ids=dec, encoder_hidden_states=enc,
                             past_key_values=past if use_cache else None, use_cache=use_cache)
                 return out.logits[0, -1], (out.past_key_values if use_cache else None)
-        elif family == "decoder":
+        elif spec.causal:
             seq = list(input_ids)
 
             def step(new: list[int], past: Any) -> tuple[torch.Tensor, Any]:
@@ -158,6 +151,14 @@ def iter_token_ids(
                 return
 
 
+def _generating_spec(model: Any) -> FamilySpec:
+    spec = family_spec(model)
+    if not spec.can_generate:
+        raise LmscaleError("encoders (BERT-style) do not generate text; use fill-mask, "
+                           "or a decoder / encoder-decoder checkpoint")
+    return spec
+
+
 def _held_back(text: str, stops: Sequence[str]) -> int:
     """Characters at the end of `text` that could still grow into a stop string."""
     hold = 0
@@ -169,15 +170,15 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return hold
 
 
-def _prompt_ids(tokenizer: Any, prompt: str | Sequence[int], family: str) -> list[int]:
+def _prompt_ids(tokenizer: Any, prompt: str | Sequence[int], spec: FamilySpec) -> list[int]:
     """The prompt as token ids; an empty decoder prompt starts from the document separator."""
     if isinstance(prompt, str):
         if tokenizer is None:
             raise LmscaleError("a text prompt needs a tokenizer")
-        ids = tokenizer.encode(prompt, add_special_tokens=(family == "encoder-decoder"))
+        ids = tokenizer.encode(prompt, add_special_tokens=spec.is_encoder_decoder)
     else:
         ids = [int(i) for i in prompt]
-    if family == "decoder" and not ids:
+    if spec.causal and not ids:
         start = getattr(tokenizer, "doc_separator_id", None) if tokenizer is not None else None
         start = start if start is not None else (getattr(tokenizer, "eos_id", None) if tokenizer else None)
         if start is None:
@@ -186,14 +187,14 @@ def _prompt_ids(tokenizer: Any, prompt: str | Sequence[int], family: str) -> lis
     return ids
 
 
-def _fit_context(model: Any, family: str, ids: list[int], max_new_tokens: int) -> tuple[list[int], int, int]:
+def _fit_context(model: Any, spec: FamilySpec, ids: list[int], max_new_tokens: int) -> tuple[list[int], int, int]:
     """-> (prompt ids cut from the left to fit the context, tokens cut, new tokens that still fit).
 
     A prompt that fills a decoder's window is cut to leave room for the new tokens (at most half
     the window); an encoder-decoder's prompt is cut only where its positions have a hard limit
     (not under T5's relative bias)."""
     truncated = 0
-    limit = context_limit(model) if family == "decoder" else None
+    limit = context_limit(model) if spec.causal else None
     budget = max_new_tokens
     if limit is not None:
         if len(ids) >= limit:
@@ -201,7 +202,7 @@ def _fit_context(model: Any, family: str, ids: list[int], max_new_tokens: int) -
             truncated = len(ids) - keep
             ids = ids[-keep:]
         budget = min(max_new_tokens, limit - len(ids))
-    elif family == "encoder-decoder":
+    elif spec.is_encoder_decoder:
         enc_limit = getattr(model.config, "max_positions", None)
         if getattr(model.config, "position", None) not in (None, "relative") and enc_limit and len(ids) > enc_limit:
             truncated = len(ids) - enc_limit
@@ -237,11 +238,8 @@ def generate(
                          repetition_penalty=repetition_penalty, seed=seed, stop=list(stop or []))
     if max_new_tokens < 1:
         raise LmscaleError(f"max_new_tokens={max_new_tokens} must be at least 1")
-    family = model_family(model)
-    if family == "encoder":
-        raise LmscaleError("encoders (BERT-style) do not generate text; use fill-mask, "
-                           "or a decoder / encoder-decoder checkpoint")
-    ids, truncated, budget = _fit_context(model, family, _prompt_ids(tokenizer, prompt, family), max_new_tokens)
+    spec = _generating_spec(model)
+    ids, truncated, budget = _fit_context(model, spec, _prompt_ids(tokenizer, prompt, spec), max_new_tokens)
     eos = set()
     if stop_at_eos:
         eos = {int(e) for e in eos_ids} if eos_ids is not None else _eos_ids(model, tokenizer)
@@ -324,7 +322,8 @@ class _Continuation:
                                 prompt_ids=self.prompt_ids, prompt_truncated=self.truncated)
 
 
-def _decode_batch(model: Any, family: str, rows: list[_Continuation], cfg: SamplingConfig, use_cache: bool) -> None:
+def _decode_batch(model: Any, spec: FamilySpec, rows: list[_Continuation], cfg: SamplingConfig,
+                  use_cache: bool) -> None:
     """Decode every row to its end together: decoders left-pad the prompts (positions come from the
     attention mask, so a padded row computes what it computes alone), encoder-decoders right-pad the
     encoder input under a mask and start every decoder row together. A finished decoder row is fed
@@ -333,11 +332,11 @@ def _decode_batch(model: Any, family: str, rows: list[_Continuation], cfg: Sampl
     gens = [_generator(cfg, device) for _ in rows]
     pad = int(getattr(model.config, "pad_token_id", 0) or 0)
     n = len(rows)
-    seqs = [list(r.prompt_ids) for r in rows] if family == "decoder" else [[_decoder_start(model)] for _ in rows]
+    seqs = [list(r.prompt_ids) for r in rows] if spec.causal else [[_decoder_start(model)] for _ in rows]
     width = max(len(r.prompt_ids) for r in rows)
     enc = enc_mask = None
     with torch.inference_mode():
-        if family == "decoder":
+        if spec.causal:
             ids = torch.full((n, width), pad, dtype=torch.long, device=device)
             mask = torch.zeros((n, width), dtype=torch.long, device=device)
             for i, r in enumerate(rows):
@@ -357,7 +356,7 @@ def _decode_batch(model: Any, family: str, rows: list[_Continuation], cfg: Sampl
         new, new_mask = ids, mask
         while not all(r.done for r in rows):
             x, m = (new, full_mask) if use_cache else (full, full_mask)
-            if family == "decoder":
+            if spec.causal:
                 out = model(input_ids=x, attention_mask=m, past_key_values=past, use_cache=use_cache)
             else:
                 # decoder rows stay aligned (no padding): a finished row's outputs are simply not read
@@ -411,21 +410,18 @@ def generate_batch(
         raise LmscaleError(f"max_new_tokens={max_new_tokens} must be at least 1")
     if batch_size < 1:
         raise LmscaleError(f"batch_size={batch_size} must be at least 1")
-    family = model_family(model)
-    if family == "encoder":
-        raise LmscaleError("encoders (BERT-style) do not generate text; use fill-mask, "
-                           "or a decoder / encoder-decoder checkpoint")
+    spec = _generating_spec(model)
     eos: set[int] = set()
     if stop_at_eos:
         eos = {int(e) for e in eos_ids} if eos_ids is not None else _eos_ids(model, tokenizer)
     rows = []
     for prompt in prompts:
-        ids, truncated, budget = _fit_context(model, family, _prompt_ids(tokenizer, prompt, family), max_new_tokens)
+        ids, truncated, budget = _fit_context(model, spec, _prompt_ids(tokenizer, prompt, spec), max_new_tokens)
         rows.append(_Continuation(tokenizer, list(ids), truncated, budget, max_new_tokens, eos, cfg.stop))
     for b in range(0, len(rows), batch_size):
         chunk = [r for r in rows[b: b + batch_size] if not r.done]
         if chunk:
-            _decode_batch(model, family, chunk, cfg, use_cache)
+            _decode_batch(model, spec, chunk, cfg, use_cache)
     return [r.result() for r in rows]
 
 
@@ -489,7 +485,7 @@ def infill(
     The decoder stops at the sentinel after the last one in the input (or at `</s>`), which is the
     pretraining target's shape: `<extra_id_0> span0 <extra_id_1> span1 <extra_id_2>`.
     """
-    if model_family(model) != "encoder-decoder":
+    if not family_spec(model).is_encoder_decoder:
         raise LmscaleError("span infilling needs an encoder-decoder (T5-style) checkpoint")
     sentinels = list(getattr(tokenizer, "sentinel_ids", []) or [])
     if not sentinels:

@@ -147,7 +147,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
-            if old.exists():
+            if old.is_symlink() or old.is_file():
+                old.unlink()
+            elif old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -160,14 +162,14 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def clean_stale_temporaries(directory: str | os.PathLike, subdirs: tuple[str, ...] = ("checkpoints",)) -> None:
+def clean_stale_temporaries(directory: str | os.PathLike, subdirs: tuple[str, ...] = ()) -> None:
     """Remove what a killed writer left half-written in `directory` (and its `subdirs`): the
     `.NAME.*.tmp` files and directories of `atomic_path` and `atomic_directory`, and put back a
     directory that a kill took away between the two renames of `atomic_directory`'s swap. Call it
     only while holding the directory's lock (`lmscale.io.locks`): nobody else is writing then."""
     directory = Path(directory)
     for parent in (directory, *(directory / s for s in subdirs)):
-        if not parent.is_dir():
+        if not parent.is_dir() or (parent != directory and parent.is_symlink()):
             continue
         for p in parent.glob(".*.tmp"):
             if p.is_dir() and not p.is_symlink():
@@ -176,7 +178,9 @@ def clean_stale_temporaries(directory: str | os.PathLike, subdirs: tuple[str, ..
                 p.unlink(missing_ok=True)
         for old in parent.glob(".*.old"):
             target = old.with_name(old.name[1:-4])
-            if old.is_dir() and not target.exists():
+            if old.is_symlink():  # never followed: only the link is removed
+                old.unlink()
+            elif old.is_dir() and not target.exists():
                 os.replace(old, target)  # killed between the two renames of an atomic directory swap
             else:
                 shutil.rmtree(old, ignore_errors=True)

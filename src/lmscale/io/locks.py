@@ -4,6 +4,8 @@
 host there. The operating system releases the lock when the holder exits in any way (even
 `kill -9`), so a lock file left by a dead process never blocks anyone: its pid is only reported.
 On filesystems without working `flock`, the pid in the file decides (a live pid on this host holds it).
+Taking the lock rewrites the file, so a `.lock` that is a symbolic link, a hard link or not a
+regular file is refused instead of opened: writing through it would change a file lmscale did not write.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import contextlib
 import errno
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -23,10 +26,36 @@ except ImportError:  # not POSIX: the pid file alone
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".lock"
+_OPEN_FLAGS = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
 class LockedError(LmscaleError):
     """The directory is being written by another live process."""
+
+
+class UnsafeLockError(LmscaleError):
+    """A lock path that is not a plain file of its own (a link, a directory, a device)."""
+
+
+def _open_lock_file(path: Path, create: bool) -> int:
+    """Open `path` for reading and writing without following a symbolic link at it."""
+    if path.is_symlink():
+        raise UnsafeLockError(f"{path} is a symbolic link; lmscale never writes its lock through one: "
+                              "remove it (it is not a lock lmscale made), then try again")
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0) | _OPEN_FLAGS, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # became a link after the check above
+            raise UnsafeLockError(f"{path} is a symbolic link; lmscale never writes its lock through one: "
+                                  "remove it (it is not a lock lmscale made), then try again") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "a hard link to another file" if stat.S_ISREG(st.st_mode) else "not a regular file"
+        raise UnsafeLockError(f"{path} is {what}; lmscale never writes its lock there: remove it (it is not "
+                              "a lock lmscale made), then try again")
+    return fd
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -71,7 +100,7 @@ class DirectoryLock:
         if self.fd is not None:
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = _open_lock_file(self.path, create=True)
         try:
             holder = _read_holder(fd)
             if fcntl is not None:
@@ -134,8 +163,8 @@ def lock_holder(directory: str | os.PathLike) -> Optional[dict[str, Any]]:
     """Who holds `directory`'s lock ({"pid", "host"}), or None when it is free (nothing is created)."""
     path = Path(directory) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        fd = _open_lock_file(path, create=False)
+    except (OSError, UnsafeLockError):
         return None
     try:
         holder = _read_holder(fd)

@@ -21,6 +21,7 @@ from lmscale.models.blocks import (
     padding_mask,
 )
 from lmscale.models.kernels import cross_entropy, linear_cross_entropy
+from lmscale.models.spec import family_spec
 
 
 class DecoderModel(LMBase):
@@ -33,8 +34,8 @@ class DecoderModel(LMBase):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.family != "decoder":
-            raise ValueError(f"DecoderModel needs family='decoder', got {cfg.family!r}")
+        if not family_spec(cfg).causal:
+            raise ValueError(f"DecoderModel needs a causal family (decoder), got {cfg.family!r}")
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model) if cfg.position == "learned" else None

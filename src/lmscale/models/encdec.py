@@ -21,6 +21,7 @@ from lmscale.models.blocks import (
     padding_mask,
 )
 from lmscale.models.kernels import cross_entropy, linear_cross_entropy
+from lmscale.models.spec import family_spec
 
 
 class Stack(nn.Module):
@@ -81,8 +82,8 @@ class EncoderDecoderModel(LMBase):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.family != "encoder-decoder":
-            raise ValueError(f"EncoderDecoderModel needs family='encoder-decoder', got {cfg.family!r}")
+        if not family_spec(cfg).is_encoder_decoder:
+            raise ValueError(f"EncoderDecoderModel needs an encoder-decoder family, got {cfg.family!r}")
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.encoder = Stack(cfg, cfg.n_layers, is_decoder=False)

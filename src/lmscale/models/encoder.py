@@ -24,6 +24,7 @@ from lmscale.models.blocks import (
     padding_mask,
 )
 from lmscale.models.kernels import cross_entropy, linear_cross_entropy
+from lmscale.models.spec import family_spec
 
 
 class MLMHead(nn.Module):
@@ -57,8 +58,8 @@ class EncoderModel(LMBase):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.family != "encoder":
-            raise ValueError(f"EncoderModel needs family='encoder', got {cfg.family!r}")
+        if family_spec(cfg).head != "cls":
+            raise ValueError(f"EncoderModel needs an encoder family (encoder), got {cfg.family!r}")
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model) if cfg.position == "learned" else None

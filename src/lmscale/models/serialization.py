@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +18,8 @@ from torch import nn
 from lmscale.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
 from lmscale.errors import CheckpointError
 from lmscale.io import atomic_directory, atomic_write_json
-from lmscale.models import build_model
+from lmscale.io.rundir import RunLayout
+from lmscale.models.spec import build_model
 from lmscale.tokenization import Tokenizer
 
 FORMAT = "lmscale"
@@ -53,18 +53,11 @@ def save_model_dir(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Pat
 
 
 def _checkpoint_from_run_dir(path: Path) -> Optional[Path]:
-    ck = path / "checkpoints"
-    if not ck.is_dir():
-        return None
-    best = ck / "best"
-    if (best / CONFIG_FILE).is_file():
-        return best
-    steps = []
-    for d in ck.iterdir():
-        m = re.fullmatch(r"step_(\d+)", d.name)
-        if m and (d / CONFIG_FILE).is_file():
-            steps.append((int(m.group(1)), d))
-    return max(steps)[1] if steps else None
+    run = RunLayout(path)
+    if (run.best / CONFIG_FILE).is_file():
+        return run.best
+    steps = [d for _, d in run.step_dirs() if (d / CONFIG_FILE).is_file()]
+    return steps[-1] if steps else None
 
 
 def resolve_model_dir(path: str | Path) -> Path:

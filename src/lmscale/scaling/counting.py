@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from lmscale.config import ModelConfig, preset_model
+from lmscale.config import ModelConfig, family_objective, preset_model
 
 CONVENTIONS = ("6N", "6N_non_embedding", "kaplan", "palm", "chinchilla", "exact")
 
@@ -74,10 +74,11 @@ def _mlp_matmul_flops(cfg: ModelConfig, length: int) -> int:
 def _exact_forward(cfg: ModelConfig, seq_len: int, target_len: int, mlm_fraction: float) -> tuple[float, int]:
     """(forward FLOPs per sequence, tokens that count as trained per sequence)."""
     d, v = cfg.d_model, cfg.vocab_size
-    if cfg.family == "decoder":
+    objective = family_objective(cfg.family)  # the family's layout, from the config-level registry
+    if objective == "causal":
         layer = _attn_matmul_flops(cfg, seq_len, seq_len) + _mlp_matmul_flops(cfg, seq_len)
         return cfg.n_layers * layer + 2 * seq_len * d * v, seq_len
-    if cfg.family == "encoder":
+    if objective == "mlm":
         layer = _attn_matmul_flops(cfg, seq_len, seq_len) + _mlp_matmul_flops(cfg, seq_len)
         masked = mlm_fraction * seq_len
         head = masked * (2 * d * v + (2 * d * d if cfg.mlm_transform else 0))

@@ -72,7 +72,7 @@ def make_shape(base: ModelConfig, d_model: int, n_layers: int, rule: ShapeRule =
     """`base` with the given width and depth, heads and FFN width by `rule`."""
     kw = dict(d_model=d_model, n_layers=n_layers, n_heads=_n_heads(d_model, rule), d_head=None,
               d_ff=max(rule.width_multiple, int(round(rule.ffn_ratio * d_model))))
-    if base.family == "encoder-decoder":
+    if base.n_decoder_layers is not None:  # an encoder-decoder: both stacks get the depth
         kw["n_decoder_layers"] = n_layers
     return replace(base, **kw)
 
@@ -88,7 +88,7 @@ def shape_for(target: float, base: ModelConfig, rule: ShapeRule = ShapeRule()) -
         raise ConfigError(f"target parameter count must be a positive number, got {target!r}")
     if rule.count not in ("non_embedding", "total"):
         raise ConfigError(f"shape rule count={rule.count!r} must be non_embedding or total")
-    aspect = rule.aspect_ratio or DEFAULT_ASPECT_RATIO[base.family]
+    aspect = rule.aspect_ratio or DEFAULT_ASPECT_RATIO.get(base.family, 32.0)
     widths = _widths(rule)
     candidates: list[tuple[float, float, ModelConfig]] = []
     for layers in range(rule.min_layers, rule.max_layers + 1):

@@ -35,19 +35,21 @@ from lmscale.errors import CheckpointError, LmscaleError
 from lmscale.io import clean_stale_temporaries
 from lmscale.io.locks import LOCK_FILE, DirectoryLock
 from lmscale.io.outputs import MARKER, OutputError, check_output_dir, mark_output_dir, only_known_entries
+from lmscale.io.rundir import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 from lmscale.tokenization import Tokenizer
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
 from lmscale.training.batches import Batch, StepBatches, to_device, validation_batches
 from lmscale.training.checkpoint import RunState
-from lmscale.training.engine import Engine, build_engine, compute_loss, resolve_device, sync
+from lmscale.training.device import resolve_device
+from lmscale.training.engine import Engine, build_engine, compute_loss, sync
 from lmscale.training.optim import schedule_steps
-from lmscale.training.rundir import CONFIG_FILE, SUMMARY_FILE, save_run_config
+from lmscale.training.rundir import RunDir
 from lmscale.training.trackers import TRACKERS_FILE, check_trackers
 
 _ABSOLUTE_POSITIONS = ("learned", "sinusoidal", "rope")
 # what a run directory holds: a directory of only these (and temporaries) is one lmscale wrote
-RUN_DIR_ENTRIES = frozenset({CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "checkpoints", TOKENIZER_DIR, SHARD_DIR,
+RUN_DIR_ENTRIES = frozenset({CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, CHECKPOINTS_DIR, TOKENIZER_DIR, SHARD_DIR,
                              "tensorboard", TRACKERS_FILE, "wandb", LOCK_FILE, MARKER})
 
 
@@ -74,7 +76,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     when `resume`; a pickled state of an older checkpoint in full only when `trust_checkpoint`);
     every process calls it."""
     cfg = with_absolute_paths(cfg)
-    resolve_device(cfg.train.device, info)  # an unavailable device fails before data is prepared
+    resolve_device(cfg.train.device, info, "train.device")  # an unavailable device fails before data is prepared
     check_trackers(cfg.train.report_to)  # and so does a tracker that is not installed
     run_dir = _checked_run_dir(cfg, info)
     tc = cfg.train
@@ -82,7 +84,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     _check_budget(tc)
     cfg, tokenizer, objective, shard_dir = _prepare_data(cfg, run_dir, resume, info)
     if info.is_main:
-        save_run_config(run_dir, cfg)
+        RunDir(run_dir).save_config(cfg)
     raw_len = objective.raw_length(tc.seq_len)
     train_ds, valid_ds = _open_splits(shard_dir, raw_len)
     sampler = WindowSampler(train_ds, raw_len, tc.batch_size, tc.seed, rank=info.rank, world_size=info.world_size)
@@ -108,7 +110,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
 def looks_like_run_dir(path: Path) -> bool:
     """A directory with a run's config.yaml and nothing but what runs write (a run directory
     written before run directories carried the output marker)."""
-    return (path / CONFIG_FILE).is_file() and only_known_entries(path, RUN_DIR_ENTRIES)
+    return RunDir(path).has_config() and only_known_entries(path, RUN_DIR_ENTRIES)
 
 
 def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
@@ -116,10 +118,12 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
     """Check that the run directory may be written and take its lock (the first process holds it
     for the run's life; the caller releases it). A fresh run refuses a file, or a non-empty
     directory that is not a run directory, unless `overwrite`; a second writer of the same run
-    directory is refused while the first lives. Temporaries that a killed run left are removed."""
+    directory is refused while the first lives, and so is a resume whose config changes what the
+    run trains (`RunDir.check_resume`). Checkpoints reached through a symbolic link are refused
+    before anything is removed; then the temporaries that a killed run left are removed."""
     if cfg.out is None:
         raise ConfigError("no run directory: set --out RUN_DIR (or `out:` in the config file)")
-    run_dir = Path(cfg.out)
+    run_dir = RunDir(cfg.out)
     lock, error = None, None
     if info.is_main:
         try:
@@ -129,15 +133,19 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
                 except OutputError as exc:
                     raise ConfigError(f"cannot write to the run directory: {exc}") from None
             try:  # the lock first: nothing is written into a directory another run holds
-                lock = DirectoryLock(run_dir, "run directory").acquire()
+                lock = run_dir.lock().acquire()
             except OSError as exc:
-                raise ConfigError(f"cannot write to the run directory {run_dir} ({exc.strerror or exc}); "
+                raise ConfigError(f"cannot write to the run directory {run_dir.root} ({exc.strerror or exc}); "
                                   "choose another --out") from None
-            problem = ckpt.is_writable_dir(run_dir)
+            run_dir.check_no_symlinks()
+            if resume:
+                run_dir.check_resume(cfg)
+            problem = ckpt.is_writable_dir(run_dir.root)
             if problem:
-                raise ConfigError(f"cannot write to the run directory {run_dir} ({problem}); choose another --out")
-            mark_output_dir(run_dir, "run")
-            clean_stale_temporaries(run_dir)
+                raise ConfigError(f"cannot write to the run directory {run_dir.root} ({problem}); "
+                                  "choose another --out")
+            mark_output_dir(run_dir.root, "run")
+            clean_stale_temporaries(run_dir.root, subdirs=(CHECKPOINTS_DIR,))
         except LmscaleError as exc:
             if lock is not None:
                 lock.release()
@@ -197,10 +205,10 @@ def _checked_run_dir(cfg: RunConfig, info: dist_util.DistInfo) -> Path:
     """The run directory `open_run_dir` checked and locked, with the config saved early."""
     if cfg.out is None:
         raise ConfigError("no run directory: set --out RUN_DIR (or `out:` in the config file)")
-    run_dir = Path(cfg.out)
-    if info.is_main and not (run_dir / CONFIG_FILE).exists():
-        save_run_config(run_dir, cfg)  # early, so a run killed while preparing data can --resume
-    return run_dir
+    run_dir = RunDir(cfg.out)
+    if info.is_main and not run_dir.config_path.exists():
+        run_dir.save_config(cfg)  # early, so a run killed while preparing data can --resume
+    return run_dir.root
 
 
 def _batching(tc: TrainConfig, info: dist_util.DistInfo) -> tuple[int, int]:

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from lmscale.config import ModelConfig
 from lmscale.errors import CheckpointError
 from lmscale.io import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
+from lmscale.io.rundir import RunLayout
 from lmscale.models import build_model
 from lmscale.models.serialization import WEIGHTS_FILE, load_state_checked, write_model_files
 from lmscale.training import distributed as dist_util
@@ -41,7 +41,6 @@ from lmscale.training import distributed as dist_util
 STATE_FILE = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
 LEGACY_STATE_FILE = "trainer_state.pt"
-_STEP_RE = re.compile(r"step_(\d+)")
 
 
 @dataclass
@@ -80,21 +79,10 @@ class RunState:
         )
 
 
-def step_dir_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete step checkpoints (with trainer state), oldest first."""
-    ck = Path(run_dir) / "checkpoints"
-    if not ck.is_dir():
-        return []
-    out = []
-    for d in ck.iterdir():
-        m = _STEP_RE.fullmatch(d.name)
-        if m and d.is_dir() and ((d / STATE_FILE).is_file() or (d / LEGACY_STATE_FILE).is_file()):
-            out.append((int(m.group(1)), d))
-    return sorted(out)
+    return [(step, d) for step, d in RunLayout(run_dir).step_dirs()
+            if (d / STATE_FILE).is_file() or (d / LEGACY_STATE_FILE).is_file()]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
@@ -125,7 +113,7 @@ def save_checkpoint(
     keep_last: int = 2,
 ) -> Path:
     """Write `checkpoints/step_N` atomically, then prune to the newest `keep_last`."""
-    target = Path(run_dir) / "checkpoints" / step_dir_name(step)
+    target = RunLayout(run_dir).step_dir(step)
     with atomic_directory(target) as tmp:
         write_model_files(model, tokenizer, tmp)
         write_trainer_state(tmp, trainer_state)
@@ -135,7 +123,7 @@ def save_checkpoint(
 
 def save_best(run_dir: str | Path, model: torch.nn.Module, tokenizer: Any, info: dict[str, Any]) -> Path:
     """Replace `checkpoints/best` (a model dir) atomically; `best.json` says which step/loss."""
-    target = Path(run_dir) / "checkpoints" / "best"
+    target = RunLayout(run_dir).best
     with atomic_directory(target) as tmp:
         write_model_files(model, tokenizer, tmp)
         atomic_write_json(tmp / "best.json", info)
@@ -186,12 +174,14 @@ def checkpoint_problem(ckpt_dir: str | Path) -> Optional[str]:
 
 
 def clear_checkpoints(run_dir: str | Path) -> None:
-    """Remove step checkpoints and `best` (a fresh run that reuses a run directory)."""
-    ck = Path(run_dir) / "checkpoints"
-    if not ck.is_dir():
+    """Remove step checkpoints and `best` (a fresh run that reuses a run directory); refused,
+    with nothing removed, when a link would take the removal outside the run directory."""
+    layout = RunLayout(run_dir)
+    layout.check_no_symlinks()
+    if not layout.checkpoints.is_dir():
         return
-    for d in ck.iterdir():
-        if d.is_dir() and (_STEP_RE.fullmatch(d.name) or d.name == "best"):
+    for d in layout.checkpoints.iterdir():
+        if layout.is_checkpoint_entry(d) and d.is_dir():
             shutil.rmtree(d, ignore_errors=True)
 
 

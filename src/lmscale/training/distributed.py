@@ -21,6 +21,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lmscale.models.spec import family_spec
+from lmscale.training.device import resolve_device
+
 try:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -56,7 +59,8 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     if world <= 1:
         return DistInfo()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and not str(device_pref).startswith("cpu")
+    info = DistInfo(local_rank=local_rank, world_size=world)
+    use_cuda = resolve_device(device_pref, info, "train.device").type == "cuda"
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -136,12 +140,8 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
-    """Repeated transformer blocks: the children of every ModuleList."""
-    out = []
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList):
-            out.extend(module)
-    return out
+    """The units its family's spec shards one by one (the repeated transformer blocks)."""
+    return family_spec(model).fsdp_units(model)
 
 
 def wrap_model(model: nn.Module, info: DistInfo, parallel: str, device: torch.device,

@@ -1,5 +1,8 @@
 """The model on its device: device and precision, the model built (and its checkpointed weights
-loaded), compiled and wrapped for data parallelism, and its optimizer."""
+loaded), compiled and wrapped for data parallelism, and its optimizer.
+
+The precision policy lives here (`precision`, `grad_scaler`) and the device rule in `device.py`;
+`step.OptimizerStep` applies both in every optimizer step of the package."""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +16,7 @@ from lmscale.config import ConfigError, RunConfig
 from lmscale.models import build_model
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
+from lmscale.training.device import resolve_device
 from lmscale.training.optim import build_optimizer
 
 
@@ -36,7 +40,7 @@ def build_engine(cfg: RunConfig, info: dist_util.DistInfo, checkpoint: Optional[
     """The model of `cfg.model`, initialised from `train.seed` (or with the weights of
     `checkpoint`), on its device, compiled and wrapped as `cfg.train` says, with its optimizer."""
     tc = cfg.train
-    device = resolve_device(tc.device, info)
+    device = resolve_device(tc.device, info, "train.device")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -56,29 +60,15 @@ def build_engine(cfg: RunConfig, info: dist_util.DistInfo, checkpoint: Optional[
     model = dist_util.wrap_model(model, info, tc.parallel, device, mixed_bf16=compute_dtype == "bf16")
     if tc.compile and tc.parallel == "fsdp" and info.enabled:
         model = torch.compile(model)
-    scaler = torch.amp.GradScaler(device.type) if compute_dtype == "fp16" else None
-    return Engine(model, build_optimizer(model, tc), device, autocast, compute_dtype, params, scaler)
-
-
-def resolve_device(pref: str, info: dist_util.DistInfo) -> torch.device:
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", info.local_rank)
-        return torch.device("cpu")
-    dev = torch.device(pref)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={pref} but CUDA is not available; use train.device=cpu")
-        if info.enabled:
-            return torch.device("cuda", info.local_rank)
-    return dev
+    return Engine(model, build_optimizer(model, tc), device, autocast, compute_dtype, params,
+                  grad_scaler(device, compute_dtype))
 
 
 def precision(device: torch.device, dtype_pref: str) -> tuple[Callable[[], ContextManager], str]:
     """The autocast context for the forward passes and the dtype of their products; fp32 weights
-    and optimizer state always. `auto` is bf16 on GPUs that have it, fp16 (with a gradient scaler,
-    see `build_engine`) on older ones such as T4 or V100, and fp32 on CPUs, so CPU results do not
-    depend on which CPU a run lands on."""
+    and optimizer state always. `auto` is bf16 on GPUs that have it, fp16 (with `grad_scaler`) on
+    older ones such as T4 or V100, and fp32 on CPUs, so CPU results do not depend on which CPU a
+    run lands on."""
     chosen = dtype_pref
     if dtype_pref == "auto":
         chosen = "fp32" if device.type != "cuda" else ("bf16" if cuda_has_bf16(device) else "fp16")
@@ -86,6 +76,11 @@ def precision(device: torch.device, dtype_pref: str) -> tuple[Callable[[], Conte
         return contextlib.nullcontext, "fp32"
     half = torch.bfloat16 if chosen == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=half), chosen
+
+
+def grad_scaler(device: torch.device, compute_dtype: str) -> Optional[torch.amp.GradScaler]:
+    """fp16 products need loss scaling against gradient underflow; bf16 and fp32 do not."""
+    return torch.amp.GradScaler(device.type) if compute_dtype == "fp16" else None
 
 
 def cuda_has_bf16(device: torch.device) -> bool:

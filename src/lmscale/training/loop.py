@@ -40,10 +40,11 @@ from lmscale.training import distributed as dist_util
 from lmscale.training.batches import to_device
 from lmscale.training.build import Run, build_run, open_run_dir
 from lmscale.training.checkpoint import RunState
-from lmscale.training.engine import compute_loss, sync
+from lmscale.training.engine import Engine, compute_loss, sync
 from lmscale.training.metrics import MetricsLogger, Progress, cpu_has_native_bf16, peak_flops
 from lmscale.training.optim import lr_at, tokens_per_step
-from lmscale.training.rundir import SUMMARY_FILE, write_summary
+from lmscale.training.rundir import RunDir, RunSummary, write_summary
+from lmscale.training.step import OptimizerStep, record_step, streak_message
 from lmscale.training.trackers import flat_params
 
 _HINTS: dict[str, bool] = {}  # one-time suggestions already shown in this process
@@ -67,7 +68,7 @@ def pretrain(run_config: RunConfig, resume: bool = False, progress: bool = True,
             run = build_run(run_config, info, resume=resume, trust_checkpoint=trust_checkpoint)
         except LmscaleError as exc:
             if info.is_main:
-                _record_failed_start(run_config.out, str(exc))
+                _record_failed_start(run_config.out, str(exc), resume)
             raise
         return Trainer(run, MetricsLogger(run.run_dir, enabled=info.is_main, train_cfg=run.cfg.train),
                        progress=progress).run()
@@ -77,29 +78,25 @@ def pretrain(run_config: RunConfig, resume: bool = False, progress: bool = True,
         dist_util.shutdown(info)
 
 
-def _record_failed_start(out: Optional[str], error: str) -> None:
-    """The summary of a run that failed before its first step, when its run directory exists."""
+def _record_failed_start(out: Optional[str], error: str, resume: bool) -> None:
+    """The summary of a run that failed before its first step, when its run directory exists; a
+    failed resume keeps the summary of an earlier session that trained to its end."""
     if out is None or not Path(out).is_dir():
         return
+    failed = RunSummary.from_dict(summary_record(RunState(total_steps=0, budget="steps"), "failed", error))
     with contextlib.suppress(OSError):
-        write_summary(Path(out), summary_record(RunState(total_steps=0, budget="steps"), "failed", error))
+        RunDir(out).record_failed_start(failed, resume)
 
 
 def summary_record(state: RunState, status: str, error: Optional[str], flops_per_token: float = 0.0,
                    params: Optional[dict[str, int]] = None) -> dict[str, Any]:
-    """What `summary.json` holds about a run that ended (or failed to start)."""
-    return {
-        "status": status,
-        "steps": state.step,
-        "tokens": state.tokens,
-        "flops": float(state.tokens * flops_per_token),
-        "wall_s": round(state.wall_s, 3),
-        "final_val_loss": state.last_val_loss,
-        "best_val_loss": state.best_val_loss,
-        "params": params or None,
-        "tokens_per_s": (state.tokens / state.train_time_s) if state.train_time_s > 0 else None,
-        "error": error,
-    }
+    """What `summary.json` holds about a run that ended (or failed to start), as `RunSummary` keys."""
+    return RunSummary(
+        status=status, steps=state.step, tokens=state.tokens, flops=float(state.tokens * flops_per_token),
+        wall_s=round(state.wall_s, 3), final_val_loss=state.last_val_loss, best_val_loss=state.best_val_loss,
+        params=params or None, error=error,
+        tokens_per_s=(state.tokens / state.train_time_s) if state.train_time_s > 0 else None,
+    ).to_dict()
 
 
 @dataclass
@@ -115,49 +112,36 @@ class Trainer:
     """Runs the optimizer steps of a built run, and its evaluations, checkpoints and records."""
 
     def __init__(self, run: Run, logger: MetricsLogger, progress: bool = True) -> None:
-        self.cfg = run.cfg
-        self.info = run.info
-        self.run_dir = run.run_dir
-        self.tokenizer = run.tokenizer
-        self.model = run.engine.model
-        self.optimizer = run.engine.optimizer
-        self.device = run.engine.device
-        self.autocast = run.engine.autocast
-        self.compute_dtype = run.engine.compute_dtype
-        self.scaler = run.engine.scaler
-        self.params = run.engine.params
-        self.batches = run.batches
-        self.val_batches = run.val_batches
-        self.bytes_per_token = run.bytes_per_token
-        self.state = run.state
-        self.resumed = run.resumed
-        self.step_time_estimate = run.step_time_estimate
-        self.flops_per_token = run.flops_per_token
+        self.built = run  # the built run is the one source of its parts and of its state
         self.tokens_per_step = tokens_per_step(run.cfg.train)
         self.logger = logger
         self.show_progress = progress
         self.reduce_device = dist_util.collective_device(run.info, run.engine.device)
-        # a non-finite step is skipped inside the fused AdamW kernel (its found_inf input), so
-        # no step has to wait for the device before its update is queued; FSDP's sharded
-        # parameters and the multi-tensor fallback keep the host-side decision
-        self.skip_on_device = (bool(self.optimizer.defaults.get("fused")) and run.cfg.train.parallel != "fsdp"
-                               and self.scaler is None)
+        self.optimizer_step = OptimizerStep(run.engine.model, run.engine.optimizer, run.cfg.train.grad_clip,
+                                            run.engine.autocast, run.engine.scaler,
+                                            sharded=run.cfg.train.parallel == "fsdp")
         # on an accelerator the host queues step after step and reads the losses, gradient
         # norms and skips once per log interval (each read makes the device go idle while the
         # host catches up); on CPU a read costs nothing and every step is read at once
-        self.read_every_step = self.device.type != "cuda"
+        self.read_every_step = run.engine.device.type != "cuda"
         # per-step (step, loss, grad_norm, skipped) not yet read on the host: device tensors when
         # the skip of a non-finite step is decided on the device (see `train_step`)
         self.pending: list[tuple[int, Any, Any, Any]] = []
 
+    @property
+    def engine(self) -> Engine:
+        """The model, its optimizer and the precision/device policy it trains with."""
+        return self.built.engine
+
     def run(self) -> dict[str, Any]:
         """Train to the end of the schedule (or of the clock, or of a non-finite streak) and
         evaluate the final weights; returns the summary."""
-        bar = Progress(self.state.total_steps, self.state.step, enabled=self.show_progress and self.info.is_main)
+        st = self.built.state
+        bar = Progress(st.total_steps, st.step, enabled=self.show_progress and self.built.info.is_main)
         try:
             self._open_records()
             status, error = self._train(bar)
-            if status in ("finished", "time_cap", "early_stopped") and self.state.last_eval_step != self.state.step:
+            if status in ("finished", "time_cap", "early_stopped") and st.last_eval_step != st.step:
                 self.run_eval(bar)  # the summary's final_val_loss belongs to the final weights
         except KeyboardInterrupt:
             self._finish("stopped", "interrupted", bar)
@@ -170,13 +154,13 @@ class Trainer:
     def _train(self, bar: Progress) -> tuple[str, Optional[str]]:
         """The step loop: the host reads the device's results only where it logs, evaluates,
         saves or checks the clock (or after every step when reads are free)."""
-        tc, st = self.cfg.train, self.state
-        peak = peak_flops(self.device, self.compute_dtype) if self.info.is_main else float("nan")
-        if not self.resumed:
+        tc, st = self.built.cfg.train, self.built.state
+        peak = peak_flops(self.engine.device, self.engine.compute_dtype) if self.built.info.is_main else float("nan")
+        if not self.built.resumed:
             # dropout draws from here on; independent of whatever setup consumed before
-            torch.manual_seed(tc.seed * 1_000_003 + 17 + self.info.rank)
-        if bar.enabled and self.device.type == "cpu":
-            _cpu_precision_hint(tc.dtype, self.compute_dtype, bar)
+            torch.manual_seed(tc.seed * 1_000_003 + 17 + self.built.info.rank)
+        if bar.enabled and self.engine.device.type == "cpu":
+            _cpu_precision_hint(tc.dtype, self.engine.compute_dtype, bar)
         interval, grad_norm = _Interval(), float("nan")
         session_start, wall_at_start = time.perf_counter(), st.wall_s
         segment_start = session_start  # training time runs from here to the next read
@@ -191,7 +175,7 @@ class Trainer:
             out_of_time = not at_end and self._out_of_time()
             if not (self.read_every_step or log_now or eval_now or save_now or out_of_time):
                 continue
-            sync(self.device)
+            sync(self.engine.device)
             st.wall_s = wall_at_start + (time.perf_counter() - session_start)
             dt = time.perf_counter() - segment_start
             st.train_time_s += dt
@@ -222,61 +206,32 @@ class Trainer:
         return "finished", None
 
     def train_step(self) -> None:
-        """One optimizer step; its loss, gradient norm and skip go to `self.pending`."""
-        tc, info, st = self.cfg.train, self.info, self.state
-        lr = lr_at(st.step, st.total_steps, tc)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        micro_batches, counts = self.batches.take(st.step)
+        """One optimizer step (`step.OptimizerStep`); its loss, gradient norm and skip go to
+        `self.pending`."""
+        info, st, step = self.built.info, self.built.state, self.optimizer_step
+        step.set_lr(lr_at(st.step, st.total_steps, self.built.cfg.train))
+        micro_batches, counts = self.built.batches.take(st.step)
         total = dist_util.global_sum(float(sum(counts)), info, self.reduce_device)
         total = total.clamp(min=1.0) if isinstance(total, torch.Tensor) else max(total, 1.0)
-        self.model.train()
-        loss_acc = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.engine.model.train()
+        loss_acc = torch.zeros((), device=self.engine.device, dtype=torch.float64)
         for i, b in enumerate(micro_batches):
-            b = to_device(b, self.device)
+            b = to_device(b, self.engine.device)
             last = i == len(micro_batches) - 1
-            with dist_util.no_gradient_sync(self.model, active=info.enabled and not last):
-                with self.autocast():
-                    loss = compute_loss(self.model, b)
-                weight = counts[i] / total * info.world_size
-                scaled = loss * weight
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            with dist_util.no_gradient_sync(self.engine.model, active=info.enabled and not last):
+                with self.engine.autocast():
+                    loss = compute_loss(self.engine.model, b)
+                step.backward(loss, counts[i] / total * info.world_size)
             loss_acc += loss.detach().double() * counts[i]
         if st.step + 1 < st.total_steps:
             # the next step's inputs are built now, before the first read of a result: on an
             # accelerator the host works while the device runs this step's kernels instead of
             # the device idling while the host builds them; on CPU it only moves the same work
-            self.batches.prefetch(st.step + 1)
-        step_loss = dist_util.sum_tensor(loss_acc, info, self.reduce_device) / total
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = tc.grad_clip if tc.grad_clip and tc.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        norm = norm.detach()
-        if self.scaler is not None:
-            # the scaler skips a step whose gradients overflowed and lowers the scale: routine in
-            # fp16, so only a non-finite loss counts as a bad step
-            skipped = ~torch.isfinite(step_loss)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        elif self.skip_on_device:
-            skipped = ~(torch.isfinite(step_loss) & torch.isfinite(norm))
-            # the fused kernel leaves weights, moments and step count untouched when found_inf
-            # is 1: the same state as not calling step() at all
-            self.optimizer.found_inf = skipped.to(torch.float32)
-            self.optimizer.step()
-        else:
-            step_loss, norm = float(step_loss.item()), float(norm.item())
-            skipped = not (math.isfinite(step_loss) and math.isfinite(norm))
-            if not skipped:
-                self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            self.built.batches.prefetch(st.step + 1)
+        result = step.update(dist_util.sum_tensor(loss_acc, info, self.reduce_device) / total)
         st.step += 1
         st.tokens += self.tokens_per_step
-        self.pending.append((st.step, step_loss, norm, skipped))
+        self.pending.append((st.step, result.loss, result.grad_norm, result.skipped))
 
     def read_pending(self) -> list[tuple[int, float, float, bool]]:
         """(step, loss, grad_norm, skipped) of the steps run since the last read, on the host:
@@ -293,74 +248,71 @@ class Trainer:
     def _read_results(self, interval: _Interval, grad_norm: float) -> tuple[float, Optional[str]]:
         """Count the steps read now: finite losses into `interval`, non-finite ones recorded.
         Returns the last gradient norm read, and the error when a non-finite streak is too long."""
-        st, max_bad, error = self.state, self.cfg.train.max_bad_steps, None
+        st, max_bad, error = self.built.state, self.built.cfg.train.max_bad_steps, None
         for step, loss, grad_norm, skipped in self.read_pending():
+            stop = record_step(st, skipped, max_bad)
             if not skipped:
-                st.consecutive_bad = 0
                 interval.losses.append(loss)
                 continue
-            st.bad_steps += 1
-            st.consecutive_bad += 1
             self.logger.log({"event": "nonfinite", "step": step, "loss": loss, "grad_norm": grad_norm,
                              "bad_steps": st.bad_steps})
-            if st.consecutive_bad >= max_bad and error is None:
-                last = ckpt.latest_checkpoint(self.run_dir)
+            if stop and error is None:
+                last = ckpt.latest_checkpoint(self.built.run_dir)
                 error = (
-                    f"{st.consecutive_bad} consecutive steps with a non-finite loss or gradient "
-                    f"(up to step {step}); stopped. The last good checkpoint "
+                    f"{streak_message(st.consecutive_bad, step)}. The last good checkpoint "
                     f"({last if last else 'none written yet'}) is kept: lower train.lr, raise "
                     "train.warmup_steps or train.grad_clip, or resume with train.max_bad_steps higher"
                 )
         return grad_norm, error
 
     def _log_train(self, interval: _Interval, grad_norm: float, peak: float, bar: Progress) -> None:
-        st, world = self.state, self.info.world_size
+        st, world = self.built.state, self.built.info.world_size
         tps = interval.tokens / interval.seconds if interval.seconds > 0 else None
         mean_loss = float(np.mean(interval.losses)) if interval.losses else float("nan")
-        mfu = (self.flops_per_token * tps / (peak * world)) if tps and peak == peak else None
+        mfu = (self.built.flops_per_token * tps / (peak * world)) if tps and peak == peak else None
         self.logger.log({
             "event": "train", "step": st.step, "tokens": st.tokens, "loss": mean_loss,
-            "lr": lr_at(st.step - 1, st.total_steps, self.cfg.train), "grad_norm": grad_norm,
-            "tokens_per_s": tps, "flops": st.tokens * self.flops_per_token, "mfu": mfu,
+            "lr": lr_at(st.step - 1, st.total_steps, self.built.cfg.train), "grad_norm": grad_norm,
+            "tokens_per_s": tps, "flops": st.tokens * self.built.flops_per_token, "mfu": mfu,
             "wall_s": round(st.wall_s, 3), "bad_steps": st.bad_steps,
         })
         bar.update(st.step, mean_loss, tps)
 
     def _out_of_time(self) -> bool:
-        limits = [t for t in (self.cfg.train.max_time_s, self.cfg.train.time_cap_s) if t is not None]
+        limits = [t for t in (self.built.cfg.train.max_time_s, self.built.cfg.train.time_cap_s) if t is not None]
         if not limits:
             return False
-        over = self.state.wall_s >= float(min(limits))
-        return bool(dist_util.broadcast_object(over, self.info))
+        over = self.built.state.wall_s >= float(min(limits))
+        return bool(dist_util.broadcast_object(over, self.built.info))
 
     @torch.no_grad()
     def evaluate(self) -> Optional[dict[str, float]]:
         """Mean token loss over this run's fixed validation batches (all processes together)."""
-        if self.val_batches is None:
+        if self.built.val_batches is None:
             return None
-        model = self.model if dist_util.is_fsdp(self.model) else dist_util.unwrap(self.model)
+        model = self.engine.model if dist_util.is_fsdp(self.engine.model) else dist_util.unwrap(self.engine.model)
         model.eval()
-        loss_acc = torch.zeros((), device=self.device, dtype=torch.float64)
+        loss_acc = torch.zeros((), device=self.engine.device, dtype=torch.float64)
         count = 0.0
-        for b, n in self.val_batches:
-            with self.autocast():
-                loss = compute_loss(model, to_device(b, self.device))
+        for b, n in self.built.val_batches:
+            with self.engine.autocast():
+                loss = compute_loss(model, to_device(b, self.engine.device))
             loss_acc += loss.detach().double() * n
             count += n
         # one read of the device per evaluation, not one per batch
-        loss_sum, count = dist_util.all_reduce_sum([float(loss_acc.item()), count], self.info, self.reduce_device)
+        loss_sum, count = dist_util.all_reduce_sum([float(loss_acc.item()), count], self.built.info, self.reduce_device)
         model.train()
         val_loss = loss_sum / max(count, 1)
         out = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
-        if self.bytes_per_token:
-            out["val_bpb"] = val_loss / math.log(2) / self.bytes_per_token
+        if self.built.bytes_per_token:
+            out["val_bpb"] = val_loss / math.log(2) / self.built.bytes_per_token
         return out
 
     def run_eval(self, bar: Progress) -> None:
         ev = self.evaluate()
         if ev is None:
             return
-        st = self.state
+        st = self.built.state
         st.last_eval_step = st.step
         st.last_val_loss = ev["val_loss"]
         improved = st.best_val_loss is None or ev["val_loss"] < st.best_val_loss
@@ -374,71 +326,73 @@ class Trainer:
 
     def save(self) -> None:
         """A resumable checkpoint of this step (every process takes part; rank 0 writes it)."""
-        info, st = self.info, self.state
+        info, st = self.built.info, self.built.state
         rngs = dist_util.all_gather_object(ckpt.rng_state(), info)
-        model, optim_sd = ckpt.model_and_optimizer_to_save(self.model, self.optimizer, self.cfg.model, info)
+        model, optim_sd = ckpt.model_and_optimizer_to_save(self.engine.model, self.engine.optimizer,
+                                                           self.built.cfg.model, info)
         if info.is_main:
             state = {
-                **asdict(st), "flops": st.tokens * self.flops_per_token, "optimizer": optim_sd,
-                "rng_by_rank": rngs, "sampler": self.batches.sampler_state(), "world_size": info.world_size,
-                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "tokenizer_hash": self.tokenizer.hash,
+                **asdict(st), "flops": st.tokens * self.built.flops_per_token, "optimizer": optim_sd,
+                "rng_by_rank": rngs, "sampler": self.built.batches.sampler_state(), "world_size": info.world_size,
+                "grad_scaler": self.engine.scaler.state_dict() if self.engine.scaler is not None else None,
+                "tokenizer_hash": self.built.tokenizer.hash,
             }
-            path = ckpt.save_checkpoint(self.run_dir, st.step, model, self.tokenizer, state,
-                                        keep_last=self.cfg.train.keep_last)
+            path = ckpt.save_checkpoint(self.built.run_dir, st.step, model, self.built.tokenizer, state,
+                                        keep_last=self.built.cfg.train.keep_last)
             self.logger.log({"event": "checkpoint", "step": st.step, "tokens": st.tokens,
                              "path": str(path), "wall_s": round(st.wall_s, 3)})
         dist_util.barrier(info)
 
     def save_best(self) -> None:
-        if dist_util.is_fsdp(self.model):
-            model, _ = ckpt.model_and_optimizer_to_save(self.model, self.optimizer, self.cfg.model, self.info)
+        if dist_util.is_fsdp(self.engine.model):
+            model, _ = ckpt.model_and_optimizer_to_save(self.engine.model, self.engine.optimizer,
+                                                        self.built.cfg.model, self.built.info)
         else:
-            model = dist_util.unwrap(self.model)
-        if self.info.is_main:
-            ckpt.save_best(self.run_dir, model, self.tokenizer,
-                           {"step": self.state.step, "val_loss": self.state.best_val_loss})
-        dist_util.barrier(self.info)
+            model = dist_util.unwrap(self.engine.model)
+        if self.built.info.is_main:
+            ckpt.save_best(self.built.run_dir, model, self.built.tokenizer,
+                           {"step": self.built.state.step, "val_loss": self.built.state.best_val_loss})
+        dist_util.barrier(self.built.info)
 
     def _open_records(self) -> None:
         """A resumed run drops the records past its checkpoint; a fresh start replaces an earlier
         run's records and checkpoints, so --resume never mixes the two."""
-        info, st = self.info, self.state
-        if self.resumed:
+        info, st = self.built.info, self.built.state
+        if self.built.resumed:
             self.logger.truncate_after(st.step)
         elif info.is_main:
             self.logger.truncate_after(-1)
-            ckpt.clear_checkpoints(self.run_dir)
-            (self.run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+            ckpt.clear_checkpoints(self.built.run_dir)
+            RunDir(self.built.run_dir).remove_summary()
         dist_util.barrier(info)
-        self.logger.open_trackers(st.step if self.resumed else None, self.tracker_params())
-        if not self.resumed:
+        self.logger.open_trackers(st.step if self.built.resumed else None, self.tracker_params())
+        if not self.built.resumed:
             self.logger.log({
                 "event": "start", "step": 0, "tokens": 0, "total_steps": st.total_steps, "budget": st.budget,
-                "step_time_estimate_s": self.step_time_estimate, "flops_per_token": self.flops_per_token,
-                "flop_convention": "palm", "params": self.params, "world_size": info.world_size,
-                "device": str(self.device), "dtype": self.compute_dtype,
-                "micro_batch_size": self.batches.micro, "accum_steps": self.batches.accum,
+                "step_time_estimate_s": self.built.step_time_estimate, "flops_per_token": self.built.flops_per_token,
+                "flop_convention": "palm", "params": self.engine.params, "world_size": info.world_size,
+                "device": str(self.engine.device), "dtype": self.engine.compute_dtype,
+                "micro_batch_size": self.built.batches.micro, "accum_steps": self.built.batches.accum,
             })
 
     def tracker_params(self) -> dict[str, Any]:
         """What a tracker run is described by: the resolved config, the parameter counts, the
         FLOPs per token, and the `train.tracker_params` a sweep adds (its N, D and C)."""
-        cfg = to_dict(self.cfg)
+        cfg = to_dict(self.built.cfg)
         cfg["train"].pop("tracker_params", None)
-        return {**flat_params(cfg), **{f"params.{k}": v for k, v in (self.params or {}).items()},
-                "flops_per_token": self.flops_per_token, "total_steps": self.state.total_steps,
-                **self.cfg.train.tracker_params}
+        return {**flat_params(cfg), **{f"params.{k}": v for k, v in (self.engine.params or {}).items()},
+                "flops_per_token": self.built.flops_per_token, "total_steps": self.built.state.total_steps,
+                **self.built.cfg.train.tracker_params}
 
     def _finish(self, status: str, error: Optional[str], bar: Progress) -> dict[str, Any]:
         bar.close()
-        st = self.state
-        summary = summary_record(st, status, error, self.flops_per_token, self.params)
-        if self.info.is_main:
+        st = self.built.state
+        summary = summary_record(st, status, error, self.built.flops_per_token, self.engine.params)
+        if self.built.info.is_main:
             self.logger.log({"event": "end", "step": st.step, "tokens": st.tokens, "status": status,
                              "bad_steps": st.bad_steps, "wall_s": round(st.wall_s, 3),
                              "tokens_per_s": summary["tokens_per_s"], "error": error})
-            write_summary(self.run_dir, summary)
+            write_summary(self.built.run_dir, summary)
         self.logger.close(status)
         return summary
 

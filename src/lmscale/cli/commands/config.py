@@ -27,16 +27,16 @@ def resolve(target: str | None, extra: list[str]):
     """A RunConfig from a preset name or a YAML file (or the defaults) and `--section.key` overrides."""
     from pathlib import Path
 
-    from lmscale.config import ConfigError, load_run_config, parse_override_args
+    from lmscale.config import ConfigError, compose, parse_override_args
 
     overrides = parse_override_args(list(extra))
     if target is None:
-        return load_run_config(None, None, overrides)
+        return compose(overrides=overrides)
     if Path(target).is_file():
-        return load_run_config(target, None, overrides)
+        return compose(files=[target], overrides=overrides)
     if target.endswith((".yaml", ".yml", ".json")) or "/" in target:
         raise ConfigError(f"config file {target} does not exist")
-    return load_run_config(None, target, overrides)  # an unknown preset: a did-you-mean error
+    return compose(target, overrides=overrides)  # an unknown preset: a did-you-mean error
 
 
 def run(args: argparse.Namespace) -> int:

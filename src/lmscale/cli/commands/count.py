@@ -23,7 +23,7 @@ def load_model_config(target: str, overrides: dict | None = None):
     """(ModelConfig, seq_len or None, published params or None) from a preset name or a file."""
     from pathlib import Path
 
-    from lmscale.config import ConfigError, load_run_config, model_config_from_dict, preset_info, preset_names
+    from lmscale.config import ConfigError, compose, load_yaml, model_config_from_dict, preset_info
 
     path = Path(target)
     published = None
@@ -32,23 +32,13 @@ def load_model_config(target: str, overrides: dict | None = None):
     if path.is_dir() and not (path / "config.json").is_file():
         raise ConfigError(f"{target} is a directory without config.json: not a model directory or a config file")
     if path.exists() and path.is_file():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte offset {exc.start}); "
-                              "is it a YAML or JSON file?") from None
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping (a run config, or a model config)")
+        data = load_yaml(path)
+        if not data:
+            raise ConfigError(f"config file {path} is empty: expected a run config or a model config")
         if "model" in data and isinstance(data["model"], dict) and "format" in data:
             data = data["model"]  # a model directory's config.json
         if "model" in data or "preset" in data:
-            run = load_run_config(path, None, overrides)
+            run = compose(files=[data], overrides=overrides)
             return run.model, run.train.seq_len, published
         model_over = {k.split(".", 1)[1]: v for k, v in (overrides or {}).items() if k.startswith("model.")}
         other = [k for k in (overrides or {}) if not k.startswith("model.")]
@@ -58,9 +48,7 @@ def load_model_config(target: str, overrides: dict | None = None):
         return cfg, None, published
     if path.suffix in (".yaml", ".yml", ".json") or "/" in target:
         raise ConfigError(f"config file {target} does not exist")
-    if target not in preset_names():
-        load_run_config(None, target)  # raises with a did-you-mean hint
-    run = load_run_config(None, target, overrides)
+    run = compose(target, overrides=overrides)  # an unknown preset: a did-you-mean error
     published = preset_info(target).get("published_params")
     return run.model, run.train.seq_len, published
 

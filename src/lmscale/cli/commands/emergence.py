@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lmscale.cli.argtypes import device
+from lmscale.cli.argtypes import add_device_argument
 
 HELP = "emergence: sigmoid / broken-power-law fits, accuracy vs likelihood, extrapolation, synthetic ICL"
 DESCRIPTION = """Emergence and phase transitions. `fit` fits a metric against log-compute with a sigmoid and
@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--steps", type=int, help="training steps per model")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--json", action="store_true")
-    i.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    add_device_argument(i)
 
 
 def _print_analysis(a) -> None:

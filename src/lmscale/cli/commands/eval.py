@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from lmscale.cli.argtypes import device, nonnegative_int, positive_int
+from lmscale.cli.argtypes import add_device_argument, nonnegative_int, positive_int
 
 HELP = "evaluate a checkpoint: corpus perplexity, or few-shot BIG-bench tasks (GPT-3 protocol)"
 
@@ -37,8 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="stop after the document that reaches this many tokens (quick estimates; a document "
                          "far longer than that is cut before it is tokenized)")
     pp.add_argument("--batch-size", type=positive_int, default=8)
-    pp.add_argument("--device", type=device, default="auto",
-                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    add_device_argument(pp)
     pp.add_argument("--errors", choices=["strict", "replace"], default="strict",
                     help="undecodable bytes in a local corpus: fail naming the file and offset, or replace them")
     pp.add_argument("--out", default=None,
@@ -57,8 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fp.add_argument("--hf", default=None, metavar="DIR", help="evaluate a local transformers causal LM directory")
     fp.add_argument("--batch-tokens", type=positive_int, default=2048, help="tokens per scoring batch")
     fp.add_argument("--samples", action="store_true", help="include every item's prompt and scores in --out")
-    fp.add_argument("--device", type=device, default="auto",
-                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    add_device_argument(fp)
     fp.add_argument("--out", default=None, help="write the results here, in lm-evaluation-harness's results schema")
     fp.add_argument("--download", action="store_true",
                     help="fetch BIG-bench (358 MB) if a --task name needs it and it is not here yet")

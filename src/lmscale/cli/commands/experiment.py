@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lmscale.cli.argtypes import device
+from lmscale.cli.argtypes import add_device_argument
 
 HELP = "run the lecture's experiments (pretraining-effect)"
 
@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--pooling", default=None, help="encoder pooling: mean (default), cls or pooler")
     e.add_argument("--json", action="store_true", help="print results.json only")
     e.add_argument("--overwrite", action="store_true", help="write into --out even if lmscale did not write it")
-    e.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    add_device_argument(e)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lmscale.cli.argtypes import device, positive_int
+from lmscale.cli.argtypes import add_device_argument, positive_int
 
 HELP = "predict the words behind [MASK] (or ___) with an encoder checkpoint"
 DESCRIPTION = (
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", default=None,
                    help="comma-separated words to score instead of the whole vocabulary "
                         "(a multi-token word is scored by its first sub-token)")
-    p.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    add_device_argument(p)
     p.add_argument("--json", action="store_true",
                    help="print only JSON shaped like transformers' fill-mask pipeline (score/token/token_str/sequence)")
 

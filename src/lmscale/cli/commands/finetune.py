@@ -5,7 +5,7 @@ import argparse
 import json
 
 from lmscale.cli.argtypes import (
-    device,
+    add_device_argument,
     fraction,
     nonnegative_float,
     nonnegative_int,
@@ -97,8 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mixing-cap", type=positive_int, default=None, help="mixture: examples-proportional cap K")
     g.add_argument("--mixture-size", type=positive_int, default=None, help="mixture: examples drawn per epoch")
     g.add_argument("--seed", type=nonnegative_int, default=0)
-    g.add_argument("--device", type=device, default="auto",
-                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    add_device_argument(g)
     p.add_argument("--json", action="store_true", help="print results.json only")
     p.set_defaults(_accepts_overrides=True)
 

@@ -6,7 +6,7 @@ import json
 import re
 import sys
 
-from lmscale.cli.argtypes import device, nonnegative_int, positive_float, positive_int
+from lmscale.cli.argtypes import add_device_argument, nonnegative_int, positive_float, positive_int
 
 HELP = "generate text from a decoder or encoder-decoder checkpoint (KV cache; batches; T5 span infilling)"
 DESCRIPTION = (
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=None,
                    help="sampling seed (same seed, same text; every prompt is sampled with it)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step")
-    p.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    add_device_argument(p)
     p.add_argument("--json", action="store_true",
                    help='print only JSON shaped like transformers\' pipeline: [{"generated_text": ...}]')
 
@@ -69,8 +69,9 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def _record(prompt: str, res, family: str) -> dict:
-    text = prompt + res.text if family == "decoder" else res.text
+def _record(prompt: str, res, continues: bool) -> dict:
+    """`continues`: the model continues its prompt (a causal LM), so the record shows both."""
+    text = prompt + res.text if continues else res.text
     return {"generated_text": text, "token_ids": res.token_ids, "stop_reason": res.stop_reason,
             "prompt_truncated": res.prompt_truncated}
 
@@ -78,21 +79,22 @@ def _record(prompt: str, res, family: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     import lmscale
     from lmscale.errors import CheckpointError, LmscaleError
-    from lmscale.inference.generate import generate, generate_batch, infill, model_family, normalize_sentinels
+    from lmscale.inference.generate import generate, generate_batch, infill, normalize_sentinels
+    from lmscale.models import family_spec
 
     prompts = _prompts(args)
     model, tok = lmscale.load(args.checkpoint, device=args.device)
     if tok is None:
         raise CheckpointError(f"{args.checkpoint}: no tokenizer saved with the model")
-    family = model_family(model)
-    if family == "encoder":
+    spec = family_spec(model)
+    if not spec.can_generate:
         raise LmscaleError(f"{args.checkpoint} is an encoder (BERT-style), which cannot generate text; "
                            "use `lmscale fill-mask`")
     stop = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]
     sampling = dict(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     repetition_penalty=args.repetition_penalty, seed=args.seed)
     records: list[dict] = []
-    if family == "encoder-decoder" and any(re.search(r"<extra_id_\d+>", normalize_sentinels(p)) for p in prompts):
+    if spec.is_encoder_decoder and any(re.search(r"<extra_id_\d+>", normalize_sentinels(p)) for p in prompts):
         for i, prompt in enumerate(prompts, start=1):
             res = infill(model, tok, prompt, max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache,
                          **sampling)
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if len(prompts) == 1 and not args.json:
         prompt = prompts[0]
-        sys.stdout.write(prompt if family == "decoder" else f"{prompt}\n-> ")
+        sys.stdout.write(prompt if spec.causal else f"{prompt}\n-> ")
         sys.stdout.flush()
 
         def on_text(piece: str) -> None:
@@ -124,13 +126,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     results = generate_batch(model, tok, prompts, max_new_tokens=args.max_new_tokens, stop=stop,
                              use_cache=not args.no_cache, batch_size=args.batch_size, **sampling)
-    records = [_record(p, r, family) for p, r in zip(prompts, results)]
+    records = [_record(p, r, spec.causal) for p, r in zip(prompts, results)]
     if args.json:
         print(json.dumps([records[0]] if len(prompts) == 1 else [[r] for r in records]))
         return 0
     for i, (prompt, rec, res) in enumerate(zip(prompts, records, results), start=1):
         head = f"[{i}/{len(prompts)}] "
-        body = rec["generated_text"] if family == "decoder" else f"{prompt}\n-> {rec['generated_text']}"
+        body = rec["generated_text"] if spec.causal else f"{prompt}\n-> {rec['generated_text']}"
         print(head + body)
         if res.prompt_truncated:
             print(f"(prompt {i} cut by {res.prompt_truncated} tokens from the left to fit the context)",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmscale.cli.argtypes import device, positive_int
+from lmscale.cli.argtypes import add_device_argument, positive_int
 
 HELP = "predict labels / scores / outputs with a fine-tuned model"
 DESCRIPTION = (
@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write predictions as JSONL here (each with its input row and line)")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if lmscale did not write it")
     p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     for name in sorted(preset_names(), key=key):
         m = load_preset(name).model
         info = preset_info(name)
-        layers = f"{m.n_layers}+{m.decoder_layers}" if m.family == "encoder-decoder" else str(m.n_layers)
+        layers = f"{m.n_layers}+{m.decoder_layers}" if m.n_decoder_layers is not None else str(m.n_layers)
         rows.append({
             "name": name, "family": m.family, "layers": layers, "d_model": m.d_model,
             "n_heads": m.n_heads, "n_kv_heads": m.kv_heads, "d_head": m.head_dim, "d_ff": m.ffn_dim,

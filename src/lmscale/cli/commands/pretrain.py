@@ -5,7 +5,7 @@ import argparse
 import sys
 import textwrap
 
-from lmscale.config import TRACKER_KEYS
+from lmscale.cli.argtypes import add_device_argument
 
 HELP = "pretrain a BERT/GPT/T5-style model from a corpus or token shards (also under torchrun)"
 DESCRIPTION = (
@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (metrics, checkpoints, summary.json)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (the schedule length)")
     p.add_argument("--seed", type=int, help="seed for initialisation, data order and masking")
-    p.add_argument("--device", help="train.device: auto (CUDA when present, the default), cpu, cuda or cuda:N")
+    add_device_argument(p, default=None, resolve=False,
+                        help="train.device: auto (CUDA when present, the default), cpu, cuda or cuda:N")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every K steps (0 = only at the end)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR exactly from its newest checkpoint")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -69,58 +70,25 @@ def _shortcut_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-# what a resumed run may change: where it runs and what it records, never what it trains
-RESUME_MAY_CHANGE = ("out", "data.corpus", "data.tokenizer", "data.shards", "train.device", "train.dtype",
-                     "train.compile", "train.parallel", "train.log_every", "train.eval_every",
-                     "train.checkpoint_every", "train.keep_last", "train.max_bad_steps", "train.time_cap_s",
-                     *(f"train.{k}" for k in TRACKER_KEYS))
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k in ("model", "tokenizer", "data", "objective", "train"):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def check_resume_overrides(saved, cfg) -> None:
-    """A resumed run continues its own schedule and model exactly: overrides that would change
-    them (a longer --max-steps, another learning rate, ...) are refused instead of half applied."""
-    from lmscale.config import ConfigError, to_dict
-
-    before, after = _flat(to_dict(saved)), _flat(to_dict(cfg))
-    changed = [k for k in after if k not in RESUME_MAY_CHANGE and after[k] != before.get(k)]
-    if changed:
-        k = changed[0]
-        flag = "--max-steps" if k == "train.max_steps" else f"--{k}"
-        raise ConfigError(
-            f"{flag} {after[k]}: --resume continues the run exactly, with its own {k}={before.get(k)} "
-            f"(and schedule); start a new run with --out NEW_DIR to train with another one. A resume may "
-            f"change only {', '.join(RESUME_MAY_CHANGE)}")
-
-
 def run(args: argparse.Namespace) -> int:
-    from lmscale.config import ConfigError, apply_overrides, load_run_config, parse_override_args
+    from lmscale.config import ConfigError, apply_overrides, compose, parse_override_args
 
     overrides = parse_override_args(list(getattr(args, "_extra", []) or []))
     overrides.update(_shortcut_overrides(args))
     resume = args.resume is not None
     if resume:
-        from lmscale.training.rundir import load_run_dir_config
+        from lmscale.training.rundir import RunDir, check_resume_overrides
 
         if args.config or args.preset:
             raise ConfigError("--resume continues a run with its own config; drop --config/--preset")
-        saved = load_run_dir_config(args.resume)
+        saved = RunDir(args.resume).load_config()
         overrides["out"] = args.resume
         cfg = apply_overrides(saved, overrides)
-        check_resume_overrides(saved, cfg)
+        check_resume_overrides(saved, cfg)  # pretrain checks it too; here it also guards --print-config
     else:
         if not args.config and not args.preset:
             raise ConfigError("give --config FILE.yaml or --preset NAME (see `lmscale presets`), or --resume RUN_DIR")
-        cfg = load_run_config(args.config, args.preset, overrides)
+        cfg = compose(args.preset, [args.config] if args.config else [], overrides)
     if getattr(args, "print_config", False):
         from lmscale.config import to_yaml
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lmscale.cli.argtypes import add_device_argument
+
 HELP = "walk through tokenizers, pretraining, use, fine-tuning, scaling and emergence on WikiText-2"
 DESCRIPTION = (
     "Runs every stage of the lecture on real data and writes one output directory with report.html. "
@@ -18,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=["cpu", "gpu"], default=None,
                    help="sizes and budgets (src/lmscale/presets/quickstart/PROFILE.yaml); default: gpu when the "
                         "device is a CUDA GPU, else cpu")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add_device_argument(p, help="auto (CUDA when present), cpu, cuda or cuda:N", resolve=False)
     p.add_argument("--corpus", default="wikitext-2",
                    help="catalog name or local .txt/.txt.gz/.jsonl file or directory (default: wikitext-2)")
     p.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from lmscale.cli.argtypes import bootstrap_count, nonnegative_int, positive_float, positive_int
+from lmscale.cli.argtypes import add_device_argument, bootstrap_count, nonnegative_int, positive_float, positive_int
 
 HELP = "scaling sweeps (grid / IsoFLOP) of `lmscale pretrain` runs with a SQLite run registry"
 DESCRIPTION = """Scaling sweeps. `run` plans the sweep, prepares one tokenizer and token shards for all
@@ -40,8 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--overwrite", action="store_true",
                    help="use --out even when it is a non-empty directory that is not a sweep directory")
     r.add_argument("--json", action="store_true", help="machine-readable output")
-    r.add_argument("--device", default=None,
-                   help="train.device of every run (auto: CUDA when present; default: the sweep config's, else auto)")
+    # the spelling is checked here; whether the device exists, by each run where it runs (a Slurm
+    # or torchrun node, not necessarily this machine)
+    add_device_argument(r, default=None, resolve=False, help="train.device of every run (auto: CUDA when "
+                        "present; default: the sweep config's, else auto)")
 
     s = sub.add_parser("status", help="runs of a registry with their status, N, D, C and losses")
     s.add_argument("registry", help=_REGISTRY_HELP)
@@ -98,17 +100,13 @@ def _load(args) -> "object":
 def _run(args) -> int:
     from pathlib import Path
 
-    from lmscale.config import DEVICE_RE, ConfigError
+    from lmscale.config import deep_merge
     from lmscale.experiments.sweep import looks_like_sweep_dir, plan, run_sweep
     from lmscale.io.outputs import check_output_dir
 
     sw = _load(args)
     if args.device is not None:
-        # the spelling is checked here; whether the device exists, by each run where it runs (a
-        # Slurm or torchrun node, not necessarily this machine)
-        if not DEVICE_RE.fullmatch(args.device):
-            raise ConfigError(f"--device {args.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
-        sw.base.setdefault("train", {})["device"] = args.device
+        sw.base = deep_merge(sw.base, {"train": {"device": args.device}})
     out = Path(args.out or Path("sweeps") / sw.name)
     if args.dry_run:
         specs = plan(sw, out)

@@ -1,0 +1,72 @@
+"""The one YAML reader: `load_yaml(path)` for run configs, presets, sweep configs, quickstart
+profiles and the files `lmscale count` reads (JSON is YAML too).
+
+It uses the safe loader (plain data, never Python objects) and turns every way a file can fail
+to be a config (missing, a directory, unreadable, not UTF-8, not YAML, not a mapping) into a
+one-line `ConfigError` that names the file. `parse_yaml_value` reads one command-line value
+(`--train.lr 3e-4`) the same way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmscale.errors import ConfigError
+
+__all__ = ["load_yaml", "parse_yaml_value"]
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A parser error on one line: where, then what (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        context = getattr(exc, "context", None)
+        what = f"{context}, {problem}" if context else problem
+        return f"line {mark.line + 1}, column {mark.column + 1}: {' '.join(str(what).split())}"
+    return " ".join(str(exc).split())
+
+
+def parse_yaml_value(text: str, what: str) -> Any:
+    """One value written in YAML (a command-line `--section.key VALUE`): `3e-4`, `true`, `null`,
+    `[a, b]`, or plain text; `what` names it in the one-line `ConfigError` for invalid YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {text!r} is not a valid YAML value ({_yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{what}: its value is nested too deeply") from None
+
+
+def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The mapping in YAML file `path` (an empty file is `{}`).
+
+    `what` names the kind of file in error messages ("config file", "sweep config", ...); every
+    error is a one-line `ConfigError` of the form "<what> <path> ...".
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} is a directory, not a YAML file" if path.is_dir()
+                          else f"{what} {path} is not a regular file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte offset {exc.start}); is it a YAML file?") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML ({_yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path} is not a config: its YAML is nested too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping (key: value lines) at the top level, "
+                          f"not a {type(data).__name__}")
+    return data
