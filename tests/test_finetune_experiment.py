@@ -101,6 +101,24 @@ def test_experiment_writes_table_plot_and_results(tmp_path):
     png = tmp_path / "exp" / "pretraining_effect.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "dev accuracy (mean ± std over seeds)" in lines_out[-1] and res["plot"] == str(png)
+    # the data transferred, read off the random-init curve at each size the pretrained start ran
+    points = saved["transfer"]["pretrained"]
+    assert [p["labels"] for p in points] == [10, 40]
+    assert all(p["factor"] is None or p["factor"] >= 1.0 for p in points)
+    assert "effective data transferred" in lines_out[-1]
+
+
+def test_a_task_without_scores_runs_classification_only(tmp_path):
+    """imdb has labels but no human scores: the regression is skipped and says so, instead of failing."""
+    from lmscale.experiments.pretraining_effect import run_pretraining_effect
+
+    _, task = make_data(tmp_path, n_train=20, n_dev=10)
+    ck = tiny_encoder_checkpoint(tmp_path / "ck")
+    lines = []
+    res = run_pretraining_effect(tmp_path / "exp", checkpoint=ck, task=task, sizes=(10, 20), seeds=(0,),
+                                 epochs=1, min_steps=2, max_steps=2, evaluations=1, log=lines.append)
+    assert set(res["tables"]) == {"accuracy"}
+    assert any("no 'score' column" in line for line in lines)
 
 
 def test_experiment_real_encoder_comes_with_its_random_twin(tmp_path):

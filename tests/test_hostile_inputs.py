@@ -178,8 +178,85 @@ def _labelled_task(stray_in: str):
     return setup
 
 
+def _user_dotfiles(sandbox: Path, fx: dict) -> None:
+    """A user's directory holding names lmscale's temporaries also use: `.X.tmp` and `.X.old`."""
+    for rel, data in ((".backup.old/b", "b"), (".cache.tmp/c", "c"), (".photos.old/p", "p"), (".notes.tmp", "n"),
+                      ("mine.txt", "x")):
+        _write(f"OV/{rel}", data)(sandbox, fx)
+
+
+def _cut_zst(sandbox: Path, fx: dict) -> None:
+    import zstandard
+
+    text = "".join(f"document {i} about cats and dogs\n\n" for i in range(20000)).encode()
+    packed = zstandard.ZstdCompressor().compress(text)
+    (sandbox / "cut.txt.zst").write_bytes(packed[:len(packed) // 2])
+
+
+def _fifo(rel: str):
+    def setup(sandbox: Path, fx: dict) -> None:
+        os.mkfifo(sandbox / rel)
+    return setup
+
+
+def _ranks(rel: str, first: int = 0):
+    """A `.tiktoken` file of the 256 single bytes, ranked from `first`."""
+    import base64
+
+    return _write(rel, "".join(f"{base64.b64encode(bytes([i])).decode()} {i + first}\n" for i in range(256)))
+
+
+DEEP_YAML = "a: " + "[" * 100_000
+ALIAS_BOMB = "train:\n  report_to: &a [x, x, x, x, x, x, x, x, x]\n  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+PRETRAIN = ["pretrain", "--preset", "gpt-tiny", "--corpus", "{C}", "--max-steps", "1"]
+
 # (id, argv, setup, words the one-line message must contain)
 CASES = [
+    # ownership: decided by lmscale's own record and the whole content, never by a name or first byte
+    ("data-prepare-users-index-json", ["data", "prepare", "--corpus", "{C}", "--tokenizer", "{TOK}", "--out", "{S}/F"],
+     _both(_write("F/keep.txt", "keep"), _write("F/index.json", '{"mine": 1}')), ["--out", "/F"]),
+    ("data-prepare-out-under-a-file", ["data", "prepare", "--corpus", "{C}", "--tokenizer", "{TOK}",
+                                       "--out", "{S}/corpus.txt/sub"], A_FILE, ["--out", "is a file"]),
+    ("pretrain-overwrite-missing-corpus", ["pretrain", "--preset", "gpt-tiny", "--corpus", "{S}/nope.txt",
+                                           "--out", "{S}/OV", "--overwrite", "--max-steps", "1"], _user_dotfiles,
+     ["nope.txt"]),
+    ("predict-out-is-its-input", ["predict", "{FT}", "--input", "{S}/d.jsonl", "--out", "{S}/d.jsonl"],
+     _write("d.jsonl", '{"sentence": "a cat"}\n'), ["--out", "--input"]),
+    ("fit-out-is-a-users-json", ["fit", "{S}/runs.csv", "--bootstrap", "0", "--out", "{S}/mine.json"],
+     _both(RUNS, _write("mine.json", '{"mine": 1}\n')), ["--out", "mine.json", "--overwrite"]),
+    ("fit-out-is-its-csv", ["fit", "{S}/runs.csv", "--bootstrap", "0", "--out", "{S}/runs.csv", "--overwrite"],
+     RUNS, ["--out", "runs.csv", "input"]),
+    ("report-out-is-its-csv", ["report", "{S}/runs.csv", "--bootstrap", "0", "-o", "{S}/runs.csv", "--overwrite"],
+     RUNS, ["--out", "runs.csv", "input"]),
+    # damaged or endless inputs
+    ("data-prepare-cut-zst", ["data", "prepare", "--corpus", "{S}/cut.txt.zst", "--tokenizer", "{TOK}",
+                              "--out", "{S}/z"], _cut_zst, ["cut.txt.zst", "truncated"]),
+    ("tiktoken-fifo", ["tokenizer", "encode", "hi", "--tokenizer", "{S}/x.tiktoken"], _fifo("x.tiktoken"),
+     ["x.tiktoken", "not a regular file"]),
+    ("tiktoken-named-after-a-larger-encoding", ["tokenizer", "encode", "hi", "--tokenizer",
+                                                "{S}/cl100k_base.tiktoken"], _ranks("cl100k_base.tiktoken"),
+     ["cl100k_base.tiktoken", "256 ranks"]),
+    ("tiktoken-negative-rank", ["tokenizer", "encode", "hi", "--tokenizer", "{S}/n.tiktoken"], _ranks("n.tiktoken", -1),
+     ["n.tiktoken", "ranks"]),
+    ("config-alias-bomb", ["pretrain", "--config", "{S}/c.yaml", "--out", "{S}/r"], _write("c.yaml", ALIAS_BOMB),
+     ["c.yaml", "alias"]),
+    ("config-nested-too-deeply", ["pretrain", "--config", "{S}/c.yaml", "--out", "{S}/r"], _write("c.yaml", DEEP_YAML),
+     ["c.yaml", "nested"]),
+    ("override-nested-too-deeply", [*PRETRAIN, "--out", "{S}/r", "--train.report_to", "[" * 100_000], None,
+     ["--train.report_to", "nested"]),
+    ("predict-jsonl-nested-too-deeply", ["predict", "{FT}", "--input", "{S}/d.jsonl"],
+     _write("d.jsonl", '{"sentence": ' + "[" * 200_000 + "\n"), ["d.jsonl:1", "nested"]),
+    # values no run or allocation can use
+    ("allocate-flops-below-one-parameter-token", ["allocate", "--flops", "1e-10"], None, ["flops", "6"]),
+    ("pretrain-seed-too-large", [*PRETRAIN, "--out", "{S}/r", "--seed", str(10 ** 23)], None, ["--seed"]),
+    ("pretrain-train-seed-too-large", [*PRETRAIN, "--out", "{S}/r", "--train.seed", str(10 ** 23)], None,
+     ["train.seed"]),
+    ("finetune-seed-too-large", ["finetune", "{B}", "--task", "{T}", "--out", "{S}/o", "--seed", str(10 ** 23)],
+     None, ["--seed"]),
+    ("pretrain-tracker-param-nan", [*PRETRAIN, "--out", "{S}/r", "--train.tracker_params", "{a: .nan}"], None,
+     ["tracker_params"]),
+    ("fewshot-jsonl-nested-too-deeply", ["eval", "fewshot", "{G}", "--task", "{S}/t.jsonl"],
+     _write("t.jsonl", '{"context": ' + "[" * 200_000 + "\n"), ["t.jsonl", "nested"]),
     # writing commands never delete or replace what they did not write
     ("convert-to-hf-foreign-dir", ["convert", "--to-hf", "{G}", "--out", "{S}/d"], FOREIGN, ["--out", "/d"]),
     ("convert-to-hf-out-is-file", ["convert", "--to-hf", "{G}", "--out", "{S}/corpus.txt"], A_FILE,
@@ -400,6 +477,66 @@ def test_rare_label_listed_with_labels_trains_and_predictions_carry_their_row(fx
     rows = json.loads(out)
     assert [(r["row"], r["line"]) for r in rows] == [(1, 3), (2, 4)]
     assert [json.loads(line)["row"] for line in (tmp_path / "p.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def _strict_json(text: str):
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_json_even_when_a_number_is_not_finite(fx, tmp_path):
+    rc, out, err = cli("cost", "--flops", "1e30", "--utilisation", "1e-300", "--json")
+    assert rc == 0, err
+    assert _strict_json(out)["non_finite"]
+    nan_run = tmp_path / "g"
+    shutil.copytree(fx["G"], nan_run)
+    from safetensors.torch import load_file, save_file
+
+    for weights in nan_run.rglob("model.safetensors"):
+        save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(weights).items()}, weights)
+    rc, out, err = cli(*[a.replace("{G}", str(nan_run)).replace("{C}", str(fx["C"])) for a in PPL],
+                       "--max-tokens", "50", "--json")
+    assert rc == 0, err
+    _strict_json(out)
+
+
+def test_sampling_at_extreme_temperature_and_penalty_still_picks_tokens(fx):
+    for flag in ("--temperature", "--repetition-penalty"):
+        rc, out, err = cli("generate", fx["G"], "a", flag, "1e-300", "--max-new-tokens", "3", "--seed", "0")
+        assert rc == 0, err
+
+
+def test_rows_end_at_newlines_only(fx, tmp_path):
+    """A form feed or U+2028 inside a row is text, not a row break (`str.splitlines` splits there)."""
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text("sentence\nthe cat\x0csat\r\na dog\u2028ran\n", encoding="utf-8")
+    rc, out, err = cli("predict", fx["FT"], "--input", tsv, "--json")
+    assert rc == 0, err
+    assert [r["row"] for r in json.loads(out)] == [1, 2]
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"sentence": "a cat\u2028sat"}\n{"sentence": "b\u2029c"}\n', encoding="utf-8")
+    rc, out, err = cli("predict", fx["FT"], "--input", jsonl, "--json")
+    assert rc == 0, err
+    assert [r["line"] for r in json.loads(out)] == [1, 2]
+    task = tmp_path / "t.jsonl"
+    task.write_text('{"context": "1 +\u2028 1 =", "answer": "2"}\n', encoding="utf-8")
+    rc, out, err = cli("eval", "fewshot", fx["G"], "--task", task, "--json")
+    assert rc == 0, err
+
+
+def test_a_run_cleans_only_its_own_temporaries(fx, tmp_path):
+    run = tmp_path / "g"
+    shutil.copytree(fx["G"], run)
+    mine = [run / ".notes.tmp", run / ".photos.old", run / "checkpoints" / ".keep.tmp"]
+    for p in mine:
+        p.write_text("mine")
+    (run / ".metrics.jsonl.a1b2.tmp").write_text("half")
+    rc, _, err = cli("pretrain", "--resume", run, "--no-progress", "--json")
+    assert rc == 0, err
+    assert all(p.read_text() == "mine" for p in mine)
+    assert not (run / ".metrics.jsonl.a1b2.tmp").exists()
 
 
 def test_fit_and_report_drop_the_same_rows_and_say_which(tmp_path):

@@ -484,3 +484,31 @@ def test_training_step_fused_loss_matches_plain_loss(family, monkeypatch):
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_alibi_start_of_the_relative_bias_is_local_and_learned():
+    """relative_bias_init=alibi: every head's bias falls with distance from 0 at the query itself,
+    symmetric in an encoder, with ALiBi's geometric slopes (1, 1/4, 1/16, 1/64 for 4 heads); the
+    table stays a parameter, and the zero start (T5) is untouched."""
+    import math
+
+    from lmscale.config import ConfigError
+    from lmscale.models import build_model
+
+    cfg = ModelConfig(family="encoder", vocab_size=64, d_model=32, n_layers=1, n_heads=4, max_positions=64,
+                      position="relative", relative_buckets=32, relative_max_distance=64, relative_bias_init="alibi")
+    model = build_model(cfg)
+    bias = model.rel_bias(16, 16)[0].detach()  # [H, q, k]
+    q = 8
+    for h in range(4):
+        row = bias[h, q]
+        assert row[q] == 0
+        assert torch.allclose(row[q - 1], row[q + 1]) and float(row[q + 1]) == pytest.approx(-(4.0 ** -h))
+        left = row[: q + 1]
+        assert torch.all(left[1:] >= left[:-1])  # rises towards the query
+    assert model.rel_bias.embedding.weight.requires_grad
+    zero = build_model(ModelConfig(**{**cfg.__dict__, "relative_bias_init": "zero"}))
+    assert float(zero.rel_bias.embedding.weight.abs().max()) < 0.2 and not math.isclose(
+        float(zero.rel_bias.embedding.weight.std()), 0.0)
+    with pytest.raises(ConfigError, match="relative_bias_init"):
+        ModelConfig(family="encoder", position="learned", relative_bias_init="alibi")

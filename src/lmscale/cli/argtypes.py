@@ -33,6 +33,14 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """A random seed: 0 to 2**63 - 1, what torch and numpy take (a larger one overflows deep inside)."""
+    value = nonnegative_int(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"must be below 2**63, got {text}")
+    return value
+
+
 def bootstrap_count(text: str) -> int:
     """Bootstrap resamples: 0 (no intervals) or at least 2, checked before any fitting."""
     value = nonnegative_int(text)

@@ -13,6 +13,8 @@ POSITIONS = ("learned", "sinusoidal", "rope", "relative", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
+RELATIVE_BIAS_INITS = ("zero", "alibi")
+PARAMETRIZATIONS = ("sp", "mup")  # standard, or maximal-update (Yang et al. 2022, Tensor Programs V)
 # RoPE scaling variants (`model.rope_scaling`, written as transformers writes `rope_scaling`): each
 # type with the keys it needs (beyond "rope_type") and the keys it may have
 ROPE_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -46,6 +48,11 @@ class ModelConfig:
     position: str = "learned"  # learned | sinusoidal | rope | relative (T5 bias) | none
     relative_buckets: int = 32
     relative_max_distance: int = 128
+    # how the relative bias table starts: zero (T5: uniform attention) or alibi (each head biased
+    # towards nearby tokens with ALiBi's geometric slopes, Press et al. 2022; still learned). A
+    # masked position holds no information of its own, so an MLM learns nothing from context
+    # until attention finds the neighbours; a local start lets it use them from the first steps
+    relative_bias_init: str = "zero"  # zero | alibi
     rope_theta: float = 10000.0
     rope_scaling: Optional[dict[str, Any]] = None  # RoPE frequency scaling, in transformers' terms (see ROPE_TYPES)
     rotary_fraction: float = 1.0  # share of each head's dimensions RoPE rotates (GPT-NeoX / Pythia: 0.25)
@@ -71,6 +78,10 @@ class ModelConfig:
     init_std: float = 0.02
     pad_token_id: int = 0
     decoder_start_token_id: Optional[int] = None  # encoder-decoder; default pad_token_id
+    # muP: hidden init, attention and readout scaled so the tuned hyperparameters of a model at
+    # `mup_base_width` transfer across width; at the base width muP and sp are the same model
+    parametrization: str = "sp"  # sp | mup
+    mup_base_width: Optional[int] = None  # the d_model hyperparameters were tuned at (mup; default d_model)
 
     def __post_init__(self) -> None:
         finite("model", self)
@@ -82,9 +93,14 @@ class ModelConfig:
         in_range("model.pad_token_id", self.pad_token_id, 0)
         choice("model.family", self.family, family_names())
         choice("model.position", self.position, POSITIONS)
+        choice("model.relative_bias_init", self.relative_bias_init, RELATIVE_BIAS_INITS)
+        if self.relative_bias_init != "zero" and self.position != "relative":
+            raise ConfigError(f"model.relative_bias_init={self.relative_bias_init} is for model.position=relative "
+                              f"(got {self.position})")
         choice("model.activation", self.activation, ACTIVATIONS)
         choice("model.norm", self.norm, NORMS)
         choice("model.norm_position", self.norm_position, NORM_POSITIONS)
+        self._check_mup()
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions"):
             positive(f"model.{name}", getattr(self, name))
         positive("model.d_head", self.d_head, allow_none=True)
@@ -137,6 +153,22 @@ class ModelConfig:
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"model.{name}={v} must be in [0, 1)")
+
+    def _check_mup(self) -> None:
+        choice("model.parametrization", self.parametrization, PARAMETRIZATIONS)
+        positive("model.mup_base_width", self.mup_base_width, allow_none=True)
+        if self.parametrization == "sp" and self.mup_base_width is not None:
+            raise ConfigError("model.mup_base_width is for model.parametrization=mup; with sp it would do nothing")
+        if self.parametrization == "mup" and self.family == "encoder":
+            raise ConfigError("model.parametrization=mup is implemented for decoder and encoder-decoder models; "
+                              "the encoder's masked-LM head has no muP readout yet")
+
+    @property
+    def width_mult(self) -> float:
+        """d_model / base width under muP (1.0 under sp): the factor muP's scalings are powers of."""
+        if self.parametrization != "mup" or self.mup_base_width is None:
+            return 1.0
+        return self.d_model / self.mup_base_width
 
     def _check_rope(self) -> None:
         if not isinstance(self.rotary_fraction, (int, float)) or not 0.0 < self.rotary_fraction <= 1.0:

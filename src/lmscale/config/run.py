@@ -3,6 +3,7 @@ with the model; `to_yaml` writes a run config as the YAML `--config FILE` reads 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,8 @@ from lmscale.config.validate import choice, finite, in_range, positive
 from lmscale.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
+MAX_SEED = 2**63 - 1
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt")  # train.decay_shape: the wsd cooldown (Hägele et al. 2024)
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to
 # the train keys that say where a run is reported, not how it trains
 TRACKER_KEYS = ("report_to", "tracker_project", "tracker_run_name", "tracker_group", "tracker_params")
@@ -108,6 +111,13 @@ class TrainConfig:
     warmup_steps: Optional[int] = None  # default: warmup_fraction of the schedule
     warmup_fraction: float = 0.05
     decay_fraction: float = 0.2  # wsd: share of the schedule spent decaying
+    decay_shape: str = "linear"  # wsd: linear | cosine | 1-sqrt, from the stable LR to the floor
+    # token counts at which a checkpoint is written and never pruned: where cooldown branches start
+    branch_points: list[int] = field(default_factory=list)
+    # a cooldown branch: {parent: RUN_DIR, at_tokens: D, decay_fraction: f} (`lmscale pretrain --branch-from`)
+    branch: Optional[dict[str, Any]] = None
+    # continued pretraining: the checkpoint whose weights a fresh run starts from (`pretrain --init-from`)
+    init_from: Optional[str] = None
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -145,6 +155,8 @@ class TrainConfig:
         for key, value in self.tracker_params.items():
             if not isinstance(key, str) or not (value is None or isinstance(value, (str, int, float, bool))):
                 raise ConfigError(f"train.tracker_params[{key!r}]={value!r}: values must be numbers or strings")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"train.tracker_params[{key!r}]={value!r}: must be a finite number")
         if not self.tracker_project.strip():
             raise ConfigError("train.tracker_project must not be empty")
         if not isinstance(self.device, str) or not DEVICE_RE.fullmatch(self.device):
@@ -158,10 +170,13 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "eval_every", "eval_batches", "log_every", "checkpoint_every",
                      "seed"):
             in_range(f"train.{name}", getattr(self, name), 0)
+        in_range("train.seed", self.seed, 0, MAX_SEED)  # torch and numpy seeds are 64-bit
         in_range("train.warmup_steps", self.warmup_steps, 0, allow_none=True)
         for name in ("keep_last", "max_bad_steps"):
             in_range(f"train.{name}", getattr(self, name), 1)
         choice("train.schedule", self.schedule, SCHEDULES)
+        choice("train.decay_shape", self.decay_shape, DECAY_SHAPES)
+        self._check_branching()
         choice("train.dtype", self.dtype, ("auto", "fp32", "bf16", "fp16"))
         choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         for name in ("seq_len", "batch_size", "lr"):
@@ -176,6 +191,27 @@ class TrainConfig:
                 f"train.batch_size={self.batch_size} is not a multiple of "
                 f"train.micro_batch_size={self.micro_batch_size}"
             )
+
+    def _check_branching(self) -> None:
+        """Branch points are whole optimizer steps; a branch names its parent, point and fraction."""
+        tps = int(self.batch_size) * int(self.seq_len)
+        points = []
+        for v in self.branch_points:
+            try:
+                t = int(float(v))
+            except (TypeError, ValueError):
+                raise ConfigError(f"train.branch_points: {v!r} is not a token count") from None
+            if t <= 0 or t % tps:
+                raise ConfigError(f"train.branch_points: {v} is not a positive multiple of the {tps:,} tokens "
+                                  "of one optimizer step (batch_size x seq_len)")
+            points.append(t)
+        self.branch_points = sorted(set(points))
+        if self.branch is not None:
+            missing = {"parent", "at_tokens", "decay_fraction"} - set(self.branch)
+            if missing:
+                raise ConfigError(f"train.branch needs {', '.join(sorted(missing))}")
+            positive("train.branch.at_tokens", self.branch["at_tokens"])
+            positive("train.branch.decay_fraction", self.branch["decay_fraction"])
 
 
 @dataclass

@@ -29,13 +29,52 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(str(exc).split())
 
 
+MAX_DEPTH = 64  # configs nest a few levels; a deeper document is an attack on the parser's stack
+
+
+class _Refused(Exception):
+    """Why a YAML document is not read: it holds an alias, or nests too deeply."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """The safe loader without aliases (a few hundred bytes of `&a [*b, *b, ...]` expand to
+    gigabytes once walked) and with a nesting cap (the composer recurses once per level)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _Refused(f"line {mark.line + 1}: an alias (*name); aliases are not read in configs, "
+                           "write the value out")
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(f"nested more than {MAX_DEPTH} levels deep")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _safe_load(text: str) -> Any:
+    loader = _ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_yaml_value(text: str, what: str) -> Any:
     """One value written in YAML (a command-line `--section.key VALUE`): `3e-4`, `true`, `null`,
     `[a, b]`, or plain text; `what` names it in the one-line `ConfigError` for invalid YAML."""
     try:
-        return yaml.safe_load(text)
+        return _safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {text!r} is not a valid YAML value ({_yaml_problem(exc)})") from None
+    except _Refused as exc:
+        raise ConfigError(f"{what}: its value is not read ({exc})") from None
     except RecursionError:
         raise ConfigError(f"{what}: its value is nested too deeply") from None
 
@@ -59,9 +98,11 @@ def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML ({_yaml_problem(exc)})") from None
+    except _Refused as exc:
+        raise ConfigError(f"{what} {path} is not read: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{what} {path} is not a config: its YAML is nested too deeply") from None
     if data is None:

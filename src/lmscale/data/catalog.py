@@ -444,6 +444,14 @@ def _fetch_sources(e: CatalogEntry, download: bool) -> tuple[dict[str, list[Path
     raise DataError(f"cannot fetch {e.name}: tried " + "; ".join(tried))
 
 
+def check_corpus_source(name_or_path: str | os.PathLike) -> None:
+    """Refuse a corpus that is neither a catalog name, a hub name, nor an existing path: found
+    before a command writes anything, rather than after it made its output directory."""
+    key = str(name_or_path)
+    if not (key.startswith(HUB_PREFIX) or key in _CATALOG or Path(key).expanduser().exists()):
+        raise DataError(f"{key}: neither a catalog corpus ({', '.join(_CATALOG)}) nor an existing file or directory")
+
+
 def resolve_corpus(name_or_path: str | os.PathLike, errors: str = "strict",
                    valid_fraction: float = DEFAULT_VALID_FRACTION, split_seed: int = DEFAULT_SPLIT_SEED,
                    doc_format: str | None = None, text_field: str = DEFAULT_TEXT_FIELD,

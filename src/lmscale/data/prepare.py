@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmscale.config import ConfigError, RunConfig
-from lmscale.data.catalog import resolve_corpus
+from lmscale.data.catalog import check_corpus_source, resolve_corpus
 from lmscale.data.shards import ShardIndex, prepare
 from lmscale.tokenization import Tokenizer, train_tokenizer
 
@@ -100,6 +100,17 @@ def prepare_shards(cfg: RunConfig, tokenizer: Tokenizer, default_dir: Path, *, w
         wait()
     check_shards(path, ShardIndex.load(path).data, tokenizer, cfg.model.vocab_size)
     return path
+
+
+def check_sources(cfg: RunConfig) -> None:
+    """Refuse a named tokenizer, shard directory or corpus that is not there, before a run writes anything."""
+    d = cfg.data
+    if d.tokenizer is not None and not Path(d.tokenizer).expanduser().exists():
+        load_tokenizer(Path(d.tokenizer).expanduser())
+    if d.shards is not None and shards_ready(Path(d.shards).expanduser()):
+        return
+    if d.corpus is not None:
+        check_corpus_source(d.corpus)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

@@ -121,6 +121,18 @@ def read_text(path: str | Path, errors: str = "strict", allow_empty: bool = Fals
     return decode_text(raw, path, errors, compressed=_is_gzip(path))
 
 
+def text_rows(text: str, keepends: bool = False) -> list[str]:
+    """The rows of a task, input or records file: split at `\n` only (a `\r` before it is part of
+    the line end). `str.splitlines` also splits at form feeds, U+2028 and other characters that
+    JSON strings and text fields may hold raw, which would make one row two."""
+    rows = text.split("\n")
+    if rows and rows[-1] == "":
+        rows.pop()
+    if keepends:
+        return [r + "\n" for r in rows[:-1]] + ([rows[-1] + ("\n" if text.endswith("\n") else "")] if rows else [])
+    return [r[:-1] if r.endswith("\r") else r for r in rows]
+
+
 def tsv_texts(path: Path, text: str | Iterable[str], field: str = "sentence") -> Iterator[str]:
     """The `sentence` column of a GLUE-style TSV (the first column when there is no such header);
     `text` is the file's text or its lines (`str.splitlines` semantics)."""
@@ -269,6 +281,43 @@ class _Counted(io.RawIOBase):
         super().close()
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a Zstandard file, frame after frame. A file that ends inside a
+    frame is an error: zstandard's stream reader just stops there, which would read a file cut in
+    half as a whole one with fewer documents."""
+
+    CHUNK = 1 << 16  # compressed bytes fed at a time
+
+    def __init__(self, fh: BinaryIO, dctx: Any, path: Path) -> None:
+        super().__init__()
+        self.fh, self.dctx, self.path = fh, dctx, path
+        self.obj: Any = None
+        self.out = b""
+        self.unused = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self.out:
+            chunk = self.unused or self.fh.read(self.CHUNK)
+            self.unused = b""
+            if not chunk:
+                if self.obj is not None and not self.obj.eof:
+                    raise DataError(f"{self.path}: truncated Zstandard file (the last frame ends early; "
+                                    "re-download it)")
+                return 0
+            if self.obj is None or self.obj.eof:
+                self.obj = self.dctx.decompressobj()
+            self.out = self.obj.decompress(chunk)
+            if self.obj.eof:
+                self.unused = self.obj.unused_data
+        n = min(len(b), len(self.out))
+        b[:n] = self.out[:n]
+        self.out = self.out[n:]
+        return n
+
+
 @contextlib.contextmanager
 def open_binary(path: Path, stats: dict | None = None) -> Iterator[BinaryIO]:
     """The file's (decompressed) bytes as a stream; missing paths and directories fail naming the file."""
@@ -284,7 +333,7 @@ def open_binary(path: Path, stats: dict | None = None) -> Iterator[BinaryIO]:
             yield gzip.GzipFile(fileobj=counted, mode="rb")
         elif kind == "zstd":
             zstd = optional_import("zstandard", "data", f"{path.name} (Zstandard)")
-            yield zstd.ZstdDecompressor().stream_reader(counted, read_across_frames=True)
+            yield io.BufferedReader(_ZstdFrames(counted, zstd.ZstdDecompressor(), path), BLOCK_BYTES)
         else:
             yield counted
     finally:
@@ -297,6 +346,8 @@ def _read_blocks(path: Path, fh: BinaryIO) -> Iterator[bytes]:
             b = fh.read(BLOCK_BYTES)
         except EOFError as exc:
             raise DataError(f"{path}: truncated gzip file (compressed stream ends early; re-download it)") from exc
+        except DataError:
+            raise
         except (OSError, zlib.error) as exc:
             raise DataError(f"{path}: corrupt {compression(path) or ''} file ({exc})") from exc
         except Exception as exc:  # zstandard.ZstdError and friends name no file

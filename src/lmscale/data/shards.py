@@ -35,6 +35,7 @@ from lmscale.data.catalog import Corpus, held_out_indices, resolve_corpus, sourc
 from lmscale.data.readers import DEFAULT_TEXT_FIELD
 from lmscale.errors import DataError
 from lmscale.io import atomic_directory, atomic_write_json
+from lmscale.io.outputs import MARKER, is_marked, mark_output_dir, only_known_entries
 from lmscale.tokenization import Tokenizer, fast_bpe
 from lmscale.tokenization.tokenizer import DOC_SEPARATORS
 
@@ -409,9 +410,7 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
         raise DataError(f"the tokenizer has no document separator token ({', '.join(DOC_SEPARATORS)}); "
                         f"set one with `lmscale tokenizer set-eos TOKENIZER --token TOKEN`")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "index.json").is_file())):
-        raise DataError(f"{out}: exists and is not a shard directory; the output directory is replaced "
-                        f"as a whole, so give a new or empty directory")
+    _check_shard_out(out)
     if "train" not in corpus.splits:
         raise DataError(f"corpus {corpus.name!r} has no training documents")
     fp = _fingerprint(corpus, tok, valid_fraction, split_seed, errors)
@@ -468,8 +467,45 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
         index["workers"] = pool.workers
         index["encoder"] = "cached-byte-level-bpe" if _fast_encoder(tok) is not None else "tokenizers"
         atomic_write_json(tmp / "index.json", index)
+        mark_output_dir(tmp, SHARDS_KIND)
     result = ShardIndex(out, index, reused=False, seconds=time.perf_counter() - t0)
     return result
+
+
+SHARDS_KIND = "shards"
+_SHARD_FILES = frozenset({"index.json", MARKER} | {f"{s}{x}" for s in ("train", "valid", "test")
+                                                    for x in (".bin", ".docs.npy")})
+
+
+def _owns_shard_dir(out: Path) -> bool:
+    """Whether `out` is a shard directory lmscale wrote: its marker says so, or (shards from before
+    the marker) it holds only shard files and an index.json in lmscale's format. A directory is
+    replaced as a whole, so a user's file beside an index.json makes it theirs."""
+    if is_marked(out, (SHARDS_KIND,)):
+        return True
+    if not only_known_entries(out, _SHARD_FILES):
+        return False
+    try:
+        data = json.loads((out / "index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _check_shard_out(out: Path) -> None:
+    """Refuse an output that is a file, lies under a file, or is a non-empty directory lmscale did not write."""
+    if out.is_symlink():
+        raise DataError(f"--out {out}: is a symbolic link; the shard directory is replaced as a whole and "
+                        f"never through a link, so give a new or empty directory")
+    for anc in out.parents:
+        if anc.exists():
+            if not anc.is_dir():
+                raise DataError(f"--out {out}: {anc} is a file, so no directory can be made there; "
+                                f"give a new or empty directory")
+            break
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _owns_shard_dir(out))):
+        raise DataError(f"--out {out}: exists and is not a shard directory lmscale wrote; the output directory "
+                        f"is replaced as a whole, so give a new or empty directory")
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lmscale.data.catalog import is_local, resolve_corpus
+from lmscale.data.readers import text_rows
 from lmscale.errors import DataError
 
 # BIG-bench's defaults for fields a task may leave out (bigbench/api/json_task.py).
@@ -169,7 +170,7 @@ def parse_jsonl(path: Path, text: str) -> Task:
     `answer` is a string to generate exactly."""
     examples: list[Example] = []
     n_mc = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text_rows(text), start=1):
         if not line.strip():
             continue
         i = len(examples)
@@ -178,6 +179,8 @@ def parse_jsonl(path: Path, text: str) -> Task:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise _err(path, where, f"not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise _err(path, where, "JSON nested too deeply to be an example") from None
         if not isinstance(row, dict):
             raise _err(path, where, "each line must be a JSON object")
         ctx = row.get("context")

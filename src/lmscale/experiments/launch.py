@@ -26,6 +26,7 @@ from typing import Any, Callable
 import yaml
 
 from lmscale.config import RunConfig, from_dict
+from lmscale.data.shards import ShardIndex
 from lmscale.errors import LmscaleError
 from lmscale.io import atomic_write_text
 from lmscale.io.locks import lock_holder
@@ -89,8 +90,21 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     return bool(RunLayout(run_dir).step_dirs())
 
 
-def run_results(info: dict[str, Any]) -> dict[str, Any]:
-    """The registry columns a run directory fills in (see `read_run_dir`)."""
+def unique_training_tokens(config: dict[str, Any]) -> float | None:
+    """Tokens in the training split a run samples from (its shards' index), None when unknown:
+    with the tokens trained, the epochs that `fit --law data-constrained` needs."""
+    shards = (config.get("data") or {}).get("shards")
+    if not shards and config.get("out"):
+        shards = str(Path(config["out"]) / "shards")
+    try:
+        return float(ShardIndex.load(shards).split_info("train")["num_tokens"]) if shards else None
+    except (LmscaleError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def run_results(info: dict[str, Any], config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The registry columns a run directory fills in (see `read_run_dir`); with the run's config
+    also its unique training tokens and epochs."""
     s = info["summary"].to_dict() if info["summary"] is not None else {}
     res: dict[str, Any] = {"loss_curve": info["loss_curve"], "train_curve": info["train_curve"]}
     for key in ("final_val_loss", "best_val_loss", "wall_s", "steps"):
@@ -109,6 +123,11 @@ def run_results(info: dict[str, Any]) -> dict[str, Any]:
         res["final_val_loss"] = curve[-1][2]
     if "best_val_loss" not in res and curve:
         res["best_val_loss"] = min(c[2] for c in curve)
+    unique = unique_training_tokens(config) if config else None
+    if unique:
+        res["unique_tokens"] = unique
+        if res.get("tokens_trained") is not None:
+            res["epochs"] = res["tokens_trained"] / unique
     return res
 
 
@@ -139,7 +158,7 @@ def execute_run(reg: Registry, rec: RunRecord, out_dir: Path, worker: str,
         return RunOutcome(rec.run_id, rec.name, "skipped", error=note)
     info = read_run_dir(run_dir)
     if info["summary"] is not None and info["summary"].status == "finished":
-        reg.finish(rec.run_id, **run_results(info))
+        reg.finish(rec.run_id, **run_results(info, rec.config))
         return RunOutcome(rec.run_id, rec.name, "finished")
     resume = has_checkpoint(run_dir)
     if resume:
@@ -244,7 +263,7 @@ def _record(reg: Registry, rec: RunRecord, run_dir: Path, resume: bool, rc: int 
             log_text: str, stop: threading.Event | None) -> RunOutcome:
     """Read what the run left and record it: stopped (resumable), finished, or failed with its error."""
     info = read_run_dir(run_dir)
-    results = run_results(info)
+    results = run_results(info, rec.config)
     summary: RunSummary | None = info["summary"]
     status, summary_error = (summary.status, summary.error) if summary is not None else (None, None)
     killed = rc is not None and (rc < 0 or rc in SIGNAL_EXIT_CODES)

@@ -21,12 +21,13 @@ from matplotlib.figure import Figure
 from lmscale.config import load_run_config
 from lmscale.errors import LmscaleError
 from lmscale.finetune.api import random_body
-from lmscale.finetune.tasks import TaskData, TaskSpec, load_task
+from lmscale.finetune.tasks import TaskData, TaskSpec, iter_rows, load_task, resolve_task_files
 from lmscale.finetune.trainer import FinetuneConfig, finetune
 from lmscale.io import atomic_path, atomic_write_json, atomic_write_text
 from lmscale.models.hf import fetch_minilm
 from lmscale.models.loading import load
 from lmscale.models.spec import family_spec
+from lmscale.scaling.transfer import TransferPoint, effective_data
 from lmscale.training.device import resolve_device
 from lmscale.training.loop import pretrain
 
@@ -42,14 +43,17 @@ PRETRAIN_OVERRIDES: dict[str, Any] = {
 }
 
 
-def pretrain_encoder(out_dir: str | Path, corpus: str = "wikitext-2", time_s: float = 180.0,
+def pretrain_encoder(out_dir: str | Path, corpus: str = "wikitext-2", time_s: Optional[float] = None,
                      preset: str = "bert-tiny", overrides: Optional[dict[str, Any]] = None,
-                     seed: int = 0, device: str = "auto") -> Path:
-    """MLM-pretrain a small encoder with the regular training loop; returns the run directory."""
+                     seed: int = 0, device: str = "auto", tokens: Optional[int] = 2_000_000) -> Path:
+    """MLM-pretrain a small encoder with the regular training loop; returns the run directory.
+
+    A token budget (the default) gives the same model on every machine; `time_s` instead trains
+    for that long, which depends on the machine and is not reproducible."""
     ov = dict(PRETRAIN_OVERRIDES)
     ov.update(overrides or {})
-    ov.update({"data.corpus": corpus, "train.max_time_s": float(time_s), "out": str(out_dir),
-               "train.seed": seed, "train.device": device})
+    budget = {"train.max_time_s": float(time_s)} if time_s is not None else {"train.max_tokens": int(tokens)}
+    ov.update({"data.corpus": corpus, **budget, "out": str(out_dir), "train.seed": seed, "train.device": device})
     run_cfg = load_run_config(preset=preset, overrides=ov)
     summary = pretrain(run_cfg)
     if summary.get("status") == "failed":
@@ -79,6 +83,50 @@ def summarize(runs: list[dict[str, Any]], metric: str, kind: str) -> dict[str, d
             m, s = _mean_std(vals)  # type: ignore[arg-type]
             table[init][size] = {"mean": m, "std": s, "n": len(vals)}  # type: ignore[arg-type]
     return table
+
+
+# (pretrained start, its random-weight twin) pairs whose accuracy curves give the data transferred
+TWINS = (("pretrained", "random"), ("minilm", "minilm-random"))
+
+
+def transfer_from_tables(table: dict[str, dict[str, dict[str, float]]]) -> dict[str, list[TransferPoint]]:
+    """Effective data transferred (Hernandez et al. 2021) for each start whose twin was run at
+    two or more sizes: {"pretrained": [TransferPoint per size], ...}."""
+    out = {}
+    for start, twin in TWINS:
+        if start in table and len(table.get(twin, {})) >= 2:
+            sizes = sorted(int(n) for n in table[twin])
+            pre = sorted(int(n) for n in table[start])
+            out[start] = effective_data(sizes, [table[twin][str(n)]["mean"] for n in sizes], pre,
+                                        [table[start][str(n)]["mean"] for n in pre])
+    return out
+
+
+def format_transfer_lines(transfer: dict[str, list[TransferPoint]]) -> str:
+    lines = ["effective data transferred (labels random init needs / labels used; read off the random-init "
+             "curve, linear in log labels)"]
+    for start, points in transfer.items():
+        lines.append(f"  {start}: " + "; ".join(p.describe() for p in points))
+    return "\n".join(lines)
+
+
+def cap_eval_splits(task: TaskData, max_eval: Optional[int]) -> None:
+    """Score only the first `max_eval` examples of dev and test: on long reviews, evaluating a
+    2,500-review split costs more than a short fine-tuning run itself."""
+    if max_eval is not None:
+        for split in ("dev", "test"):
+            if split in task.splits:
+                task.splits[split] = task.splits[split][:max_eval]
+
+
+def task_has_column(task: str | Path, column: str) -> bool:
+    """Whether the task's training file has `column` (regression needs the human scores)."""
+    _, files = resolve_task_files(task)
+    if "train" not in files:
+        return False
+    for _, row in iter_rows(files["train"]):
+        return column in row
+    return False
 
 
 def format_table(table: dict[str, dict[str, dict[str, float]]], metric: str) -> str:
@@ -145,7 +193,8 @@ class PretrainingEffectConfig:
     seeds: Sequence[int] = (0, 1, 2)
     regression: bool = True
     classification: bool = True
-    pretrain_time_s: float = 180.0
+    pretrain_time_s: Optional[float] = None
+    pretrain_tokens: int = 2_000_000
     pretrain_corpus: str = "wikitext-2"
     pretrain_overrides: Optional[dict[str, Any]] = None
     epochs: int = 3
@@ -157,6 +206,7 @@ class PretrainingEffectConfig:
     minilm_sizes: Optional[Sequence[Optional[int]]] = (100, 1000)
     max_length: int = 64
     batch_size: int = 32
+    max_eval: Optional[int] = None  # dev and test examples scored (the first of each fixed split; None: all)
     device: str = "auto"  # auto: CUDA when present
 
     def __post_init__(self) -> None:
@@ -191,8 +241,11 @@ def run_pretraining_effect(cfg: PretrainingEffectConfig | str | Path, log: Optio
     t_start = time.perf_counter()
     checkpoint = cfg.checkpoint
     if checkpoint is None:
-        say(f"pretraining a small encoder on {cfg.pretrain_corpus} for {cfg.pretrain_time_s:.0f} s ...")
+        budget = (f"{cfg.pretrain_time_s:.0f} s" if cfg.pretrain_time_s is not None
+                  else f"{cfg.pretrain_tokens:,} tokens")
+        say(f"pretraining a small encoder on {cfg.pretrain_corpus} for {budget} ...")
         checkpoint = pretrain_encoder(cfg.out_dir / "pretrain", cfg.pretrain_corpus, cfg.pretrain_time_s,
+                                      tokens=cfg.pretrain_tokens,
                                       overrides=cfg.pretrain_overrides, device=cfg.device)
     base_body, base_tok = load(checkpoint)
     spec = family_spec(base_body)
@@ -201,7 +254,15 @@ def run_pretraining_effect(cfg: PretrainingEffectConfig | str | Path, log: Optio
     if base_tok is None:
         raise LmscaleError(f"{checkpoint}: no tokenizer saved with the checkpoint")
     kinds = [k for k in KINDS if getattr(cfg, k)]
+    if "regression" in kinds and not task_has_column(cfg.task, KINDS["regression"][0]):
+        say(f"{cfg.task}: no {KINDS['regression'][0]!r} column, so no score regression")
+        kinds.remove("regression")
+        cfg = dataclasses.replace(cfg, regression=False)
+    if not kinds:
+        raise LmscaleError(f"{cfg.task}: nothing to run (no {KINDS['regression'][0]!r} column to regress on)")
     tasks = {k: load_task(cfg.task, TaskSpec(kind=k, label_column=KINDS[k][0])) for k in kinds}
+    for t in tasks.values():
+        cap_eval_splits(t, cfg.max_eval)
     n_train = len(tasks[kinds[0]].splits["train"])
     inits = _initialisations(base_body, base_tok, cfg.minilm)
     runs = [_finetune_one(cfg, tasks[kind], kind, init, make, size, seed, n_train, say)
@@ -211,6 +272,9 @@ def run_pretraining_effect(cfg: PretrainingEffectConfig | str | Path, log: Optio
     if cfg.regression:
         tables["spearman"] = summarize(runs, "spearman", "regression")
     text = "\n\n".join(format_table(t, m) for m, t in tables.items())
+    transfer = transfer_from_tables(tables.get("accuracy", {}))
+    if transfer:
+        text += "\n\n" + format_transfer_lines(transfer)
     say(text)
     png = plot({m: t for m, t in tables.items() if m in ("accuracy", "pearson")},
                cfg.out_dir / "pretraining_effect.png",
@@ -221,6 +285,7 @@ def run_pretraining_effect(cfg: PretrainingEffectConfig | str | Path, log: Optio
         "seeds": list(cfg.seeds), "lr": cfg.lr, "epochs": cfg.epochs, "min_steps": cfg.min_steps,
         "max_steps": cfg.max_steps, "evaluations": cfg.evaluations, "pooling": cfg.pooling, "tables": tables,
         "runs": runs, "plot": str(png), "wall_s": round(time.perf_counter() - t_start, 1),
+        "transfer": {pair: [p.to_dict() for p in points] for pair, points in transfer.items()},
     }
     atomic_write_json(cfg.out_dir / "results.json", result)
     atomic_write_text(cfg.out_dir / "table.txt", text + "\n")

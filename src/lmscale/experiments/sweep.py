@@ -50,12 +50,14 @@ from lmscale.io.outputs import mark_output_dir
 from lmscale.scaling.counting import count_parameters
 from lmscale.scaling.registry import Registry, RunRecord
 from lmscale.scaling.shapes import ShapeRule, describe, shape_for
+from lmscale.training.branch import branch_config, cooldown_steps
 
 __all__ = ["DEMO_SWEEP", "DESIGNS", "LAUNCHERS", "REGISTRY_FILE", "RunOutcome", "RunSpec", "SweepConfig",
            "SweepResult", "exec_index", "execute_run", "plan", "prepare_data", "pretrain_command", "register",
            "run_sweep"]
 
 DESIGNS = ("grid", "isoflop")
+SCHEDULE_MODES = (None, "cosine", "wsd")  # None/cosine: each run its own schedule (base.train.schedule)
 REGISTRY_FILE = "registry.sqlite"  # OUT/REGISTRY_FILE unless --registry says otherwise
 
 
@@ -85,8 +87,16 @@ class SweepConfig:
     flops_params: str = "non_embedding"  # which N enters C = 6ND: non_embedding | total
     evals_per_run: int = 8
     out: str | None = None
+    # "wsd": per size one stable run to the largest budget, each point a cooldown branch of it that
+    # spends `decay_fraction` of its tokens decaying (Hägele et al. 2024); None: a run per point
+    schedule: str | None = None
+    decay_fraction: float = 0.2
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULE_MODES:
+            raise ConfigError(f"sweep schedule={self.schedule!r} must be one of cosine, wsd")
+        if not 0.0 < float(self.decay_fraction) < 1.0:
+            raise ConfigError(f"sweep decay_fraction={self.decay_fraction} must be in (0, 1)")
         if self.design not in DESIGNS:
             raise ConfigError(f"sweep design={self.design!r} is not one of {', '.join(DESIGNS)}")
         if self.flops_params not in ("non_embedding", "total"):
@@ -169,6 +179,9 @@ class RunSpec:
     tokens: float
     flops: float
     seed: int
+    role: str | None = None  # WSD sweeps: "stable" (not a point) or "branch"
+    parent: str | None = None  # a branch's stable run
+    lineage: dict[str, Any] | None = None
 
     def record(self, sweep: str, idx: int) -> RunRecord:
         return RunRecord(
@@ -176,16 +189,28 @@ class RunSpec:
             family=self.config.model.family, params_total=self.params["params_total"],
             params_embedding=self.params["params_embedding"],
             params_non_embedding=self.params["params_non_embedding"], tokens=self.tokens,
-            flops=self.flops, seed=self.seed, run_dir=self.config.out,
+            flops=self.flops, seed=self.seed, run_dir=self.config.out, role=self.role, parent=self.parent,
+            lineage=self.lineage,
         )
 
 
-def _run_id(cfg: RunConfig) -> str:
+# keys added after registries were first written: at their defaults they leave the run id as it was
+_LATER_KEYS: dict[str, dict[str, Any]] = {
+    "train": {"decay_shape": "linear", "branch_points": [], "branch": None, "init_from": None},
+    "model": {"parametrization": "sp", "mup_base_width": None},
+}
+
+
+def _run_id(cfg: RunConfig, parent_id: str | None = None) -> str:
     d = to_dict(cfg)
     d.pop("out", None)
+    if d["train"].get("branch"):  # a branch is named by its parent's id, not where the parent lives
+        d["train"]["branch"] = {**d["train"]["branch"], "parent": parent_id}
     d["data"] = {k: v for k, v in d["data"].items() if k not in ("tokenizer", "shards")}
     # where a run is reported is not what it trains: the same run whichever trackers watch it
     d["train"] = {k: v for k, v in d["train"].items() if k not in TRACKER_KEYS}
+    for section, later in _LATER_KEYS.items():
+        d[section] = {k: v for k, v in d[section].items() if not (k in later and v == later[k])}
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -216,6 +241,8 @@ def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
                 counts = count_parameters(m)
                 n_c = counts["params_non_embedding" if sweep.flops_params == "non_embedding" else "params_total"]
                 points.append((m, c / (6.0 * n_c)))
+    if sweep.schedule == "wsd":
+        return _wsd_plan(sweep, base, points, out)
     specs: list[RunSpec] = []
     seen: set[str] = set()
     for m, d in points:
@@ -250,6 +277,78 @@ def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
             seen.add(rid)
             specs.append(RunSpec(rid, name, cfg, counts, float(tokens), 6.0 * n_c * tokens, seed))
     specs.sort(key=lambda s: (-s.flops, s.name))
+    return specs
+
+
+def _wsd_plan(sweep: SweepConfig, base: RunConfig, points: list[tuple[Any, float]], out: Path) -> list[RunSpec]:
+    """Per size and seed one stable run (warm-up, then the constant rate) to the largest budget's
+    branch point, with a kept checkpoint at every point's branch point; per point a cooldown
+    branch from there that decays over the last `decay_fraction` of the point's tokens, so the
+    branch has trained exactly the point's D. Stable runs come first; a branch waits for its own."""
+    tps = base.train.batch_size * base.train.seq_len
+    groups: dict[str, tuple[Any, list[int]]] = {}
+    for m, d in points:
+        if d < tps:
+            raise ConfigError(f"a token budget of {d:.4g} tokens is less than one optimizer step ({tps:,} tokens); "
+                              "raise the budgets (or --tokens-scale) or lower the batch")
+        key = json.dumps(to_dict(m), sort_keys=True)
+        groups.setdefault(key, (m, []))[1].append(max(1, int(round(d / tps))))
+    specs: list[RunSpec] = []
+    seen: set[str] = set()
+    for m, all_steps in groups.values():
+        totals = sorted(set(all_steps))
+        cool = {t: cooldown_steps(t, sweep.decay_fraction) for t in totals}
+        if any(cool[t] >= t for t in totals):
+            raise ConfigError(f"a budget of {min(totals)} optimizer steps is too short for a cooldown of "
+                              f"decay_fraction={sweep.decay_fraction}; raise the budgets or lower the batch")
+        at = {t: t - cool[t] for t in totals}
+        stable_steps = max(at.values())
+        warm = base.train.warmup_steps
+        if warm is None:  # the shortest point's own warm-up, inside every branch's stable part
+            warm = max(1, int(round(base.train.warmup_fraction * min(totals))))
+        warm = min(warm, min(at.values()))
+        counts = count_parameters(m)
+        n_c = counts["params_non_embedding" if sweep.flops_params == "non_embedding" else "params_total"]
+        for seed in sweep.seeds:
+            stable_tokens = stable_steps * tps
+            name = f"{describe(m)}-stable-D{_fmt(stable_tokens)}-s{seed}"
+            data = deep_merge(to_dict(base), {
+                "model": to_dict(m),
+                "train": dict(
+                    schedule="wsd", decay_fraction=0.0, warmup_steps=warm, max_steps=stable_steps,
+                    max_tokens=stable_tokens, seed=seed, max_flops=None, max_time_s=None,
+                    branch_points=[at[t] * tps for t in totals],
+                    eval_every=max(1, stable_steps // max(1, sweep.evals_per_run)),
+                    checkpoint_every=max(1, stable_steps // 4), tracker_group=base.train.tracker_group or sweep.name,
+                    tracker_params={"sweep": sweep.name, "N": n_c, "N_counts": sweep.flops_params,
+                                    "D": stable_tokens, "C": 6.0 * n_c * stable_tokens, "seed": seed,
+                                    "role": "stable"}),
+                "out": str(out / "runs" / name),
+            })
+            parent = from_dict(RunConfig, data)
+            parent_id = _run_id(parent)
+            if parent_id in seen:
+                continue
+            seen.add(parent_id)
+            specs.append(RunSpec(parent_id, name, parent, counts, float(stable_tokens),
+                                 6.0 * n_c * stable_tokens, seed, role="stable"))
+            parent_dir = str(Path(parent.out).absolute())
+            for t in totals:
+                tokens = t * tps
+                lineage = {"parent": parent_dir, "at_tokens": at[t] * tps, "decay_fraction": cool[t] / at[t]}
+                bname = f"{describe(m)}-D{_fmt(tokens)}-s{seed}"
+                requested = deep_merge(to_dict(parent), {
+                    "out": str(out / "runs" / bname),
+                    "train": dict(branch=lineage, eval_every=max(1, t // max(1, sweep.evals_per_run)),
+                                  checkpoint_every=max(1, cool[t] // 2),
+                                  tracker_params={**parent.train.tracker_params, "D": tokens,
+                                                  "C": 6.0 * n_c * tokens, "role": "branch"}),
+                })
+                child = branch_config(from_dict(RunConfig, requested), parent, stable_steps)
+                specs.append(RunSpec(_run_id(child, parent_id), bname, child, counts, float(tokens),
+                                     6.0 * n_c * tokens, seed, role="branch", parent=parent_id,
+                                     lineage={**lineage, "parent": parent_id}))
+    specs.sort(key=lambda s: (s.role != "stable", -s.flops, s.name))
     return specs
 
 
@@ -374,6 +473,7 @@ class _WorkerPool:
     stop: threading.Event = field(default_factory=threading.Event)
     tried: set[str] = field(default_factory=set)
     active: dict[str, subprocess.Popen] = field(default_factory=dict)
+    poll_s: float = 1.0
 
     def run(self, workers: int) -> list[RunOutcome]:
         done = [threading.Event() for _ in range(workers)]
@@ -402,6 +502,12 @@ class _WorkerPool:
             while not self.stop.is_set():
                 claimed = self._claim(reg, worker)
                 if claimed is None:
+                    # WSD sweeps: branches wait for their stable run, which another worker trains
+                    with self.lock:
+                        tried = frozenset(self.tried)
+                    if reg.waiting(self.sweep, only=self.planned, tried=tried):
+                        self.stop.wait(self.poll_s)
+                        continue
                     return
                 rec, _ = claimed
                 o = execute_run(reg, rec, self.out, worker, self.command, self.threads, self.heartbeat_s,

@@ -2,6 +2,9 @@
 
 Every prediction carries where its input came from: `row` (1-based among the inputs) and, for a
 file, `line` (the line of the file), so predictions can always be joined back to their inputs.
+A classification row also has `score`, the probability of its `label`, so it reads as
+`transformers`' `text-classification` pipeline output (`[{"label": ..., "score": ...}]`); a
+regression row's `score` is the prediction.
 """
 from __future__ import annotations
 
@@ -11,10 +14,16 @@ from typing import Any, Optional, Sequence
 from lmscale.finetune.tasks import Example, TaskSpec, read_inputs
 
 
+def _as_pipeline(r: dict[str, Any]) -> dict[str, Any]:
+    if "label" in r and "probabilities" in r:
+        return {"label": r["label"], "score": r["probabilities"][r["label"]], **r}
+    return r
+
+
 def predict_texts(model, texts: Sequence[str], text_pair: Optional[str] = None,
                   batch_size: int = 128) -> tuple[list[Example], list[dict[str, Any]]]:
     exs = [Example(" ".join(t.split()), text_pair, source="<argv>", line=i + 1) for i, t in enumerate(texts)]
-    return exs, [{"row": i + 1, **r} for i, r in enumerate(model.predict(exs, batch_size))]
+    return exs, [_as_pipeline({"row": i + 1, **r}) for i, r in enumerate(model.predict(exs, batch_size))]
 
 
 def predict_file(model, path: str | Path, text_column: Optional[str] = None,
@@ -32,4 +41,4 @@ def predict_file(model, path: str | Path, text_column: Optional[str] = None,
     )
     exs = read_inputs(path, spec)
     rows = model.predict(exs, batch_size)
-    return exs, [{"row": i + 1, "line": ex.line, **r} for i, (ex, r) in enumerate(zip(exs, rows))]
+    return exs, [_as_pipeline({"row": i + 1, "line": ex.line, **r}) for i, (ex, r) in enumerate(zip(exs, rows))]

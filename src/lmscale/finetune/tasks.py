@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from lmscale.data.catalog import resolve_corpus
+from lmscale.data.readers import text_rows
 from lmscale.errors import DataError
 
 KINDS = ("classification", "regression", "text-to-text")
@@ -133,13 +134,15 @@ def iter_rows(path: str | os.PathLike, fmt: Optional[str] = None) -> Iterator[tu
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {exc.start})") from None
     if fmt == "jsonl":
-        for i, line in enumerate(text.splitlines(), start=1):
+        for i, line in enumerate(text_rows(text), start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{i}: JSON nested too deeply to be a row") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{i}: each JSONL line must be an object with named fields")
             yield i, obj
@@ -147,7 +150,7 @@ def iter_rows(path: str | os.PathLike, fmt: Optional[str] = None) -> Iterator[tu
     # fields may be quoted (some TSV exports quote), but an example is one line: a quoted field that
     # runs over several lines (an unbalanced quote swallowing the rows after it) is an error naming
     # the line, never silently fewer rows
-    reader = csv.reader(text.splitlines(keepends=True), delimiter="\t" if fmt == "tsv" else ",")
+    reader = csv.reader(text_rows(text, keepends=True), delimiter="\t" if fmt == "tsv" else ",")
     header: Optional[list[str]] = None
     previous = 0
     while True:

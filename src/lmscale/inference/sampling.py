@@ -45,6 +45,7 @@ def apply_repetition_penalty(logits: torch.Tensor, prev_ids: torch.Tensor, penal
         logits, prev_ids = logits.unsqueeze(0), prev_ids.reshape(1, -1)
     score = torch.gather(logits, 1, prev_ids)
     score = torch.where(score < 0, score * penalty, score / penalty)
+    score = score.clamp(max=torch.finfo(score.dtype).max)  # a tiny penalty must not make a logit +inf (NaN softmax)
     logits = logits.scatter(1, prev_ids, score)
     return logits[0] if squeeze else logits
 
@@ -75,7 +76,12 @@ def process_logits(logits: torch.Tensor, prev_ids: torch.Tensor, cfg: SamplingCo
     if cfg.greedy:
         return logits
     if cfg.temperature != 1.0:
-        logits = logits / cfg.temperature
+        scaled = logits / cfg.temperature
+        if not bool(torch.isfinite(scaled.amax(dim=-1)).all()):  # a tiny temperature overflows: shift
+            # first (the same softmax), in float64, where 1e-300 is not 0
+            shifted = (logits.double() - logits.double().amax(dim=-1, keepdim=True)) / cfg.temperature
+            scaled = shifted.clamp(min=torch.finfo(logits.dtype).min).to(logits.dtype)
+        logits = scaled
     logits = top_k_filter(logits, cfg.top_k)
     return top_p_filter(logits, cfg.top_p)
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 CACHE_DIR_ENV = "LMSCALE_CACHE_DIR"
 
@@ -162,25 +162,41 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def clean_stale_temporaries(directory: str | os.PathLike, subdirs: tuple[str, ...] = ()) -> None:
+def _temporary_of(name: str) -> Optional[str]:
+    """The file a `.NAME.XXXXXXXX.tmp` temporary of `atomic_path` or `atomic_directory` was for, or None."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return None
+    base, sep, _ = name[1:-4].rpartition(".")
+    return base if sep and base else None
+
+
+def clean_stale_temporaries(directory: str | os.PathLike, subdirs: tuple[str, ...] = (),
+                            owned: Optional[Callable[[str], bool]] = None) -> None:
     """Remove what a killed writer left half-written in `directory` (and its `subdirs`): the
     `.NAME.*.tmp` files and directories of `atomic_path` and `atomic_directory`, and put back a
-    directory that a kill took away between the two renames of `atomic_directory`'s swap. Call it
-    only while holding the directory's lock (`lmscale.io.locks`): nobody else is writing then."""
+    directory that a kill took away between the two renames of `atomic_directory`'s swap. Only
+    temporaries of names `owned(NAME)` accepts are touched (all of them when None): a user's own
+    `.notes.tmp` or `.backup.old` is never lmscale's to delete. Links are removed, never followed.
+    Call it only while holding the directory's lock (`lmscale.io.locks`): nobody else is writing then."""
     directory = Path(directory)
     for parent in (directory, *(directory / s for s in subdirs)):
         if not parent.is_dir() or (parent != directory and parent.is_symlink()):
             continue
         for p in parent.glob(".*.tmp"):
+            of = _temporary_of(p.name)
+            if of is None or (owned is not None and not owned(of)):
+                continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
         for old in parent.glob(".*.old"):
             target = old.with_name(old.name[1:-4])
+            if not target.name or (owned is not None and not owned(target.name)):
+                continue
             if old.is_symlink():  # never followed: only the link is removed
                 old.unlink()
-            elif old.is_dir() and not target.exists():
+            elif old.is_dir() and not target.exists() and not target.is_symlink():
                 os.replace(old, target)  # killed between the two renames of an atomic directory swap
             else:
                 shutil.rmtree(old, ignore_errors=True)

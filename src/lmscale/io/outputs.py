@@ -17,8 +17,9 @@ from lmscale.errors import LmscaleError
 from lmscale.io import atomic_write_text
 
 MARKER = ".lmscale"  # in every output directory lmscale writes: {"written_by": "lmscale", "kind": ...}
-# sniffed from the start of an existing file: formats lmscale writes as single files
+# formats lmscale writes as single files, each recognised by its whole content
 FILE_KINDS = ("json", "jsonl", "html", "csv", "yaml")
+GENERATOR_TAG = "<meta name='generator' content='lmscale'>"  # in every HTML report lmscale writes
 
 
 class OutputError(LmscaleError):
@@ -88,36 +89,63 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out", overwrite: bo
     return p
 
 
-def _sniff(path: Path, kind: str) -> bool:
+MAX_OWNED_FILE = 256 << 20  # a larger existing file is not read through to decide whose it is
+
+
+def _is_ours(path: Path, kind: str, keys: tuple[str, ...]) -> bool:
+    """Whether the existing file `path` is one lmscale wrote as `kind`: read whole and parsed,
+    never judged by its name or first byte (a user's JSON starts with `{` too). JSON is an object
+    holding every one of `keys`; JSON lines are such objects, one a line; HTML carries lmscale's
+    generator tag; CSV is a registry export."""
+    if kind not in FILE_KINDS:
+        raise ValueError(f"unknown file kind {kind!r}; one of {', '.join(FILE_KINDS)}")
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-    except OSError:
+        if not path.is_file() or path.stat().st_size > MAX_OWNED_FILE:
+            return False
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
         return False
-    if not head.strip():
+    if not text.strip():
         return True  # an empty file holds nothing to lose
-    text = head.decode("utf-8", "replace").lstrip()
-    if kind in ("json", "jsonl"):
-        return text[:1] in ("{", "[")
-    if kind == "html":
-        return text[:1] == "<" and "lmscale" in text.lower()
-    if kind == "csv":
-        return text.startswith("run_id,")
-    if kind == "yaml":
-        return True
-    raise ValueError(f"unknown file kind {kind!r}; one of {', '.join(FILE_KINDS)}")
+    try:
+        if kind == "json":
+            docs = [json.loads(text)]
+        elif kind == "jsonl":
+            docs = [json.loads(line) for line in text.split("\n") if line.strip()]
+        elif kind == "html":
+            return text.lstrip().startswith("<") and GENERATOR_TAG in text
+        elif kind == "csv":
+            return text.startswith("run_id,")
+        else:
+            return False  # no YAML is replaced without --overwrite
+    except (ValueError, RecursionError):
+        return False
+    return bool(keys) and all(isinstance(d, dict) and all(k in d for k in keys) for d in docs)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (through links, `..` or a second name)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).absolute().resolve() == Path(b).absolute().resolve()
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out", kind: str = "json",
-                      overwrite: bool = False) -> Path:
-    """Refuse `path` as an output file when it is a directory, lies under a file, or is an existing
-    file that does not look like one lmscale writes as `kind` (json, jsonl, html, csv), unless
-    `overwrite`."""
+                      overwrite: bool = False, keys: tuple[str, ...] = (),
+                      inputs: tuple[tuple[str, str | os.PathLike], ...] = ()) -> Path:
+    """Refuse `path` as an output file when it is a directory, lies under a file, is one of the
+    command's `inputs` ((flag, path) pairs; not even with `overwrite`), or is an existing file that
+    lmscale did not write as `kind` with `keys` (see `_is_ours`), unless `overwrite`."""
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"{flag} {p}: is a directory; name a file to write")
     _check_ancestors(p, flag)
-    if p.exists() and not overwrite and not _sniff(p, kind):
-        raise OutputError(f"{flag} {p}: an existing file that lmscale did not write (not {kind}); "
+    for in_flag, src in inputs:
+        if src is not None and same_file(p, src):
+            raise OutputError(f"{flag} {p}: is the command's input ({in_flag} {src}); an output never replaces "
+                              f"what it is read from, so choose another {flag}")
+    if p.exists() and not overwrite and not _is_ours(p, kind, keys):
+        raise OutputError(f"{flag} {p}: an existing file that lmscale did not write (not its {kind} output); "
                           f"choose another {flag}, or pass --overwrite to replace it")
     return p

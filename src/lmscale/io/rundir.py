@@ -65,6 +65,7 @@ class RunSummary:
     params: Optional[dict[str, int]] = None
     tokens_per_s: Optional[float] = None
     error: Optional[str] = None
+    branch: Optional[dict[str, Any]] = None  # a cooldown branch's {parent, at_tokens, decay_fraction}
 
     # sessions that trained to an outcome of their own; a failed later start must not replace it
     OUTCOMES = ("finished", "early_stopped", "time_cap")

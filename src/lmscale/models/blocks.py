@@ -261,6 +261,20 @@ class RelativeBias(nn.Module):
         bias = self.embedding.weight.index_select(0, buckets.reshape(-1)).view(q_len, k_len, -1)
         return bias.permute(2, 0, 1).unsqueeze(0)
 
+    @torch.no_grad()
+    def init_alibi(self) -> None:
+        """Bias each bucket by -slope_h x its mean distance: head h attends mostly within about
+        1 / slope_h tokens, with ALiBi's geometric slopes 1, 2^(-8/H), 2^(-16/H), ... (Press et al.
+        2022, starting at 1 rather than 2^(-8/H) so the first head sees its neighbours sharply)."""
+        n_heads = self.embedding.weight.shape[1]
+        rel = torch.arange(-4 * self.max_distance, 4 * self.max_distance + 1)
+        buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
+        total = torch.zeros(self.num_buckets).index_add_(0, buckets, rel.abs().float())
+        count = torch.zeros(self.num_buckets).index_add_(0, buckets, torch.ones(len(rel)))
+        distance = total / count.clamp(min=1)
+        slopes = torch.tensor([2.0 ** (-8.0 * h / n_heads) for h in range(n_heads)])
+        self.embedding.weight.copy_(-distance[:, None] * slopes[None, :])
+
 
 # ----------------------------------------------------------------------------- masks
 
@@ -362,6 +376,17 @@ def repeat_kv(k: torch.Tensor, v: torch.Tensor, groups: int) -> KV:
     return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
 
+def attention_scale(cfg: ModelConfig) -> Optional[float]:
+    """The factor on q.k: None (SDPA's 1/sqrt(d_head)), 1.0 for T5's relative attention; under muP
+    1/d_head (Yang et al. 2022: q and k become correlated during training, so their product grows
+    like d_head, not sqrt(d_head)), normalised to the sp value at the base width."""
+    sp = 1.0 if cfg.position == "relative" else None
+    if cfg.parametrization != "mup":
+        return sp
+    base = (1.0 if sp is not None else 1.0 / math.sqrt(cfg.head_dim / cfg.width_mult))
+    return base / cfg.width_mult
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused q|k|v projection and an optional KV cache.
 
@@ -378,7 +403,7 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(a, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.attention_dropout
         # T5 folds 1/sqrt(d_head) into its initialisation and attends without scaling.
-        self.scale = 1.0 if cfg.position == "relative" else None
+        self.scale = attention_scale(cfg)
 
     def forward(
         self,
@@ -454,7 +479,7 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(cfg.d_model, 2 * a, bias=cfg.bias)
         self.out = nn.Linear(a, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.attention_dropout
-        self.scale = 1.0 if cfg.position == "relative" else None
+        self.scale = attention_scale(cfg)
 
     def project_kv(self, memory: torch.Tensor) -> KV:
         b, s, _ = memory.shape
@@ -575,11 +600,14 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     with depth."""
     std = cfg.init_std
     n_res = 2 * cfg.total_layers
+    # muP: hidden matrices' variance goes as 1/fan_in relative to the base width; the readout
+    # (lm_head) keeps its init and is scaled in the forward pass instead (`readout_multiplier`)
+    hidden_std = std / math.sqrt(cfg.width_mult)
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            s = std
+            s = std if name.split(".")[-1] == "lm_head" else hidden_std
             if cfg.norm_position == "pre" and (name.endswith(".out") or name.endswith("fc_out")):
-                s = std / math.sqrt(max(n_res, 1))
+                s = s / math.sqrt(max(n_res, 1))
             nn.init.normal_(module.weight, 0.0, s)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -590,6 +618,15 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
+    if cfg.relative_bias_init == "alibi":
+        for module in model.modules():
+            if isinstance(module, RelativeBias):
+                module.init_alibi()
+
+
+def readout_multiplier(cfg: ModelConfig) -> Optional[float]:
+    """muP's factor on the output logits, base_width / width (None under sp: no multiply at all)."""
+    return 1.0 / cfg.width_mult if cfg.parametrization == "mup" else None
 
 
 def check_length(cfg: ModelConfig, length: int, what: str = "input") -> None:

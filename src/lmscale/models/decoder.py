@@ -19,6 +19,7 @@ from lmscale.models.blocks import (
     layer_inputs,
     make_norm,
     padding_mask,
+    readout_multiplier,
 )
 from lmscale.models.kernels import cross_entropy, linear_cross_entropy
 from lmscale.models.spec import family_spec
@@ -45,6 +46,7 @@ class DecoderModel(LMBase):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg) if cfg.norm_position == "pre" else None
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.readout_mult = readout_multiplier(cfg)
         init_weights(self, cfg)
 
     def _embedding_params(self) -> list[nn.Parameter]:
@@ -110,15 +112,16 @@ class DecoderModel(LMBase):
                 presents.append(present)
         if self.norm is not None:
             x = self.norm(x)
+        h = x * self.readout_mult if self.readout_mult is not None else x  # muP readout
         logits = loss = None
         if labels is not None:
             shifted = torch.full_like(labels, -100)
             shifted[:, :-1] = labels[:, 1:]
-            if self._fused_loss(x):
-                loss = linear_cross_entropy(x, self._output_weight(), None, shifted)
+            if self._fused_loss(h):
+                loss = linear_cross_entropy(h, self._output_weight(), None, shifted)
             else:
-                logits = self._lm_logits(x)
+                logits = self._lm_logits(h)
                 loss = cross_entropy(logits, shifted)
         else:
-            logits = self._lm_logits(x)
+            logits = self._lm_logits(h)
         return ModelOutput(logits=logits, loss=loss, hidden_states=x, past_key_values=presents)

@@ -19,6 +19,7 @@ from lmscale.models.blocks import (
     layer_inputs,
     make_norm,
     padding_mask,
+    readout_multiplier,
 )
 from lmscale.models.kernels import cross_entropy, linear_cross_entropy
 from lmscale.models.spec import family_spec
@@ -90,6 +91,9 @@ class EncoderDecoderModel(LMBase):
         self.decoder = Stack(cfg, cfg.decoder_layers, is_decoder=True)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.output_scale = cfg.d_model ** -0.5 if cfg.output_scaled else None
+        mult = readout_multiplier(cfg)  # muP readout, folded into the output scale
+        if mult is not None:
+            self.output_scale = mult if self.output_scale is None else self.output_scale * mult
         init_weights(self, cfg)
 
     def _embedding_params(self) -> list[nn.Parameter]:

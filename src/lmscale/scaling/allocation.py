@@ -21,7 +21,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from lmscale.errors import LmscaleError
-from lmscale.scaling.identify import allocation_warning, identification
+from lmscale.scaling.identify import allocation_at_budget, allocation_warning, identification
 from lmscale.scaling.laws import DataConstrainedLaw
 
 CHINCHILLA_KEYS = ("E", "A", "B", "alpha", "beta")
@@ -42,6 +42,8 @@ def _params(law_or_params: Any) -> dict[str, float]:
 def _budget(C: float, name: str = "flops") -> float:
     if C is None or not isinstance(C, (int, float)) or not math.isfinite(C) or C <= 0:
         raise LmscaleError(f"{name}={C!r} must be a positive number")
+    if C < 6.0:  # 6 FLOPs train one parameter on one token: no allocation exists below that
+        raise LmscaleError(f"{name}={C!r} is less than 6, the FLOPs of one parameter trained on one token")
     return float(C)
 
 
@@ -113,12 +115,6 @@ def compute_optimal(law_or_params: Any, C: float, level: float = 0.95) -> dict[s
         "numeric": num,
         "rule_of_thumb_20": rule_of_thumb(p, C),
     }
-    if not isinstance(law_or_params, dict) or "params" in law_or_params:  # a fitted law or a fit's JSON
-        ident = identification(law_or_params)
-        out["identified"] = bool(ident["allocation_identified"])
-        if not ident["allocation_identified"]:
-            out["warning"] = allocation_warning(ident)
-            out["unidentified"] = ident["unidentified"]
     s = _samples(law_or_params)
     if s is not None and all(k in s for k in CHINCHILLA_KEYS):
         bs = closed_form({k: s[k] for k in CHINCHILLA_KEYS}, C)
@@ -126,6 +122,13 @@ def compute_optimal(law_or_params: Any, C: float, level: float = 0.95) -> dict[s
         out["ci"] = {k: [float(np.nanpercentile(bs[k], lo)), float(np.nanpercentile(bs[k], hi))]
                      for k in ("N_opt", "D_opt", "tokens_per_param", "loss")}
         out["ci_level"] = level
+    if not isinstance(law_or_params, dict) or "params" in law_or_params:  # a fitted law or a fit's JSON
+        # judged on what is reported here: N_opt's and D_opt's intervals, not those of A, B or G
+        ident = allocation_at_budget(identification(law_or_params), out.get("ci") or {})
+        out["identified"] = bool(ident["allocation_identified"])
+        if not ident["allocation_identified"]:
+            out["warning"] = allocation_warning(ident)
+            out["unidentified"] = ident["unidentified"]
     return out
 
 

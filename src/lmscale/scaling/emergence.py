@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -488,3 +489,367 @@ def extrapolate(data: ScaleMetric, target: float, chance: float | None = None, c
 def from_records(records: Iterable[Any], metric: str = "final_val_loss", params: str = "non_embedding") -> ScaleMetric:
     """Sweep registry records as (compute, metric) rows, read by the runs-table reader."""
     return from_columns(records_columns(records, params=params, extra=[metric]), metric, group=True)
+
+
+# ----------------------------------------------------------------------------- two-step (model ladder)
+#
+# Bhagia et al. 2024 ("Establishing task scaling laws via compute-efficient model ladders")
+# predict a large model's accuracy in two steps: (1) the task loss -- the negative
+# log-likelihood of the correct answer -- from (N, D) with a Chinchilla-form power law, then
+# (2) accuracy from task loss with a sigmoid. Loss is smooth in scale where accuracy is not, and
+# the loss -> accuracy map is shared by all sizes, so small models' checkpoints pin it down.
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmbt])\b", re.IGNORECASE)
+_SIZE_UNIT = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+
+
+def nominal_size(name: str) -> float | None:
+    """The size a model's name states (pythia-6.9b -> 6.9e9, pythia-70m -> 7e7), else None."""
+    m = _SIZE.search(name.replace("_", "-").split("/")[-1])
+    return float(m.group(1)) * _SIZE_UNIT[m.group(2).lower()] if m else None
+
+
+@dataclass
+class LadderData:
+    """One row per (model, checkpoint): N (12 L d^2), D tokens, task loss (nats) and accuracy."""
+
+    model: list[str]
+    size: np.ndarray  # nominal size from the name (N when the name carries none): selects fit/predict models
+    N: np.ndarray
+    D: np.ndarray
+    loss: np.ndarray
+    acc: np.ndarray
+    task: str
+    loss_source: str  # which column the loss comes from, and whether it is the task's own or a proxy
+
+    def select(self, mask: np.ndarray) -> "LadderData":
+        mask = np.asarray(mask, bool)
+        return LadderData([m for m, k in zip(self.model, mask) if k], self.size[mask], self.N[mask], self.D[mask],
+                          self.loss[mask], self.acc[mask], self.task, self.loss_source)
+
+    @property
+    def C(self) -> np.ndarray:
+        return 6.0 * self.N * self.D
+
+
+def read_pythia_ladder(path: str | os.PathLike, task: str, metric: str = "acc", loss_task: str | None = None,
+                       loss_metric: str = "ppl", deduped: bool = False, min_step: int = 1) -> LadderData:
+    """Join a Pythia-style CSV's accuracy rows with its loss rows of the same checkpoints.
+
+    The task loss is ln(perplexity): lm-evaluation-harness's lambada perplexity is exp of the
+    mean negative log-likelihood of the correct final word, so its log is exactly the task loss
+    of Bhagia et al. A task without a perplexity column (arc_easy, piqa, ...) has no likelihood
+    of its answers in the file; then `loss_task` names another task whose loss stands in as a
+    proxy of the checkpoint's language-modelling quality, and `loss_source` says so.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    loss_task = loss_task or task
+    acc: dict[tuple[str, int], float] = {}
+    loss: dict[tuple[str, int], float] = {}
+    shape: dict[tuple[str, int], tuple[float, float]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        need = {"model", "deduped", "n_layers", "d_model", "step", "tokens", "task", "metric", "value"}
+        if not need <= set(reader.fieldnames or []):
+            raise DataError(f"{path}: not a Pythia results CSV (need columns {sorted(need)})")
+        for i, row in enumerate(reader, start=2):
+            if row["deduped"] != ("1" if deduped else "0") or int(row["step"]) < min_step:
+                continue
+            key = (row["model"], int(row["step"]))
+            if row["task"] == task and row["metric"] == metric:
+                acc[key] = _float(row["value"], path, i, "value")
+            elif row["task"] == loss_task and row["metric"] == loss_metric:
+                v = _float(row["value"], path, i, "value")
+                if v <= 0:
+                    raise DataError(f"{path}:{i}: {loss_metric} {v} is not a positive perplexity")
+                loss[key] = math.log(v)
+            else:
+                continue
+            shape[key] = (pythia_non_embedding_params(int(row["n_layers"]), int(row["d_model"])),
+                          _float(row["tokens"], path, i, "tokens"))
+    if not acc:
+        raise DataError(f"{path}: no rows for task={task!r} metric={metric!r}")
+    if not loss:
+        raise DataError(f"{path}: no {loss_metric!r} rows for task {loss_task!r}; a task without a likelihood column "
+                        "needs a proxy loss (--loss-task, e.g. lambada_openai)")
+    keys = sorted(set(acc) & set(loss), key=lambda k: (shape[k][0], k[1]))
+    if len(keys) < 6:
+        raise DataError(f"{path}: only {len(keys)} checkpoints have both {task} {metric} and {loss_task} {loss_metric}")
+    names = [k[0] for k in keys]
+    n = np.array([shape[k][0] for k in keys])
+    size = np.array([nominal_size(m) or nn for m, nn in zip(names, n)])
+    src = (f"{task} ln({loss_metric}) (the task's own loss)" if loss_task == task else
+           f"{loss_task} ln({loss_metric}) (proxy: {task} has no likelihood column in this file)")
+    return LadderData(names, size, n, np.array([shape[k][1] for k in keys]), np.array([loss[k] for k in keys]),
+                      np.array([acc[k] for k in keys]), task, src)
+
+
+@dataclass
+class TaskLossLaw:
+    """Step 1: L(N, D) = E + A N^-alpha + B D^-beta ("nd"), or L(C) = E + A C^-alpha ("compute").
+
+    Fitted by least squares on log L (relative errors, as Hoffmann et al. 2022 fit log loss),
+    from several starts; the parameters are bounded, and a parameter that keeps landing on its
+    bound is reported as not identified by the data.
+    """
+
+    form: str = "nd"
+    params_: dict[str, float] = field(default_factory=dict)
+    rss_: float = math.nan
+
+    BOUNDS = {"logE": (-10.0, 5.0), "logA": (-20.0, 60.0), "alpha": (0.0, 2.5), "logB": (-20.0, 60.0),
+              "beta": (0.0, 2.5)}
+
+    def __post_init__(self) -> None:
+        if self.form not in ("nd", "compute"):
+            raise LmscaleError(f"task-loss law form {self.form!r}: use 'nd' or 'compute'")
+
+    @property
+    def names(self) -> list[str]:
+        return ["logE", "logA", "alpha"] + (["logB", "beta"] if self.form == "nd" else [])
+
+    @staticmethod
+    def _terms(p, lnN, lnD, lnC, form):
+        if form == "nd":
+            e, a, al, b, be = p
+            return np.exp(e) + np.exp(np.clip(a - al * lnN, -700, 700)) + np.exp(np.clip(b - be * lnD, -700, 700))
+        e, a, al = p
+        return np.exp(e) + np.exp(np.clip(a - al * lnC, -700, 700))
+
+    def fit(self, N, D, loss, p0: np.ndarray | None = None) -> "TaskLossLaw":
+        N, D, loss = (np.asarray(v, float) for v in (N, D, loss))
+        if np.any(loss <= 0):
+            raise DataError("task loss must be positive")
+        lnN, lnD = np.log(N), np.log(D)
+        lnC = np.log(6.0) + lnN + lnD
+        y = np.log(loss)
+        lb = np.array([self.BOUNDS[k][0] for k in self.names])
+        ub = np.array([self.BOUNDS[k][1] for k in self.names])
+        if p0 is not None:
+            starts = [p0]
+        else:
+            e0 = math.log(max(float(loss.min()) * 0.5, 1e-3))
+            starts = []
+            for al in (0.1, 0.3, 0.7):
+                for be in ((0.1, 0.3, 0.7) if self.form == "nd" else (None,)):
+                    # put each term at about the observed loss scale at the data's middle
+                    s = [e0, math.log(float(np.median(loss))) + al * float(np.median(lnN if be else lnC)), al]
+                    if be is not None:
+                        s += [math.log(float(np.median(loss))) + be * float(np.median(lnD)), be]
+                    starts.append(np.array(s))
+        best = None
+        for s in starts:
+            s = np.clip(np.asarray(s, float), lb + 1e-9, ub - 1e-9)
+            r = least_squares(lambda p: np.log(self._terms(p, lnN, lnD, lnC, self.form)) - y, s, bounds=(lb, ub),
+                              method="trf", max_nfev=2000)
+            if best is None or r.cost < best.cost:
+                best = r
+        self._p = best.x
+        self.params_ = dict(zip(self.names, map(float, best.x)))
+        self.rss_ = float(2 * best.cost)
+        return self
+
+    def predict(self, N, D):
+        lnN, lnD = np.log(np.asarray(N, float)), np.log(np.asarray(D, float))
+        return self._terms(self._p, lnN, lnD, np.log(6.0) + lnN + lnD, self.form)
+
+    def readable(self) -> dict[str, float]:
+        """E, A, alpha (and B, beta) in the paper's units."""
+        p = self.params_
+        out = {"E": math.exp(p["logE"]), "A": math.exp(p["logA"]), "alpha": p["alpha"]}
+        if self.form == "nd":
+            out |= {"B": math.exp(p["logB"]), "beta": p["beta"]}
+        return out
+
+    def at_bound(self, tol: float = 1e-3) -> dict[str, bool]:
+        out = {}
+        for k, v in self.params_.items():
+            lo, hi = self.BOUNDS[k]
+            out[k] = bool(min(v - lo, hi - v) < tol * (hi - lo))
+        return out
+
+
+def _accuracy_vs_loss(loss: np.ndarray, acc: np.ndarray, chance: float | None, p0=None) -> SigmoidFit:
+    """Step 2: accuracy = lo + (hi - lo) / (1 + exp(k (L - L0))), a sigmoid in -L."""
+    return SigmoidFit(chance=chance, ceiling=1.0).fit(-np.asarray(loss, float), acc, p0=p0)
+
+
+def _sigmoid_at_bound(s: SigmoidFit, x: np.ndarray, tol: float = 1e-3) -> dict[str, bool]:
+    """Which sigmoid parameters sit on the bounds SigmoidFit.fit imposes (data does not hold them)."""
+    p = s.params_
+    out = {"hi": bool(s.ceiling is not None and p["hi"] > s.ceiling - tol),
+           "k": bool(p["k"] < 1e-3 + tol or p["k"] > 200.0 - tol),
+           "x0": bool(p["x0"] < x.min() - 10 + tol or p["x0"] > x.max() + 10 - tol)}
+    if s.chance is None:
+        out["lo"] = False
+    return out
+
+
+@dataclass
+class LadderPrediction:
+    model: str
+    size: float
+    N: float
+    D: float
+    compute: float
+    loss_pred: float
+    loss_ci95: tuple[float, float]
+    acc_two_step: float
+    acc_two_step_ci95: tuple[float, float]
+    acc_one_step: float
+    acc_one_step_ci95: tuple[float, float]
+    loss_observed: float | None = None
+    acc_observed: float | None = None
+    abs_err_two_step: float | None = None
+    abs_err_one_step: float | None = None
+    acc_at_observed_loss: float | None = None  # step 2 alone, fed the true loss: splits the error between steps
+
+
+@dataclass
+class LadderResult:
+    task: str
+    metric: str
+    loss_source: str
+    loss_form: str
+    fit_models: list[str]
+    n_fit_rows: int
+    n_loss_rows: int
+    n_bootstrap: int
+    loss_law: dict[str, dict[str, Any]]  # name -> {value, ci95, identified}
+    acc_vs_loss: dict[str, dict[str, Any]]
+    one_step: dict[str, dict[str, Any]]
+    loss_rmse_log: float
+    acc_vs_loss_rmse: float
+    one_step_rmse: float
+    predictions: list[LadderPrediction]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _param_table(point: dict[str, float], boot: list[dict[str, float]], at_bound: list[dict[str, bool]],
+                 point_bound: dict[str, bool], max_bound_frac: float = 0.1) -> dict[str, dict[str, Any]]:
+    """Point value, bootstrap 95% interval and whether the data identify each parameter.
+
+    Not identified: the full-data fit sits on the parameter's bound, or more than `max_bound_frac`
+    of the bootstrap refits do -- the likelihood is flat that way, and the number is the bound's.
+    """
+    out = {}
+    for k, v in point.items():
+        vals = np.array([b[k] for b in boot]) if boot else np.array([v])
+        frac = float(np.mean([b.get(k, False) for b in at_bound])) if at_bound else 0.0
+        ok = not point_bound.get(k, False) and frac <= max_bound_frac
+        lo, hi = (np.quantile(vals, [0.025, 0.975]) if len(vals) > 1 else (v, v))
+        out[k] = {"value": float(v), "ci95": (float(lo), float(hi)), "identified": bool(ok),
+                  "at_bound_fraction": frac}
+    return out
+
+
+def _sigmoid_table(s: SigmoidFit, x: np.ndarray, y: np.ndarray, boot, boot_bound,
+                   min_rise_sigmas: float = 3.0) -> dict[str, dict[str, Any]]:
+    """Like `_param_table`; with no rise above the floor in the data, no sigmoid parameter is identified."""
+    tab = _param_table(s.params_, boot, boot_bound, _sigmoid_at_bound(s, x))
+    if s.chance is not None:
+        tab.pop("lo", None)
+    sd = float(np.std(y - s.predict(x), ddof=min(len(y) - 1, s.n_free)))
+    floor = s.chance if s.chance is not None else float(np.quantile(y, 0.1))
+    top = float(np.sort(y)[-max(3, len(y) // 10):].mean())
+    if top - floor < min_rise_sigmas * max(sd, 1e-6):
+        for v in tab.values():
+            v["identified"] = False
+    return tab
+
+
+def _ci(vals: list[float]) -> tuple[float, float]:
+    a = np.asarray(vals, float)
+    a = a[np.isfinite(a)]
+    return (float(np.quantile(a, 0.025)), float(np.quantile(a, 0.975))) if len(a) > 1 else (math.nan, math.nan)
+
+
+def ladder_predict(data: LadderData, fit_below: float, predict: Sequence[float], chance: float | None = None,
+                   loss_form: str = "nd", n_bootstrap: int = 200, seed: int = 0,
+                   tokens: float | None = None, loss_min_fraction: float = 0.1) -> LadderResult:
+    """Fit both steps (and the one-step sigmoid in log-compute) on models smaller than `fit_below`.
+
+    `predict` are sizes: a size matching a model in `data` (within 5%, by its nominal size) is
+    predicted at its final checkpoint and compared with the observed accuracy; any other size is
+    taken as N at `tokens` (default: the largest D seen). Intervals are a bootstrap over
+    checkpoints, resampled within each fitting model so that every size stays represented.
+
+    Step 1 uses each model's checkpoints past `loss_min_fraction` of its training tokens: before
+    that the loss is still near its initial value, a regime no power law in D describes (and
+    Bhagia et al. fit step 1 on trained models only). Steps 2 and the one-step sigmoid use every
+    checkpoint: the untrained ones are what pin the accuracy floor.
+    """
+    fit = data.select(data.size < fit_below)
+    models = sorted(set(fit.model), key=lambda m: fit.size[fit.model.index(m)])
+    if len(models) < 2:
+        raise DataError(f"fitting needs at least 2 model sizes below {fit_below:g}; found {models}")
+    if len(fit.acc) < 8:
+        raise DataError(f"only {len(fit.acc)} checkpoints below {fit_below:g}")
+    tokens = float(tokens if tokens is not None else data.D.max())
+    targets = []
+    for s in predict:
+        hit = [i for i in range(len(data.model)) if abs(data.size[i] / s - 1) < 0.05]
+        if hit:
+            last = max(hit, key=lambda i: data.D[i])
+            targets.append((data.model[last], s, data.N[last], data.D[last], data.loss[last], data.acc[last]))
+        else:
+            targets.append((f"N={s:.3g}", s, float(s), tokens, None, None))
+    tN = np.array([t[2] for t in targets])
+    tD = np.array([t[3] for t in targets])
+    tx = np.log10(6.0 * tN * tD)
+
+    dmax = {m: float(fit.D[np.array(fit.model) == m].max()) for m in models}
+    trained = np.array([dd >= loss_min_fraction * dmax[m] for m, dd in zip(fit.model, fit.D)])
+
+    def run(d: LadderData, use: np.ndarray, law0=None, sig0=None, one0=None):
+        law = TaskLossLaw(loss_form).fit(d.N[use], d.D[use], d.loss[use], p0=law0)
+        sig = _accuracy_vs_loss(d.loss, d.acc, chance, p0=sig0)
+        one = SigmoidFit(chance=chance, ceiling=1.0).fit(np.log10(d.C), d.acc, p0=one0)
+        return law, sig, one
+
+    law, sig, one = run(fit, trained)
+    lpred = law.predict(tN, tD)
+    two = sig.predict(-lpred)
+    ones = one.predict(tx)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(np.array(fit.model) == m) for m in models]
+    b_loss, b_two, b_one = [], [], []
+    b_law, b_sig, b_onep, bb_law, bb_sig, bb_one = [], [], [], [], [], []
+    for _ in range(n_bootstrap):
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        d = LadderData([fit.model[i] for i in idx], fit.size[idx], fit.N[idx], fit.D[idx], fit.loss[idx],
+                       fit.acc[idx], fit.task, fit.loss_source)
+        bl, bs, bo = run(d, trained[idx], law._p, sig._p, one._p)
+        lp = bl.predict(tN, tD)
+        b_loss.append(lp), b_two.append(bs.predict(-lp)), b_one.append(bo.predict(tx))
+        b_law.append(bl.params_), bb_law.append(bl.at_bound())
+        b_sig.append(bs.params_), bb_sig.append(_sigmoid_at_bound(bs, -d.loss))
+        b_onep.append(bo.params_), bb_one.append(_sigmoid_at_bound(bo, np.log10(d.C)))
+    preds = []
+    for j, (name, s, n, dd, lo_obs, acc_obs) in enumerate(targets):
+        preds.append(LadderPrediction(
+            model=name, size=float(s), N=float(n), D=float(dd), compute=float(6 * n * dd),
+            loss_pred=float(lpred[j]), loss_ci95=_ci([a[j] for a in b_loss]), acc_two_step=float(two[j]),
+            acc_two_step_ci95=_ci([a[j] for a in b_two]), acc_one_step=float(ones[j]),
+            acc_one_step_ci95=_ci([a[j] for a in b_one]),
+            loss_observed=None if lo_obs is None else float(lo_obs),
+            acc_observed=None if acc_obs is None else float(acc_obs),
+            abs_err_two_step=None if acc_obs is None else float(abs(two[j] - acc_obs)),
+            abs_err_one_step=None if acc_obs is None else float(abs(ones[j] - acc_obs)),
+            acc_at_observed_loss=None if lo_obs is None else float(sig.predict(-np.array([lo_obs]))[0])))
+    sig_tab = _sigmoid_table(sig, -fit.loss, fit.acc, b_sig, bb_sig)
+    one_tab = _sigmoid_table(one, np.log10(fit.C), fit.acc, b_onep, bb_one)
+    return LadderResult(
+        task=data.task, metric="acc", loss_source=data.loss_source, loss_form=loss_form, fit_models=models,
+        n_fit_rows=len(fit.acc), n_loss_rows=int(trained.sum()), n_bootstrap=n_bootstrap,
+        loss_law=_param_table(law.params_, b_law, bb_law, law.at_bound()),
+        acc_vs_loss=sig_tab, one_step=one_tab,
+        loss_rmse_log=float(np.sqrt(np.mean((np.log(law.predict(fit.N[trained], fit.D[trained]))
+                                             - np.log(fit.loss[trained])) ** 2))),
+        acc_vs_loss_rmse=float(np.sqrt(np.mean((sig.predict(-fit.loss) - fit.acc) ** 2))),
+        one_step_rmse=float(np.sqrt(np.mean((one.predict(np.log10(fit.C)) - fit.acc) ** 2))),
+        predictions=preds)

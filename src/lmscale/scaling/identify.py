@@ -13,6 +13,10 @@ is reported as unidentified when
 `identification` works on a fitted law or on a fit's JSON (what `lmscale fit --out` writes and
 `lmscale allocate` reads). A compute-optimal allocation depends on A, B, alpha and beta; when any
 of them is unidentified the allocation is not drawn without saying so (`allocation_identified`).
+A wide interval of an intermediate (G in N_opt = G (C/6)^a) does not make the allocation
+unidentified: G trades off against the exponent a, so its interval can span 30x while N_opt's
+spans +-15% (Epoch's Chinchilla points). An allocation is judged on what it reports, the
+intervals of N_opt and D_opt at the budget (`allocation_at_budget`).
 """
 from __future__ import annotations
 
@@ -167,14 +171,55 @@ def identification(fit: Any, max_ratio: float = MAX_INTERVAL_RATIO, min_loss: fl
     names = [k for k in (*params, *derived) if k in problems] + [k for k in problems if k not in params
                                                                  and k not in derived]
     unidentified = {k: problems[k] for k in dict.fromkeys(names)}
-    alloc_keys = set(ALLOCATION_PARAMS) | {"a", "b", "G"}
     chinchilla = all(k in params for k in ALLOCATION_PARAMS)
     return {
         "identified": not unidentified,
         "unidentified": unidentified,
-        "allocation_identified": chinchilla and not (alloc_keys & set(unidentified)),
+        "allocation_identified": chinchilla and not _allocation_problems(unidentified),
         "summary": summary(unidentified),
     }
+
+
+def _only_wide(reason: str) -> bool:
+    """A reason that is a wide (not degenerate, not infinite) bootstrap interval and nothing else."""
+    return reason.startswith("has a 95% interval [") and ("spans a factor" in reason or "changes sign" in reason)
+
+
+def _allocation_problems(unidentified: Mapping[str, str], intermediates: Sequence[str] = ("G",)) -> dict[str, str]:
+    """The problems an allocation rests on: those of A, B, alpha, beta, a and b, and of the
+    `intermediates` unless their only problem is a wide interval (the allocation's own intervals
+    judge that)."""
+    return {k: r for k, r in unidentified.items()
+            if k in (*ALLOCATION_PARAMS, "a", "b", "G") and not (k in intermediates and _only_wide(r))}
+
+
+def allocation_at_budget(ident: Mapping[str, Any], ci: Mapping[str, Sequence[float]],
+                         max_ratio: float = MAX_INTERVAL_RATIO) -> dict[str, Any]:
+    """Whether the allocation at one budget is identified, judged on the quantities it reports.
+
+    With the bootstrap intervals of N_opt and D_opt in `ci`, those decide instead of the
+    intervals of the parameters they come from (A, B, G can be wide together while N_opt is
+    narrow); problems of another kind (a design that cannot determine a parameter, one at a
+    bound) still count. Returns `{"allocation_identified", "unidentified"}` for `allocation_warning`.
+    """
+    unidentified = dict(ident.get("unidentified") or {})
+    reported = {k: ci[k] for k in ("N_opt", "D_opt") if k in ci}
+    if not reported:
+        problems = _allocation_problems(unidentified)
+        return {"allocation_identified": bool(ident.get("allocation_identified", not problems)),
+                "unidentified": problems}
+    problems = {k: r for k, r in _allocation_problems(unidentified, (*ALLOCATION_PARAMS, "a", "b", "G")).items()
+                if not r.startswith("follows from")}
+    if any(k in ALLOCATION_PARAMS for k in problems):  # what follows from an unidentified parameter
+        problems.update({k: r for k, r in unidentified.items() if k in ("a", "b", "G") and r.startswith("follows")})
+    for k, (lo, hi) in reported.items():
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo > 0):
+            problems[k] = f"has a 95% interval [{lo:.4g}, {hi:.4g}] with no finite positive end"
+        elif hi / lo > max_ratio:
+            problems[k] = (f"has a 95% interval [{lo:.4g}, {hi:.4g}] that spans a factor {hi / lo:.3g} "
+                           f"(more than {max_ratio:g}x)")
+    return {"allocation_identified": not problems, "unidentified": problems}
 
 
 def summary(unidentified: Mapping[str, str]) -> str:
@@ -188,12 +233,12 @@ def allocation_warning(ident: Mapping[str, Any]) -> str:
     """What to print above an allocation drawn from a law that does not identify it ('' if it does)."""
     if ident.get("allocation_identified", True):
         return ""
-    keys = [k for k in ident.get("unidentified", {}) if k in (*ALLOCATION_PARAMS, "a", "b", "G")]
+    keys = [k for k in ident.get("unidentified", {}) if k in (*ALLOCATION_PARAMS, "a", "b", "G", "N_opt", "D_opt")]
     return (f"UNIDENTIFIED LAW: {', '.join(keys) or 'its parameters'} "
             f"{'is' if len(keys) == 1 else 'are'} not determined by the runs, so the compute-optimal "
             "allocation below (N_opt, D_opt and their exponents) is not a recommendation, only what these "
             "numbers would imply")
 
 
-__all__ = ["ALLOCATION_PARAMS", "MAX_INTERVAL_RATIO", "allocation_warning", "design_problems", "identification",
-           "summary"]
+__all__ = ["ALLOCATION_PARAMS", "MAX_INTERVAL_RATIO", "allocation_at_budget", "allocation_warning", "design_problems",
+           "identification", "summary"]

@@ -35,7 +35,10 @@ from lmscale.io import atomic_write_text
 from lmscale.io.locks import pid_alive
 
 STATUSES = ("pending", "running", "finished", "failed", "stopped")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+ROLES = ("stable", "branch")  # a WSD sweep's stable runs (not fit points) and their cooldown branches
+# columns added after v1, with their types; a v1 registry gains them empty (unknown) when opened
+_ADDED_COLUMNS = {"role": "TEXT", "parent": "TEXT", "lineage": "TEXT", "unique_tokens": "REAL", "epochs": "REAL"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,7 +74,12 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL,
     heartbeat_at REAL,
     finished_at REAL,
-    updated_at REAL
+    updated_at REAL,
+    role TEXT,
+    parent TEXT,
+    lineage TEXT,
+    unique_tokens REAL,
+    epochs REAL
 );
 CREATE INDEX IF NOT EXISTS runs_sweep_idx ON runs (sweep, idx);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
@@ -114,23 +122,30 @@ class RunRecord:
     heartbeat_at: float | None = None
     finished_at: float | None = None
     updated_at: float | None = None
+    role: str | None = None  # None: an ordinary run; "stable" or "branch" in a WSD sweep
+    parent: str | None = None  # a branch's stable run (its run_id): claimed only once that has finished
+    lineage: dict[str, Any] | None = None  # a branch's {parent, at_tokens, decay_fraction}
+    unique_tokens: float | None = None  # distinct training tokens the run could see (None: unknown)
+    epochs: float | None = None  # tokens trained / unique tokens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-_JSON_COLUMNS = ("config", "loss_curve", "train_curve")
+_JSON_COLUMNS = ("config", "loss_curve", "train_curve", "lineage")
 _COLUMNS = tuple(f.name for f in fields(RunRecord))
 
 
 def _from_row(row: sqlite3.Row) -> RunRecord:
     data = {k: row[k] for k in row.keys() if k in _COLUMNS}
     for k in _JSON_COLUMNS:
-        data[k] = json.loads(data[k]) if data.get(k) else ({} if k == "config" else [])
+        data[k] = json.loads(data[k]) if data.get(k) else ({} if k == "config" else None if k == "lineage" else [])
     return RunRecord(**data)
 
 
 def _to_db(key: str, value: Any) -> Any:
+    if key == "lineage":
+        return None if value is None else json.dumps(value)
     if key in _JSON_COLUMNS:
         return json.dumps(value if value is not None else ({} if key == "config" else []))
     return value
@@ -177,6 +192,17 @@ class Registry:
         if version > SCHEMA_VERSION:
             raise LmscaleError(f"{self.path}: registry schema v{version} is newer than this lmscale "
                                f"(v{SCHEMA_VERSION}); upgrade lmscale")
+        if version < SCHEMA_VERSION:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a newer schema has; an old run reads them as unknown (None)."""
+        with self.transaction() as c:
+            have = {r[1] for r in c.execute("PRAGMA table_info(runs)").fetchall()}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in have:
+                    c.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+            c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -252,7 +278,7 @@ class Registry:
                           (record.idx, record.sweep, record.run_id))
             if not inserted and replace_plan:
                 plan = ("name", "config", "family", "params_total", "params_embedding",
-                        "params_non_embedding", "tokens", "flops", "seed", "run_dir")
+                        "params_non_embedding", "tokens", "flops", "seed", "run_dir", "role", "parent", "lineage")
                 sets = ", ".join(f"{k} = ?" for k in plan)
                 c.execute(f"UPDATE runs SET {sets}, updated_at = ? WHERE run_id = ? AND status = 'pending'",
                           [_to_db(k, data[k]) for k in plan] + [now, record.run_id])
@@ -291,7 +317,30 @@ class Registry:
                       [_to_db(k, v) for k, v in values.items()] + [run_id])
 
     # ------------------------------------------------------------------ claiming
+    def _parent_finished(self, c: sqlite3.Connection, rec: sqlite3.Row) -> bool:
+        if not rec["parent"]:
+            return True
+        row = c.execute("SELECT status FROM runs WHERE run_id = ?", (rec["parent"],)).fetchone()
+        return row is not None and row[0] == "finished"
+
+    def waiting(self, sweep: str | None = None, only: set[str] | frozenset[str] | None = None,
+                tried: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Runs (of `only`) not yet claimable only because their stable run is still to finish:
+        it is running, or pending/stopped and not among the runs this caller `tried` already.
+        A worker with nothing to claim waits for these."""
+        rows = {r.run_id: r for r in self.runs(sweep)}
+
+        def coming(parent: RunRecord) -> bool:
+            return parent.status == "running" or (parent.status in ("pending", "stopped")
+                                                  and parent.run_id not in tried)
+
+        return [r.run_id for r in rows.values()
+                if r.parent and r.status in ("pending", "stopped") and r.run_id not in tried
+                and (only is None or r.run_id in only) and r.parent in rows and coming(rows[r.parent])]
+
     def _claimable(self, rec: sqlite3.Row, now: float, stale_after_s: float, retry_failed: bool) -> bool:
+        if not self._parent_finished(self._conn, rec):
+            return False
         st = rec["status"]
         if st in ("pending", "stopped"):
             return True

@@ -16,7 +16,8 @@ match exactly):
    `params_total` or `params_non_embedding`, comes last).
 
 Then D = C / 6N when there is no D column, and C = 6ND when there is no C column. Rows of a
-table with a `status` column are kept only when finished. A registry is read with the same
+table with a `status` column are kept only when finished, and a WSD sweep's stable runs (role
+`stable`, whose cooldown branches are the points) never. A registry is read with the same
 rule: its runs carry exactly the export's columns.
 """
 from __future__ import annotations
@@ -132,10 +133,14 @@ def read_runs_csv(path: str | os.PathLike, columns: Mapping[str, str | None] | N
                 for q in QUANTITIES}
     resolved = {q: c for q, c in resolved.items() if c is not None}
     kept = [(i, r) for i, r in enumerate(rows, start=2)
-            if r.get("status", "") in ("finished", "")
+            if r.get("status", "") in ("finished", "") and r.get("role", "") != "stable"
             and all(r[k] == str(v) for k, v in (where or {}).items())]
+    if "U" in resolved and not given.get("U") and all(r[resolved["U"]] == "" for _, r in kept):
+        del resolved["U"]  # a registry export of runs that did not record their unique tokens
     numeric = {**resolved, **{c: c for c in extra}}
-    values = {key: np.array([_number(r[col], path, i, col) for i, r in kept], dtype=float)
+    # an unrecorded unique-token count (an export's empty cell) is unknown, not an error
+    values = {key: np.array([math.nan if key == "U" and r[col] == "" else _number(r[col], path, i, col)
+                             for i, r in kept], dtype=float)
               for key, col in numeric.items()}
     used = dict(resolved)
     _derive(values, used)
@@ -149,7 +154,8 @@ def records_columns(records: Iterable[Any], params: str = "non_embedding", extra
 
     A value the run did not record (None) is NaN.
     """
-    rows = [r for r in records if r.status == "finished"]
+    # a WSD sweep's stable runs end at the stable learning rate: their branches are the points
+    rows = [r for r in records if r.status == "finished" and getattr(r, "role", None) != "stable"]
     n_col = candidates("N", params)[0]
 
     def col(name: str) -> np.ndarray:
@@ -157,6 +163,9 @@ def records_columns(records: Iterable[Any], params: str = "non_embedding", extra
 
     resolved = {"N": n_col, "D": "tokens", "C": "flops", "loss": "final_val_loss"}
     values = {q: col(c) for q, c in resolved.items()}
+    unique = col("unique_tokens")
+    if unique.size and np.isfinite(unique).any():  # recorded by sweeps since registry schema v2
+        values["U"], resolved["U"] = unique, "unique_tokens"
     values.update({c: col(c) for c in extra})
     return RunColumns(values, resolved, [r.name for r in rows], source, curves=[r.loss_curve for r in rows])
 

@@ -13,6 +13,7 @@ the ids are tiktoken's.
 from __future__ import annotations
 
 import importlib
+import stat
 from pathlib import Path
 
 from tokenizers import Regex, decoders, models, pre_tokenizers
@@ -22,6 +23,8 @@ from lmscale.errors import DataError
 from lmscale.tokenization.fast_bpe import BYTE_TO_UNICODE
 
 DEFAULT_EOS = "<|endoftext|>"
+MAX_FILE_BYTES = 64 << 20  # o200k_base, the largest encoding tiktoken defines, is under 4 MiB
+MAX_UNUSED_IDS = 4096  # ids a known encoding leaves between its ranks and its special tokens (a handful)
 
 
 def _tiktoken(module: str):
@@ -73,6 +76,15 @@ def load_tiktoken_file(path: str | Path, pattern: str | None = None,
                        special_tokens: dict[str, int] | None = None) -> tuple[_Backend, dict]:
     """A `tokenizers` backend for a `.tiktoken` file, and the meta to keep with it."""
     p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise DataError(f"{p}: {exc.strerror or 'cannot read'}") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise DataError(f"{p}: not a regular file; a .tiktoken encoding is a file of `base64 rank` lines")
+    if st.st_size > MAX_FILE_BYTES:
+        raise DataError(f"{p}: {st.st_size:,} bytes, more than any tiktoken encoding "
+                        f"({MAX_FILE_BYTES >> 20} MiB at most)")
     load = _tiktoken("tiktoken.load")
     try:
         ranks = load.load_tiktoken_bpe(str(p))
@@ -82,11 +94,17 @@ def load_tiktoken_file(path: str | Path, pattern: str | None = None,
         raise DataError(f"{p}: not a .tiktoken file ({exc})") from None
     if not ranks:
         raise DataError(f"{p}: no ranks")
+    if len(set(ranks.values())) != len(ranks) or min(ranks.values()) != 0 or max(ranks.values()) != len(ranks) - 1:
+        raise DataError(f"{p}: ranks are not 0..{len(ranks) - 1} without gaps")
     known = known_encoding(p.name[: -len(".tiktoken")]) if p.name.endswith(".tiktoken") else None
     if pattern is None:
         pattern = known[0] if known else known_encoding("cl100k_base")[0]  # type: ignore[index]
     if special_tokens is None:
         special_tokens = known[1] if known else {DEFAULT_EOS: max(ranks.values()) + 1}
+    if special_tokens and max(special_tokens.values()) - len(ranks) > MAX_UNUSED_IDS:
+        name = p.name[: -len(".tiktoken")]
+        raise DataError(f"{p}: holds {len(ranks):,} ranks, but {name}'s special tokens have ids up to "
+                        f"{max(special_tokens.values()):,}; this is not the {name} encoding: rename the file")
     vocab, merges = vocab_and_merges(ranks)
     backend = _Backend(models.BPE(vocab, merges, ignore_merges=True))
     backend.pre_tokenizer = pre_tokenizers.Sequence([
@@ -94,15 +112,12 @@ def load_tiktoken_file(path: str | Path, pattern: str | None = None,
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     backend.decoder = decoders.ByteLevel()
-    if len(set(ranks.values())) != len(ranks) or max(ranks.values()) != len(ranks) - 1:
-        raise DataError(f"{p}: ranks are not 0..{len(ranks) - 1} without gaps")
     by_id = {i: t for t, i in special_tokens.items()}
     if min(by_id) < len(ranks):
         raise DataError(f"{p}: special token ids must follow the ranks (>= {len(ranks)})")
     # ids the encoding leaves unused between the ranks and its special tokens get placeholders,
     # so every special token keeps the encoding's id
-    for i in range(len(ranks), max(by_id) + 1):
-        backend.add_special_tokens([by_id.get(i, f"<|unused_{i}|>")])
+    backend.add_special_tokens([by_id.get(i, f"<|unused_{i}|>") for i in range(len(ranks), max(by_id) + 1)])
     eos = DEFAULT_EOS if DEFAULT_EOS in special_tokens else min(special_tokens, key=special_tokens.get)
     meta = {"source": f"tiktoken:{p.name}", "eos_token": eos}
     return backend, meta

@@ -185,6 +185,8 @@ class Tokenizer:
         p = Path(path)
         if not p.exists():
             raise DataError(f"{p}: no such tokenizer file or directory")
+        if not p.is_dir() and not p.is_file():  # a FIFO or device: reading it could block forever
+            raise DataError(f"{p}: not a regular file or directory; give a tokenizer directory or file")
         if p.is_file() and p.name.endswith(".tiktoken"):
             return cls.from_tiktoken_file(p)
         meta: dict = {}

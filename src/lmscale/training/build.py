@@ -28,14 +28,14 @@ import numpy as np
 
 from lmscale.config import ConfigError, RunConfig, TrainConfig
 from lmscale.data.objectives import Objective, example_rngs, make_objective
-from lmscale.data.prepare import SHARD_DIR, TOKENIZER_DIR, prepare_shards, prepare_tokenizer
+from lmscale.data.prepare import SHARD_DIR, TOKENIZER_DIR, check_sources, prepare_shards, prepare_tokenizer
 from lmscale.data.sampler import WindowSampler, validation_windows
 from lmscale.data.shards import TokenDataset
 from lmscale.errors import CheckpointError, LmscaleError
 from lmscale.io import clean_stale_temporaries
 from lmscale.io.locks import LOCK_FILE, DirectoryLock
 from lmscale.io.outputs import MARKER, OutputError, check_output_dir, mark_output_dir, only_known_entries
-from lmscale.io.rundir import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from lmscale.io.rundir import BEST_DIR, CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, parse_step_dir
 from lmscale.tokenization import Tokenizer
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
@@ -43,6 +43,7 @@ from lmscale.training.batches import Batch, StepBatches, to_device, validation_b
 from lmscale.training.checkpoint import RunState
 from lmscale.training.device import resolve_device
 from lmscale.training.engine import Engine, build_engine, compute_loss, sync
+from lmscale.training.init_from import parent_weights, take_parent_tokenizer
 from lmscale.training.optim import schedule_steps
 from lmscale.training.rundir import RunDir
 from lmscale.training.trackers import TRACKERS_FILE, check_trackers
@@ -82,6 +83,8 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     tc = cfg.train
     micro, accum = _batching(tc, info)
     _check_budget(tc)
+    if tc.init_from is not None and (not resume or cfg.data.tokenizer is None):
+        cfg = take_parent_tokenizer(cfg, run_dir, info)  # continued pretraining (`--init-from`)
     cfg, tokenizer, objective, shard_dir = _prepare_data(cfg, run_dir, resume, info)
     if info.is_main:
         RunDir(run_dir).save_config(cfg)
@@ -91,7 +94,11 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     val_batches, bytes_per_token = _validation(valid_ds, objective, raw_len, tc, micro, info)
 
     checkpoint, resume_state = _resume_point(run_dir, info, trust_checkpoint) if resume else (None, None)
-    engine = build_engine(cfg, info, checkpoint)
+    if tc.init_from is not None and checkpoint is None:  # a fresh start from the parent's weights
+        with parent_weights(tc.init_from) as weights:
+            engine = build_engine(cfg, info, weights)
+    else:
+        engine = build_engine(cfg, info, checkpoint)
     batches = StepBatches(sampler, objective, tc.seed, micro, accum, info.rank,
                           pin_memory=engine.device.type == "cuda")
     flops_per_token = cfg.model.training_flops_per_token(tc.seq_len)  # PaLM convention (metrics.py)
@@ -132,6 +139,7 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
                     check_output_dir(run_dir, "--out", overwrite=overwrite, ours=looks_like_run_dir, kinds=("run",))
                 except OutputError as exc:
                     raise ConfigError(f"cannot write to the run directory: {exc}") from None
+                check_sources(cfg)  # a missing input is refused before the directory is touched
             try:  # the lock first: nothing is written into a directory another run holds
                 lock = run_dir.lock().acquire()
             except OSError as exc:
@@ -145,7 +153,7 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
                 raise ConfigError(f"cannot write to the run directory {run_dir.root} ({problem}); "
                                   "choose another --out")
             mark_output_dir(run_dir.root, "run")
-            clean_stale_temporaries(run_dir.root, subdirs=(CHECKPOINTS_DIR,))
+            clean_stale_temporaries(run_dir.root, subdirs=(CHECKPOINTS_DIR,), owned=_written_by_runs)
         except LmscaleError as exc:
             if lock is not None:
                 lock.release()
@@ -154,6 +162,11 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
     if error:
         raise ConfigError(error)
     return lock
+
+
+def _written_by_runs(name: str) -> bool:
+    """A name a run writes in its directory or its checkpoints: the only temporaries it may clean."""
+    return name in RUN_DIR_ENTRIES or name in (ckpt.WRITE_TEST, BEST_DIR) or parse_step_dir(name) is not None
 
 
 def with_absolute_paths(cfg: RunConfig) -> RunConfig:

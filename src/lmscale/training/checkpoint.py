@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -111,13 +112,14 @@ def save_checkpoint(
     tokenizer: Any,
     trainer_state: dict[str, Any],
     keep_last: int = 2,
+    keep_steps: frozenset[int] = frozenset(),
 ) -> Path:
-    """Write `checkpoints/step_N` atomically, then prune to the newest `keep_last`."""
+    """Write `checkpoints/step_N` atomically, then prune to the newest `keep_last` (and `keep_steps`)."""
     target = RunLayout(run_dir).step_dir(step)
     with atomic_directory(target) as tmp:
         write_model_files(model, tokenizer, tmp)
         write_trainer_state(tmp, trainer_state)
-    prune_checkpoints(run_dir, keep_last)
+    prune_checkpoints(run_dir, keep_last, keep_steps)
     return target
 
 
@@ -130,8 +132,10 @@ def save_best(run_dir: str | Path, model: torch.nn.Module, tokenizer: Any, info:
     return target
 
 
-def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
-    found = list_checkpoints(run_dir)
+def prune_checkpoints(run_dir: str | Path, keep_last: int, keep_steps: frozenset[int] = frozenset()) -> None:
+    """Remove all but the newest `keep_last` step checkpoints; those at `keep_steps` (branch
+    points) stay whatever their age."""
+    found = [(step, d) for step, d in list_checkpoints(run_dir) if step not in keep_steps]
     for _, d in found[: max(len(found) - max(int(keep_last), 1), 0)]:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -324,6 +328,9 @@ def model_and_optimizer_to_save(model: torch.nn.Module, optimizer: torch.optim.O
     return cpu_model, optim_sd
 
 
+WRITE_TEST = "write_test"  # the probe's temporaries are .write_test.XXXX.tmp
+
+
 def is_writable_dir(path: str | Path) -> Optional[str]:
     """None when `path` can be created and written, else the reason."""
     p = Path(path)
@@ -333,10 +340,10 @@ def is_writable_dir(path: str | Path) -> Optional[str]:
         return str(exc)
     if not os.access(p, os.W_OK | os.X_OK):
         return "permission denied"
-    try:
-        with atomic_path(p / ".write_test") as tmp:
-            tmp.write_bytes(b"ok")
-        (p / ".write_test").unlink()
+    try:  # a temporary of its own name: a user's file is never replaced or removed by the probe
+        fd, tmp = tempfile.mkstemp(prefix=f".{WRITE_TEST}.", suffix=".tmp", dir=p)
+        os.close(fd)
+        os.unlink(tmp)
     except OSError as exc:
         return str(exc)
     return None

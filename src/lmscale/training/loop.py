@@ -38,6 +38,7 @@ from lmscale.errors import LmscaleError
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
 from lmscale.training.batches import to_device
+from lmscale.training.branch import start_branch
 from lmscale.training.build import Run, build_run, open_run_dir
 from lmscale.training.checkpoint import RunState
 from lmscale.training.engine import Engine, compute_loss, sync
@@ -63,6 +64,9 @@ def pretrain(run_config: RunConfig, resume: bool = False, progress: bool = True,
     info = dist_util.init_distributed(run_config.train.device)
     lock = None
     try:
+        if run_config.train.branch is not None and not resume:
+            # a cooldown branch starts as a resume of the parent's checkpoint copied into its directory
+            run_config, resume = start_branch(run_config, info, overwrite=overwrite), True
         lock = open_run_dir(run_config, info, resume=resume, overwrite=overwrite)
         try:
             run = build_run(run_config, info, resume=resume, trust_checkpoint=trust_checkpoint)
@@ -127,6 +131,8 @@ class Trainer:
         # per-step (step, loss, grad_norm, skipped) not yet read on the host: device tensors when
         # the skip of a non-finite step is decided on the device (see `train_step`)
         self.pending: list[tuple[int, Any, Any, Any]] = []
+        # branch points: checkpoints written there and never pruned
+        self.keep_steps = frozenset(t // self.tokens_per_step for t in run.cfg.train.branch_points)
 
     @property
     def engine(self) -> Engine:
@@ -171,7 +177,8 @@ class Trainer:
             at_end = st.step == st.total_steps
             log_now = st.step % max(tc.log_every, 1) == 0 or at_end
             eval_now = bool(tc.eval_every) and (st.step % tc.eval_every == 0 or at_end)
-            save_now = bool(tc.checkpoint_every and st.step % tc.checkpoint_every == 0) or at_end
+            save_now = bool(tc.checkpoint_every and st.step % tc.checkpoint_every == 0) or at_end \
+                or st.step in self.keep_steps
             out_of_time = not at_end and self._out_of_time()
             if not (self.read_every_step or log_now or eval_now or save_now or out_of_time):
                 continue
@@ -338,7 +345,7 @@ class Trainer:
                 "tokenizer_hash": self.built.tokenizer.hash,
             }
             path = ckpt.save_checkpoint(self.built.run_dir, st.step, model, self.built.tokenizer, state,
-                                        keep_last=self.built.cfg.train.keep_last)
+                                        keep_last=self.built.cfg.train.keep_last, keep_steps=self.keep_steps)
             self.logger.log({"event": "checkpoint", "step": st.step, "tokens": st.tokens,
                              "path": str(path), "wall_s": round(st.wall_s, 3)})
         dist_util.barrier(info)
@@ -388,6 +395,7 @@ class Trainer:
         bar.close()
         st = self.built.state
         summary = summary_record(st, status, error, self.built.flops_per_token, self.engine.params)
+        summary["branch"] = self.built.cfg.train.branch  # the lineage of a cooldown branch
         if self.built.info.is_main:
             self.logger.log({"event": "end", "step": st.step, "tokens": st.tokens, "status": status,
                              "bad_steps": st.bad_steps, "wall_s": round(st.wall_s, 3),

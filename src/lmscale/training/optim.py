@@ -42,6 +42,31 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return groups
 
 
+def mup_parameter_groups(model: nn.Module, weight_decay: float, width_mult: float) -> list[dict[str, Any]]:
+    """`parameter_groups` split for muP with Adam (Yang et al. 2022, Table 8): hidden matrices --
+    weights of linear layers both of whose dimensions grow with width -- get `lr_scale` =
+    1/width_mult; embeddings, the readout (`lm_head`, multiplied by 1/width_mult in the forward
+    pass instead), biases and norm gains keep the base learning rate.
+
+    Adam's update size does not depend on the gradient's scale, so a width-`m` hidden matrix
+    moves m times more coordinates by the same amount: the 1/m keeps its effect on the
+    activations fixed. `OptimizerStep.set_lr` multiplies each group's `lr_scale` in.
+    """
+    hidden: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name.split(".")[-1] != "lm_head":
+            hidden.add(id(module.weight))
+    out = []
+    for g in parameter_groups(model, weight_decay):
+        mats = [p for p in g["params"] if id(p) in hidden]
+        rest = [p for p in g["params"] if id(p) not in hidden]
+        if mats:
+            out.append({**g, "params": mats, "lr_scale": 1.0 / width_mult})
+        if rest:
+            out.append({**g, "params": rest, "lr_scale": 1.0})
+    return out
+
+
 def build_optimizer(model: nn.Module, train_cfg: Any) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay) over `parameter_groups`; the fused kernel where available.
 
@@ -49,7 +74,11 @@ def build_optimizer(model: nn.Module, train_cfg: Any) -> torch.optim.Optimizer:
     where the multi-tensor (`foreach`) path walks every tensor once per arithmetic step; both
     compute the same algorithm with the same hyperparameters.
     """
-    groups = parameter_groups(model, train_cfg.weight_decay)
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "parametrization", "sp") == "mup":
+        groups = mup_parameter_groups(model, train_cfg.weight_decay, cfg.width_mult)
+    else:
+        groups = parameter_groups(model, train_cfg.weight_decay)
     return adamw(groups, next(model.parameters()).device, lr=train_cfg.lr,
                  betas=(train_cfg.beta1, train_cfg.beta2), eps=train_cfg.eps)
 
@@ -74,7 +103,8 @@ def lr_at(step: int, total_steps: int, train_cfg: Any) -> float:
     """Learning rate for optimizer step `step` (0-based) of a `total_steps` schedule.
 
     Linear warm-up from 0, then: cosine to `min_lr_ratio * lr`; linear to it; warm-up-stable-decay
-    (constant, then a linear decay over the last `decay_fraction` of the schedule); or constant.
+    (constant, then a decay of `decay_shape` over the last `decay_fraction` of the schedule); or
+    constant.
     """
     peak = float(train_cfg.lr)
     floor = peak * float(train_cfg.min_lr_ratio)
@@ -86,12 +116,10 @@ def lr_at(step: int, total_steps: int, train_cfg: Any) -> float:
     if schedule == "constant":
         return peak
     if schedule == "wsd":
-        decay = max(int(round(train_cfg.decay_fraction * total)), 1)
-        start = total - decay
+        start, decay = wsd_decay_span(total, train_cfg)
         if step < start:
             return peak
-        progress = min((step - start) / decay, 1.0)
-        return peak + (floor - peak) * progress
+        return decayed_lr(peak, floor, min((step - start) / decay, 1.0), getattr(train_cfg, "decay_shape", "linear"))
     span = max(total - warm, 1)
     progress = min(max((step - warm) / span, 0.0), 1.0)
     if schedule == "linear":
@@ -99,6 +127,40 @@ def lr_at(step: int, total_steps: int, train_cfg: Any) -> float:
     if schedule == "cosine":
         return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ConfigError(f"unknown schedule {schedule!r}")
+
+
+# ----------------------------------------------------------------------------- WSD and its cooldowns
+
+def wsd_decay_span(total_steps: int, train_cfg: Any) -> tuple[int, int]:
+    """(first decay step, decay steps) of a WSD schedule: the last `decay_fraction`, at least one step."""
+    total = max(int(total_steps), 1)
+    decay = max(int(round(train_cfg.decay_fraction * total)), 1)
+    return total - decay, decay
+
+
+def decayed_lr(peak: float, floor: float, progress: float, shape: str) -> float:
+    """The cooldown's learning rate at `progress` in [0, 1]: linear, cosine, or 1-sqrt (Hägele et
+    al. 2024, whose 1-sqrt cooldown matched cosine runs' final losses more closely than linear)."""
+    if shape == "linear":
+        frac = progress
+    elif shape == "cosine":
+        frac = 0.5 * (1.0 - math.cos(math.pi * progress))
+    elif shape == "1-sqrt":
+        frac = math.sqrt(progress)
+    else:
+        raise ConfigError(f"unknown decay shape {shape!r}")
+    return peak + (floor - peak) * frac
+
+
+def in_stable_phase(step: int, total_steps: int, train_cfg: Any) -> bool:
+    """Whether the first `step` optimizer steps of a WSD schedule are its warm-up and stable steps
+    only: a checkpoint at `step` is a point a cooldown branch can start from."""
+    if train_cfg.schedule not in ("wsd", "constant"):
+        return False
+    warm = warmup_steps_for(max(int(total_steps), 1), train_cfg)
+    if step < max(warm, 1) or step > total_steps:
+        return False
+    return train_cfg.schedule == "constant" or lr_at(step - 1, total_steps, train_cfg) == float(train_cfg.lr)
 
 
 def tokens_per_step(train_cfg: Any) -> int:

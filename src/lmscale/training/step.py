@@ -55,7 +55,7 @@ class OptimizerStep:
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr  # per-group factor (muP)
 
     def backward(self, loss: torch.Tensor, weight: Optional[float] = None) -> None:
         """Back-propagate `loss` (times `weight`, its share of the step, when given)."""

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from lmscale.io import dumps_json
 
 HELP = "print the fully resolved run config of a preset or YAML file, with overrides applied"
 DESCRIPTION = (
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve(args.target, getattr(args, "_extra", []) or [])
     if args.json:
         data = to_dict(cfg)
-        print(json.dumps(data[args.section] if args.section else data, indent=2))
+        print(dumps_json(data[args.section] if args.section else data, indent=2))
     elif args.section:
         print(yaml.safe_dump({args.section: to_dict(cfg)[args.section]}, sort_keys=False), end="")
     else:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from lmscale.cli.argtypes import at_least, nonnegative_float, positive_float, positive_int
+from lmscale.io import dumps_json
 
 HELP = "estimate training time, dollars, energy and CO2e from FLOPs or a preset and token count"
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.days is not None:
         out["implied_utilisation"] = implied_utilisation(flops, args.device, args.devices, args.days, args.dtype)
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(dumps_json(out, indent=2))
         return 0
     print(f"training FLOPs      {est.flops:.4g}")
     print(f"device              {est.devices} x {est.device} ({est.dtype}, peak {est.peak_flops:.3g} FLOP/s, "

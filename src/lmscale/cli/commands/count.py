@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from lmscale.cli.argtypes import positive_int, unit_interval
+from lmscale.io import dumps_json
 
 HELP = "count parameters and training FLOPs/token of a preset or config (no model is built)"
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     out = dict(count_parameters(cfg))
     out["flops_per_token"] = flops
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(dumps_json(out, indent=2))
         return 0
     from rich.console import Console
     from rich.markup import escape

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from lmscale.cli.argtypes import positive_float, positive_int
+from lmscale.io import dumps_json
 
 HELP = "list and fetch corpora; tokenize a corpus into memory-mapped token shards"
 
@@ -53,7 +53,7 @@ def _list(args: argparse.Namespace) -> int:
 
     rows = list_corpora()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -74,7 +74,7 @@ def _fetch(args: argparse.Namespace) -> int:
     splits, source = fetch(args.name)
     out = {"name": args.name, "source": source, "splits": {k: [str(p) for p in v] for k, v in splits.items()}}
     if args.json:
-        print(json.dumps(out))
+        print(dumps_json(out))
     else:
         print(f"{args.name}: from {source}")
         for k, v in out["splits"].items():
@@ -99,7 +99,7 @@ def _prepare(args: argparse.Namespace) -> int:
            "tokenizer_hash": index.tokenizer_hash, "dtype": index.data["dtype"], "splits": splits,
            "replaced_sequences": index.data.get("replaced_sequences", 0), "warnings": msgs}
     if args.json:
-        print(json.dumps(out))
+        print(dumps_json(out))
         return 0
     for m in msgs:
         print(f"lmscale data: warning: {m}", file=sys.stderr)

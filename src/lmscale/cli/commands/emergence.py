@@ -6,12 +6,15 @@ import json
 
 from lmscale.cli.argtypes import add_device_argument
 
-HELP = "emergence: sigmoid / broken-power-law fits, accuracy vs likelihood, extrapolation, synthetic ICL"
+HELP = ("emergence: sigmoid / broken-power-law fits, accuracy vs likelihood, extrapolation, two-step ladder "
+        "prediction, synthetic ICL")
 DESCRIPTION = """Emergence and phase transitions. `fit` fits a metric against log-compute with a sigmoid and
 a broken power law and says whether there is a break; `compare` shows a task's discontinuous
 metric (accuracy) next to its continuous one (perplexity) as Schaeffer et al. 2023 argue;
 `extrapolate` answers "how much more compute / how many parameters to reach accuracy X" with an
-interval, or refuses with the reason; `icl` trains small decoders on synthetic in-context tasks
+interval, or refuses with the reason; `ladder` predicts a large model's accuracy in two steps,
+(N, D) -> task loss -> accuracy (Bhagia et al. 2024), beside the one-step fit;
+`icl` trains small decoders on synthetic in-context tasks
 and records the abrupt rise of in-context accuracy. Sources: a Pythia-style evaluation CSV
 (--task), any CSV of (scale, metric) rows, or a sweep registry."""
 
@@ -70,6 +73,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--bootstrap", type=int, default=200)
     e.add_argument("--tokens-per-param", type=float, default=20.0, help="compute-optimal D/N for the parameter answer")
 
+    lad = sub.add_parser("ladder", help="two-step downstream prediction: (N, D) -> task loss -> accuracy "
+                                        "(Bhagia et al. 2024), beside the one-step fit")
+    lad.add_argument("source", help="Pythia-style evaluation CSV (model, n_layers, d_model, step, tokens, task, "
+                                    "metric, value)")
+    lad.add_argument("--task", required=True, help="the task whose accuracy is predicted (e.g. lambada_openai)")
+    lad.add_argument("--metric", default="acc", help="the accuracy metric")
+    lad.add_argument("--loss-task", help="task whose ln(perplexity) is the loss (default: --task; a task without a "
+                                         "perplexity column needs a proxy such as lambada_openai)")
+    lad.add_argument("--loss-metric", default="ppl", help="the perplexity metric of --loss-task")
+    lad.add_argument("--fit-below", type=float, required=True, help="fit on models whose nominal size is below this")
+    lad.add_argument("--predict", required=True, help="comma-separated sizes to predict (e.g. 6.9e9,1.2e10); a size "
+                                                      "matching a model in the file is checked against its final "
+                                                      "checkpoint")
+    lad.add_argument("--tokens", type=float, help="training tokens for a predicted size not in the file "
+                                                  "(default: the largest seen)")
+    lad.add_argument("--loss-law", choices=("nd", "compute"), default="nd",
+                     help="step 1: E + A/N^a + B/D^b, or E + A/C^a")
+    lad.add_argument("--loss-min-fraction", type=float, default=0.1,
+                     help="step 1 uses checkpoints past this fraction of each model's tokens")
+    lad.add_argument("--chance", type=float, help="the accuracy floor (fixes both sigmoids' floor)")
+    lad.add_argument("--deduped", action="store_true", help="the deduplicated-data models")
+    lad.add_argument("--bootstrap", type=int, default=200, help="resamples of checkpoints for the intervals")
+    lad.add_argument("--seed", type=int, default=0)
+    lad.add_argument("--json", action="store_true", help="machine-readable output")
+
     i = sub.add_parser("icl", help="train small decoders on synthetic in-context tasks; watch the abrupt rise")
     i.add_argument("--out", required=True, help="directory for icl.json and icl.png")
     i.add_argument("--overwrite", action="store_true", help="write into --out even if lmscale did not write it")
@@ -92,7 +120,7 @@ def _print_analysis(a) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    verbs = {"fit": _fit, "compare": _compare, "extrapolate": _extrapolate, "icl": _icl}
+    verbs = {"fit": _fit, "compare": _compare, "extrapolate": _extrapolate, "icl": _icl, "ladder": _ladder}
     return verbs[args.verb](args) if args.verb in verbs else 2
 
 
@@ -151,6 +179,56 @@ def _extrapolate(args: argparse.Namespace) -> int:
     else:
         print(f"{data.label}: cannot say how much compute reaches {args.target}: {r.reason}")
     return 0 if r.ok else 3
+
+
+def _fmt_params(title: str, tab: dict) -> str:
+    parts = []
+    for k, v in tab.items():
+        lo, hi = v["ci95"]
+        if v["identified"]:
+            parts.append(f"{k} {v['value']:.3g} [{lo:.3g}, {hi:.3g}]")
+        else:
+            parts.append(f"{k} not identified ({v['value']:.3g}; {100 * v['at_bound_fraction']:.0f}% of refits on a "
+                         "bound)")
+    return f"  {title}: " + "; ".join(parts)
+
+
+def _ladder(args: argparse.Namespace) -> int:
+    from lmscale.errors import DataError
+    from lmscale.scaling import emergence as em
+
+    try:
+        sizes = [float(s) for s in args.predict.split(",") if s.strip()]
+    except ValueError:
+        raise DataError(f"--predict {args.predict!r}: use comma-separated sizes, e.g. 6.9e9,1.2e10") from None
+    data = em.read_pythia_ladder(args.source, args.task, args.metric, loss_task=args.loss_task,
+                                 loss_metric=args.loss_metric, deduped=args.deduped)
+    r = em.ladder_predict(data, args.fit_below, sizes, chance=args.chance, loss_form=args.loss_law,
+                          n_bootstrap=args.bootstrap, seed=args.seed, tokens=args.tokens,
+                          loss_min_fraction=args.loss_min_fraction)
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return 0
+    print(f"{r.task} {args.metric}: fitted on {', '.join(r.fit_models)} ({r.n_fit_rows} checkpoints; "
+          f"{r.n_loss_rows} for the loss law); loss = {r.loss_source}")
+    print(_fmt_params(f"step 1 ({r.loss_form}), rmse {r.loss_rmse_log:.3f} in ln L", r.loss_law))
+    print(_fmt_params(f"step 2 acc(-L), rmse {r.acc_vs_loss_rmse:.3f}", r.acc_vs_loss))
+    print(_fmt_params(f"one step acc(log10 C), rmse {r.one_step_rmse:.3f}", r.one_step))
+    print(f"  95% intervals: bootstrap over checkpoints ({r.n_bootstrap} resamples within each model)")
+    head = f"{'model':<14}{'N':>9}{'D':>9}{'task loss':>23}{'obs':>7}{'two-step':>22}{'one-step':>22}{'observed':>10}"
+    print(head)
+    for p in r.predictions:
+        def ci(v, c):
+            return f"{v:.3f} [{c[0]:.3f},{c[1]:.3f}]"
+
+        obs_l = "" if p.loss_observed is None else f"{p.loss_observed:.3f}"
+        obs = "" if p.acc_observed is None else f"{p.acc_observed:.3f}"
+        print(f"{p.model:<14}{p.N:>9.3g}{p.D:>9.3g}{ci(p.loss_pred, p.loss_ci95):>23}{obs_l:>7}"
+              f"{ci(p.acc_two_step, p.acc_two_step_ci95):>22}{ci(p.acc_one_step, p.acc_one_step_ci95):>22}{obs:>10}")
+        if p.acc_observed is not None:
+            print(f"{'':<14}absolute error: two-step {p.abs_err_two_step:.3f}, one-step {p.abs_err_one_step:.3f}; "
+                  f"step 2 at the observed loss gives {p.acc_at_observed_loss:.3f}")
+    return 0
 
 
 def _icl(args: argparse.Namespace) -> int:

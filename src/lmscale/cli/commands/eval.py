@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from lmscale.cli.argtypes import add_device_argument, nonnegative_int, positive_int
+from lmscale.io import dumps_json
 
 HELP = "evaluate a checkpoint: corpus perplexity, or few-shot BIG-bench tasks (GPT-3 protocol)"
 
@@ -84,7 +84,8 @@ def _run_perplexity(args: argparse.Namespace) -> int:
     from lmscale.io.outputs import check_output_file
 
     if args.out:
-        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite)
+        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite, keys=("results",),
+                          inputs=(("--corpus", args.corpus),))
     if args.stride is not None and args.window is not None and args.stride > args.window:
         raise LmscaleError(f"--stride {args.stride} is longer than --window {args.window}; tokens between "
                            "windows would never be scored")
@@ -107,7 +108,7 @@ def _run_perplexity(args: argparse.Namespace) -> int:
     if args.out:
         atomic_write_json(args.out, out)
     if args.json:
-        print(json.dumps(out))
+        print(dumps_json(out))
         return 0
     name = "pseudo-perplexity (masked, not comparable with a decoder's)" if res.kind == "pseudo-perplexity" \
         else res.kind
@@ -134,7 +135,8 @@ def _run_fewshot(args: argparse.Namespace) -> int:
     if (args.checkpoint is None) == (args.hf is None):
         raise LmscaleError("give either CKPT or --hf DIR (exactly one)")
     if args.out:
-        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite)
+        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite, keys=("results",),
+                          inputs=tuple(("--task", t) for t in args.task))
     # every argument is checked before anything large is read or downloaded: the checkpoint path,
     # the local task files, the model itself, and only then BIG-bench task names
     where = args.checkpoint if args.hf is None else args.hf
@@ -169,7 +171,7 @@ def _run_fewshot(args: argparse.Namespace) -> int:
     if args.out:
         atomic_write_json(args.out, result)
     if args.json:
-        print(json.dumps(result))
+        print(dumps_json(result))
         return 0
     rows = format_table(result)
     header = ["task", "shots", "metric", "value", "stderr", "n", "truncated"]

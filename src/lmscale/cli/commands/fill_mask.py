@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from lmscale.cli.argtypes import add_device_argument, positive_int
+from lmscale.io import dumps_json
 
 HELP = "predict the words behind [MASK] (or ___) with an encoder checkpoint"
 DESCRIPTION = (
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             i += 1
         res = infill(model, tok, text)
         if args.json:
-            print(json.dumps(res.to_dict()))
+            print(dumps_json(res.to_dict()))
         else:
             for k, s in enumerate(res.spans):
                 print(f"<extra_id_{k}> -> {s!r}")
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise LmscaleError(f"--targets {args.targets!r} names no word; give comma-separated words, e.g. --targets "
                            "paris,london")
     if args.json:
-        print(json.dumps(fill_mask_pipeline(model, tok, args.text, top_k=args.top_k, targets=targets)))
+        print(dumps_json(fill_mask_pipeline(model, tok, args.text, top_k=args.top_k, targets=targets)))
         return 0
     results = fill_mask(model, tok, args.text, top_k=args.top_k, targets=targets)
     print(args.text)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from lmscale.cli.argtypes import (
     add_device_argument,
@@ -11,8 +10,10 @@ from lmscale.cli.argtypes import (
     nonnegative_int,
     positive_float,
     positive_int,
+    seed,
     unit_interval,
 )
+from lmscale.io import dumps_json
 
 # default peak learning rates by initialisation
 PRETRAINED_LR = 1e-4
@@ -96,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-examples", type=positive_int, default=None, help="random subset of the training split")
     g.add_argument("--mixing-cap", type=positive_int, default=None, help="mixture: examples-proportional cap K")
     g.add_argument("--mixture-size", type=positive_int, default=None, help="mixture: examples drawn per epoch")
-    g.add_argument("--seed", type=nonnegative_int, default=0)
+    g.add_argument("--seed", type=seed, default=0)
     add_device_argument(g)
     p.add_argument("--json", action="store_true", help="print results.json only")
     p.set_defaults(_accepts_overrides=True)
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         results = finetune(body, tok, task, cfg, out_dir=args.out, log=log)
     results.pop("model", None)
     if args.json:
-        print(json.dumps({k: results[k] for k in ("dev", "test") if k in results} | {
+        print(dumps_json({k: results[k] for k in ("dev", "test") if k in results} | {
             "best_epoch": results["best_epoch"], "truncated": results["truncated"]}, indent=2))
         return 0
     cut = results["truncated"]

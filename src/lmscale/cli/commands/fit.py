@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     from lmscale.scaling.runs import dropped_note
 
     if args.out:
-        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite)
+        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite, keys=("law", "params"),
+                          inputs=(("CSV", args.csv),))
     law, dropped = fit_from_args(args)
     full = law.to_dict()
     if dropped:

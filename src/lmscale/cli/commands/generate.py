@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 
-from lmscale.cli.argtypes import add_device_argument, nonnegative_int, positive_float, positive_int
+from lmscale.cli.argtypes import add_device_argument, nonnegative_int, positive_float, positive_int, seed
+from lmscale.io import dumps_json
 
 HELP = "generate text from a decoder or encoder-decoder checkpoint (KV cache; batches; T5 span infilling)"
 DESCRIPTION = (
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=50)
     p.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="stop when this string is generated (repeatable; not included in the output)")
-    p.add_argument("--seed", type=nonnegative_int, default=None,
+    p.add_argument("--seed", type=seed, default=None,
                    help="sampling seed (same seed, same text; every prompt is sampled with it)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step")
     add_device_argument(p)
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"<extra_id_{k}> -> {s!r}")
             print(res.text)
         if args.json:
-            print(json.dumps([records[0]] if len(prompts) == 1 else [[r] for r in records]))
+            print(dumps_json([records[0]] if len(prompts) == 1 else [[r] for r in records]))
         return 0
     if len(prompts) == 1 and not args.json:
         prompt = prompts[0]
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                              use_cache=not args.no_cache, batch_size=args.batch_size, **sampling)
     records = [_record(p, r, spec.causal) for p, r in zip(prompts, results)]
     if args.json:
-        print(json.dumps([records[0]] if len(prompts) == 1 else [[r] for r in records]))
+        print(dumps_json([records[0]] if len(prompts) == 1 else [[r] for r in records]))
         return 0
     for i, (prompt, rec, res) in enumerate(zip(prompts, records, results), start=1):
         head = f"[{i}/{len(prompts)}] "

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from lmscale.cli.commands.report import add_source_arguments, build, summarize
+from lmscale.io import dumps_json
 
 HELP = "scaling figures (loss vs C/N/D with fits and bands, IsoFLOPs, allocation, curves) as PNG files"
 
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
                      ours=lambda d: all(e.suffix == ".png" for e in Path(d).iterdir()))
     res = build(args, None, args.out)
     if args.json:
-        print(json.dumps(res, indent=2, default=float))
+        print(dumps_json(res, indent=2, default=float))
     else:
         print(summarize(res))
         for p in res["pngs"]:

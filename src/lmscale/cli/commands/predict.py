@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if args.input and args.text:
         raise LmscaleError("give texts or --input FILE, not both")
     if args.out:
-        check_output_file(args.out, "--out", kind="jsonl", overwrite=args.overwrite)
+        check_output_file(args.out, "--out", kind="jsonl", overwrite=args.overwrite, keys=("row",),
+                          inputs=(("--input", args.input),))
     model = FinetunedModel.load(args.model, device=args.device)
     if args.input:
         inputs, rows = predict_file(model, args.input, text_column=args.text_column,

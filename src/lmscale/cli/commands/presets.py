@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from lmscale.io import dumps_json
 
 HELP = "list model presets (BERT, GPT, GPT-2, GPT-3, T5, Transformer, Pythia, Llama, tiny CPU models)"
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             "description": info.get("description", ""),
         })
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table

@@ -5,7 +5,7 @@ import argparse
 import sys
 import textwrap
 
-from lmscale.cli.argtypes import add_device_argument
+from lmscale.cli.argtypes import add_device_argument, seed
 
 HELP = "pretrain a BERT/GPT/T5-style model from a corpus or token shards (also under torchrun)"
 DESCRIPTION = (
@@ -40,13 +40,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", help="catalog name (wikitext-2) or a local text file/directory")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory; trained on the corpus when omitted")
     p.add_argument("--shards", metavar="DIR", help="token shard directory (default RUN_DIR/shards)")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="continued pretraining: a new run (new optimizer and schedule, step 0) from the weights, "
+                        "model config and tokenizer of a run, model or transformers directory")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (metrics, checkpoints, summary.json)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (the schedule length)")
-    p.add_argument("--seed", type=int, help="seed for initialisation, data order and masking")
+    p.add_argument("--seed", type=seed, help="seed for initialisation, data order and masking")
     add_device_argument(p, default=None, resolve=False,
                         help="train.device: auto (CUDA when present, the default), cpu, cuda or cuda:N")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every K steps (0 = only at the end)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR exactly from its newest checkpoint")
+    p.add_argument("--branch-from", metavar="RUN_DIR",
+                   help="start a cooldown branch of a wsd run from its stable-phase checkpoint at --at-tokens, "
+                        "into --out (the parent is only read)")
+    p.add_argument("--at-tokens", type=float, metavar="D",
+                   help="the parent's checkpoint a branch starts from, in tokens")
+    p.add_argument("--decay-fraction", type=float, metavar="F", default=0.2,
+                   help="a branch's cooldown trains F x D more tokens, decaying to the floor (default 0.2)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="resume an older checkpoint whose pickled trainer_state.pt needs the full unpickler "
                         "(it can run code from the file: only for run directories you trust)")
@@ -70,13 +80,38 @@ def _shortcut_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+def _init_from_config(args: argparse.Namespace, overrides: dict):
+    """The config of a run that starts from `--init-from`: training settings from the preset, file
+    and overrides; the model from the checkpoint (model keys asked for must agree with it)."""
+    from lmscale.config import compose, load_yaml
+    from lmscale.training.init_from import child_config
+
+    asked = dict((load_yaml(args.config).get("model") or {}) if args.config else {})
+    asked.update({k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("model.")})
+    rest = {k: v for k, v in overrides.items() if not k.startswith("model.")}
+    return child_config(compose(args.preset, [args.config] if args.config else [], rest), args.init_from, asked)
+
+
 def run(args: argparse.Namespace) -> int:
     from lmscale.config import ConfigError, apply_overrides, compose, parse_override_args
 
     overrides = parse_override_args(list(getattr(args, "_extra", []) or []))
     overrides.update(_shortcut_overrides(args))
     resume = args.resume is not None
-    if resume:
+    if getattr(args, "init_from", None) is not None and (resume or getattr(args, "branch_from", None)):
+        raise ConfigError("--init-from starts a new run from a checkpoint's weights; --resume and --branch-from "
+                          "continue a run's own training: give one of them")
+    if getattr(args, "branch_from", None) is not None:
+        if resume or args.config or args.preset:
+            raise ConfigError("--branch-from continues its parent's config; drop --config/--preset/--resume")
+        if args.at_tokens is None or args.out is None:
+            raise ConfigError("--branch-from needs --at-tokens D and --out NEW_RUN_DIR")
+        from lmscale.training.rundir import RunDir
+
+        overrides["train.branch"] = {"parent": args.branch_from, "at_tokens": int(args.at_tokens),
+                                     "decay_fraction": args.decay_fraction}
+        cfg = apply_overrides(RunDir(args.branch_from).load_config(), overrides)
+    elif resume:
         from lmscale.training.rundir import RunDir, check_resume_overrides
 
         if args.config or args.preset:
@@ -86,9 +121,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = apply_overrides(saved, overrides)
         check_resume_overrides(saved, cfg)  # pretrain checks it too; here it also guards --print-config
     else:
-        if not args.config and not args.preset:
+        init_from = getattr(args, "init_from", None)
+        if not args.config and not args.preset and init_from is None:
             raise ConfigError("give --config FILE.yaml or --preset NAME (see `lmscale presets`), or --resume RUN_DIR")
-        cfg = compose(args.preset, [args.config] if args.config else [], overrides)
+        if init_from is not None:
+            cfg = _init_from_config(args, overrides)
+        else:
+            cfg = compose(args.preset, [args.config] if args.config else [], overrides)
     if getattr(args, "print_config", False):
         from lmscale.config import to_yaml
 

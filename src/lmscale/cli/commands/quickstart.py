@@ -21,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sizes and budgets (src/lmscale/presets/quickstart/PROFILE.yaml); default: gpu when the "
                         "device is a CUDA GPU, else cpu")
     add_device_argument(p, help="auto (CUDA when present), cpu, cuda or cuda:N", resolve=False)
-    p.add_argument("--corpus", default="wikitext-2",
-                   help="catalog name or local .txt/.txt.gz/.jsonl file or directory (default: wikitext-2)")
+    p.add_argument("--corpus", default=None,
+                   help="catalog name or local .txt/.txt.gz/.jsonl file or directory (default: the profile's, "
+                        "movie-reviews for cpu and wikitext-2 for gpu)")
     p.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")
     p.add_argument("--redo", default=None, help="comma-separated stage names to run again")
     p.add_argument("--overwrite", action="store_true",

@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from lmscale.io import dumps_json
     from lmscale.io.outputs import check_output_dir, check_output_file
 
-    check_output_file(args.out, "--out", kind="html", overwrite=args.overwrite)
+    check_output_file(args.out, "--out", kind="html", overwrite=args.overwrite,
+                      inputs=(("SOURCE", args.source), ("--emergence", args.emergence), ("--icl", args.icl)))
     if args.png_dir:
         check_output_dir(args.png_dir, "--png-dir", overwrite=args.overwrite, kinds=("figures",),
                          ours=lambda d: all(e.suffix == ".png" for e in Path(d).iterdir()))

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from lmscale.cli.argtypes import add_device_argument, bootstrap_count, nonnegative_int, positive_float, positive_int
+from lmscale.io import dumps_json
 
 HELP = "scaling sweeps (grid / IsoFLOP) of `lmscale pretrain` runs with a SQLite run registry"
 DESCRIPTION = """Scaling sweeps. `run` plans the sweep, prepares one tokenizer and token shards for all
@@ -114,7 +114,7 @@ def _run(args) -> int:
                  "params_total": s.params["params_total"], "tokens": s.tokens, "flops": s.flops,
                  "steps": s.config.train.max_steps} for s in specs]
         if args.json:
-            print(json.dumps(rows, indent=2))
+            print(dumps_json(rows, indent=2))
         else:
             for r in rows:
                 print(f"{r['name']:<34} N={r['params_non_embedding']:>10,} D={r['tokens']:>12,.0f} "
@@ -133,7 +133,7 @@ def _run(args) -> int:
                     threads_per_worker=args.threads_per_worker, retry_failed=args.retry_failed,
                     registry=args.registry, slurm_directives=args.slurm_directive, progress=progress)
     if args.json:
-        print(json.dumps(res.to_dict(), indent=2))
+        print(dumps_json(res.to_dict(), indent=2))
     else:
         if res.script:
             print(f"wrote {res.script}: submit it with `sbatch {res.script}` ({res.planned} array tasks)")
@@ -149,7 +149,7 @@ def _status(args) -> int:
     reg = Registry(args.registry)
     runs = reg.runs(args.sweep)
     if args.json:
-        print(json.dumps([{k: v for k, v in r.to_dict().items() if k not in ("config", "loss_curve", "train_curve")}
+        print(dumps_json([{k: v for k, v in r.to_dict().items() if k not in ("config", "loss_curve", "train_curve")}
                           for r in runs], indent=2))
         return 0
     for r in runs:
@@ -170,7 +170,8 @@ def _fit(args) -> int:
     from lmscale.scaling.runs import RunsTable, dropped_note, read_runs
 
     if args.out:
-        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite)
+        check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite, keys=("law", "params"),
+                          inputs=(("--registry", args.registry),))
     t = RunsTable.from_columns(read_runs(args.registry, params=args.params, sweep=args.sweep))
     if len(t) < 6:
         note = dropped_note(t.dropped)
@@ -188,6 +189,9 @@ def _fit(args) -> int:
         return 0
     if t.dropped:
         print(f"lmscale sweep fit: {dropped_note(t.dropped)}", file=sys.stderr)
+    repeated = _repeated_data_note(args.registry, args.sweep)
+    if repeated:
+        print(f"lmscale sweep fit: warning: {repeated}", file=sys.stderr)
     p = res["params"]
     print("L(N, D) = {E:.4g} + {A:.4g}/N^{alpha:.3f} + {B:.4g}/D^{beta:.3f}".format(**p)
           + f"   ({res['n_fit']} runs fitted, N = {args.params.replace('_', '-')} parameters)")
@@ -200,6 +204,23 @@ def _fit(args) -> int:
     if ident.get("unidentified"):
         print(f"UNIDENTIFIED LAW: {ident['summary']}")
     return 0
+
+
+EPOCHS_WARN = 4.0  # Muennighoff et al. 2023: up to ~4 epochs, repeated tokens are worth about as much as new ones
+
+
+def _repeated_data_note(registry: str, sweep: str | None) -> str | None:
+    """One line when fitted runs repeated their data past ~4 epochs (None otherwise)."""
+    from lmscale.scaling.registry import Registry
+
+    epochs = [r.epochs for r in Registry(registry).runs(sweep, status="finished")
+              if r.role != "stable" and r.epochs is not None]
+    over = [e for e in epochs if e > EPOCHS_WARN]
+    if not over:
+        return None
+    return (f"{len(over)} of {len(epochs)} runs trained past {EPOCHS_WARN:g} epochs of their data (up to "
+            f"{max(over):.1f}); this is the chinchilla law, which assumes unique tokens: `lmscale sweep export` "
+            "then `lmscale fit --law data-constrained` fits Muennighoff et al.'s law with the recorded unique_tokens")
 
 
 def _existing_registry(path: str) -> str:
@@ -232,13 +253,14 @@ def run(args: argparse.Namespace) -> int:
 
         o = exec_index(args.registry, args.index, args.sweep, launcher=args.launcher,
                        nproc_per_node=args.nproc_per_node, retry_failed=args.retry_failed)
-        print(json.dumps(o.__dict__) if args.json else f"[{o.status}] {o.name}" + (f": {o.error}" if o.error else ""))
+        print(dumps_json(o.__dict__) if args.json else f"[{o.status}] {o.name}" + (f": {o.error}" if o.error else ""))
         return 0 if o.status in ("finished", "skipped") else 1
     if args.verb == "export":
         from lmscale.io.outputs import check_output_file
         from lmscale.scaling.registry import Registry
 
-        check_output_file(args.out, "--out", kind="csv", overwrite=args.overwrite)
+        check_output_file(args.out, "--out", kind="csv", overwrite=args.overwrite,
+                          inputs=(("--registry", args.registry),))
         Registry(args.registry).to_csv(args.out, sweep=args.sweep)
         print(f"wrote {args.out}")
         return 0

@@ -3,9 +3,9 @@ walk through the classic byte-pair-encoding algorithm step by step."""
 from __future__ import annotations
 
 import argparse
-import json
 
 from lmscale.cli.argtypes import nonnegative_int, positive_int
+from lmscale.io import dumps_json
 
 HELP = "train a tokenizer (bpe | wordpiece | unigram), encode text, or explain BPE step by step"
 
@@ -101,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
     info = {"out": str(args.out), "kind": tok.kind, "vocab_size": tok.vocab_size, "hash": tok.hash,
             "seconds": round(time.perf_counter() - t0, 3), "warnings": [str(w.message) for w in caught]}
     if args.json:
-        print(json.dumps(info))
+        print(dumps_json(info))
     else:
         for w in info["warnings"]:
             print(f"lmscale tokenizer: warning: {w}", file=sys.stderr)
@@ -115,7 +115,7 @@ def _encode(args: argparse.Namespace) -> int:
     tok = Tokenizer.load(args.tokenizer)
     enc = tok.backend.encode(args.text, add_special_tokens=args.special)
     if args.json:
-        print(json.dumps({"tokens": enc.tokens, "ids": enc.ids}))
+        print(dumps_json({"tokens": enc.tokens, "ids": enc.ids}))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -148,7 +148,7 @@ def _explain(args: argparse.Namespace) -> int:
     if not text.strip():
         raise LmscaleError("the text to explain is empty")
     result = explain_words(text, args.merges, args.split) if args.words else explain_chars(text, args.merges)
-    print(json.dumps(result, ensure_ascii=False) if args.json else format_explanation(result))
+    print(dumps_json(result, ensure_ascii=False) if args.json else format_explanation(result))
     return 0
 
 
@@ -165,7 +165,7 @@ def _set_eos(args: argparse.Namespace) -> int:
     tok.set_eos(args.token)
     tok.save(d)
     if args.json:
-        print(json.dumps({"tokenizer": str(d), "eos_token": args.token, "eos_id": tok.eos_id}))
+        print(dumps_json({"tokenizer": str(d), "eos_token": args.token, "eos_id": tok.eos_id}))
     else:
         print(f"{d}: end-of-text token {args.token!r} (id {tok.eos_id}); shards made before are rebuilt "
               f"by the next data prepare")

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from lmscale.config import ModelConfig
 from lmscale.errors import CheckpointError
-from lmscale.models.hf.common import ACT_OUT, Exported, HFAdapter, Imported, Rule, act, prefix, unsupported
+from lmscale.models.hf.common import (
+    ACT_OUT,
+    Exported,
+    HFAdapter,
+    Imported,
+    Rule,
+    act,
+    fixing_flags,
+    prefix,
+    unsupported,
+)
 
 
 def bert_rules(cfg: ModelConfig, p: str, head: bool) -> list[Rule]:
@@ -75,8 +85,10 @@ def export(cfg: ModelConfig, base: dict) -> Exported:
     if cfg.position != "learned" or cfg.norm != "layernorm" or cfg.norm_position != "post" \
             or not cfg.bias or cfg.gated_mlp or not cfg.embedding_norm or not cfg.mlm_transform \
             or cfg.embedding_scale or cfg.d_head not in (None, cfg.d_model // cfg.n_heads):
+        wanted = {"position": "learned", "norm": "layernorm", "norm_position": "post", "bias": True,
+                  "gated_mlp": False, "embedding_norm": True, "mlm_transform": True, "embedding_scale": False}
         raise unsupported(cfg, "BERT export needs learned positions, post-LN LayerNorm, biases, "
-                          "embedding norm and the MLM transform")
+                          "embedding norm and the MLM transform" + fixing_flags(cfg, wanted))
     arch = "BertForPreTraining" if cfg.nsp_head else "BertForMaskedLM"
     c = {**base, "model_type": "bert", "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers,
          "num_attention_heads": cfg.n_heads, "intermediate_size": cfg.ffn_dim,

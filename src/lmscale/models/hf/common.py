@@ -87,6 +87,18 @@ def unsupported(cfg: ModelConfig, why: str) -> CheckpointError:
     return CheckpointError(f"no transformers architecture matches this {cfg.family} model: {why}")
 
 
+def fixing_flags(cfg: ModelConfig, wanted: dict[str, Any]) -> str:
+    """The pretraining flags (`--model.norm_position post ...`) that give `cfg` the `wanted`
+    values: an architecture is fixed when the model is trained, so that is where to change it."""
+    def show(v: Any) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    flags = [f"--model.{k} {show(v)}" for k, v in wanted.items() if getattr(cfg, k) != v]
+    if cfg.d_head not in (None, cfg.d_model // cfg.n_heads):
+        flags.append("--model.d_head null")
+    return ("; pretrain with " + " ".join(flags) + " to get a model that exports") if flags else ""
+
+
 def prefix(keys: set[str], p: str) -> str:
     """`p` when the checkpoint's tensor names start with it (a model with a head), else ''."""
     return p if any(k.startswith(p) for k in keys) else ""

@@ -1,0 +1,54 @@
+"""A published fit end to end: Epoch's 245 Chinchilla points (Besiroglu et al. 2024) through
+`lmscale fit --exclude-top-loss 5` and `lmscale allocate`, and how an allocation is judged
+identified: on the intervals it reports (N_opt, D_opt), not on an intermediate such as G."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmscale.cli.main import main
+from lmscale.scaling.identify import allocation_at_budget, allocation_warning
+
+# Besiroglu, Erdil, Barnett and You (2024), "Chinchilla scaling: a replication attempt", eq. 4
+BESIROGLU = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
+WIDE_G = {"G": "has a 95% interval [0.01208, 0.3132] that spans a factor 25.9 (more than 10x)"}
+
+
+@pytest.mark.slow
+def test_epoch_points_reproduce_besiroglu_and_allocate_without_a_false_alarm(shared_data, tmp_path, capsys):
+    csv = shared_data / "chinchilla_fig4_epoch.csv"
+    if not csv.is_file():
+        pytest.skip("chinchilla_fig4_epoch.csv is not in the data mirror")
+    fit_json = tmp_path / "fit.json"
+    assert main(["fit", str(csv), "--n-col", "Model Size", "--c-col", "Training FLOP", "--loss-col", "loss",
+                 "--exclude-top-loss", "5", "--bootstrap", "60", "--seed", "0", "--out", str(fit_json)]) == 0
+    fit = json.loads(fit_json.read_text())
+    for k, v in BESIROGLU.items():
+        assert fit["params"][k] == pytest.approx(v, rel=0.03), k
+    capsys.readouterr()
+
+    assert main(["allocate", "--flops", "5.76e23", "--fit", str(fit_json), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    lo, hi = out["ci"]["N_opt"]
+    assert hi / lo < 10 and out["identified"] is True and "warning" not in out
+    assert main(["allocate", "--flops", "5.76e23", "--fit", str(fit_json)]) == 0
+    assert "UNIDENTIFIED" not in capsys.readouterr().out
+
+
+def test_a_wide_intermediate_does_not_unidentify_a_narrow_allocation():
+    ident = {"allocation_identified": False, "unidentified": dict(WIDE_G)}
+    narrow = {"N_opt": [5.6e10, 1.2e11], "D_opt": [7.9e11, 1.7e12]}
+    assert allocation_at_budget(ident, narrow) == {"allocation_identified": True, "unidentified": {}}
+    # without the allocation's own intervals the parameter-level judgement stands
+    assert allocation_at_budget(ident, {})["allocation_identified"] is False
+
+
+def test_a_wide_allocation_or_a_structural_problem_still_warns():
+    wide = allocation_at_budget({"unidentified": dict(WIDE_G)}, {"N_opt": [1e9, 1e11], "D_opt": [1e11, 2e11]})
+    assert wide["allocation_identified"] is False and set(wide["unidentified"]) == {"N_opt"}
+    assert "N_opt" in allocation_warning(wide) and "spans a factor 100" in wide["unidentified"]["N_opt"]
+    pinned = {"unidentified": {"alpha": "is at an extreme (alpha = 12; a plausible exponent lies in (0, 10))",
+                               "a": "follows from alpha, which the runs do not identify"}}
+    judged = allocation_at_budget(pinned, {"N_opt": [1e10, 2e10], "D_opt": [1e11, 2e11]})
+    assert judged["allocation_identified"] is False and set(judged["unidentified"]) == {"alpha", "a"}
