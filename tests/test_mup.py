@@ -110,3 +110,16 @@ def test_cli_coord_check(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "mup: width 32 -> 64" in text and "logits" in text
     assert (out / "coord_check.json").is_file() and (out / "coord_check.png").is_file()
+
+
+def test_a_mup_model_off_its_base_width_is_not_exported_to_transformers():
+    """Its attention scale and logit multiplier have no place in a transformers config: refused,
+    not exported into a model that computes other logits; at the base width muP is SP and exports."""
+    from lmscale.errors import CheckpointError
+    from lmscale.models.hf import hf_state_dict
+
+    kw = dict(family="decoder", vocab_size=64, d_model=64, n_layers=1, n_heads=2, max_positions=16,
+              activation="gelu_tanh", parametrization="mup")
+    with pytest.raises(CheckpointError, match="parametrization=mup"):
+        hf_state_dict(build_model(ModelConfig(**kw, mup_base_width=32)))
+    assert hf_state_dict(build_model(ModelConfig(**kw, mup_base_width=64)))[0] == "GPT2LMHeadModel"

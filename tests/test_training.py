@@ -795,12 +795,16 @@ def test_ddp_two_processes_match_single_process(data, tmp_path, family, one_thre
     loop.pretrain(_family_cfg(data, tmp_path / "single", family, train__micro_batch_size=4), progress=False)
     run = tmp_path / "ddp"
     _torchrun_pretrain(_family_cfg(data, run, family, train__micro_batch_size=2), tmp_path / "ddp.yaml")
+    # validation batches of 4 and of 2 pad the encoder-decoder's inputs to different lengths, and its
+    # float32 loss moves with the padded length by about 1e-5 relative (3.5e-5 measured); training
+    # batches are padded alike in both runs and agree to 1e-5
+    tolerance = {"train": 1e-5, "eval": 1e-4 if family == "encoder-decoder" else 1e-5}
     for event, key in (("train", "loss"), ("eval", "val_loss")):
         single = [r[key] for r in read_metrics(tmp_path / "single", event)]
         ddp = [r[key] for r in read_metrics(run, event)]
         assert len(single) == len(ddp) > 0
         for a, b in zip(single, ddp):
-            assert abs(a - b) <= 1e-5 * abs(a)
+            assert abs(a - b) <= tolerance[event] * abs(a), (event, single, ddp)
     assert read_metrics(run, "start")[0]["world_size"] == 2
     assert read_metrics(run, "start")[0]["accum_steps"] == 2
 

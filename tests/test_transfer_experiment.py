@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from test_finetune_experiment import make_data, tiny_encoder_checkpoint
 
 from lmscale.errors import LmscaleError
 from lmscale.experiments.pretraining_effect import PretrainingEffectConfig
 from lmscale.experiments.transfer import TransferConfig, run_transfer
+from test_finetune_experiment import make_data, tiny_encoder_checkpoint
 
 torch.set_num_threads(1)
 

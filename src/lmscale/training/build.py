@@ -139,6 +139,7 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
                     check_output_dir(run_dir, "--out", overwrite=overwrite, ours=looks_like_run_dir, kinds=("run",))
                 except OutputError as exc:
                     raise ConfigError(f"cannot write to the run directory: {exc}") from None
+                run_dir.check_no_symlinks()
                 check_sources(cfg)  # a missing input is refused before the directory is touched
             try:  # the lock first: nothing is written into a directory another run holds
                 lock = run_dir.lock().acquire()

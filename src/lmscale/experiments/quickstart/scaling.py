@@ -2,6 +2,7 @@
 prediction, and, when the full law is not identified, the compute frontier the sweep does determine."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from lmscale.data.catalog import resolve_corpus
+from lmscale.data.readers import iter_texts
 from lmscale.errors import LmscaleError
 from lmscale.experiments.quickstart.core import (
     Check,
@@ -29,6 +32,7 @@ from lmscale.scaling.frontier import fit_frontier
 from lmscale.scaling.identify import identification
 from lmscale.scaling.report import build_report
 from lmscale.scaling.runs import load_runs
+from lmscale.tokenization import train_tokenizer
 
 MIN_FINISHED = 6  # fewer finished runs than this cannot be fitted
 MIN_DECADES = {"gpu": 2.5, "cpu": 1.5}  # compute range the profile's sweep must span
@@ -127,15 +131,33 @@ def _checks(fit: dict[str, Any], frontier: Optional[dict[str, Any]], decades: fl
     return checks, full_ok
 
 
+def _sweep_tokenizer(ctx: Context) -> tuple[str, str, int, Path]:
+    """(corpus, tokenizer dir, vocabulary size, shards dir) of the sweep: the profile's corpus and
+    BPE tokenizer, unless the sweep names a corpus of its own (then a BPE is trained on it once)."""
+    s = ctx.profile["sweep"]
+    corpus = s.get("corpus") or ctx.corpus
+    if corpus == ctx.corpus:
+        tok = ctx.need(TokenizersResult).tokenizers["bpe"]
+        return corpus, tok.dir, tok.vocab_size, ctx.out / "shards" / "bpe"
+    d = ctx.path("tokenizers", "sweep-bpe")
+    if not (d / "tokenizer.json").is_file():
+        ctx.console.print(f"training the sweep's BPE tokenizer on {corpus} ...")
+        own = train_tokenizer("bpe", iter_texts(resolve_corpus(corpus).splits["train"]),
+                              vocab_size=int(s.get("vocab_size", 8192)))
+        own.save(d)
+    vocab = json.loads((d / "tokenizer_meta.json").read_text())["vocab_size"]
+    return corpus, str(d), int(vocab), ctx.out / "shards" / "sweep-bpe"
+
+
 def _sweep_config(ctx: Context) -> SweepConfig:
     s = ctx.profile["sweep"]
-    tok = ctx.need(TokenizersResult).tokenizers["bpe"]
+    corpus, tok_dir, vocab_size, shards = _sweep_tokenizer(ctx)
     return SweepConfig.from_dict({
         "name": f"quickstart-{ctx.mode}", "design": "grid", "preset": s["preset"], "sizes": s["sizes"],
         "tokens": s["tokens"], "seeds": [0], "evals_per_run": s["evals_per_run"],
         "base": {
-            "model": {"vocab_size": tok.vocab_size, "max_positions": s["seq_len"]},
-            "data": {"corpus": ctx.corpus, "tokenizer": tok.dir, "shards": str(ctx.out / "shards" / "bpe")},
+            "model": {"vocab_size": vocab_size, "max_positions": s["seq_len"]},
+            "data": {"corpus": corpus, "tokenizer": tok_dir, "shards": str(shards)},
             "train": {"seq_len": s["seq_len"], "batch_size": s["batch_size"], "lr": s["lr"], "warmup_fraction": 0.05,
                       "schedule": "cosine", "eval_batches": s["eval_batches"], "log_every": 20,
                       "device": ctx.device, "time_cap_s": s.get("time_cap_s")},

@@ -112,6 +112,11 @@ def from_hf(src: Any) -> tuple[nn.Module, Any]:
 
 
 def _export_layout(cfg: ModelConfig) -> Exported:
+    if cfg.parametrization == "mup" and cfg.width_mult != 1.0:
+        # muP's attention scale and output multiplier live in the forward pass; no transformers
+        # class applies them, so the exported model would compute other logits
+        raise unsupported(cfg, f"model.parametrization=mup at width {cfg.d_model} (base "
+                               f"{cfg.mup_base_width}) scales attention and logits in ways transformers does not")
     base = {"vocab_size": cfg.vocab_size, "pad_token_id": cfg.pad_token_id,
             "tie_word_embeddings": cfg.tie_embeddings}
     for adapter in family_spec(cfg).hf_adapters:
