@@ -197,7 +197,7 @@ class RunSpec:
 # keys added after registries were first written: at their defaults they leave the run id as it was
 _LATER_KEYS: dict[str, dict[str, Any]] = {
     "train": {"decay_shape": "linear", "branch_points": [], "branch": None, "init_from": None},
-    "model": {"parametrization": "sp", "mup_base_width": None},
+    "model": {"parametrization": "sp", "mup_base_width": None, "relative_bias_init": "zero"},
 }
 
 
