@@ -201,7 +201,7 @@ def test_cpu_matmul_probe_runs_in_the_asked_dtype(monkeypatch):
 # ----------------------------------------------------------------------------- runs
 
 SUMMARY_KEYS = {"status", "steps", "tokens", "flops", "wall_s", "final_val_loss", "best_val_loss",
-                "params", "tokens_per_s", "error"}
+                "params", "tokens_per_s", "error", "branch"}
 
 
 @pytest.mark.parametrize("family", ["decoder", "encoder", "encoder-decoder"])
@@ -245,8 +245,10 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_weights_and_a_bf16_peak(data, tmp
     assert read_metrics(tmp_path / "bf16", "start")[0]["dtype"] == "bf16"
     assert asked == ["fp32", "bf16"]  # each run's MFU against the matmul rate of its own dtype
     first32, first16 = runs["fp32"][0]["loss"], runs["bf16"][0]["loss"]
-    # the same weights and batch: bf16 products change the first loss by rounding only
-    assert first16 != first32 and first16 == pytest.approx(first32, rel=2e-2)
+    # the same weights and batch: bf16 products change the losses by rounding only (the very first
+    # can round to the same float when the initial logits are near uniform, as the tiny T5's are)
+    assert first16 == pytest.approx(first32, rel=2e-2)
+    assert any(a["loss"] != b["loss"] for a, b in zip(runs["fp32"], runs["bf16"]))
     assert runs["bf16"][-1]["loss"] < first16
     state = load_file(str(ckpt.latest_checkpoint(tmp_path / "bf16") / "model.safetensors"))
     assert {t.dtype for t in state.values()} == {torch.float32}  # master weights stay fp32
