@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -95,8 +96,19 @@ def wandb_records(path: Path) -> list:
     return records
 
 
-def wandb_run(run_dir: Path, run_id: str) -> tuple[list[dict], dict, list]:
-    """(history rows, config, run records) over every offline session of W&B run `run_id`."""
+def wandb_run(run_dir: Path, run_id: str, settle_s: float = 60.0) -> tuple[list[dict], dict, list]:
+    """(history rows, config, run records) over every offline session of W&B run `run_id`. W&B's
+    own service process writes the offline log after `finish()` returns; on a busy machine the
+    history can land a moment later, so the log is read again until it holds some (or `settle_s`)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        rows, config, runs = _read_wandb_run(run_dir, run_id)
+        if rows or time.monotonic() > deadline:
+            return rows, config, runs
+        time.sleep(0.5)
+
+
+def _read_wandb_run(run_dir: Path, run_id: str) -> tuple[list[dict], dict, list]:
     rows, config, runs = [], {}, []
     for f in sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")):
         for rec in wandb_records(f):
