@@ -27,6 +27,7 @@ from lmscale.experiments.pretraining_effect import (
     _finetune_one,
     cap_eval_splits,
     summarize,
+    transfer_from_tables,
 )
 from lmscale.finetune.api import random_body
 from lmscale.finetune.probe import probe
@@ -34,7 +35,7 @@ from lmscale.finetune.tasks import TaskData, TaskSpec, load_task
 from lmscale.io import atomic_path, atomic_write_json, atomic_write_text
 from lmscale.models.loading import load
 from lmscale.models.spec import family_spec
-from lmscale.scaling.transfer import TransferPoint, effective_data, fit_transfer_law
+from lmscale.scaling.transfer import fit_transfer_law
 from lmscale.training.device import resolve_device
 
 METHODS = ("finetune", "probe")
@@ -105,14 +106,6 @@ def _curve(table: dict[str, dict[str, float]]) -> tuple[list[int], list[float], 
     return sizes, [table[str(s)]["mean"] for s in sizes], [table[str(s)]["std"] for s in sizes]
 
 
-def transfer_points(table: dict[str, dict[str, dict[str, float]]], pretrained: str = "pretrained",
-                    random: str = "random") -> list[TransferPoint]:
-    """Effective data transferred at each label count of a summary table ({init: {size: stats}})."""
-    r_sizes, r_means, _ = _curve(table[random])
-    p_sizes, p_means, _ = _curve(table[pretrained])
-    return effective_data(r_sizes, r_means, p_sizes, p_means)
-
-
 def run_transfer(cfg: TransferConfig, log: Optional[Callable[[str], None]] = print) -> dict[str, Any]:
     """Train every (checkpoint | random twin) x size x seed classifier; write results.json,
     table.txt and transfer.png under `cfg.out_dir`; return the results."""
@@ -138,7 +131,7 @@ def run_transfer(cfg: TransferConfig, log: Optional[Callable[[str], None]] = pri
             twins[key] = {"runs": twin_runs, "table": summarize(twin_runs, "accuracy", "classification")["random"]}
         table = {"pretrained": summarize(runs, "accuracy", "classification")["pretrained"],
                  "random": twins[key]["table"]}
-        points = transfer_points(table)
+        points = transfer_from_tables(table)["pretrained"]
         results.append({"checkpoint": str(ckpt), "pretraining_tokens": _pretraining_tokens(ckpt),
                         "params": int(sum(p.numel() for p in body.parameters())), "table": table,
                         "transfer": [p.to_dict() for p in points], "runs": runs})
@@ -227,13 +220,3 @@ def plot_transfer(results: list[dict[str, Any]], path: str | Path, title: str) -
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     return path
-
-
-def mean_factor(points: Sequence[dict[str, Any]], labels: int) -> Optional[float]:
-    """The factor D_E / D_F at `labels`, when it was measured."""
-    for p in points:
-        if p["labels"] == labels:
-            return p["factor"]
-    return None
-
-

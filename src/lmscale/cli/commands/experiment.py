@@ -111,12 +111,10 @@ def _add_transfer(sub) -> None:
 
 
 def _run_transfer(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from lmscale.errors import LmscaleError
     from lmscale.experiments.pretraining_effect import PretrainingEffectConfig
     from lmscale.experiments.transfer import TransferConfig, run_transfer
-    from lmscale.io.outputs import check_output_dir, mark_output_dir
 
     sizes = _sizes(args.sizes)
     if any(n is None or n <= 0 for n in sizes):
@@ -128,15 +126,9 @@ def _run_transfer(args: argparse.Namespace) -> int:
     cfg = TransferConfig(checkpoints=args.checkpoints, out_dir=args.out, task=args.task, sizes=sizes,
                          seeds=tuple(range(args.seeds)), method=args.method, max_length=args.max_length,
                          max_dev=args.max_dev, finetune=ft, device=args.device)
-    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("experiment",),
-                     ours=lambda d: (Path(d) / "results.json").is_file())
-    mark_output_dir(args.out, "experiment")
+    _claim_out(args)
     result = run_transfer(cfg, log=None if args.json else print)
-    if args.json:
-        print(dumps_json(result, indent=2))
-    else:
-        print(f"results: {args.out}/results.json ; plot: {result['plot']}")
-    return 0
+    return _show(args, result)
 
 
 def _add_coord_check(sub) -> None:
@@ -196,15 +188,11 @@ def run(args: argparse.Namespace) -> int:
         return _run_transfer(args)
     if args.experiment == "coord-check":
         return _run_coord_check(args)
-    from pathlib import Path
 
     from lmscale.experiments.pretraining_effect import PretrainingEffectConfig, run_pretraining_effect
-    from lmscale.io.outputs import check_output_dir, mark_output_dir
 
     # a re-run continues in the directory it wrote; anything else there is refused before work
-    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("experiment",),
-                     ours=lambda d: (Path(d) / "results.json").is_file())
-    mark_output_dir(args.out, "experiment")
+    _claim_out(args)
     cfg = PretrainingEffectConfig(
         out_dir=args.out, checkpoint=args.checkpoint, minilm=args.minilm, task=args.task,
         sizes=_sizes(args.sizes), seeds=tuple(range(args.seeds)), regression=not args.no_regression,
@@ -215,6 +203,21 @@ def run(args: argparse.Namespace) -> int:
         minilm_sizes=_sizes(args.minilm_sizes), lr=_lrs(args.lr) or {}, device=args.device, max_eval=args.max_eval,
     )
     result = run_pretraining_effect(cfg, log=None if args.json else print)
+    return _show(args, result)
+
+
+def _claim_out(args: argparse.Namespace) -> None:
+    """A re-run continues in the directory it wrote; anything else there is refused before work."""
+    from pathlib import Path
+
+    from lmscale.io.outputs import check_output_dir, mark_output_dir
+
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("experiment",),
+                     ours=lambda d: (Path(d) / "results.json").is_file())
+    mark_output_dir(args.out, "experiment")
+
+
+def _show(args: argparse.Namespace, result: dict) -> int:
     if args.json:
         print(dumps_json(result, indent=2))
     else:
