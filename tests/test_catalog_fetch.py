@@ -52,3 +52,42 @@ def test_fetch_states_size_and_source_before_downloading(tmp_path, monkeypatch, 
         catalog.fetch("bigbench", download=False)
     assert not catalog.is_local("bigbench")
     assert {e["name"]: e["size"] for e in catalog.list_corpora()}["bigbench"] == "358 MB download"
+
+
+def test_direct_downloads_retry_what_can_pass_and_nothing_else(monkeypatch):
+    import urllib.error
+
+    from lmscale.io import packages
+
+    monkeypatch.setattr(packages.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise urllib.error.HTTPError("https://x", 503, "busy", {}, None)
+        return "page"
+
+    assert packages._with_retries("https://x/simple/p/", flaky) == "page" and len(calls) == 3
+    calls.clear()
+
+    def missing():
+        calls.append(1)
+        raise urllib.error.HTTPError("https://x", 404, "gone", {}, None)
+
+    with pytest.raises(urllib.error.HTTPError):
+        packages._with_retries("https://x/simple/p/", missing)
+    assert len(calls) == 1
+    calls.clear()
+
+    def down():
+        calls.append(1)
+        raise urllib.error.URLError("connection refused")
+
+    with pytest.raises(urllib.error.URLError):
+        packages._with_retries("https://x/simple/p/", down)
+    assert len(calls) == packages.RETRIES
+    calls.clear()
+    with pytest.raises(urllib.error.URLError):
+        packages._with_retries("file:///nowhere/index.html", down)
+    assert len(calls) == 1

@@ -252,3 +252,45 @@ def test_held_out_share_is_split_off_in_small_blocks(tmp_path, bpe, monkeypatch)
         ds = TokenDataset.open(tmp_path / "s", split)
         assert ds.tokens.tolist() == [i for d in docs for i in bpe.encode(d) + [bpe.eos_id]]
         assert ds.num_docs == len(docs) and ds.meta["n_bytes"] == sum(len(d.encode()) for d in docs)
+
+
+def test_damaged_saved_datasets_are_one_line_errors(tmp_path, bpe):
+    datasets = pytest.importorskip("datasets")
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS[:30]}),
+                               "validation": datasets.Dataset.from_dict({"text": DOCS[30:]})})
+    dd.save_to_disk(str(tmp_path / "dict"))
+    (tmp_path / "dict" / "dataset_dict.json").write_text('{"splits": 5}')
+    with pytest.raises(DataError, match=r"dataset_dict.json: splits must be a list"):
+        prepare(tmp_path / "dict", bpe, tmp_path / "never")
+    ds = datasets.Dataset.from_dict({"text": DOCS * 20})
+    ds.save_to_disk(str(tmp_path / "single"))
+    arrow = next((tmp_path / "single").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"Arrow"):
+        prepare(tmp_path / "single", bpe, tmp_path / "never2")
+
+
+def test_without_a_terminal_a_long_preparation_prints_where_it_is(capsys):
+    from lmscale.data.shards import _LogLines
+
+    lines = _LogLines(None, "tokenizing c into out", 2_000_000, every_s=0.0)  # pytest's stderr is no terminal
+    lines.update(1_000_000)
+    assert "lmscale: tokenizing c into out: 1.0 of 2.0 MB (50%) after" in capsys.readouterr().err
+    quiet = _LogLines(False, "tokenizing c", 2_000_000, every_s=0.0)  # progress=False: nothing
+    quiet.update(1_000_000)
+    slow = _LogLines(None, "tokenizing c", 2_000_000)  # the first line only after every_s
+    slow.update(1_000_000)
+    assert capsys.readouterr().err == ""
+
+
+def test_work_without_progress_of_its_own_says_it_is_alive_in_a_log(capsys):
+    import time
+
+    from lmscale.io import heartbeat
+
+    with heartbeat("training a bpe tokenizer", every_s=0.05):
+        time.sleep(0.3)
+    assert "lmscale: training a bpe tokenizer (" in capsys.readouterr().err
+    with heartbeat("quick work", every_s=5.0):
+        pass
+    assert capsys.readouterr().err == ""

@@ -8,6 +8,7 @@ two-writers test and the orphaned-child test start real processes, as they must.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import math
@@ -133,6 +134,20 @@ def _both(*setups):
     def setup(sandbox: Path, fx: dict) -> None:
         for s in setups:
             s(sandbox, fx)
+    return setup
+
+
+def _drop_key(rel: str, key: str):
+    def setup(sandbox: Path, fx: dict) -> None:
+        p = sandbox / rel
+        p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != key}))
+    return setup
+
+
+def _remove(*rels: str):
+    def setup(sandbox: Path, fx: dict) -> None:
+        for rel in rels:
+            (sandbox / rel).unlink(missing_ok=True)
     return setup
 
 
@@ -338,13 +353,61 @@ CASES = [
      ["cfg.yaml", "directory"]),
     ("sweep-config-binary", ["sweep", "run", "{S}/c.yaml", "--dry-run"], _write("c.yaml", BINARY),
      ["c.yaml", "UTF-8"]),
+    *[(f"sweep-config-{name}", ["sweep", "run", "{S}/s.yaml", "--dry-run"],
+       _write("s.yaml", "name: s\npreset: gpt-tiny\n" + body), ["s.yaml", key])
+      for name, body, key in [
+          ("size-not-a-number", "sizes: [abc]\ntokens: [1e5]\n", "sizes"),
+          ("sizes-not-a-list", "sizes: 5e5\ntokens: [1e5]\n", "sizes"),
+          ("base-not-a-mapping", "base: 5\nsizes: [5e5]\ntokens: [1e5]\n", "base"),
+          ("seeds-not-a-list", "seeds: 3\nsizes: [5e5]\ntokens: [1e5]\n", "seeds"),
+          ("size-span-nan", "design: isoflop\nflops: [1e12]\nsize_span: .nan\n", "size_span")]],
+    ("sweep-config-a-list", ["sweep", "run", "{S}/s.yaml", "--dry-run"], _write("s.yaml", "- 1\n- 2\n"),
+     ["s.yaml", "mapping"]),
+    ("pretrain-d-model-too-large-for-memory", [*PRETRAIN, "--out", "{S}/r", "--model.d_model", "100000000"], None,
+     ["would need", "GB", "--model.d_model"]),
+    ("pretrain-batch-too-large-for-memory", [*PRETRAIN, "--out", "{S}/r", "--train.batch_size", "99999999999"],
+     None, ["would need", "GB", "--train.batch_size"]),
+    ("fewshot-hf-pickled-weights", ["eval", "fewshot", "--hf", "{S}/hf", "--task", "{S}/t.json"],
+     _both(_write("hf/config.json", '{"model_type": "gpt2"}'), _write("hf/pytorch_model.bin", b"\x80\x02"),
+           _write("t.json", '{"examples": [{"input": "1 + 1 =", "target_scores": {"2": 1, "3": 0}}]}')),
+     ["pytorch_model.bin", "pickle"]),
+    ("pretrain-rope-factor-inf", [*PRETRAIN, "--out", "{S}/r", "--model.position", "rope",
+                                  "--model.rope_scaling", "{type: linear, factor: .inf}"], None, ["factor"]),
+    ("pretrain-rope-beta-fast-text", [*PRETRAIN, "--out", "{S}/r", "--model.position", "rope",
+                                      "--model.rope_scaling", "{type: yarn, factor: 4, beta_fast: abc}"], None,
+     ["beta_fast"]),
     # damaged files
     ("convert-from-hf-truncated", ["convert", "--from-hf", "{S}/hf", "--out", "{S}/o"],
      _both(_copy("HF", "hf"), _truncate("hf/model.safetensors", 200)), ["hf/model.safetensors"]),
+    ("convert-from-hf-config-a-list", ["convert", "--from-hf", "{S}/hf", "--out", "{S}/o"],
+     _both(_copy("HF", "hf"), _write("hf/config.json", "[1]")), ["config.json", "object"]),
+    ("convert-from-hf-binary-vocab-txt", ["convert", "--from-hf", "{S}/hf", "--out", "{S}/o"],
+     _both(_copy("HF", "hf"), _remove("hf/tokenizer.json", "hf/vocab.json"), _write("hf/vocab.txt", BINARY)),
+     ["vocab.txt"]),
+    ("convert-from-hf-broken-tokenizer-config", ["convert", "--from-hf", "{S}/hf", "--out", "{S}/o"],
+     _both(_copy("HF", "hf"), _remove("hf/tokenizer.json", "hf/vocab.json"),
+           _write("hf/vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n"),
+           _write("hf/tokenizer_config.json", "{")), ["tokenizer_config.json"]),
     ("predict-truncated-head", ["predict", "{S}/ft", "a cat"],
      _both(_copy("FT", "ft"), _truncate("ft/best/head.safetensors", 50)), ["head.safetensors"]),
     ("predict-truncated-finetune-json", ["predict", "{S}/ft", "a cat"],
      _both(_copy("FT", "ft"), _truncate("ft/best/finetune.json", 30)), ["finetune.json"]),
+    ("predict-finetune-json-without-mode", ["predict", "{S}/ft", "a cat"],
+     _both(_copy("FT", "ft"), _drop_key("ft/best/finetune.json", "mode")), ["finetune.json", "mode"]),
+    ("fit-binary-csv", ["fit", "{S}/runs.csv", "--bootstrap", "0"], _write("runs.csv", BINARY),
+     ["runs.csv", "UTF-8"]),
+    ("report-binary-csv", ["report", "{S}/runs.csv", "--bootstrap", "0", "-o", "{S}/r.html"],
+     _write("runs.csv", BINARY), ["runs.csv", "UTF-8"]),
+    ("emergence-compare-binary-csv", ["emergence", "compare", "{S}/runs.csv", "--task", "t"],
+     _write("runs.csv", BINARY), ["runs.csv", "UTF-8"]),
+    ("emergence-ladder-bad-step", ["emergence", "ladder", "{S}/p.csv", "--task", "t", "--fit-below", "1e9",
+                                   "--predict", "6.9e9"],
+     _write("p.csv", "model,deduped,n_layers,d_model,step,tokens,task,metric,value\nm,0,2,64,abc,1e9,t,acc,0.5\n"),
+     ["p.csv", "step"]),
+    ("report-icl-empty-object", ["report", "{S}/runs.csv", "--bootstrap", "0", "-o", "{S}/r.html", "--icl",
+                                 "{S}/icl.json"], _both(RUNS, _write("icl.json", "{}")), ["--icl", "icl.json"]),
+    ("report-icl-a-list", ["report", "{S}/runs.csv", "--bootstrap", "0", "-o", "{S}/r.html", "--icl",
+                           "{S}/icl.json"], _both(RUNS, _write("icl.json", "[1]")), ["--icl", "icl.json"]),
     ("report-fake-sqlite", ["report", "{S}/x.sqlite", "-o", "{S}/r.html"], _write("x.sqlite", "not a db " * 20),
      ["x.sqlite", "SQLite"]),
     ("sweep-status-fake-sqlite", ["sweep", "status", "{S}/x.sqlite"], _write("x.sqlite", "not a db " * 20),
@@ -402,6 +465,10 @@ CASES = [
      _copy("G", "g"), ["--max-steps 210", "--resume"]),
     ("resume-other-lr", ["pretrain", "--resume", "{S}/g", "--train.lr", "0.5", "--no-progress"], _copy("G", "g"),
      ["--train.lr"]),
+    ("resume-into-another-out", ["pretrain", "--resume", "{S}/g", "--out", "{S}/elsewhere", "--no-progress"],
+     _copy("G", "g"), ["--out", "--resume"]),
+    ("resume-on-another-corpus", ["pretrain", "--resume", "{S}/g", "--corpus", "{S}/corpus.txt", "--no-progress"],
+     _both(_copy("G", "g"), A_FILE), ["--corpus", "--resume"]),
     ("pretrain-latin1-corpus", ["pretrain", "--preset", "gpt-tiny", "--corpus", "{S}/c.txt", "--out", "{S}/r",
                                 "--max-steps", "1", *TINY], _write("c.txt", "caf\xe9 ".encode("latin-1") * 200),
      ["c.txt", "--data.errors replace"]),
@@ -607,11 +674,9 @@ def test_perplexity_cap_cuts_a_huge_document_before_tokenizing_it(fx, tmp_path):
     assert Counting.longest <= 16 * 3000 and len(ids) >= 3000 and n_words == len(ids) - 2
     big = tmp_path / "one-line.txt"
     big.write_text("the cat sat on a mat " * 200_000)  # 4 MB, one line
-    t0 = time.perf_counter()
     rc, _, err = cli("eval", "perplexity", fx["G"], "--corpus", big, "--split", "train", "--max-tokens", "200",
                      "--json")
     assert rc == 0, err
-    assert time.perf_counter() - t0 < 20
 
 
 # ----------------------------------------------------------------------------- run directories
@@ -628,6 +693,62 @@ def test_resume_falls_back_past_a_truncated_checkpoint(fx, tmp_path):
         p = ck / "model.safetensors"
         p.write_bytes(p.read_bytes()[:100])
     refused(cli("pretrain", "--resume", run, "--no-progress"), "no checkpoint reads back")
+
+
+@pytest.mark.parametrize("field,value", [("step", "abc"), ("sampler", {"seed": "x", "epoch": 0, "position": 0}),
+                                         ("optimizer", {"state": {}, "param_groups": []}), ("wall_s", None)])
+def test_resume_falls_back_past_a_checkpoint_whose_trainer_state_is_damaged(fx, tmp_path, field, value):
+    run = tmp_path / "g"
+    shutil.copytree(fx["G"], run)
+    state_file = run / "checkpoints" / "step_00000002" / "trainer_state.json"
+    doc = json.loads(state_file.read_text())
+    doc["state"][field] = value
+    state_file.write_text(json.dumps(doc))
+    rc, _, err = cli("pretrain", "--resume", run, "--no-progress", "--json")
+    assert rc == 0, err
+    assert "step_00000002 is unreadable" in err and field in err and "resuming from step_00000001" in err
+
+
+def test_a_full_disk_is_named_in_one_line(fx, tmp_path):
+    """A file-size limit makes every write past it fail as a full disk does (EFBIG; Python ignores
+    SIGXFSZ), wherever the command is: the message says so instead of a traceback."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        result = cli("pretrain", "--preset", "gpt-tiny", "--corpus", fx["C"], "--max-steps", "2", "--out",
+                     tmp_path / "r", "--checkpoint-every", "1", "--no-progress", *TINY)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    refused(result, "disk full")
+
+
+def test_disk_full_is_recognised_in_an_exception_chain():
+    from lmscale.cli.main import disk_full
+
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device", "f.bin")) == "f.bin: No space left on device"
+    try:
+        try:
+            raise OSError(errno.EFBIG, "File too large")
+        except OSError as inner:
+            raise RuntimeError("Error while serializing") from inner
+    except RuntimeError as outer:
+        assert disk_full(outer) == "File too large"
+    assert disk_full(RuntimeError('IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'))
+    assert disk_full(OSError(errno.ENOENT, "No such file or directory")) is None
+    assert disk_full(ValueError("bad value")) is None
+
+
+def test_damaged_tracker_ids_start_new_tracker_runs(tmp_path):
+    from lmscale.training.trackers import saved_tracker_ids
+
+    for text in ("[1]", '{"wandb": 5, "mlflow": {"run_id": "r"}}', "{", "[" * 100_000):
+        (tmp_path / "trackers.json").write_text(text)
+        ids = saved_tracker_ids(tmp_path / "trackers.json")
+        assert isinstance(ids, dict) and all(isinstance(v, dict) for v in ids.values())
+    assert saved_tracker_ids(tmp_path / "trackers.json") == {}
+    (tmp_path / "trackers.json").write_text('{"wandb": 5, "mlflow": {"run_id": "r"}}')
+    assert saved_tracker_ids(tmp_path / "trackers.json") == {"mlflow": {"run_id": "r"}}
 
 
 def test_resume_works_from_another_directory_and_cleans_stale_temporaries(fx, tmp_path):

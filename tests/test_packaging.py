@@ -116,3 +116,23 @@ def test_installed_wheel_runs_and_lists_presets(dist, tmp_path):
         capture_output=True, text=True, check=True, cwd=tmp_path,
     )
     assert profiles.stdout.strip() not in ("", "[]")
+
+
+def test_the_cache_follows_xdg_cache_home_and_lmscale_cache_dir(monkeypatch, tmp_path):
+    from lmscale.io import cache_dir
+
+    monkeypatch.delenv("LMSCALE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert cache_dir() == tmp_path / "xdg" / "lmscale"
+    monkeypatch.setenv("LMSCALE_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+
+
+def test_tables_written_to_a_log_keep_their_words(monkeypatch):
+    from lmscale.io import LOG_WIDTH, console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert console().width == LOG_WIDTH  # pytest's stdout is no terminal
+    monkeypatch.setenv("COLUMNS", "100")
+    assert console().width == 100

@@ -36,6 +36,22 @@ def test_epoch_points_reproduce_besiroglu_and_allocate_without_a_false_alarm(sha
     assert "UNIDENTIFIED" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_report_leaves_out_the_same_outliers_and_fits_the_same_law(shared_data, tmp_path, capsys):
+    csv = shared_data / "chinchilla_fig4_epoch.csv"
+    if not csv.is_file():
+        pytest.skip("chinchilla_fig4_epoch.csv is not in the data mirror")
+    cols = ["--n-col", "Model Size", "--c-col", "Training FLOP", "--loss-col", "loss", "--exclude-top-loss", "5"]
+    assert main(["report", str(csv), *cols, "--bootstrap", "0", "--holdout", "none", "-o",
+                 str(tmp_path / "r.html"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_runs"] == 240 and sum("--exclude-top-loss" in d for d in res["dropped"]) == 5
+    for k, v in BESIROGLU.items():
+        assert res["fit"]["params"][k] == pytest.approx(v, rel=0.03), k
+    assert main(["report", str(csv), *cols[:-1], "245", "-o", str(tmp_path / "x.html")]) == 2
+    assert "--exclude-top-loss 245" in capsys.readouterr().err
+
+
 def test_a_wide_intermediate_does_not_unidentify_a_narrow_allocation():
     ident = {"allocation_identified": False, "unidentified": dict(WIDE_G)}
     narrow = {"N_opt": [5.6e10, 1.2e11], "D_opt": [7.9e11, 1.7e12]}

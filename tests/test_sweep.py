@@ -363,3 +363,35 @@ def test_a_run_the_sweep_would_resume_with_another_config_is_refused_untouched(t
     assert started == [] and [o.status for o in res.outcomes] == ["failed"]
     assert "--resume continues the run exactly" in res.outcomes[0].error
     assert sorted(p.name for p in Path(spec.config.out).iterdir()) == ["checkpoints", "config.yaml"]
+
+
+def test_learning_rate_axis_trains_each_point_at_each_rate_and_keeps_the_best(tmp_path):
+    from types import SimpleNamespace
+
+    from lmscale.scaling.runs import best_learning_rates
+
+    base = {"sizes": [2e4, 6e4], "tokens": [2e5], "base": {"train": {"batch_size": 8, "seq_len": 64}}}
+    plain = plan(SweepConfig(name="a", **base), tmp_path)
+    axis = plan(SweepConfig(name="a", lrs=[1e-3, 3e-3, 1e-2], **base), tmp_path)
+    assert len(axis) == 3 * len(plain)
+    assert sorted({s.config.train.lr for s in axis}) == [1e-3, 3e-3, 1e-2]
+    assert all(s.name.endswith(("-lr1e-3", "-lr3e-3", "-lr1e-2")) for s in axis)
+    assert {s.run_id for s in plain}.isdisjoint({s.run_id for s in axis})
+    assert len({s.run_id for s in axis}) == len(axis)
+    with pytest.raises(ConfigError, match="lrs"):
+        SweepConfig(name="a", lrs=[1e-3, "x"], **base)
+    with pytest.raises(ConfigError, match="wsd"):
+        SweepConfig(name="a", lrs=[1e-3, 3e-3], schedule="wsd", **base)
+
+    def rec(name, n, lr, loss, seed=0):
+        return SimpleNamespace(name=name, params_non_embedding=n, tokens=2e5, seed=seed, final_val_loss=loss,
+                               config={"train": {"lr": lr}})
+
+    runs = [rec("a1", 100, 1e-3, 5.0), rec("a2", 100, 3e-3, 4.5), rec("a3", 100, 1e-2, 4.8),
+            rec("b1", 200, 1e-3, 4.0), rec("b2", 200, 3e-3, 4.2), rec("c", 300, 1e-3, 3.9)]
+    kept, dropped, best = best_learning_rates(runs)
+    assert [r.name for r in kept] == ["a2", "b1", "c"]
+    assert len(dropped) == 3 and "a1: lr 0.001 is not its point's best rate (lr 0.003)" in dropped
+    by_n = {b["N"]: b for b in best}
+    assert by_n[100]["best_lr"] == 3e-3 and not by_n[100]["at_grid_edge"]
+    assert by_n[200]["best_lr"] == 1e-3 and by_n[200]["at_grid_edge"] and 300 not in by_n

@@ -6,7 +6,10 @@ each exposes `HELP`, `add_arguments(parser)` and `run(args) -> int`.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
+import re
 import sys
 from typing import NoReturn
 
@@ -108,6 +111,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lmscale {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(f"lmscale {args.command}: error: disk full ({full}); free some space and run the command again "
+              "(what was written before stays as it was; a pretraining run continues with --resume)", file=sys.stderr)
+        return 2
+
+
+# errno of a write that found no room: ENOSPC, EFBIG (a file-size limit), EDQUOT
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# how safetensors (Rust) words the same errors
+_FULL_WORDS = re.compile(r"No space left on device|File too large|Disk quota exceeded|StorageFull|FileTooLarge")
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """What a write that ran out of room says, for any exception in its chain; None for others."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            return f"{seen.filename}: {os.strerror(seen.errno)}" if seen.filename else os.strerror(seen.errno)
+        match = _FULL_WORDS.search(str(seen))
+        if match:
+            return match.group(0)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":

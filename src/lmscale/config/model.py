@@ -1,6 +1,7 @@
 """`ModelConfig`: the shape of a transformer, its validation, and its exact parameter and FLOP counts."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -198,8 +199,16 @@ class ModelConfig:
             raise ConfigError(f"model.rope_scaling ({kind}) " + " and ".join(parts))
         if self.position != "rope":
             raise ConfigError(f"model.rope_scaling applies to RoPE; model.position is {self.position!r}")
-        if kind != "default" and not (isinstance(rs["factor"], (int, float)) and rs["factor"] > 0):
+        for key in (*need, *may):
+            v = rs.get(key)
+            if v is None or key == "truncate":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"model.rope_scaling {key}={v!r} must be a finite number")
+        if kind != "default" and not rs["factor"] > 0:
             raise ConfigError(f"model.rope_scaling factor={rs['factor']!r} must be a positive number")
+        if "truncate" in rs and rs["truncate"] is not None and not isinstance(rs["truncate"], bool):
+            raise ConfigError(f"model.rope_scaling truncate={rs['truncate']!r} must be true or false")
 
     @property
     def rope_type(self) -> str:

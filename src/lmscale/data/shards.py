@@ -320,6 +320,25 @@ def _progress(enabled: bool | None) -> Progress:
                     TimeRemainingColumn(), disable=not show, transient=True, console=Console(stderr=True))
 
 
+class _LogLines:
+    """Without a terminal (a log file, CI) the bar is not drawn: a line every `every_s` seconds says
+    how far tokenizing is instead, so a long preparation is never silent; a quick one prints nothing."""
+
+    def __init__(self, enabled: bool | None, what: str, total: int | None, every_s: float = 15.0) -> None:
+        self.on = enabled is None and not sys.stderr.isatty()
+        self.what, self.total, self.every_s = what, total, every_s
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if not self.on or now - self.last < self.every_s:
+            return
+        self.last = now
+        share = f" of {self.total / 1e6:,.1f} MB ({done / self.total:.0%})" if self.total else " MB"
+        print(f"lmscale: {self.what}: {done / 1e6:,.1f}{share} after {now - self.t0:.0f} s", file=sys.stderr,
+              flush=True)
+
+
 @dataclass
 class _SplitWriter:
     """One split's token file, document lengths and byte/word counts, written as chunks arrive."""
@@ -435,6 +454,7 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
     stats = corpus.stats
     with atomic_directory(out) as tmp, _Tokenizing(tok, workers, total) as pool, _progress(progress) as bar:
         task = bar.add_task(f"tokenizing {corpus.name}", total=total)
+        lines = _LogLines(progress, f"tokenizing {corpus.name} into {out}", total)
         infos: dict[str, dict] = {}
         for split in ("train", "valid", "test"):
             if split not in corpus.splits:
@@ -449,6 +469,7 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
                     doc_bytes.append(nb)
                     doc_words.append(nw)
                 bar.update(task, completed=stats.get("bytes_read", 0))
+                lines.update(stats.get("bytes_read", 0))
             if hold_out:
                 infos.update(_hold_out(tmp, writer, corpus, dtype, _cat(doc_bytes), _cat(doc_words)))
             else:

@@ -199,7 +199,11 @@ def main(argv: list[str] | None = None) -> None:
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except LmscaleError as exc:  # a checkpoint or input lmscale refuses: one line, as every lmscale command
+        print(f"lmscale-lm-eval: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

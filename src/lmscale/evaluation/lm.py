@@ -363,9 +363,14 @@ def load_hf_causal_lm(path: str | Path, device: str = "cpu", **kw: Any) -> Causa
         from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415  optional (lmscale[hf])
     except ImportError:
         raise LmscaleError("--hf needs the transformers package: pip install 'lmscale[hf]'") from None
+    if not any(p.glob("*.safetensors")):
+        pickled = sorted(f.name for f in p.glob("*.bin"))
+        raise LmscaleError(f"--hf {p}: no .safetensors weights" + (
+            f"; {', '.join(pickled)} is a pickle, which lmscale never loads (it can run code): save the model "
+            "with safe_serialization=True" if pickled else ""))
     try:
         tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True).to(device)
+        model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, use_safetensors=True).to(device)
     except (OSError, ValueError) as exc:
         raise LmscaleError(f"--hf {p}: cannot load as a causal LM ({str(exc).splitlines()[0]})") from None
     return CausalLM(model, tok, name=f"hf:{p.name}", **kw)

@@ -26,6 +26,7 @@ found that a cosine schedule longer than the run overestimates the loss of small
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -91,8 +92,12 @@ class SweepConfig:
     # spends `decay_fraction` of its tokens decaying (Hägele et al. 2024); None: a run per point
     schedule: str | None = None
     decay_fraction: float = 0.2
+    # a learning-rate axis: every point trained at each peak rate (empty: base.train.lr); fits and
+    # reports keep each point's best rate, and `sweep status` shows the best rate per size
+    lrs: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.schedule not in SCHEDULE_MODES:
             raise ConfigError(f"sweep schedule={self.schedule!r} must be one of cosine, wsd")
         if not 0.0 < float(self.decay_fraction) < 1.0:
@@ -107,16 +112,54 @@ class SweepConfig:
             raise ConfigError("a grid sweep needs both `sizes` (parameter counts) and `tokens` (token budgets)")
         if self.design == "isoflop" and not self.flops:
             raise ConfigError("an isoflop sweep needs `flops` (a list of compute budgets C)")
-        for key in ("sizes", "tokens", "flops"):
-            vals = [float(v) for v in getattr(self, key)]
+        if self.lrs and self.schedule == "wsd":
+            raise ConfigError("sweep lrs with schedule: wsd is not supported: a learning-rate axis trains each rate "
+                              "from scratch (give one lr, or run the axis as a cosine sweep)")
+        if len(set(self.lrs)) != len(self.lrs):
+            raise ConfigError(f"sweep lrs lists a rate twice: {self.lrs}")
+        for key in ("sizes", "tokens", "flops", "lrs"):
+            vals = getattr(self, key)
             if any(not (v > 0 and math.isfinite(v)) for v in vals):
-                raise ConfigError(f"sweep {key} must be positive numbers, got {getattr(self, key)}")
-            setattr(self, key, vals)
-        if self.n_sizes < 1 or self.size_span < 1:
+                raise ConfigError(f"sweep {key} must be positive numbers, got {vals}")
+        if self.n_sizes < 1 or not self.size_span >= 1 or not math.isfinite(self.size_span):
             raise ConfigError("sweep n_sizes must be >= 1 and size_span >= 1")
         if not self.seeds:
             raise ConfigError("sweep seeds must list at least one seed")
         _ = self.rule  # building the rule validates the shape section
+
+    def _check_types(self) -> None:
+        """Each key the type it must have (YAML gives whatever was written: `sizes: 5e5` is a
+        string, `seeds: 3` a number), so a wrong one is a message naming the key, not a traceback."""
+        def number(key: str, v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                raise ConfigError(f"sweep {key}: {v!r} is not a number")
+            try:
+                return float(v)
+            except ValueError:
+                raise ConfigError(f"sweep {key}: {v!r} is not a number") from None
+
+        for key in ("sizes", "tokens", "flops", "seeds", "lrs"):
+            vals = getattr(self, key)
+            if not isinstance(vals, list):
+                raise ConfigError(f"sweep {key} must be a list (e.g. {key}: [{vals}]), got {vals!r}")
+            setattr(self, key, [number(key, v) for v in vals])
+        if any(s != int(s) for s in self.seeds):
+            raise ConfigError(f"sweep seeds must be whole numbers, got {self.seeds}")
+        self.seeds = [int(s) for s in self.seeds]
+        for key in ("size_span", "tokens_per_param", "decay_fraction"):
+            setattr(self, key, number(key, getattr(self, key)))
+        for key in ("n_sizes", "evals_per_run"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"sweep {key} must be a whole number, got {v!r}")
+        for key in ("base", "shape"):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f"sweep {key} must be a mapping of keys to values, got {getattr(self, key)!r}")
+        for key in ("name", "design"):
+            if not isinstance(getattr(self, key), str):
+                raise ConfigError(f"sweep {key} must be text, got {getattr(self, key)!r}")
+        if self.preset is not None and not isinstance(self.preset, str):
+            raise ConfigError(f"sweep preset must be a preset name, got {self.preset!r}")
 
     @property
     def rule(self) -> ShapeRule:
@@ -136,7 +179,13 @@ class SweepConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SweepConfig":
-        return cls.from_dict(load_yaml(path, what="sweep config"))
+        data = load_yaml(path, what="sweep config")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a sweep config is a mapping of keys (name, sizes, tokens, ...)")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,8 +304,9 @@ def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
         tokens = steps * tps
         counts = count_parameters(m)
         n_c = counts["params_non_embedding" if sweep.flops_params == "non_embedding" else "params_total"]
-        for seed in sweep.seeds:
-            name = f"{describe(m)}-D{_fmt(tokens)}-s{seed}"
+        for seed, lr in itertools.product(sweep.seeds, sweep.lrs or [None]):
+            name = f"{describe(m)}-D{_fmt(tokens)}-s{seed}" + (f"-lr{_fmt(lr)}" if lr is not None else "")
+            rate = {} if lr is None else {"lr": lr}
             # this run's shape, budget and schedule over the base (the one deep merge: the base's
             # tracker_params keep their keys beside the sweep's)
             data = deep_merge(to_dict(base), {
@@ -266,7 +316,8 @@ def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
                     eval_every=max(1, steps // max(1, sweep.evals_per_run)), checkpoint_every=max(1, steps // 4),
                     tracker_group=base.train.tracker_group or sweep.name,
                     tracker_params={"sweep": sweep.name, "N": n_c, "N_counts": sweep.flops_params, "D": tokens,
-                                    "C": 6.0 * n_c * tokens, "seed": seed},
+                                    "C": 6.0 * n_c * tokens, "seed": seed, **rate},
+                    **rate,
                 ),
                 "out": str(out / "runs" / name),
             })

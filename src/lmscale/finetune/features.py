@@ -76,6 +76,7 @@ class Featurizer:
     def __init__(self, tokenizer, fmt: InputFormat):
         self.tok = tokenizer
         self.fmt = fmt
+        self._ahead: Optional[dict[str, list[int]]] = None  # text -> ids, while `encode_all` runs
         if fmt.padding_side not in ("left", "right"):
             raise DataError(f"padding_side must be left or right, got {fmt.padding_side!r}")
         self.head = family_spec(fmt.family).head
@@ -85,7 +86,18 @@ class Featurizer:
             raise DataError("decoder classification needs the start/delim/extract tokens (add_gpt_tokens)")
 
     def _ids(self, text: str) -> list[int]:
+        if self._ahead is not None and text in self._ahead:
+            return self._ahead[text]
         return self.tok.encode(text, add_special_tokens=False)
+
+    def _tokenize_ahead(self, examples: Sequence[Example]) -> None:
+        """Tokenize every text of `examples` in one batch call, which the tokenizer runs on its own
+        threads, so the per-example encodes that follow look their ids up (the same ids)."""
+        batch = getattr(self.tok, "encode_batch_fast", None)
+        if batch is None or self.fmt.input_format == "text-to-text":
+            return
+        texts = sorted({t for ex in examples for t in (ex.text, ex.text_pair, *(ex.choices or ())) if t is not None})
+        self._ahead = dict(zip(texts, batch(texts)))
 
     def _sequence(self, a: list[int], b: Optional[list[int]]) -> tuple[list[int], list[int], bool]:
         L = self.fmt.max_length
@@ -159,7 +171,11 @@ class Featurizer:
 
     def encode_all(self, examples: Sequence[Example]) -> tuple[list[Encoded], int]:
         """Encode a split; returns the encodings and how many examples were truncated."""
-        out = [self.encode(ex) for ex in examples]
+        self._tokenize_ahead(examples)
+        try:
+            out = [self.encode(ex) for ex in examples]
+        finally:
+            self._ahead = None
         return out, sum(e.truncated for e in out)
 
 

@@ -6,9 +6,10 @@ extra dependency; the tests check them against scipy and hand-computed confusion
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
+import scipy.stats
 
 
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
@@ -57,32 +58,20 @@ def matthews_corrcoef(y_true: Sequence[int], y_pred: Sequence[int], num_classes:
     return float(cov_ytyp / denom) if denom > 0 else 0.0
 
 
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+def _correlation(stat: Any, x: Sequence[float], y: Sequence[float]) -> float:
+    """scipy's coefficient, NaN where it is undefined (a constant input, fewer than 2 points)."""
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    a = a - a.mean()
-    b = b - b.mean()
-    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(stat(a, b)[0])
 
 
-def rankdata(x: Sequence[float]) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (scipy's 'average' method)."""
-    a = np.asarray(x, dtype=np.float64)
-    order = np.argsort(a, kind="mergesort")
-    sorted_a = a[order]
-    ranks = np.empty(len(a), dtype=np.float64)
-    i = 0
-    while i < len(a):
-        j = i
-        while j + 1 < len(a) and sorted_a[j + 1] == sorted_a[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    return _correlation(scipy.stats.pearsonr, x, y)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    return pearson(rankdata(x), rankdata(y))
+    return _correlation(scipy.stats.spearmanr, x, y)
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict[str, float]:

@@ -365,6 +365,7 @@ class FinetunedModel(nn.Module):
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
             raise CheckpointError(f"{meta_file}: unknown format {found!r}")
         meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+        _check_meta(meta, meta_file)
         body, tok = load_model_dir(path / "model", device=device)
         model = cls(body, tok, meta)
         if isinstance(model.net, SequenceHead):
@@ -378,6 +379,25 @@ class FinetunedModel(nn.Module):
             except RuntimeError as exc:
                 raise CheckpointError(f"{path / 'head.safetensors'}: {exc}") from None
         return model.to(device).eval()
+
+
+def _check_meta(meta: dict[str, Any], meta_file: Path) -> None:
+    """The fields `FinetunedModel` reads, each of its type: a damaged record is named, not a KeyError."""
+    need: dict[str, tuple[type, ...]] = {"mode": (str,), "kind": (str,), "input_format": (dict,)}
+    if meta.get("mode") == "head":
+        need |= {"num_outputs": (int,), "pooling": (str, type(None)), "multiple_choice": (bool,)}
+    for key, types in need.items():
+        if key not in meta:
+            raise CheckpointError(f"{meta_file}: no {key!r} field; the record is damaged: fine-tune again")
+        if not isinstance(meta[key], types) or (types == (int,) and isinstance(meta[key], bool)):
+            raise CheckpointError(f"{meta_file}: field {key!r} is {meta[key]!r}; the record is damaged: "
+                                  "fine-tune again")
+    if meta["mode"] not in ("head", "text-to-text"):
+        raise CheckpointError(f"{meta_file}: mode {meta['mode']!r} is not head or text-to-text")
+    try:
+        InputFormat(**meta["input_format"])
+    except TypeError as exc:
+        raise CheckpointError(f"{meta_file}: input_format is damaged ({exc})") from None
 
 
 # ----------------------------------------------------------------------------- setup
@@ -434,6 +454,8 @@ def prepare(body: nn.Module, tokenizer, task: TaskData, cfg: FinetuneConfig) -> 
 
 
 def _encode(model: FinetunedModel, examples: Sequence[Example]) -> tuple[list[Encoded], int]:
+    if model.meta.get("label_words") is None:
+        return model.featurizer.encode_all(examples)
     encs = [model.encode(ex) for ex in examples]
     return encs, sum(e.truncated for e in encs)
 

@@ -12,20 +12,66 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
+
+import platformdirs
+
+from lmscale.errors import DataError
 
 CACHE_DIR_ENV = "LMSCALE_CACHE_DIR"
 
 
 def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "lmscale"
+    """The platform's cache directory for lmscale: `$XDG_CACHE_HOME/lmscale` (else
+    `~/.cache/lmscale`) on Linux, `~/Library/Caches/lmscale` on macOS, the local app data on Windows."""
+    return Path(platformdirs.user_cache_dir("lmscale", appauthor=False))
+
+
+LOG_WIDTH = 160  # columns of rich tables written to a file or pipe (rich's default there is 80)
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich console for a command's output: the terminal's width on a terminal; in a log file or
+    pipe `LOG_WIDTH` columns (or `$COLUMNS`), so tables keep their words instead of "encod…"."""
+    from rich.console import Console  # noqa: PLC0415  (rich is heavy; most io users never print)
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else LOG_WIDTH
+    return Console(stderr=stderr, width=width)
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, every_s: float = 15.0) -> Iterator[None]:
+    """While the block runs, a line on stderr every `every_s` seconds saying it still does (for work
+    with no progress of its own, such as a tokenizer's training, written to a log); a block that
+    ends sooner prints nothing. Nothing on a terminal, where the work draws its own bar."""
+    if sys.stderr.isatty():
+        yield
+        return
+    done = threading.Event()
+    t0 = time.perf_counter()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            print(f"lmscale: {what} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def cache_dir() -> Path:
     """Where fetched corpora, unpacked models and machine probes are kept: `$LMSCALE_CACHE_DIR`,
-    else `~/.cache/lmscale`."""
+    else the platform's cache directory (`default_cache_dir`)."""
     return Path(os.environ.get(CACHE_DIR_ENV) or default_cache_dir())
 
 
@@ -126,6 +172,30 @@ def dumps_json(obj: Any, indent: int | None = None, **kwargs: Any) -> str:
     if found and isinstance(clean, dict) and NON_FINITE_KEY not in clean:
         clean[NON_FINITE_KEY] = found
     return json.dumps(clean, indent=indent, allow_nan=False, **kwargs)
+
+
+def read_json_file(path: str | os.PathLike, what: str = "JSON file", kind: type = dict,
+                   max_bytes: int = 256 << 20) -> Any:
+    """A JSON document a user hands us, whole and of the expected top-level `kind`; anything else
+    (missing, a directory, too big, not UTF-8, not JSON, nested too deeply, a list where a mapping
+    belongs) is a one-line `DataError` naming the file, never a traceback."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} {p}: " + ("is a directory" if p.is_dir() else "does not exist"))
+    if p.stat().st_size > max_bytes:
+        raise DataError(f"{what} {p}: {p.stat().st_size:,} bytes, more than a {what} can be ({max_bytes:,})")
+    try:
+        obj = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {p} is not UTF-8 text (byte offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} {p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{what} {p}: its JSON is nested too deeply") from None
+    if not isinstance(obj, kind):
+        expected = {dict: "an object {...}", list: "a list [...]"}.get(kind, kind.__name__)
+        raise DataError(f"{what} {p} must hold {expected}, not {type(obj).__name__}")
+    return obj
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:

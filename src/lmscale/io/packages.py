@@ -11,14 +11,18 @@ tests); `LMSCALE_PYPI_SIMPLE_URL` (else `PIP_INDEX_URL`) names the simple index 
 """
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -78,14 +82,40 @@ def _progress_bar(description: str) -> Progress:
                     console=Console(stderr=True))
 
 
+T = TypeVar("T")
+RETRIES = 4  # attempts of an HTTP(S) request before its error is final
+TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
+
+
+def _with_retries(url: str, action: Callable[[], T], backoff_s: float = 1.0) -> T:
+    """`action()`, tried again after 1, 2 and 4 s when an HTTP(S) request fails in a way that can
+    pass (a dropped or timed-out connection, 408/429/5xx); other failures, and local `file:` URLs,
+    fail at once. pip, the first way packages come, retries on its own."""
+    attempts = RETRIES if url.startswith(("http://", "https://")) else 1
+    for i in range(attempts):
+        try:
+            return action()
+        except urllib.error.HTTPError as exc:
+            if exc.code not in TRANSIENT_HTTP or i == attempts - 1:
+                raise
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.IncompleteRead):
+            if i == attempts - 1:
+                raise
+        time.sleep(backoff_s * 2 ** i)
+    raise AssertionError("unreachable")
+
+
 def _download(url: str, out: Path, description: str) -> None:
-    with urllib.request.urlopen(url, timeout=60) as r, open(out, "wb") as fh:
-        total = int(r.headers.get("Content-Length") or 0) or None
-        with _progress_bar(description) as bar:
-            task = bar.add_task("download", total=total)
-            while b := r.read(1 << 20):
-                fh.write(b)
-                bar.update(task, advance=len(b))
+    def attempt() -> None:
+        with urllib.request.urlopen(url, timeout=60) as r, open(out, "wb") as fh:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with _progress_bar(description) as bar:
+                task = bar.add_task("download", total=total)
+                while b := r.read(1 << 20):
+                    fh.write(b)
+                    bar.update(task, advance=len(b))
+
+    _with_retries(url, attempt)
 
 
 def simple_index_download(src: PackageFile, dest: Path) -> Path:
@@ -94,8 +124,11 @@ def simple_index_download(src: PackageFile, dest: Path) -> Path:
     page_url = f"{_simple_index_url()}/{name}/"
     if page_url.startswith("file:"):  # a simple index kept as a directory tree
         page_url += "index.html"
-    with urllib.request.urlopen(page_url, timeout=60) as r:
-        page = r.read().decode("utf-8", "replace")
+    def read_page() -> str:
+        with urllib.request.urlopen(page_url, timeout=60) as r:
+            return r.read().decode("utf-8", "replace")
+
+    page = _with_retries(page_url, read_page)
     for href in re.findall(r'href=["\']([^"\']+)["\']', page):
         url, _, frag = href.partition("#")
         if frag == f"sha256={src.sha256}":

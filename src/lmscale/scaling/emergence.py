@@ -18,7 +18,6 @@ published evaluations, or any CSV:
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
@@ -30,7 +29,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from lmscale.errors import DataError, LmscaleError
-from lmscale.scaling.runs import RunColumns, read_runs_csv, records_columns
+from lmscale.scaling.runs import RunColumns, read_csv_dicts, read_runs_csv, records_columns
 
 LN10 = math.log(10.0)
 
@@ -78,6 +77,23 @@ def _float(v: str, path: Path, line: int, col: str) -> float:
         raise DataError(f"{path}:{line}: column {col!r} has {v!r}, not a number") from None
 
 
+def _int(v: str, path: Path, line: int, col: str) -> int:
+    x = _float(v, path, line, col)
+    if not x.is_integer():
+        raise DataError(f"{path}:{line}: column {col!r} has {v!r}, not a whole number")
+    return int(x)
+
+
+PYTHIA_COLUMNS = {"model", "deduped", "n_layers", "d_model", "step", "tokens", "task", "metric", "value"}
+
+
+def _pythia_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    header, rows = read_csv_dicts(path)
+    if not PYTHIA_COLUMNS <= set(header):
+        raise DataError(f"{path}: not a Pythia results CSV (need columns {sorted(PYTHIA_COLUMNS)})")
+    return list(enumerate(rows, start=2))
+
+
 def read_scale_metric_csv(path: str | os.PathLike, metric_col: str, scale_col: str | None = None,
                           params_col: str | None = None, tokens_col: str | None = None,
                           where: dict[str, str] | None = None, label: str = "") -> ScaleMetric:
@@ -117,22 +133,18 @@ def read_pythia(path: str | os.PathLike, task: str, metric: str, deduped: bool |
     if not path.is_file():
         raise DataError(f"{path} does not exist")
     c, v, n, d, g = [], [], [], [], []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        need = {"model", "deduped", "n_layers", "d_model", "step", "tokens", "task", "metric", "value"}
-        if not need <= set(reader.fieldnames or []):
-            raise DataError(f"{path}: not a Pythia results CSV (need columns {sorted(need)})")
-        for i, row in enumerate(reader, start=2):
-            if row["task"] != task or row["metric"] != metric:
-                continue
-            if deduped is not None and row["deduped"] != ("1" if deduped else "0"):
-                continue
-            if int(row["step"]) < min_step:
-                continue
-            nn = pythia_non_embedding_params(int(row["n_layers"]), int(row["d_model"]))
-            dd = _float(row["tokens"], path, i, "tokens")
-            c.append(6.0 * nn * dd), v.append(_float(row["value"], path, i, "value"))
-            n.append(nn), d.append(dd), g.append(row["model"])
+    for i, row in _pythia_rows(path):
+        if row["task"] != task or row["metric"] != metric:
+            continue
+        if deduped is not None and row["deduped"] != ("1" if deduped else "0"):
+            continue
+        if _int(row["step"], path, i, "step") < min_step:
+            continue
+        nn = pythia_non_embedding_params(_int(row["n_layers"], path, i, "n_layers"),
+                                         _int(row["d_model"], path, i, "d_model"))
+        dd = _float(row["tokens"], path, i, "tokens")
+        c.append(6.0 * nn * dd), v.append(_float(row["value"], path, i, "value"))
+        n.append(nn), d.append(dd), g.append(row["model"])
     if not c:
         raise DataError(f"{path}: no rows for task={task!r} metric={metric!r}")
     return ScaleMetric(np.array(c), np.array(v), np.array(n), np.array(d), label=f"{task} {metric}",
@@ -549,26 +561,22 @@ def read_pythia_ladder(path: str | os.PathLike, task: str, metric: str = "acc", 
     acc: dict[tuple[str, int], float] = {}
     loss: dict[tuple[str, int], float] = {}
     shape: dict[tuple[str, int], tuple[float, float]] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        need = {"model", "deduped", "n_layers", "d_model", "step", "tokens", "task", "metric", "value"}
-        if not need <= set(reader.fieldnames or []):
-            raise DataError(f"{path}: not a Pythia results CSV (need columns {sorted(need)})")
-        for i, row in enumerate(reader, start=2):
-            if row["deduped"] != ("1" if deduped else "0") or int(row["step"]) < min_step:
-                continue
-            key = (row["model"], int(row["step"]))
-            if row["task"] == task and row["metric"] == metric:
-                acc[key] = _float(row["value"], path, i, "value")
-            elif row["task"] == loss_task and row["metric"] == loss_metric:
-                v = _float(row["value"], path, i, "value")
-                if v <= 0:
-                    raise DataError(f"{path}:{i}: {loss_metric} {v} is not a positive perplexity")
-                loss[key] = math.log(v)
-            else:
-                continue
-            shape[key] = (pythia_non_embedding_params(int(row["n_layers"]), int(row["d_model"])),
-                          _float(row["tokens"], path, i, "tokens"))
+    for i, row in _pythia_rows(path):
+        if row["deduped"] != ("1" if deduped else "0") or _int(row["step"], path, i, "step") < min_step:
+            continue
+        key = (row["model"], _int(row["step"], path, i, "step"))
+        if row["task"] == task and row["metric"] == metric:
+            acc[key] = _float(row["value"], path, i, "value")
+        elif row["task"] == loss_task and row["metric"] == loss_metric:
+            v = _float(row["value"], path, i, "value")
+            if v <= 0:
+                raise DataError(f"{path}:{i}: {loss_metric} {v} is not a positive perplexity")
+            loss[key] = math.log(v)
+        else:
+            continue
+        shape[key] = (pythia_non_embedding_params(_int(row["n_layers"], path, i, "n_layers"),
+                                                  _int(row["d_model"], path, i, "d_model")),
+                      _float(row["tokens"], path, i, "tokens"))
     if not acc:
         raise DataError(f"{path}: no rows for task={task!r} metric={metric!r}")
     if not loss:

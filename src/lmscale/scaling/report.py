@@ -7,7 +7,6 @@ Chinchilla paper's published runs among them), so it can be checked without trai
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -15,8 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from lmscale.errors import DataError
-from lmscale.io import atomic_write_bytes, atomic_write_text
+from lmscale.io import atomic_write_bytes, atomic_write_text, read_json_file
 from lmscale.scaling import plots
 from lmscale.scaling.emergence import analyze, compare_metrics, read_pythia
 from lmscale.scaling.fitting import fit_table, table_problems
@@ -76,95 +77,54 @@ def emergence_figures(csv_path: str | os.PathLike, task: str = "lambada_openai",
     return figs, numbers
 
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222}
-h1{font-size:1.6em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-figure{margin:1em 0;display:inline-block;vertical-align:top;max-width:100%}
-figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555;max-width:640px}
-table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th{background:#f5f5f5}.ok{color:#070}.bad{color:#a00}code{background:#f4f4f4;padding:0 3px}
-"""
-
-
 def _fmt(v: Any) -> str:
+    """Floats to four significant digits; the template escapes whatever this returns."""
     if isinstance(v, float):
         if v == 0 or not math.isfinite(v):
             return str(v)
         return f"{v:.4g}"
-    return html.escape(str(v))
+    return str(v)
 
 
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+# autoescaping, so titles, paths, run names and captions from the data cannot inject markup
+_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
+                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                          keep_trailing_newline=False)
+_ENV.filters["num"] = _fmt
 
 
 def render_html(t: RunsTable, fit: dict[str, Any] | None, images: dict[str, tuple[bytes, str]],
                 title: str, extra: dict[str, Any] | None = None) -> str:
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='generator' content='lmscale'>"
-             f"<title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p>{len(t)} runs from <code>{html.escape(t.source or 'input')}</code>; N = "
-             f"{html.escape(t.n_kind + ' ' if t.n_kind else '')}parameters, D = training tokens, C = 6ND; "
-             f"loss in nats/token. N spans {t.N.min():.3g}&ndash;{t.N.max():.3g} "
-             f"({t.N.max() / t.N.min():.1f}&times;), D spans {t.D.min():.3g}&ndash;{t.D.max():.3g} "
-             f"({t.D.max() / t.D.min():.1f}&times;).</p>"]
-    if getattr(t, "dropped", None):
-        parts.append(f"<p class='bad'>{html.escape(dropped_note(t.dropped, limit=20))}.</p>")
+    """Rows and numbers are prepared here; the markup is in `templates/report.html.j2`, whose autoescape
+    keeps every value from the data out of it."""
+    values: dict[str, Any] = {"t": t, "title": title, "fit": fit, "unidentified": {}, "allocation_identified": True,
+                              "params": [], "holdout": None, "holdout_rows": [], "no_fit": ""}
+    values["dropped"] = dropped_note(t.dropped, limit=20) if getattr(t, "dropped", None) else ""
     if fit:
         p = fit["params"]
         ci = fit.get("ci95", {})
-        bad = (fit.get("identification") or {}).get("unidentified") or {}
-        if bad:
-            parts.append("<p class='bad'><b>Unidentified law.</b> These runs do not determine "
-                         f"{html.escape(', '.join(bad))}: "
-                         + "; ".join(f"{html.escape(k)} {html.escape(r)}" for k, r in bad.items())
-                         + ". Those estimates are not measurements"
-                         + ("" if fit["identification"].get("allocation_identified", True) else
-                            ", and no compute-optimal allocation is drawn from this law") + ".</p>")
+        ident = fit.get("identification") or {}
+        bad = ident.get("unidentified") or {}
         rows = [{"parameter": k, "estimate": v, "95% CI low": ci.get(k, [math.nan])[0],
                  "95% CI high": ci.get(k, [math.nan, math.nan])[1],
                  "identified": "NO" if k in bad else "yes"} for k, v in p.items()]
         for k, v in fit["derived"].items():
             rows.append({"parameter": f"{k} (derived)", "estimate": v, "95% CI low": ci.get(k, [math.nan])[0],
                          "95% CI high": ci.get(k, [math.nan, math.nan])[1], "identified": "NO" if k in bad else "yes"})
-        parts.append("<h2>Fitted law: L(N, D) = E + A/N<sup>&alpha;</sup> + B/D<sup>&beta;</sup></h2>")
-        parts.append(_table(rows, ["parameter", "estimate", "95% CI low", "95% CI high", "identified"]))
-        parts.append("<p>Fitted by Huber loss on log-loss residuals from a grid of starts (Hoffmann et al. 2022, "
-                     "approach 3); intervals from a bootstrap over runs. a and b: N_opt &prop; C<sup>a</sup>, "
-                     "D_opt &prop; C<sup>b</sup>.</p>")
-        hc = fit.get("holdout_check")
+        hc = fit.get("holdout_check") or None
+        values.update(unidentified=bad, allocation_identified=ident.get("allocation_identified", True), params=rows,
+                      holdout=hc)
         if hc:
-            ok = hc["max_abs_rel_error"] <= 0.03
-            parts.append(f"<h2>Held-out check</h2><p>Fitted on the {hc['n_fit']} smaller-compute runs, the law "
-                         "predicts "
-                         f"the {len(hc['holdout'])} largest-compute runs with a largest relative error of "
-                         f"<b class='{'ok' if ok else 'bad'}'>{100 * hc['max_abs_rel_error']:.2f}%</b>.</p>")
+            values["holdout_rows"] = [{**h, "rel. error (%)": 100 * h["rel_error"]} for h in hc["holdout"]]
     else:
-        why = "; ".join(table_problems(t)) or "no law fitted"
-        parts.append(f"<p class='bad'>No law fitted: {html.escape(why)}.</p>")
-    parts.append("<h2>Figures</h2>")
-    for name, (png, caption) in images.items():
-        b64 = base64.b64encode(png).decode("ascii")
-        parts.append(f"<figure id='fig-{name}'><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    if fit and fit.get("holdout_check"):
-        hc = fit["holdout_check"]
-        parts.append("<h2>Held-out runs</h2>")
-        parts.append(_table([{**h, "rel. error (%)": 100 * h["rel_error"]} for h in hc["holdout"]],
-                            ["N", "D", "C", "loss", "predicted", "rel. error (%)"]))
-    if extra:
-        for heading, obj in extra.items():
-            body = html.escape(json.dumps(obj, indent=1, default=float))
-            parts.append(f"<h2>{html.escape(heading)}</h2><pre>{body}</pre>")
+        values["no_fit"] = "; ".join(table_problems(t)) or "no law fitted"
+    values["figures"] = [(name, base64.b64encode(png).decode("ascii"), caption)
+                         for name, (png, caption) in images.items()]
+    values["extra"] = [(heading, json.dumps(obj, indent=1, default=float)) for heading, obj in (extra or {}).items()]
     runs = [{"run": n, "N": float(a), "D": float(b), "C": float(6 * a * b), "loss": float(c)}
             for n, a, b, c in sorted(zip(t.names, t.N, t.D, t.loss), key=lambda r: 6 * r[1] * r[2])]
-    if len(runs) <= 400:
-        parts.append("<h2>Runs</h2>" + _table(runs, ["run", "N", "D", "C", "loss"]))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    values["runs"] = runs if len(runs) <= 400 else []
+    return _ENV.get_template("report.html.j2").render(**values)
 
 
 def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None = None,
@@ -173,13 +133,14 @@ def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None =
                  icl_json: str | os.PathLike | None = None, holdout: str | None = "largest",
                  n_holdout: int | None = None, n_bootstrap: int = 100, title: str | None = None,
                  params: str = "non_embedding", grid: Any = "hoffmann", fit: dict[str, Any] | None = None,
-                 **csv_cols: Any) -> dict[str, Any]:
+                 exclude_top_loss: int = 0, **csv_cols: Any) -> dict[str, Any]:
     """Fit, draw and write: PNGs into `png_dir`, one self-contained HTML at `out_html`.
 
     `csv_cols` (`n_col`, `d_col`, `c_col`, `loss_col`) name the columns of a CSV source. `fit`, a
     `fit_table` result of these runs (with its `_law`), is drawn instead of fitting them again.
+    `exclude_top_loss` leaves out the runs with the highest losses, as `lmscale fit` does.
     """
-    t = load_runs(source, sweep=sweep, params=params, **csv_cols)
+    t = load_runs(source, sweep=sweep, params=params, **csv_cols).without_top_loss(exclude_top_loss)
     if fit is None or "_law" not in fit:
         fit = fit_table(t, holdout=holdout, n_holdout=n_holdout, n_bootstrap=n_bootstrap, grid=grid)
     extra: dict[str, Any] = {}
@@ -213,10 +174,22 @@ def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None =
 
 
 def _read_icl(path: str | os.PathLike) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p} does not exist")
-    return json.loads(p.read_text())
+    """An `lmscale emergence icl` result: its models, each with its evaluations."""
+    icl = read_json_file(path, what="--icl")
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    def an_eval(e: Any) -> bool:
+        return isinstance(e, dict) and number(e.get("tokens")) and all(
+            isinstance(e.get(t), dict) and number(e[t].get("accuracy")) and number(e[t].get("answer_logprob"))
+            for t in ("recall", "induction"))
+
+    models = icl.get("models")
+    if not isinstance(models, list) or not models or not all(
+            isinstance(m, dict) and number(m.get("params_non_embedding")) and isinstance(m.get("evals"), list)
+            and all(map(an_eval, m["evals"])) for m in models):
+        raise DataError(f"--icl {path}: not an `lmscale emergence icl` result (models with their evaluations)")
+    return icl
 
 
 def _render_pngs(figs: dict[str, Any]) -> tuple[dict[str, tuple[bytes, str]], dict[str, str]]:

@@ -23,11 +23,12 @@ rule: its runs carry exactly the export's columns.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -80,6 +81,7 @@ class RunColumns:
     header: list[str] = field(default_factory=list)
     curves: list[list[list[float]]] = field(default_factory=list)  # per run [step, tokens, val_loss]
     text: dict[str, list[str]] = field(default_factory=dict)  # raw cells of the text columns asked for
+    dropped: list[str] = field(default_factory=list)  # rows left out before any value was read, and why
 
     def __len__(self) -> int:
         return len(self.names)
@@ -107,6 +109,18 @@ def _number(raw: str | None, path: Path, line: int, column: str) -> float:
         raise DataError(f"{path}:{line}: column {column!r} has {raw!r}, not a number") from None
 
 
+def read_csv_dicts(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a UTF-8 CSV; a binary or malformed file is a one-line error naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            return list(reader.fieldnames or []), list(reader)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte offset {exc.start}); is it a CSV?") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+
+
 def read_runs_csv(path: str | os.PathLike, columns: Mapping[str, str | None] | None = None,
                   params: str = "non_embedding", extra: Sequence[str] = (), text: Sequence[str] = (),
                   where: Mapping[str, Any] | None = None) -> RunColumns:
@@ -119,10 +133,7 @@ def read_runs_csv(path: str | os.PathLike, columns: Mapping[str, str | None] | N
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = list(reader.fieldnames or [])
-        rows = list(reader)
+    header, rows = read_csv_dicts(path)
     if not header:
         raise DataError(f"{path}: empty CSV (no header)")
     given = {q: c for q, c in (columns or {}).items() if c}
@@ -156,6 +167,7 @@ def records_columns(records: Iterable[Any], params: str = "non_embedding", extra
     """
     # a WSD sweep's stable runs end at the stable learning rate: their branches are the points
     rows = [r for r in records if r.status == "finished" and getattr(r, "role", None) != "stable"]
+    rows, not_best, _ = best_learning_rates(rows)
     n_col = candidates("N", params)[0]
 
     def col(name: str) -> np.ndarray:
@@ -167,7 +179,47 @@ def records_columns(records: Iterable[Any], params: str = "non_embedding", extra
     if unique.size and np.isfinite(unique).any():  # recorded by sweeps since registry schema v2
         values["U"], resolved["U"] = unique, "unique_tokens"
     values.update({c: col(c) for c in extra})
-    return RunColumns(values, resolved, [r.name for r in rows], source, curves=[r.loss_curve for r in rows])
+    return RunColumns(values, resolved, [r.name for r in rows], source, curves=[r.loss_curve for r in rows],
+                      dropped=not_best)
+
+
+def run_learning_rate(record: Any) -> Optional[float]:
+    """The peak learning rate a registry record trained with (its config's `train.lr`)."""
+    try:
+        return float(record.config["train"]["lr"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def best_learning_rates(records: Sequence[Any]) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
+    """Per (N, D, seed) point trained at several learning rates (a sweep's `lrs` axis), the run
+    with the lowest final loss: the law of a sweep is the law of its tuned runs, each size at its
+    own best rate (Porian et al. 2024 tune per size). Returns the kept records (in order), why each
+    other one is left out, and per point its rates' losses and the best rate (empty without an
+    axis). A point whose rates all failed keeps its runs, for the usual invalid-row accounting."""
+    groups: dict[tuple, list[Any]] = {}
+    for r in records:
+        groups.setdefault((r.params_non_embedding, r.tokens, r.seed), []).append(r)
+    losers: set[int] = set()
+    dropped: list[str] = []
+    best: list[dict[str, Any]] = []
+    for (n, d, seed), rs in groups.items():
+        if len({run_learning_rate(r) for r in rs}) < 2:
+            continue
+        scored = [r for r in rs if r.final_val_loss is not None and math.isfinite(r.final_val_loss)]
+        if not scored:
+            continue
+        win = min(scored, key=lambda r: (r.final_val_loss, r.name))
+        for r in rs:
+            if r is not win:
+                losers.add(id(r))
+                dropped.append(f"{r.name}: lr {run_learning_rate(r):g} is not its point's best rate "
+                               f"(lr {run_learning_rate(win):g})")
+        rates = sorted((run_learning_rate(r), r.final_val_loss) for r in scored)
+        edge = run_learning_rate(win) in (rates[0][0], rates[-1][0])
+        best.append({"N": n, "D": d, "seed": seed, "best_lr": run_learning_rate(win), "loss": win.final_val_loss,
+                     "losses": {f"{lr:g}": loss for lr, loss in rates}, "at_grid_edge": edge})
+    return [r for r in records if id(r) not in losers], dropped, best
 
 
 def read_runs(source: str | os.PathLike, columns: Mapping[str, str | None] | None = None,
@@ -215,6 +267,14 @@ def invalid_rows(values: Mapping[str, np.ndarray], keys: Sequence[str], names: S
     return keep, dropped
 
 
+def below_top_loss(loss: np.ndarray, k: int) -> np.ndarray:
+    """Indices (in order) of all rows but the `k` with the highest loss (ties: the later rows go)."""
+    n = int(np.asarray(loss).size)
+    if not 0 <= k < n:
+        raise DataError(f"--exclude-top-loss {k}: must be between 0 and {n - 1} (there are {n} runs)")
+    return np.sort(np.argsort(loss, kind="stable")[: n - k])
+
+
 def dropped_note(dropped: Sequence[str], limit: int = 5) -> str:
     """'dropped 2 of 14 runs: row13: N is -5, ...; row14: loss is missing' (the first `limit`)."""
     if not dropped:
@@ -258,6 +318,19 @@ class RunsTable:
     def C(self) -> np.ndarray:
         return 6.0 * self.N * self.D
 
+    def without_top_loss(self, k: int) -> "RunsTable":
+        """The table less its `k` highest-loss runs (outliers a published fit leaves out), each
+        listed in `dropped`."""
+        if not k:
+            return self
+        keep = below_top_loss(self.loss, k)
+        gone = sorted(set(range(len(self))) - set(keep.tolist()))
+        return dataclasses.replace(
+            self, N=self.N[keep], D=self.D[keep], loss=self.loss[keep], names=[self.names[i] for i in keep],
+            curves=[self.curves[i] for i in keep] if self.curves else [],
+            dropped=[*self.dropped, *(f"{self.names[i]}: among the {k} highest losses (--exclude-top-loss)"
+                                      for i in gone)])
+
     def __len__(self) -> int:
         return len(self.N)
 
@@ -268,7 +341,7 @@ class RunsTable:
                             f"{cols.header} (name them with --n-col/--d-col/--c-col/--loss-col)")
         v = cols.values
         return cls(v["N"], v["D"], v["loss"], cols.names, cols.curves, n_kind=cols.n_kind, source=cols.source,
-                   columns=dict(cols.columns))
+                   dropped=list(cols.dropped), columns=dict(cols.columns))
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike, n_col: str | None = None, d_col: str | None = None,

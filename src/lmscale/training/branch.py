@@ -68,8 +68,9 @@ def _differences(parent: RunConfig, child: RunConfig) -> list[str]:
         return {f"{s}.{k}": v for s in ("model", "tokenizer", "data", "objective", "train")
                 for k, v in (d.get(s) or {}).items()}
 
+    # the branch reads its parent's shards (`data.shards` set above), so where the data came from may differ
     free = set(RESUME_MAY_CHANGE) | {f"train.{k}" for k in (*_SCHEDULE_KEYS, *TRACKER_KEYS)} | {
-        "train.eval_every", "train.eval_batches"}
+        "train.eval_every", "train.eval_batches", "data.corpus", "data.tokenizer", "data.shards"}
     a, b = flat(parent), flat(child)
     return [k for k in b if k not in free and a.get(k) != b[k]]
 

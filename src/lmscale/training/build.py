@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
 from lmscale.config import ConfigError, RunConfig, TrainConfig
 from lmscale.data.objectives import Objective, example_rngs, make_objective
@@ -83,6 +85,7 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     tc = cfg.train
     micro, accum = _batching(tc, info)
     _check_budget(tc)
+    _check_memory(cfg, micro, resolve_device(tc.device, info, "train.device"))
     if tc.init_from is not None and (not resume or cfg.data.tokenizer is None):
         cfg = take_parent_tokenizer(cfg, run_dir, info)  # continued pretraining (`--init-from`)
     cfg, tokenizer, objective, shard_dir = _prepare_data(cfg, run_dir, resume, info)
@@ -240,6 +243,35 @@ def _batching(tc: TrainConfig, info: dist_util.DistInfo) -> tuple[int, int]:
             f"train.micro_batch_size={micro}"
         )
     return micro, per_rank // micro
+
+
+def _check_memory(cfg: RunConfig, micro: int, device: torch.device) -> None:
+    """Refuse, before data or weights are touched, a run that cannot fit in memory by a wide
+    margin, saying what it would need: fp32 weights, gradients and two Adam moments (16 bytes a
+    parameter), and a coarse lower bound on one micro-batch's activations (every layer keeps at
+    least a few d_model-wide tensors per token, and the logits are seq_len x vocab per sequence)."""
+    m, tc = cfg.model, cfg.train
+    params = m.parameter_counts()["total"]
+    state = 16.0 * params
+    tokens = float(micro) * tc.seq_len
+    layers = max(m.n_layers + (m.n_decoder_layers or 0), 1)
+    activations = 4.0 * tokens * (8.0 * m.d_model * layers + 2.0 * m.vocab_size)
+    need = state + activations
+    if device.type == "cuda":
+        have = float(torch.cuda.get_device_properties(device).total_memory)
+    else:
+        try:
+            have = float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return
+    if need <= have:
+        return
+    gb = 1e9
+    raise ConfigError(
+        f"this run would need at least {need / gb:,.1f} GB ({params:,} parameters: {state / gb:,.1f} GB of fp32 "
+        f"weights, gradients and Adam state; one micro-batch of {micro} x {tc.seq_len} tokens: "
+        f"{activations / gb:,.1f} GB of activations) and {device} has {have / gb:,.1f} GB; shrink --model.d_model/"
+        f"--model.n_layers or --train.batch_size (or set --train.micro_batch_size)")
 
 
 def _check_budget(tc: TrainConfig) -> None:

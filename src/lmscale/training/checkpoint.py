@@ -245,9 +245,38 @@ def _read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != "lmscale-trainer-state":
         raise CheckpointError(f"{path}: not an lmscale trainer state")
     try:
-        return _decode(document["state"], tensors)
+        state = _decode(document["state"], tensors)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed trainer state ({exc})") from None
+    check_trainer_state(state, path)
+    return state
+
+
+def check_trainer_state(state: Any, path: Path) -> None:
+    """Every field a resume reads, of its type: a damaged state is unreadable (the resume falls
+    back to the checkpoint before it, as for a truncated file), never a traceback mid-restore."""
+    def whole(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: malformed trainer state (not a mapping)")
+    for key in ("total_steps", "step", "tokens", "bad_steps", "consecutive_bad"):
+        if not whole(state.get(key)):
+            raise CheckpointError(f"{path}: malformed trainer state ({key}={state.get(key)!r})")
+    if not number(state.get("wall_s")):
+        raise CheckpointError(f"{path}: malformed trainer state (wall_s={state.get('wall_s')!r})")
+    opt = state.get("optimizer")
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
+            and opt["param_groups"] and all(isinstance(g, dict) for g in opt["param_groups"])):
+        raise CheckpointError(f"{path}: malformed trainer state (optimizer state or its parameter groups)")
+    sampler = state.get("sampler")
+    seed = sampler.get("seed", 0) if isinstance(sampler, dict) else None
+    if not (isinstance(sampler, dict) and all(whole(sampler.get(k)) for k in ("epoch", "position"))
+            and isinstance(seed, int) and not isinstance(seed, bool)):
+        raise CheckpointError(f"{path}: malformed trainer state (sampler={sampler!r})")
 
 
 # JSON holds str-keyed dicts, lists, strings, finite numbers, booleans and null; the tags below

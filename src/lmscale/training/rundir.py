@@ -19,11 +19,14 @@ from lmscale.io.rundir import CONFIG_FILE, SUMMARY_FILE, RunLayout, RunSummary
 __all__ = ["CONFIG_FILE", "RESUME_MAY_CHANGE", "SUMMARY_FILE", "RunDir", "RunSummary", "check_resume_overrides",
            "load_run_dir_config", "save_run_config", "write_summary"]
 
-# what a resumed run may change: where it runs and what it records, never what it trains
-RESUME_MAY_CHANGE = ("out", "data.corpus", "data.tokenizer", "data.shards", "train.device", "train.dtype",
+# what a resumed run may change: where it runs and what it records, never what it trains (its data
+# included: it keeps training on the shards it started with, so another --corpus is refused, not ignored)
+RESUME_MAY_CHANGE = ("out", "train.device", "train.dtype",
                      "train.compile", "train.parallel", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.keep_last", "train.max_bad_steps", "train.time_cap_s",
                      *(f"train.{k}" for k in TRACKER_KEYS))
+_SHORTCUT_FLAGS = {"train.max_steps": "--max-steps", "data.corpus": "--corpus", "data.tokenizer": "--tokenizer",
+                   "data.shards": "--shards", "train.seed": "--seed"}
 _SECTIONS = ("model", "tokenizer", "data", "objective", "train")
 
 
@@ -81,7 +84,7 @@ def check_resume_overrides(saved: RunConfig, cfg: RunConfig) -> None:
     changed = [k for k in after if k not in RESUME_MAY_CHANGE and after[k] != before.get(k)]
     if changed:
         k = changed[0]
-        flag = "--max-steps" if k == "train.max_steps" else f"--{k}"
+        flag = _SHORTCUT_FLAGS.get(k, f"--{k}")
         raise ConfigError(
             f"{flag} {after[k]}: --resume continues the run exactly, with its own {k}={before.get(k)} "
             f"(and schedule); start a new run with --out NEW_DIR to train with another one. A resume may "

@@ -155,7 +155,14 @@ class MlflowTracker:
 
     name = "mlflow"
 
+    # MLflow's own defaults retry an unreachable server for minutes before the run may start; a
+    # user's settings of these variables win
+    HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
     def __init__(self, run_dir: Path, cfg: TrainConfig, params: dict[str, Any], state: dict[str, Any]) -> None:
+        for key, value in self.HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         tracking = importlib.import_module("mlflow.tracking")
         entities = importlib.import_module("mlflow.entities")
         self._metric, self._param = entities.Metric, entities.Param
@@ -199,17 +206,24 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, status=final)
 
 
+def saved_tracker_ids(path: Path) -> dict[str, dict[str, Any]]:
+    """Tracker name -> its saved run ids; a missing or damaged record gives new tracker runs
+    instead of failing the resume."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return {k: v for k, v in saved.items() if isinstance(v, dict)} if isinstance(saved, dict) else {}
+
+
 def open_trackers(run_dir: Path, cfg: TrainConfig, params: dict[str, Any],
                   resume_step: Optional[int]) -> list[Any]:
     """The trackers `cfg.report_to` names, opened for this run (continuing the tracker runs of
     `trackers.json` when `resume_step` is set: a resumed run), and their ids saved."""
     path = run_dir / TRACKERS_FILE
-    saved: dict[str, Any] = {}
-    if resume_step is not None and path.is_file():
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = {}
+    saved = saved_tracker_ids(path) if resume_step is not None else {}
     opened: list[Any] = []
     try:
         for name in cfg.report_to:

@@ -71,11 +71,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps_json(out, indent=2))
         return 0
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    con = Console()
+    from lmscale.io import console
+
+    con = console()
     tab = Table(title=f"{args.target} ({cfg.family}, seq_len {t})")
     tab.add_column("quantity")
     tab.add_column("value", justify="right")

@@ -55,8 +55,9 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps_json(rows, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from lmscale.io import console
 
     table = Table(title="lmscale corpora (sources tried in order; LMSCALE_DATA_DIR is the mirror)")
     for col in ("name", "kind", "local", "sources", "description"):
@@ -64,7 +65,7 @@ def _list(args: argparse.Namespace) -> int:
     for r in rows:
         sources = ", ".join(s.split("==")[0] for s in r["sources"])
         table.add_row(r["name"], r["kind"], "yes" if r["available"] else "-", sources, r["description"].split(";")[0])
-    Console().print(table)
+    console().print(table)
     return 0
 
 

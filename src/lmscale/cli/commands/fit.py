@@ -67,12 +67,11 @@ def read_columns(path: str, args: argparse.Namespace, needs: tuple[str, ...]):
 
 
 def fit_from_args(args: argparse.Namespace):
-    import numpy as np
 
     from lmscale.errors import DataError
     from lmscale.scaling.identify import design_problems
     from lmscale.scaling.laws import make_law
-    from lmscale.scaling.runs import dropped_note
+    from lmscale.scaling.runs import below_top_loss, dropped_note
 
     needs = NEEDS[args.law]
     data, dropped = read_columns(args.csv, args, needs)
@@ -83,10 +82,7 @@ def fit_from_args(args: argparse.Namespace):
         raise DataError(f"{args.csv}: " + ("; ".join(problems) if n else "no run has usable values")
                         + (f" ({note})" if note else ""))
     if args.exclude_top_loss:
-        k = args.exclude_top_loss
-        if k >= n:  # (the rows kept have a finite loss)
-            raise DataError(f"--exclude-top-loss {k}: must be between 0 and {n - 1}")
-        keep = np.sort(np.argsort(data["loss"], kind="stable")[: n - k])
+        keep = below_top_loss(data["loss"], args.exclude_top_loss)  # (the rows kept have a finite loss)
         data = {key: v[keep] for key, v in data.items()}
     kw = {}
     if args.law == "chinchilla":

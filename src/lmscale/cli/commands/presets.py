@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps_json(rows, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from lmscale.io import console
 
     table = Table(title="lmscale presets")
     for col in ("name", "family", "layers", "d_model", "heads", "d_head", "d_ff", "vocab", "n_ctx", "published"):
@@ -51,8 +52,5 @@ def run(args: argparse.Namespace) -> int:
         heads = str(r["n_heads"]) if r["n_kv_heads"] == r["n_heads"] else f"{r['n_heads']}/{r['n_kv_heads']}"
         table.add_row(r["name"], r["family"], r["layers"], str(r["d_model"]), heads,
                       str(r["d_head"]), str(r["d_ff"]), str(r["vocab_size"]), str(r["n_ctx"]), pub_s)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=120)
-    console.print(table)
+    console().print(table)
     return 0

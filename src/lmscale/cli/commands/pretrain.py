@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 
 from lmscale.cli.argtypes import add_device_argument, seed
 
@@ -116,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
 
         if args.config or args.preset:
             raise ConfigError("--resume continues a run with its own config; drop --config/--preset")
+        if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise ConfigError(f"--out {args.out}: --resume continues {args.resume} in place; drop --out (or start "
+                              "a new run there with --branch-from/--init-from)")
         saved = RunDir(args.resume).load_config()
         overrides["out"] = args.resume
         cfg = apply_overrides(saved, overrides)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmscale.cli.argtypes import bootstrap_count, positive_int
+from lmscale.cli.argtypes import bootstrap_count, nonnegative_int, positive_int
 
 HELP = "one self-contained HTML scaling report (figures embedded) from a sweep registry or a CSV of runs"
 
@@ -25,6 +25,8 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
                    help="bootstrap refits for the 95%% bands (0: none)")
     p.add_argument("--grid", choices=("coarse", "hoffmann", "small"), default="hoffmann",
                    help="fit starting grid: Hoffmann et al.'s 5,400 points (default, as `lmscale fit`), 243, or 32")
+    p.add_argument("--exclude-top-loss", type=nonnegative_int, default=0, metavar="K",
+                   help="leave out the K highest-loss runs (as `lmscale fit --exclude-top-loss`)")
     p.add_argument("--emergence", metavar="CSV", help="Pythia-style evaluation CSV for the emergence figures")
     p.add_argument("--task", default="lambada_openai", help="task of --emergence (accuracy vs perplexity)")
     p.add_argument("--icl", metavar="JSON", help="result of `lmscale emergence icl` to include")
@@ -39,6 +41,7 @@ def build(args: argparse.Namespace, html: str | None, png_dir: str | None) -> di
         emergence_task=args.task, icl_json=args.icl, holdout=None if args.holdout == "none" else "largest",
         n_holdout=args.n_holdout, n_bootstrap=args.bootstrap, params=args.params, n_col=args.n_col,
         d_col=args.d_col, c_col=args.c_col, loss_col=args.loss_col, grid=args.grid,
+        exclude_top_loss=args.exclude_top_loss,
     )
 
 

@@ -84,6 +84,7 @@ def _train(args: argparse.Namespace) -> int:
     import time
     import warnings
 
+    from lmscale.io import heartbeat
     from lmscale.io.outputs import check_output_dir, mark_output_dir
     from lmscale.tokenization import train_tokenizer
 
@@ -91,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     # before training: the tokenizer goes into a new or empty directory, or one holding a tokenizer
     check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("tokenizer",),
                      ours=lambda d: {e.name for e in d.iterdir()} <= {"tokenizer.json", "tokenizer_meta.json"})
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, heartbeat(f"training a {args.kind} tokenizer"):
         warnings.simplefilter("always")
         tok = train_tokenizer(args.kind, _train_inputs(args.input, args.errors, args.text_field), args.vocab_size,
                               lowercase=args.lowercase, min_frequency=args.min_frequency,
@@ -117,8 +118,9 @@ def _encode(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps_json({"tokens": enc.tokens, "ids": enc.ids}))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from lmscale.io import console
 
     table = Table(title=f"{len(enc.ids)} tokens ({tok.kind}, vocab {tok.vocab_size})")
     table.add_column("#", justify="right")
@@ -126,7 +128,7 @@ def _encode(args: argparse.Namespace) -> int:
     table.add_column("id", justify="right")
     for i, (t, k) in enumerate(zip(enc.tokens, enc.ids)):
         table.add_row(str(i), repr(t)[1:-1], str(k))
-    Console().print(table)
+    console().print(table)
     print("ids:", " ".join(map(str, enc.ids)))
     return 0
 

@@ -237,7 +237,7 @@ def run(ctx: Context) -> FinetuneResult:
     runs = [_task_runs(ctx, "encoder", task, spec["sizes"], common) for task in tasks]
     if spec.get("decoder"):
         runs += [_task_runs(ctx, "decoder", task, spec.get("decoder_sizes") or spec["sizes"],
-                            {**common, "regression": False}) for task in tasks]
+                            {**common, "regression": False}) for task in spec.get("decoder_tasks") or tasks]
     result = FinetuneResult(runs=runs)
     if spec.get("minilm_probe"):
         result.minilm_probe = _minilm_probe(ctx, spec)

@@ -30,6 +30,7 @@ from lmscale.experiments.quickstart.core import (
     load_profile,
 )
 from lmscale.io import atomic_write_json
+from lmscale.io import console as io_console
 from lmscale.io.outputs import check_output_dir, mark_output_dir
 from lmscale.training.device import resolve_device
 
@@ -63,7 +64,7 @@ def run_quickstart(out: str | Path = "lmscale-out", fast: bool = False, corpus: 
                    overrides: Optional[dict[str, Any]] = None, overwrite: bool = False) -> int:
     """Run (or continue) the quickstart into `out`; `overrides` are merged into the profile (tests
     run the gpu profile's code with tiny budgets that way). Returns the exit code."""
-    console = console or Console()
+    console = console or io_console()
     known = {s.name for s in STAGES}
     for name in (only or []) + (redo or []):
         if name not in known:

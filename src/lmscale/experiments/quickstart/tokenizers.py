@@ -13,6 +13,7 @@ from lmscale.data.readers import iter_texts
 from lmscale.experiments.quickstart.core import Context, StageResult
 from lmscale.experiments.quickstart.data import DataResult
 from lmscale.experiments.quickstart.fragments import render
+from lmscale.io import heartbeat
 from lmscale.tokenization import train_tokenizer
 from lmscale.tokenization.explain import explain_bpe
 
@@ -98,7 +99,8 @@ def run(ctx: Context) -> TokenizersResult:
     for kind, lower in KINDS:
         t0 = time.perf_counter()
         source = _head_lines(train_files, spec["max_bytes"]) if spec["max_bytes"] else iter_texts(train_files)
-        tok = train_tokenizer(kind, source, vocab_size=spec["vocab_size"], lowercase=lower)
+        with heartbeat(f"training the {kind} tokenizer"):
+            tok = train_tokenizer(kind, source, vocab_size=spec["vocab_size"], lowercase=lower)
         d = ctx.path("tokenizers", kind)
         tok.save(d)
         trained[kind] = TrainedTokenizer(dir=str(d), vocab_size=tok.vocab_size,

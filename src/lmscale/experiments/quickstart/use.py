@@ -40,7 +40,17 @@ TOP_K = 5
 GENERATION_PROMPTS = ["The history of the city", "In 1998 , the band", "The album was released",
                       "During the war , the", "The species is found"]
 NEW_TOKENS = 40
-SAMPLED = "sampled (T=0.8, top-p 0.95)"
+# sampling settings, printed beside each sample; the in-domain ones were chosen on held-out prompts
+# (not the judged ones below) as the setting that met all three text checks with the widest margins
+# (BENCHMARKS.md, "Sampling settings for the CPU profile's decoder")
+SAMPLING = {"lecture": {"temperature": 0.8, "top_p": 0.95}, "in-domain": {"temperature": 1.0, "top_k": 20}}
+
+
+def sampled_label(settings: dict[str, float]) -> str:
+    parts = {"temperature": "T={:g}", "top_k": "top-k {:d}", "top_p": "top-p {:g}"}
+    return "sampled (" + ", ".join(parts[k].format(v) for k, v in settings.items()) + ")"
+
+
 DISTINCT_2_TARGET = 0.6
 SEEN_WORDS_TARGET = 0.95
 INFILL_PROMPT = "Thank you <X> me to your party <Y> week."
@@ -103,7 +113,7 @@ class FillMask:
 @dataclass
 class Generation:
     prompt: str
-    mode: str  # "greedy" or SAMPLED
+    mode: str  # "greedy" or `sampled_label(...)`
     text: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,17 +258,18 @@ def run(ctx: Context) -> UseResult:
 
     model, tok = load(pre.model_dir("decoder"))
     generations, greedy_repeats, sample_repeats, samples, texts = [], [], [], [], []
+    sampling = SAMPLING["in-domain" if in_domain else "lecture"]
     # each prompt samples with its own seed: one shared seed gives every sample the same draws
     for seed, prompt in enumerate(DOMAIN_GENERATION_PROMPTS if in_domain else GENERATION_PROMPTS):
         greedy = generate(model, tok, prompt, max_new_tokens=NEW_TOKENS, greedy=True)
-        sampled = generate(model, tok, prompt, max_new_tokens=NEW_TOKENS, temperature=0.8, top_p=0.95,
-                           seed=seed if in_domain else 0)
+        sampled = generate(model, tok, prompt, max_new_tokens=NEW_TOKENS, seed=seed if in_domain else 0, **sampling)
         greedy_repeats.append(repeated_ngram([tok.id_to_token(i) for i in greedy.token_ids[:NEW_TOKENS]]))
         sampled_tokens = [tok.id_to_token(i) for i in sampled.token_ids]
         sample_repeats.append(repeated_ngram(sampled_tokens[:NEW_TOKENS]))
         samples.append(sampled_tokens)
         texts.append(sampled.text)
-        generations += [Generation(prompt, "greedy", greedy.text), Generation(prompt, SAMPLED, sampled.text)]
+        generations += [Generation(prompt, "greedy", greedy.text),
+                        Generation(prompt, sampled_label(sampling), sampled.text)]
 
     model, tok = load(pre.model_dir("encoder-decoder"))
     infills = []

@@ -13,7 +13,6 @@ fraction); RoPE with RMSNorm and a gated MLP as Llama (grouped-query attention, 
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import zipfile
@@ -25,8 +24,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmscale.config import ConfigError, ModelConfig
-from lmscale.errors import CheckpointError, DataError
-from lmscale.io import atomic_directory, atomic_write_json, cache_dir, default_cache_dir
+from lmscale.errors import CheckpointError, DataError, one_line
+from lmscale.io import atomic_directory, atomic_write_json, cache_dir, default_cache_dir, read_json_file
 from lmscale.io.packages import PackageFile, fetch_package_file
 from lmscale.models.hf.common import (
     Exported,
@@ -75,10 +74,7 @@ def _read_source(src: Any) -> tuple[dict, dict[str, torch.Tensor], Any, str]:
     d = Path(src)
     if not (d / "config.json").is_file():
         raise CheckpointError(f"{d}: no config.json (not a transformers model directory)")
-    try:
-        c = json.loads((d / "config.json").read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise CheckpointError(f"{d / 'config.json'}: not valid JSON ({exc})") from None
+    c = read_json_file(d / "config.json", what="transformers config")
     return c, read_hf_weights(d), load_hf_tokenizer(d), str(d)
 
 
@@ -91,7 +87,10 @@ def from_hf(src: Any) -> tuple[nn.Module, Any]:
         imp = adapter.read(c, set(state), where)
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"{where}: config cannot be converted ({exc})") from None
-    ours, missing, unexpected = apply_rules(imp.rules, state, imp.tied_extras)
+    try:
+        ours, missing, unexpected = apply_rules(imp.rules, state, imp.tied_extras)
+    except (RuntimeError, ValueError) as exc:  # tensors that cannot be joined or split as the config says
+        raise CheckpointError(f"{where}: weights do not match its config ({one_line(exc)})") from None
     if missing or unexpected:
         parts = []
         if missing:

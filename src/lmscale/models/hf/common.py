@@ -14,8 +14,8 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from lmscale.config import ModelConfig
-from lmscale.errors import CheckpointError
-from lmscale.io import atomic_write_json, atomic_write_text
+from lmscale.errors import CheckpointError, one_line
+from lmscale.io import atomic_write_json, atomic_write_text, read_json_file
 from lmscale.models.serialization import CONFIG_FILE, FORMAT
 from lmscale.tokenization import Tokenizer
 
@@ -267,8 +267,11 @@ def load_hf_tokenizer(d: Path) -> Any:
         lower = True
         tc = d / "tokenizer_config.json"
         if tc.is_file():
-            lower = bool(json.loads(tc.read_text(encoding="utf-8")).get("do_lower_case", True))
-        impl = BertWordPieceTokenizer(str(d / "vocab.txt"), lowercase=lower)
+            lower = bool(read_json_file(tc, what="tokenizer config").get("do_lower_case", True))
+        try:
+            impl = BertWordPieceTokenizer(str(d / "vocab.txt"), lowercase=lower)
+        except Exception as exc:  # the Rust reader's error for a binary or malformed file
+            raise CheckpointError(f"{d / 'vocab.txt'}: not a WordPiece vocabulary ({one_line(exc)})") from None
         return Tokenizer(impl._tokenizer, kind="wordpiece")
     return None
 
