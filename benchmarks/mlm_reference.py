@@ -40,9 +40,9 @@ from lmscale.data.catalog import resolve_corpus  # noqa: E402
 from lmscale.data.readers import iter_texts  # noqa: E402
 from lmscale.io import atomic_write_json  # noqa: E402
 from lmscale.tokenization import train_tokenizer  # noqa: E402
-from lmscale.training import pretrain  # noqa: E402
 from lmscale.training.build import build_run  # noqa: E402
 from lmscale.training.distributed import DistInfo  # noqa: E402
+from lmscale.training.loop import pretrain  # noqa: E402
 from lmscale.training.metrics import cpu_name, read_metrics  # noqa: E402
 from lmscale.training.optim import lr_at, parameter_groups  # noqa: E402
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from lmscale.cli.argtypes import add_device_argument
+from lmscale.io import dumps_json
 
 HELP = ("emergence: sigmoid / broken-power-law fits, accuracy vs likelihood, extrapolation, two-step ladder "
         "prediction, synthetic ICL")
@@ -133,7 +133,7 @@ def _fit(args: argparse.Namespace) -> int:
         from lmscale.scaling.plots import plot_emergence, save
 
         save(plot_emergence(data, a, log_metric=args.log_metric), args.plot)
-    print(json.dumps(a.to_dict(), indent=2)) if args.json else _print_analysis(a)
+    print(dumps_json(a.to_dict(), indent=2)) if args.json else _print_analysis(a)
     return 0
 
 
@@ -149,7 +149,7 @@ def _compare(args: argparse.Namespace) -> int:
 
         save(plot_metric_pair(disc, da, cont, ca, cmp), args.plot)
     if args.json:
-        print(json.dumps({"discontinuous": da.to_dict(), "continuous": ca.to_dict(), "comparison": cmp}, indent=2))
+        print(dumps_json({"discontinuous": da.to_dict(), "continuous": ca.to_dict(), "comparison": cmp}, indent=2))
         return 0
     _print_analysis(da)
     _print_analysis(ca)
@@ -167,7 +167,7 @@ def _extrapolate(args: argparse.Namespace) -> int:
     r = em.extrapolate(data, args.target, chance=args.chance, max_decades=args.max_decades,
                        n_bootstrap=args.bootstrap, tokens_per_param=args.tokens_per_param)
     if args.json:
-        print(json.dumps(r.to_dict(), indent=2))
+        print(dumps_json(r.to_dict(), indent=2))
     elif r.ok and r.extra_compute_factor == 1.0:
         print(f"{data.label}: {args.target} is already reached at C = {r.compute:.3g} FLOPs (observed)")
     elif r.ok:
@@ -207,7 +207,7 @@ def _ladder(args: argparse.Namespace) -> int:
                           n_bootstrap=args.bootstrap, seed=args.seed, tokens=args.tokens,
                           loss_min_fraction=args.loss_min_fraction)
     if args.json:
-        print(json.dumps(r.to_dict(), indent=2))
+        print(dumps_json(r.to_dict(), indent=2))
         return 0
     print(f"{r.task} {args.metric}: fitted on {', '.join(r.fit_models)} ({r.n_fit_rows} checkpoints; "
           f"{r.n_loss_rows} for the loss law); loss = {r.loss_source}")
@@ -254,7 +254,7 @@ def _icl(args: argparse.Namespace) -> int:
     atomic_write_json(out / "icl.json", res)
     save(plot_icl(res), out / "icl.png")
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(dumps_json(res, indent=2))
         return 0
     for m in res["models"]:
         for task, t in m["transition"].items():
