@@ -204,6 +204,7 @@ def _resume_point(run_dir: Path, info: dist_util.DistInfo, trust: bool,
         if problem is None:
             try:
                 state = ckpt.load_trainer_state(path, trust=trust)
+                ckpt.check_trainer_state(state, path / ckpt.STATE_FILE)
             except ckpt.UntrustedStateError:  # a pickled state refused: the user decides
                 raise
             except CheckpointError as exc:
