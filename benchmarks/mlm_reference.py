@@ -39,7 +39,7 @@ from lmscale.config import load_run_config  # noqa: E402
 from lmscale.data.catalog import resolve_corpus  # noqa: E402
 from lmscale.data.readers import iter_texts  # noqa: E402
 from lmscale.io import atomic_write_json  # noqa: E402
-from lmscale.tokenization import train_tokenizer  # noqa: E402
+from lmscale.tokenization import load_tokenizer, train_tokenizer  # noqa: E402
 from lmscale.training.build import build_run  # noqa: E402
 from lmscale.training.distributed import DistInfo  # noqa: E402
 from lmscale.training.loop import pretrain  # noqa: E402
@@ -49,18 +49,12 @@ from lmscale.training.optim import lr_at, parameter_groups  # noqa: E402
 PROFILE = {"model.position": "relative", "model.relative_bias_init": "alibi"}
 
 
-def run_config(corpus: str, tokenizer: str, shards: Path, out: Path, tokens: int, eval_every: int,
-               seed: int, extra: dict):
+def run_config(corpus: str, tokenizer: str, vocab_size: int, shards: Path, out: Path, tokens: int,
+               eval_every: int, seed: int, extra: dict):
     return load_run_config(preset="bert-tiny", overrides={
         "data.corpus": corpus, "data.tokenizer": tokenizer, "data.shards": str(shards),
-        "model.vocab_size": _vocab_size(tokenizer), "train.max_tokens": tokens, "train.eval_every": eval_every,
+        "model.vocab_size": vocab_size, "train.max_tokens": tokens, "train.eval_every": eval_every,
         "train.seed": seed, "train.device": "cpu", "train.checkpoint_every": 0, "out": str(out), **extra})
-
-
-def _vocab_size(tokenizer: str) -> int:
-    from lmscale.tokenization import load_tokenizer
-
-    return load_tokenizer(tokenizer).vocab_size
 
 
 def lmscale_side(cfg) -> dict:
@@ -140,7 +134,7 @@ def main() -> int:
         tokenizer = str(work / "tokenizer")
         train_tokenizer("wordpiece", iter_texts(files), vocab_size=4096, lowercase=True).save(tokenizer)
     shards = work / "shards"
-    common = (args.corpus, tokenizer, shards)
+    common = (args.corpus, tokenizer, load_tokenizer(tokenizer).vocab_size, shards)
     sides = {
         "transformers BertForMaskedLM": lambda: transformers_side(
             run_config(*common, work / "hf", int(args.tokens), args.eval_every, args.seed, {})),

@@ -79,13 +79,13 @@ def build_run(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False, tr
     when `resume`; a pickled state of an older checkpoint in full only when `trust_checkpoint`);
     every process calls it."""
     cfg = with_absolute_paths(cfg)
-    resolve_device(cfg.train.device, info, "train.device")  # an unavailable device fails before data is prepared
+    device = resolve_device(cfg.train.device, info, "train.device")  # an unavailable device fails before data
     check_trackers(cfg.train.report_to)  # and so does a tracker that is not installed
     run_dir = _checked_run_dir(cfg, info)
     tc = cfg.train
     micro, accum = _batching(tc, info)
     _check_budget(tc)
-    _check_memory(cfg, micro, resolve_device(tc.device, info, "train.device"))
+    _check_memory(cfg, micro, device)
     if tc.init_from is not None and (not resume or cfg.data.tokenizer is None):
         cfg = take_parent_tokenizer(cfg, run_dir, info)  # continued pretraining (`--init-from`)
     cfg, tokenizer, objective, shard_dir = _prepare_data(cfg, run_dir, resume, info)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from lmscale.cli.argtypes import nonnegative_float, positive_float
 
@@ -24,21 +23,14 @@ HOFFMANN_PUBLISHED = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from lmscale.errors import DataError
-    from lmscale.io import dumps_json
+    from lmscale.io import dumps_json, read_json_file
     from lmscale.scaling.allocation import compute_optimal, inference_aware, repeated_data
 
     if args.fit:
-        path = Path(args.fit)
-        if not path.is_file():
-            raise DataError(f"{args.fit}: no such fit file")
-        try:
-            fit = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{args.fit}: not JSON ({exc})") from None
-        if not isinstance(fit, dict) or not isinstance(fit.get("params"), dict):
+        fit = read_json_file(args.fit, what="--fit")
+        if not isinstance(fit.get("params"), dict):
             raise DataError(f"{args.fit}: not a fit (no \"params\"); write one with `lmscale fit --out`")
         if fit.get("converged") is False:
             raise DataError(f"{args.fit}: the fit did not converge; refit before allocating")
