@@ -33,10 +33,11 @@ from lmscale.scaling.fitting import fit_chinchilla  # noqa: E402
 from lmscale.scaling.registry import Registry  # noqa: E402
 
 
-def _sweep(schedule: str | None, scale: float, decay_fraction: float, shape: str, sizes: list[float]) -> SweepConfig:
+def _sweep(schedule: str | None, scale: float, decay_fraction: float, shape: str, sizes: list[float],
+           tokens: list[float]) -> SweepConfig:
     d = json.loads(json.dumps(DEMO_SWEEP))
     d["name"] = f"bench-{schedule or 'cosine'}"
-    d["tokens"] = [t * scale for t in d["tokens"]]
+    d["tokens"] = tokens or [t * scale for t in d["tokens"]]
     d["sizes"] = sizes or d["sizes"]
     d["base"]["train"]["decay_shape"] = shape
     d["evals_per_run"] = 2
@@ -67,7 +68,9 @@ def _fit(points: dict, n_boot: int) -> dict:
     res = fit_chinchilla([k[0] for k in keys], [k[1] for k in keys], [points[k].final_val_loss for k in keys],
                          holdout=None, n_bootstrap=n_boot, grid="coarse")
     res.pop("_law")
-    return {"params": res["params"], "ci95": res.get("ci95", {})}
+    held = fit_chinchilla([k[0] for k in keys], [k[1] for k in keys], [points[k].final_val_loss for k in keys],
+                          holdout="largest", n_holdout=1, grid="coarse")
+    return {"params": res["params"], "ci95": res.get("ci95", {}), "heldout_largest": held["holdout"][0]}
 
 
 def main() -> int:
@@ -75,6 +78,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-wsd-sweep"), help="sweep directories (ignored by git)")
     ap.add_argument("--tokens-scale", type=float, default=1 / 3)
     ap.add_argument("--sizes", type=float, nargs="*", default=[])
+    ap.add_argument("--tokens", type=float, nargs="*", default=[], help="token budgets (instead of --tokens-scale)")
     ap.add_argument("--decay-fraction", type=float, default=0.2)
     ap.add_argument("--decay-shape", default="1-sqrt", choices=("linear", "cosine", "1-sqrt"))
     ap.add_argument("--bootstrap", type=int, default=200)
@@ -84,7 +88,7 @@ def main() -> int:
     out = Path(args.out)
     regs, secs = {}, {}
     for mode in (None, "wsd"):
-        sw = _sweep(mode, args.tokens_scale, args.decay_fraction, args.decay_shape, args.sizes)
+        sw = _sweep(mode, args.tokens_scale, args.decay_fraction, args.decay_shape, args.sizes, args.tokens)
         t0 = time.perf_counter()
         res = run_sweep(sw, out / sw.name, workers=1, threads_per_worker=args.threads)
         secs[mode or "cosine"] = time.perf_counter() - t0
@@ -107,7 +111,8 @@ def main() -> int:
     cost = {m: _cost(r) for m, r in regs.items()}
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "threads": args.threads, "tokens_scale": args.tokens_scale, "decay_fraction": args.decay_fraction,
+        "threads": args.threads, "tokens_scale": args.tokens_scale, "tokens": args.tokens,
+        "decay_fraction": args.decay_fraction,
         "decay_shape": args.decay_shape, "points": rows, "fits": fits, "fit_params_agree": agree,
         "flops": cost, "flops_ratio": cost["wsd"] / cost["cosine"], "wall_s": secs,
         "max_abs_rel_diff": max(abs(r["rel_diff"]) for r in rows),
@@ -120,6 +125,9 @@ def main() -> int:
     for m, f in fits.items():
         ci = f["ci95"]
         print(m, " ".join(f"{k}={v:.4g} [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" for k, v in f["params"].items()))
+        h = f["heldout_largest"]
+        print(f"  {m}: largest-compute point held out: actual {h['loss']:.4f}, predicted {h['predicted']:.4f} "
+              f"({100 * h['rel_error']:+.2f}%)")
     print(f"parameters inside the other's 95% interval: {agree}")
     print(f"training FLOPs: cosine {cost['cosine']:.4g}, wsd {cost['wsd']:.4g}, ratio {result['flops_ratio']:.3f}; "
           f"wall: {secs}")

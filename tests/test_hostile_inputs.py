@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import math
@@ -16,6 +17,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -84,9 +86,17 @@ def refused(result: tuple[int, str, str], *names: str) -> str:
 
 
 def tree(root: Path) -> dict[str, tuple]:
-    """Every path under `root` with its kind, size and modification time."""
-    return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
+    """Every path under `root` (links not followed) with its kind, a hash of its content (a link:
+    its target), size and modification time: any change anywhere shows."""
+    def entry(p: Path) -> tuple:
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            return ("link", os.readlink(p), 0, st.st_mtime_ns)
+        if stat.S_ISREG(st.st_mode):
+            return ("file", hashlib.sha256(p.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns)
+        return ("dir" if stat.S_ISDIR(st.st_mode) else "other", "", 0, st.st_mtime_ns)
+
+    return {str(p.relative_to(root)): entry(p) for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +244,18 @@ CASES = [
                                        "--out", "{S}/corpus.txt/sub"], A_FILE, ["--out", "is a file"]),
     ("pretrain-overwrite-missing-corpus", ["pretrain", "--preset", "gpt-tiny", "--corpus", "{S}/nope.txt",
                                            "--out", "{S}/OV", "--overwrite", "--max-steps", "1"], _user_dotfiles,
+     ["--out", "/OV", "did not write", "not even with --overwrite"]),
+    ("pretrain-overwrite-run-missing-corpus", ["pretrain", "--preset", "gpt-tiny", "--corpus", "{S}/nope.txt",
+                                               "--out", "{S}/g", "--overwrite", "--max-steps", "1"], _copy("G", "g"),
      ["nope.txt"]),
+    ("pretrain-into-run-a-user-added-to", ["pretrain", "--preset", "gpt-tiny", "--corpus", "{C}", "--out", "{S}/g",
+                                           "--max-steps", "1"], _both(_copy("G", "g"), _write("g/notes.txt", "mine")),
+     ["--out", "notes.txt"]),
+    ("convert-into-output-a-user-added-to", ["convert", "--to-hf", "{G}", "--out", "{S}/hf", "--overwrite"],
+     _both(_copy("HF", "hf"), _write("hf/notes.txt", "mine")), ["--out", "notes.txt", "manifest"]),
+    ("data-prepare-into-shards-a-user-added-to", ["data", "prepare", "--corpus", "{C}", "--tokenizer", "{TOK}",
+                                                  "--out", "{S}/g/shards"],
+     _both(_copy("G", "g"), _write("g/shards/notes.txt", "mine")), ["--out", "/shards"]),
     ("predict-out-is-its-input", ["predict", "{FT}", "--input", "{S}/d.jsonl", "--out", "{S}/d.jsonl"],
      _write("d.jsonl", '{"sentence": "a cat"}\n'), ["--out", "--input"]),
     ("fit-out-is-a-users-json", ["fit", "{S}/runs.csv", "--bootstrap", "0", "--out", "{S}/mine.json"],
@@ -517,15 +538,22 @@ def test_writers_reuse_their_own_output_and_overwrite_only_when_asked(fx, tmp_pa
     out = tmp_path / "hf"
     assert cli("convert", "--to-hf", fx["G"], "--out", out)[0] == 0
     assert cli("convert", "--to-hf", fx["G"], "--out", out)[0] == 0  # its own output: replaced
+    manifest = json.loads((out / ".lmscale").read_text())
+    assert manifest["kind"] == "model" and "model.safetensors" in manifest["entries"]
     foreign = tmp_path / "d"
     foreign.mkdir()
     (foreign / "important.txt").write_text("mine")
-    assert cli("convert", "--to-hf", fx["G"], "--out", foreign, "--overwrite")[0] == 0
-    assert (foreign / "config.json").is_file()
+    refused(cli("convert", "--to-hf", fx["G"], "--out", foreign, "--overwrite"), "--out", "important.txt")
+    assert [e.name for e in foreign.iterdir()] == ["important.txt"]
+    assert (foreign / "important.txt").read_text() == "mine"
     tok = tmp_path / "tok"
     for _ in range(2):
         assert cli("tokenizer", "train", "--kind", "bpe", "--vocab-size", "300", "--input", fx["C"], "--out", tok,
                    "--json")[0] == 0
+    # --overwrite lets a command replace lmscale's output of another kind, and only that
+    refused(cli("convert", "--to-hf", fx["G"], "--out", tok), "--out", "tokenizer output", "--overwrite")
+    assert cli("convert", "--to-hf", fx["G"], "--out", tok, "--overwrite")[0] == 0
+    assert json.loads((tok / ".lmscale").read_text())["kind"] == "model"
     fit = tmp_path / "fit.json"
     (tmp_path / "runs.csv").write_text(RUNS_CSV)
     for _ in range(2):  # a fit JSON lmscale wrote is replaced without --overwrite

@@ -8,6 +8,9 @@ from typing import Any, Optional
 
 from lmscale.config import DEVICE_RE
 
+OVERWRITE_DIR_HELP = ("write into --out even when it holds lmscale's output of another kind "
+                      "(a directory holding files lmscale did not write is always refused)")
+
 
 def _number(text: str, kind: type) -> float:
     try:

@@ -35,7 +35,7 @@ from lmscale.data.catalog import Corpus, held_out_indices, resolve_corpus, sourc
 from lmscale.data.readers import DEFAULT_TEXT_FIELD
 from lmscale.errors import DataError
 from lmscale.io import atomic_directory, atomic_write_json
-from lmscale.io.outputs import MARKER, is_marked, mark_output_dir, only_known_entries
+from lmscale.io.outputs import MARKER, foreign_entries, is_marked, mark_output_dir, only_known_entries
 from lmscale.tokenization import Tokenizer, fast_bpe
 from lmscale.tokenization.tokenizer import DOC_SEPARATORS
 
@@ -503,7 +503,7 @@ def _owns_shard_dir(out: Path) -> bool:
     the marker) it holds only shard files and an index.json in lmscale's format. A directory is
     replaced as a whole, so a user's file beside an index.json makes it theirs."""
     if is_marked(out, (SHARDS_KIND,)):
-        return True
+        return not foreign_entries(out)  # a user's file put beside the shards makes the directory theirs
     if not only_known_entries(out, _SHARD_FILES):
         return False
     try:

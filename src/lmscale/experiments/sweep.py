@@ -60,6 +60,9 @@ __all__ = ["DEMO_SWEEP", "DESIGNS", "LAUNCHERS", "REGISTRY_FILE", "RunOutcome", 
 DESIGNS = ("grid", "isoflop")
 SCHEDULE_MODES = (None, "cosine", "wsd")  # None/cosine: each run its own schedule (base.train.schedule)
 REGISTRY_FILE = "registry.sqlite"  # OUT/REGISTRY_FILE unless --registry says otherwise
+# what a sweep writes in its directory (the marker's manifest claims them up front)
+SWEEP_ENTRIES = ("sweep.yaml", "runs", "data", "configs", "logs", REGISTRY_FILE,
+                 *(REGISTRY_FILE + s for s in ("-wal", "-shm", "-journal")))
 
 
 @dataclass
@@ -445,7 +448,7 @@ def register(sweep: SweepConfig, out_dir: str | os.PathLike, registry: str | os.
     """Plan the sweep, prepare its shared data, and write its runs into the registry."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mark_output_dir(out, "sweep")
+    mark_output_dir(out, "sweep", claim=SWEEP_ENTRIES)
     reg = Registry(registry or out / REGISTRY_FILE, journal_mode=journal_mode)
     specs = plan(sweep, out)
     base = sweep.base_config()

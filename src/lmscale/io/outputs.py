@@ -1,22 +1,28 @@
 """Where a command may write: output paths are checked before any work starts.
 
 A command never deletes or replaces what lmscale did not write. An output directory must be
-missing, empty, or one lmscale wrote (it holds the `.lmscale` marker, or the caller recognises its
-layout); a non-empty directory of anything else, or a file where a directory is asked for, is
-refused unless the user passes `--overwrite`. An output file may replace a file lmscale wrote in
-that format, never a directory, and never another file without `--overwrite`.
+missing, empty, or one lmscale wrote: it holds the `.lmscale` marker, whose manifest names every
+entry lmscale wrote there (or the caller recognises an older layout). A file where a directory is
+asked for is refused; so is a directory holding an entry the manifest does not name (a user's
+file put beside lmscale's output), even with `--overwrite`, because a command may replace its
+output directory as a whole. `--overwrite` lets a command replace lmscale's output of another
+kind. An output file may replace a file lmscale wrote in that format, never a directory, and
+another file only with `--overwrite`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from lmscale.errors import LmscaleError
 from lmscale.io import atomic_write_text
 
-MARKER = ".lmscale"  # in every output directory lmscale writes: {"written_by": "lmscale", "kind": ...}
+# in every output directory lmscale writes: {"written_by": "lmscale", "kind": ..., "entries": [names it wrote]}
+MARKER = ".lmscale"
+LOCK = ".lock"  # lmscale.io.locks.LOCK_FILE
 # formats lmscale writes as single files, each recognised by its whole content
 FILE_KINDS = ("json", "jsonl", "html", "csv", "yaml")
 GENERATOR_TAG = "<meta name='generator' content='lmscale'>"  # in every HTML report lmscale writes
@@ -41,13 +47,56 @@ def only_known_entries(path: str | os.PathLike, allowed: frozenset[str]) -> bool
     return all(e.name in allowed or (e.name.startswith(".") and e.name.endswith(".tmp")) for e in Path(path).iterdir())
 
 
+def _marker(path: str | os.PathLike) -> Optional[dict]:
+    """The marker of directory `path` when lmscale wrote it (a regular file, never a link), else None."""
+    m = Path(path) / MARKER
+    try:
+        if m.is_symlink() or not m.is_file() or m.stat().st_size > 1 << 20:
+            return None
+        data = json.loads(m.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and data.get("written_by") == "lmscale" else None
+
+
 def marked_kind(path: str | os.PathLike) -> Optional[str]:
     """The kind of output lmscale wrote in directory `path` (its marker says), or None."""
-    try:
-        data = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    data = _marker(path)
+    return None if data is None else str(data.get("kind"))
+
+
+def recorded_entries(path: str | os.PathLike) -> Optional[frozenset[str]]:
+    """The names the marker's manifest says lmscale wrote in `path`; None for no marker, or a
+    marker from before manifests (its directory is lmscale's as a whole)."""
+    data = _marker(path)
+    entries = None if data is None else data.get("entries")
+    if not isinstance(entries, list):
         return None
-    return str(data.get("kind")) if isinstance(data, dict) and data.get("written_by") == "lmscale" else None
+    return frozenset(e for e in entries if isinstance(e, str))
+
+
+def _owned_name(name: str, owned: frozenset[str]) -> bool:
+    """`name` is lmscale's in a directory whose manifest is `owned`: recorded, the marker or lock,
+    or a temporary (`.NAME.*.tmp`, `.NAME.old`) of a recorded name."""
+    if name in owned or name in (MARKER, LOCK):
+        return True
+    if name.startswith(".") and name.endswith(".tmp"):
+        base = name[1:-4].rpartition(".")[0]
+        return base in owned or name[1:-4] in owned
+    return name.startswith(".") and name.endswith(".old") and name[1:-4] in owned
+
+
+def foreign_entries(path: str | os.PathLike, ours: Optional[Callable[[Path], bool]] = None) -> list[str]:
+    """The entries of directory `path` that lmscale did not write: all of them without a marker
+    (unless `ours(path)` recognises an older unmarked layout), those outside the manifest with one."""
+    p = Path(path)
+    names = sorted(e.name for e in p.iterdir())
+    owned = recorded_entries(p)
+    if owned is None:
+        if _marker(p) is not None or (ours is not None and names and ours(p)):
+            return []  # written before manifests: lmscale's as a whole
+        return names
+    return [n for n in names if not _owned_name(n, owned)]
 
 
 def is_marked(path: str | os.PathLike, kinds: Optional[tuple[str, ...]] = None) -> bool:
@@ -56,18 +105,44 @@ def is_marked(path: str | os.PathLike, kinds: Optional[tuple[str, ...]] = None) 
     return kind is not None and (kinds is None or kind in kinds)
 
 
-def mark_output_dir(path: str | os.PathLike, kind: str) -> None:
-    """Put the marker in `path` (created if missing): lmscale wrote this directory."""
+def mark_output_dir(path: str | os.PathLike, kind: str, claim: Iterable[str] = ()) -> None:
+    """Put or update the marker in `path` (created if missing): lmscale writes this directory as
+    `kind`. Its manifest records every entry there now (call it after `check_output_dir`, which
+    refused anything foreign, or after writing) and the names in `claim` that the command is about
+    to write, so that a kill before the next mark leaves nothing of lmscale's unrecorded."""
     p = Path(path)
-    if not (p / MARKER).is_file():
-        atomic_write_text(p / MARKER, json.dumps({"written_by": "lmscale", "kind": kind}) + "\n")
+    p.mkdir(parents=True, exist_ok=True)
+    present = {e.name for e in p.iterdir() if e.name not in (MARKER, LOCK)}
+    # temporaries stay out of the manifest: they are owned through the name they stand for
+    present = {n for n in present if not (n.startswith(".") and (n.endswith(".tmp") or n.endswith(".old")))}
+    entries = sorted(present | set(claim))
+    data = {"written_by": "lmscale", "kind": kind, "entries": entries}
+    if _marker(p) != data:
+        atomic_write_text(p / MARKER, json.dumps(data) + "\n")
+
+
+@contextlib.contextmanager
+def owned_output_dir(path: str | os.PathLike, kind: str, claim: Iterable[str] = ()) -> Iterator[Path]:
+    """Mark `path` (already checked) as `kind` claiming `claim`, and record what the command wrote
+    there when it ends, whether it succeeds or fails."""
+    claim = tuple(claim)
+    mark_output_dir(path, kind, claim)
+    try:
+        yield Path(path)
+    finally:
+        if Path(path).is_dir():
+            mark_output_dir(path, kind, claim)
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--out", overwrite: bool = False,
                      ours: Optional[Callable[[Path], bool]] = None, kinds: Optional[tuple[str, ...]] = None) -> Path:
-    """Refuse `path` as an output directory when it is a file, or a non-empty directory that lmscale
-    did not write as one of `kinds` (no such marker, and `ours(path)` is not true), unless
-    `overwrite`."""
+    """Refuse `path` as an output directory when it is a file, holds an entry lmscale did not write
+    (`foreign_entries`; not even with `overwrite`), or is lmscale's output of a kind other than
+    `kinds` (unless `overwrite`)."""
     p = Path(path)
     if p.is_symlink() and not p.exists():
         raise OutputError(f"{flag} {p}: a dangling symbolic link; choose another {flag}")
@@ -75,15 +150,18 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out", overwrite: bo
         if not p.is_dir():
             raise OutputError(f"{flag} {p}: is a file, not a directory; choose another {flag} "
                               "(lmscale never replaces a file by a directory)")
-        entries = sorted(e.name for e in p.iterdir())
-        if entries and not overwrite and not is_marked(p, kinds) and not (ours is not None and ours(p)):
-            kind = marked_kind(p)
-            if kind is not None:
-                raise OutputError(f"{flag} {p}: holds lmscale's {kind} output, not this command's; choose another "
-                                  f"{flag}, or pass --overwrite to write there anyway")
-            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-            raise OutputError(f"{flag} {p}: a non-empty directory that lmscale did not write (holds {shown}); "
-                              f"choose another {flag}, or pass --overwrite to write there anyway")
+        foreign = foreign_entries(p, ours)
+        kind = marked_kind(p)
+        if foreign and kind is None:
+            raise OutputError(f"{flag} {p}: a non-empty directory that lmscale did not write (holds "
+                              f"{_shown(foreign)}); lmscale never replaces or deletes what it did not write, "
+                              f"not even with --overwrite, so choose another {flag}")
+        if foreign:
+            raise OutputError(f"{flag} {p}: holds {_shown(foreign)}, which lmscale did not write there (its "
+                              f"{MARKER} manifest does not name them); move them away or choose another {flag}")
+        if kind is not None and kinds is not None and kind not in kinds and not overwrite:
+            raise OutputError(f"{flag} {p}: holds lmscale's {kind} output, not this command's; choose another "
+                              f"{flag}, or pass --overwrite to replace it")
     else:
         _check_ancestors(p, flag)
     return p

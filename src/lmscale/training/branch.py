@@ -26,7 +26,7 @@ from lmscale.io import atomic_directory, atomic_write_text
 from lmscale.io.outputs import OutputError, check_output_dir, mark_output_dir
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
-from lmscale.training.build import looks_like_run_dir, with_absolute_paths
+from lmscale.training.build import RUN_DIR_ENTRIES, looks_like_run_dir, with_absolute_paths
 from lmscale.training.optim import in_stable_phase, tokens_per_step, warmup_steps_for
 from lmscale.training.rundir import RESUME_MAY_CHANGE, RunDir
 
@@ -119,7 +119,7 @@ def _prepare(requested: RunConfig, overwrite: bool) -> RunConfig:
     lock = rd.lock().acquire()
     try:
         rd.check_no_symlinks()
-        mark_output_dir(out, "run")
+        mark_output_dir(out, "run", claim=RUN_DIR_ENTRIES)
         ckpt.clear_checkpoints(out)
         rd.remove_summary()
         at_step = int(state["step"])

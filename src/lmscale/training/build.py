@@ -156,7 +156,7 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
             if problem:
                 raise ConfigError(f"cannot write to the run directory {run_dir.root} ({problem}); "
                                   "choose another --out")
-            mark_output_dir(run_dir.root, "run")
+            mark_output_dir(run_dir.root, "run", claim=RUN_DIR_ENTRIES)
             clean_stale_temporaries(run_dir.root, subdirs=(CHECKPOINTS_DIR,), owned=_written_by_runs)
         except LmscaleError as exc:
             if lock is not None:

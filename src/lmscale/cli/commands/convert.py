@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmscale.cli.argtypes import OVERWRITE_DIR_HELP
 from lmscale.io import dumps_json
 
 HELP = "convert between transformers checkpoints (BERT, GPT-2, GPT, T5, Llama, GPT-NeoX) and lmscale model dirs"
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output directory (replaced atomically; it must be new, empty, or one convert wrote)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace --out even when it is a non-empty directory that convert did not write")
+                   help=OVERWRITE_DIR_HELP)
     p.add_argument("--json", action="store_true", help="print a JSON summary only")
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmscale.cli.argtypes import add_device_argument
+from lmscale.cli.argtypes import OVERWRITE_DIR_HELP, add_device_argument
 from lmscale.io import dumps_json
 
 HELP = ("emergence: sigmoid / broken-power-law fits, accuracy vs likelihood, extrapolation, two-step ladder "
@@ -100,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     i = sub.add_parser("icl", help="train small decoders on synthetic in-context tasks; watch the abrupt rise")
     i.add_argument("--out", required=True, help="directory for icl.json and icl.png")
-    i.add_argument("--overwrite", action="store_true", help="write into --out even if lmscale did not write it")
+    i.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     i.add_argument("--small", action="store_true", help="the seconds-long setting (machinery check)")
     i.add_argument("--widths", type=int, nargs="+", help="model widths (d_model), 2 layers each")
     i.add_argument("--steps", type=int, help="training steps per model")
@@ -250,7 +250,7 @@ def _icl(args: argparse.Namespace) -> int:
     cfg.device = args.device
     res = run_icl(cfg, log=None if args.json else (lambda s: print(s, flush=True)))
     out = Path(args.out)
-    mark_output_dir(out, "icl")
+    mark_output_dir(out, "icl", claim=("icl.json", "icl.png"))
     atomic_write_json(out / "icl.json", res)
     save(plot_icl(res), out / "icl.png")
     if args.json:

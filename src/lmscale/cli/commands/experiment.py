@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmscale.cli.argtypes import add_device_argument
+from lmscale.cli.argtypes import OVERWRITE_DIR_HELP, add_device_argument
 from lmscale.io import dumps_json
 
 HELP = "run the lecture's experiments (pretraining-effect, transfer, coord-check)"
@@ -76,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--max-eval", type=int, default=None,
                    help="dev and test examples scored (the first of each split; default: all)")
     e.add_argument("--json", action="store_true", help="print results.json only")
-    e.add_argument("--overwrite", action="store_true", help="write into --out even if lmscale did not write it")
+    e.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     add_device_argument(e)
     _add_transfer(sub)
     _add_coord_check(sub)
@@ -106,7 +106,7 @@ def _add_transfer(sub) -> None:
     t.add_argument("--max-steps", type=int, default=500)
     t.add_argument("--evaluations", type=int, default=5)
     t.add_argument("--json", action="store_true", help="print results.json only")
-    t.add_argument("--overwrite", action="store_true", help="write into --out even if lmscale did not write it")
+    t.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     add_device_argument(t)
 
 
@@ -144,7 +144,7 @@ def _add_coord_check(sub) -> None:
     c.add_argument("--base-width", type=int, help="muP base width (default: the smallest width)")
     c.add_argument("--seeds", type=int, default=3, help="seeds averaged per width")
     c.add_argument("--out", default="runs/coord-check")
-    c.add_argument("--overwrite", action="store_true", help="write into --out even if lmscale did not write it")
+    c.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     c.add_argument("--json", action="store_true", help="print coord_check.json only")
 
 
@@ -170,7 +170,7 @@ def _run_coord_check(args: argparse.Namespace) -> int:
     cc = CoordCheckConfig(preset_model(args.preset), widths=widths, steps=args.steps, lr=args.lr,
                           base_width=args.base_width, seeds=args.seeds)
     res = run_coord_check(cc, log=None if args.json else (lambda s: print(s, flush=True)))
-    mark_output_dir(out, "coord-check")
+    mark_output_dir(out, "coord-check", claim=("coord_check.json", "coord_check.png"))
     atomic_write_json(out / "coord_check.json", res)
     save(plot_coord_check(res), out / "coord_check.png")
     if args.json:
@@ -210,11 +210,12 @@ def _claim_out(args: argparse.Namespace) -> None:
     """A re-run continues in the directory it wrote; anything else there is refused before work."""
     from pathlib import Path
 
+    from lmscale.experiments.pretraining_effect import EXPERIMENT_ENTRIES
     from lmscale.io.outputs import check_output_dir, mark_output_dir
 
     check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("experiment",),
                      ours=lambda d: (Path(d) / "results.json").is_file())
-    mark_output_dir(args.out, "experiment")
+    mark_output_dir(args.out, "experiment", claim=EXPERIMENT_ENTRIES)
 
 
 def _show(args: argparse.Namespace, result: dict) -> int:

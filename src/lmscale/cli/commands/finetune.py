@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from lmscale.cli.argtypes import (
+    OVERWRITE_DIR_HELP,
     add_device_argument,
     fraction,
     nonnegative_float,
@@ -68,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="vocab when training one for --preset")
     p.add_argument("--out", required=True, help="run directory (best/, metrics.jsonl, results.json)")
     p.add_argument("--overwrite", action="store_true",
-                   help="write into --out even when it is a non-empty directory lmscale did not write")
+                   help=OVERWRITE_DIR_HELP)
     add_task_arguments(p)
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--mode", default="auto", choices=("auto", "head", "text-to-text"))
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from lmscale.errors import LmscaleError
     from lmscale.finetune.api import load_body, mixture_task
     from lmscale.finetune.tasks import load_task
-    from lmscale.finetune.trainer import FinetuneConfig, finetune, looks_like_finetune_dir
+    from lmscale.finetune.trainer import FINETUNE_DIR_ENTRIES, FinetuneConfig, finetune, looks_like_finetune_dir
     from lmscale.io.locks import DirectoryLock
     from lmscale.io.outputs import check_output_dir, mark_output_dir
 
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"epoch {rec['epoch']:3d} step {rec['step']:6d} loss {loss} | dev {dev}")
 
     with DirectoryLock(args.out, "fine-tuning run directory"):
-        mark_output_dir(args.out, "finetune")
+        mark_output_dir(args.out, "finetune", claim=FINETUNE_DIR_ENTRIES)
         results = finetune(body, tok, task, cfg, out_dir=args.out, log=log)
     results.pop("model", None)
     if args.json:

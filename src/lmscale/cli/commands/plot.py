@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from lmscale.cli.argtypes import OVERWRITE_DIR_HELP
 from lmscale.cli.commands.report import add_source_arguments, build, summarize
 from lmscale.io import dumps_json
 
@@ -12,17 +13,16 @@ HELP = "scaling figures (loss vs C/N/D with fits and bands, IsoFLOPs, allocation
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_source_arguments(p)
     p.add_argument("-o", "--out", required=True, help="directory for the PNG files")
-    p.add_argument("--overwrite", action="store_true", help="write into --out even if lmscale did not write it")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from lmscale.io.outputs import check_output_dir
+    from lmscale.io.outputs import check_output_dir, owned_output_dir
 
-    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("figures",),
-                     ours=lambda d: all(e.suffix == ".png" for e in Path(d).iterdir()))
-    res = build(args, None, args.out)
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("figures",))
+    with owned_output_dir(args.out, "figures"):
+        res = build(args, None, args.out)
     if args.json:
         print(dumps_json(res, indent=2, default=float))
     else:

@@ -6,7 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lmscale.cli.argtypes import add_device_argument, seed
+from lmscale.cli.argtypes import OVERWRITE_DIR_HELP, add_device_argument, seed
 
 HELP = "pretrain a BERT/GPT/T5-style model from a corpus or token shards (also under torchrun)"
 DESCRIPTION = (
@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resume an older checkpoint whose pickled trainer_state.pt needs the full unpickler "
                         "(it can run code from the file: only for run directories you trust)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start the run in --out even when it is a non-empty directory that is not a run directory")
+                   help=OVERWRITE_DIR_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
     p.add_argument("--print-config", action="store_true",

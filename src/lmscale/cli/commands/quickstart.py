@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmscale.cli.argtypes import add_device_argument
+from lmscale.cli.argtypes import OVERWRITE_DIR_HELP, add_device_argument
 
 HELP = "walk through tokenizers, pretraining, use, fine-tuning, scaling and emergence on WikiText-2"
 DESCRIPTION = (
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")
     p.add_argument("--redo", default=None, help="comma-separated stage names to run again")
     p.add_argument("--overwrite", action="store_true",
-                   help="write into --out even if it is a non-empty directory lmscale did not write")
+                   help=OVERWRITE_DIR_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -74,21 +74,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="HTML file to write")
     p.add_argument("--png-dir", help="also write the figures as PNG files here")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace --out (and write into --png-dir) even if lmscale did not write them")
+                   help="replace --out even if lmscale did not write it, and write into --png-dir over "
+                        "lmscale's output of another kind")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from lmscale.io import dumps_json
-    from lmscale.io.outputs import check_output_dir, check_output_file
+    from lmscale.io.outputs import check_output_dir, check_output_file, owned_output_dir
 
     check_output_file(args.out, "--out", kind="html", overwrite=args.overwrite,
                       inputs=(("SOURCE", args.source), ("--emergence", args.emergence), ("--icl", args.icl)))
     if args.png_dir:
-        check_output_dir(args.png_dir, "--png-dir", overwrite=args.overwrite, kinds=("figures",),
-                         ours=lambda d: all(e.suffix == ".png" for e in Path(d).iterdir()))
-    res = build(args, args.out, args.png_dir)
+        check_output_dir(args.png_dir, "--png-dir", overwrite=args.overwrite, kinds=("figures",))
+        with owned_output_dir(args.png_dir, "figures"):
+            res = build(args, args.out, args.png_dir)
+    else:
+        res = build(args, args.out, args.png_dir)
     if args.json:
         print(dumps_json(res, indent=2, default=float))
     else:

@@ -4,7 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmscale.cli.argtypes import add_device_argument, bootstrap_count, nonnegative_int, positive_float, positive_int
+from lmscale.cli.argtypes import (
+    OVERWRITE_DIR_HELP,
+    add_device_argument,
+    bootstrap_count,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from lmscale.io import dumps_json
 
 HELP = "scaling sweeps (grid / IsoFLOP) of `lmscale pretrain` runs with a SQLite run registry"
@@ -38,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="multiply every token budget (quick checks of the machinery)")
     r.add_argument("--dry-run", action="store_true", help="print the plan only")
     r.add_argument("--overwrite", action="store_true",
-                   help="use --out even when it is a non-empty directory that is not a sweep directory")
+                   help=OVERWRITE_DIR_HELP)
     r.add_argument("--json", action="store_true", help="machine-readable output")
     # the spelling is checked here; whether the device exists, by each run where it runs (a Slurm
     # or torchrun node, not necessarily this machine)

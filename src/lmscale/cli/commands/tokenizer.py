@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmscale.cli.argtypes import nonnegative_int, positive_int
+from lmscale.cli.argtypes import OVERWRITE_DIR_HELP, nonnegative_int, positive_int
 from lmscale.io import dumps_json
 
 HELP = "train a tokenizer (bpe | wordpiece | unigram), encode text, or explain BPE step by step"
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or a catalog corpus name (its train split)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--overwrite", action="store_true",
-                   help="write into --out even when it is a non-empty directory lmscale did not write")
+                   help=OVERWRITE_DIR_HELP)
     t.add_argument("--lowercase", action="store_true")
     t.add_argument("--min-frequency", type=nonnegative_int, default=2,
                    help="bpe/wordpiece: minimum pair/piece frequency")

@@ -47,6 +47,9 @@ STAGES: list[Stage] = [
     Stage("8. Write report.html", report.run, report.ReportResult),
 ]
 
+# what the stages write in the quickstart's directory (the marker's manifest claims them up front)
+QUICKSTART_ENTRIES = ("stages", "report.html", "tokenizers", "shards", "runs", "finetune", "sweep", "emergence")
+
 
 def print_checks(console: Console, checks: Sequence[Check], profile: str) -> None:
     """The check / target / measured / met table, after each stage and for the whole run."""
@@ -77,7 +80,7 @@ def run_quickstart(out: str | Path = "lmscale-out", fast: bool = False, corpus: 
     out = Path(out).resolve()
     check_output_dir(out, "--out", overwrite=overwrite, ours=lambda p: (p / "stages").is_dir(), kinds=("quickstart",))
     out.mkdir(parents=True, exist_ok=True)
-    mark_output_dir(out, "quickstart")
+    mark_output_dir(out, "quickstart", claim=QUICKSTART_ENTRIES)
     corpus = corpus or spec.get("corpus", "wikitext-2")  # the profile's own corpus unless one is given
     ctx = Context(out=out, profile_name=name, profile=spec, fast=fast, corpus=corpus, device=device, console=console)
     console.rule(f"lmscale quickstart ({ctx.mode} profile, {device}) -> {out}")
