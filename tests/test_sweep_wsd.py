@@ -164,8 +164,11 @@ def _muennighoff_registry(path, n=120):
 
 
 def test_recorded_unique_tokens_feed_the_data_constrained_law(tmp_path, capsys):
-    """Registry -> export -> `lmscale fit --law data-constrained` recovers Muennighoff's constants; the
-    Chinchilla `sweep fit` of the same runs warns in one line that they repeat their data."""
+    """Registry -> export -> `lmscale fit` (law auto) picks the data-constrained law because runs
+    repeated their data, says so, and recovers Muennighoff's constants; `sweep fit` picks it too,
+    and a Chinchilla fit asked of the same runs warns in one line that they repeat their data."""
+    import json
+
     from lmscale.cli import main
 
     reg_path = tmp_path / "registry.sqlite"
@@ -174,13 +177,32 @@ def test_recorded_unique_tokens_feed_the_data_constrained_law(tmp_path, capsys):
     assert "U" in t.values and t.columns["U"] == "unique_tokens"
     assert main(["sweep", "export", str(reg_path), "-o", str(tmp_path / "runs.csv")]) == 0
     capsys.readouterr()
-    assert main(["fit", str(tmp_path / "runs.csv"), "--law", "data-constrained", "--json"]) == 0
-    import json
-
-    got = json.loads(capsys.readouterr().out)["params"]
+    assert main(["fit", str(tmp_path / "runs.csv"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["law"] == "data-constrained" and "past 4 epochs" in res["law_choice"]
     for k in ("R_D_star", "R_N_star", "alpha", "beta"):
-        assert got[k] == pytest.approx(true[k], rel=0.02), k
+        assert res["params"][k] == pytest.approx(true[k], rel=0.02), k
     assert main(["sweep", "fit", str(reg_path), "--holdout", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "law data-constrained" in out and "chosen:" in out and "past 4 epochs" in out
+    assert main(["sweep", "fit", str(reg_path), "--holdout", "none", "--law", "chinchilla"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     warn = [line for line in err if "epochs" in line]
-    assert len(warn) == 1 and "chinchilla law" in warn[0] and "data-constrained" in warn[0]
+    assert len(warn) == 1 and "chinchilla law" in warn[0] and "warning" in warn[0]
+
+
+def test_auto_law_keeps_chinchilla_for_single_epoch_runs_and_says_why(tmp_path, capsys):
+    """Runs within 4 epochs of their data, or without unique-token counts, get the chinchilla law,
+    with the reason in the fit's output; too few single-epoch runs for the base law is a warning."""
+    import numpy as np
+
+    from lmscale.scaling.fitting import choose_law
+
+    D = np.array([1e9, 2e9, 4e9, 8e9, 1.6e10, 3.2e10])
+    assert choose_law("auto", D, D * 2)[0] == "chinchilla" and "at most 0.50" in choose_law("auto", D, D * 2)[1]
+    assert choose_law("auto", D, None) == ("chinchilla", "no unique-token count for every run, so every token "
+                                                         "is taken as new")
+    law, why = choose_law("auto", D, D / 10)  # every run at 10 epochs: no single-epoch run for the base law
+    assert law == "chinchilla" and why.startswith("warning:") and "needs more than 5 single-epoch" in why
+    assert choose_law("data-constrained", D, D / 10) == ("data-constrained", "")
+    assert choose_law("chinchilla", D, D * 2) == ("chinchilla", "")

@@ -51,6 +51,43 @@ def fit_chinchilla(N, D, loss, holdout: str | None = "largest", n_holdout: int |
     return out
 
 
+EPOCHS_WARN = 4.0  # Muennighoff et al. 2023: up to ~4 epochs, repeated tokens are worth about as much as new ones
+LAW_CHOICES = ("auto", "chinchilla", "data-constrained")
+
+
+def choose_law(requested: str, D, U=None) -> tuple[str, str]:
+    """The law a fit of runs with tokens `D` (and unique tokens `U`, when recorded) uses, and one
+    line saying why ("" when there is nothing to say). `auto` takes Muennighoff et al.'s
+    data-constrained law when some run repeated its data past ~4 epochs and enough single-epoch
+    runs exist to fit its base law (more than 5), else Chinchilla's; a Chinchilla fit over runs
+    past 4 epochs comes with a warning, because it counts a repeated token as a new one."""
+    if requested not in LAW_CHOICES:
+        raise ValueError(f"unknown law choice {requested!r}")
+    D = np.asarray(D, dtype=float)
+    U = None if U is None else np.asarray(U, dtype=float)
+    if U is None or U.shape != D.shape or not (np.isfinite(U) & (U > 0)).all():
+        if requested == "auto":
+            return "chinchilla", "no unique-token count for every run, so every token is taken as new"
+        return requested, ""
+    epochs = D / U
+    over = int((epochs > EPOCHS_WARN).sum())
+    single = int((epochs <= 1.0 + 1e-9).sum())
+    if over and requested != "data-constrained":
+        if requested == "auto" and single > 5:
+            return "data-constrained", (f"{over} of {len(D)} runs trained past {EPOCHS_WARN:g} epochs of their "
+                                        f"unique tokens (up to {epochs.max():.1f}), so Muennighoff et al.'s "
+                                        f"data-constrained law, its base law fitted on the {single} single-epoch runs")
+        return "chinchilla", (f"warning: {over} of {len(D)} runs trained past {EPOCHS_WARN:g} epochs of their unique "
+                              f"tokens (up to {epochs.max():.1f}); the chinchilla law counts a repeated token as a new "
+                              "one, so its D terms are not a measurement of unique data"
+                              + ("" if single > 5 else f" (the data-constrained law needs more than 5 single-epoch "
+                                 f"runs for its base law; these have {single})"))
+    if requested == "auto":
+        return "chinchilla", (f"no run trained past {EPOCHS_WARN:g} epochs of its unique tokens "
+                              f"(at most {epochs.max():.2f})")
+    return requested, ""
+
+
 def table_problems(t: RunsTable) -> list[str]:
     """Why a runs table cannot carry a Chinchilla fit at all ([] when it can)."""
     if len(t) < 6:

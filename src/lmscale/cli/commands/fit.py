@@ -6,9 +6,10 @@ import sys
 
 from lmscale.cli.argtypes import bootstrap_count, nonnegative_int, positive_int
 
-HELP = "fit a scaling law (chinchilla, kaplan, power-*, broken-*, data-constrained, envelope, isoflop) to a CSV"
+HELP = "fit a scaling law (auto, chinchilla, kaplan, power-*, broken-*, data-constrained, envelope, isoflop) to a CSV"
 
 NEEDS = {
+    "auto": ("N", "D"),  # chinchilla, or data-constrained when runs repeated their data (fitting.choose_law)
     "chinchilla": ("N", "D"), "kaplan": ("N", "D"), "data-constrained": ("N", "D", "U"),
     "power-n": ("N",), "power-d": ("D",), "power-c": ("C",),
     "broken-n": ("N",), "broken-d": ("D",), "broken-c": ("C",),
@@ -18,7 +19,9 @@ NEEDS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("csv", help="CSV of runs (one row per run, or per point of a training curve)")
-    p.add_argument("--law", default="chinchilla", choices=sorted(NEEDS), help="law to fit (default chinchilla)")
+    p.add_argument("--law", default="auto", choices=sorted(NEEDS),
+                   help="law to fit (default auto: chinchilla, or data-constrained when the CSV's unique-token "
+                        "column shows runs past 4 epochs)")
     for v, h in (("n", "parameters"), ("d", "training tokens"), ("c", "training FLOPs"), ("u", "unique tokens"),
                  ("loss", "final loss")):
         p.add_argument(f"--{v}-col", default=None,
@@ -69,12 +72,16 @@ def read_columns(path: str, args: argparse.Namespace, needs: tuple[str, ...]):
 def fit_from_args(args: argparse.Namespace):
 
     from lmscale.errors import DataError
+    from lmscale.scaling.fitting import LAW_CHOICES, choose_law
     from lmscale.scaling.identify import design_problems
     from lmscale.scaling.laws import make_law
     from lmscale.scaling.runs import below_top_loss, dropped_note
 
+    data, dropped = read_columns(args.csv, args, NEEDS[args.law])
+    args.law_choice = ""
+    if args.law in LAW_CHOICES:
+        args.law, args.law_choice = choose_law(args.law, data["D"], data.get("U"))
     needs = NEEDS[args.law]
-    data, dropped = read_columns(args.csv, args, needs)
     note = dropped_note(dropped)
     problems = design_problems([k for k in needs if k in ("N", "D", "C", "U")], [data[k] for k in needs], args.law)
     n = data["loss"].size
@@ -114,9 +121,11 @@ def run(args: argparse.Namespace) -> int:
     full = law.to_dict()
     if dropped:
         full["dropped"] = dropped
+    if args.law_choice:
+        full["law_choice"] = args.law_choice
     out = {"law": full["law"], "params": full["params"], "ci95": full.get("ci95"), "n_points": full["n_points"],
            "objective": full["objective"], "converged": True}
-    for k in ("derived", "holdout", "optima", "identification", "dropped"):
+    for k in ("law_choice", "derived", "holdout", "optima", "identification", "dropped"):
         if k in full:
             out[k] = full[k]
     if "bootstrap" in full:
@@ -128,10 +137,22 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if dropped:
         print(f"lmscale fit: {dropped_note(dropped)}", file=sys.stderr)
+    if out.get("law_choice", "").startswith("warning:"):
+        print(f"lmscale fit: {out['law_choice']}", file=sys.stderr)
+    print_fit(out)
+    if args.out:
+        print(f"  wrote {args.out}")
+    return 0
+
+
+def print_fit(out: dict) -> None:
+    """The fit as lines: law and why it was chosen, parameters with intervals, the held-out check."""
     ident = out.get("identification") or {}
     bad = ident.get("unidentified") or {}
     objective = out["objective"] if out["objective"] is not None else "-"
     print(f"law {out['law']}: {out['n_points']} points, objective {objective}")
+    if out.get("law_choice") and not out["law_choice"].startswith("warning:"):
+        print(f"  chosen: {out['law_choice']}")
     if bad:
         print(f"  UNIDENTIFIED: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not determined by these runs "
               "(marked below); do not read them, or what follows from them, as measurements")
@@ -145,6 +166,3 @@ def run(args: argparse.Namespace) -> int:
         h = out["holdout"]
         print(f"  holdout: {h['n_holdout']} largest-compute runs, mean |relative error| "
               f"{h['mean_abs_relative_error']:.3%}, max {h['max_abs_relative_error']:.3%}")
-    if args.out:
-        print(f"  wrote {args.out}")
-    return 0

@@ -57,8 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--sweep")
     s.add_argument("--json", action="store_true")
 
-    f = sub.add_parser("fit", help="Chinchilla fit of the finished runs, checked on held-out largest-compute runs")
+    f = sub.add_parser("fit", help="scaling-law fit of the finished runs, checked on held-out largest-compute runs")
     f.add_argument("registry", help=_REGISTRY_HELP)
+    f.add_argument("--law", choices=("auto", "chinchilla", "data-constrained"), default="auto",
+                   help="default auto: chinchilla, or data-constrained when runs repeated their data past 4 epochs")
     f.add_argument("--sweep")
     f.add_argument("--holdout", choices=("largest", "none"), default="largest")
     f.add_argument("--n-holdout", type=positive_int, help="runs held out (default: a fifth, at least one)")
@@ -178,38 +180,62 @@ def _status(args) -> int:
 
 
 def _fit(args) -> int:
+    import numpy as np
+
+    from lmscale.cli.commands.fit import print_fit
     from lmscale.errors import LmscaleError
     from lmscale.io import dumps_json
     from lmscale.io.outputs import check_output_file
-    from lmscale.scaling.fitting import fit_chinchilla, save_result
-    from lmscale.scaling.runs import RunsTable, dropped_note, read_runs
+    from lmscale.scaling.fitting import choose_law, fit_chinchilla, save_result
+    from lmscale.scaling.laws import make_law
+    from lmscale.scaling.runs import dropped_note, invalid_rows, read_runs
 
     if args.out:
         check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite, keys=("law", "params"),
                           inputs=(("--registry", args.registry),))
-    t = RunsTable.from_columns(read_runs(args.registry, params=args.params, sweep=args.sweep))
-    if len(t) < 6:
-        note = dropped_note(t.dropped)
-        raise LmscaleError(f"{args.registry}: {len(t)} finished runs; a Chinchilla fit needs at least 6"
+    cols = read_runs(args.registry, params=args.params, sweep=args.sweep)
+    keep, dropped = invalid_rows(cols.values, ("N", "D", "loss"), cols.names, cols.columns)
+    v = {k: np.asarray(x)[keep] for k, x in cols.values.items()}
+    dropped = [*cols.dropped, *dropped]
+    if len(v["loss"]) < 6:
+        note = dropped_note(dropped)
+        raise LmscaleError(f"{args.registry}: {len(v['loss'])} finished runs; a scaling-law fit needs at least 6"
                            + (f" ({note})" if note else ""))
-    res = fit_chinchilla(t.N, t.D, t.loss, holdout=None if args.holdout == "none" else "largest",
-                         n_holdout=args.n_holdout, n_bootstrap=args.bootstrap, grid="coarse")
-    res.pop("_law")
+    law_name, why = choose_law(args.law, v["D"], v.get("U"))
+    if law_name == "data-constrained":
+        if "U" not in v or not np.isfinite(v["U"]).all():
+            raise LmscaleError(f"{args.registry}: --law data-constrained needs every run's unique_tokens, "
+                               "which these runs did not record")
+        law = make_law("data-constrained", base_grid="coarse")
+        law.fit(v["N"], v["D"], v["U"], loss=v["loss"], holdout=None if args.holdout == "none" else "largest",
+                n_holdout=args.n_holdout)
+        if args.bootstrap:
+            law.bootstrap(args.bootstrap, seed=0)
+        res = law.to_dict()
+    else:
+        res = fit_chinchilla(v["N"], v["D"], v["loss"], holdout=None if args.holdout == "none" else "largest",
+                             n_holdout=args.n_holdout, n_bootstrap=args.bootstrap, grid="coarse")
+        res.pop("_law")
+    res["law_choice"] = why
     if args.out:
         save_result(args.out, res)
-    if t.dropped:
-        res["dropped"] = t.dropped
+    if dropped:
+        res["dropped"] = dropped
     if args.json:
         print(dumps_json(res, indent=2))
         return 0
-    if t.dropped:
-        print(f"lmscale sweep fit: {dropped_note(t.dropped)}", file=sys.stderr)
-    repeated = _repeated_data_note(args.registry, args.sweep)
-    if repeated:
-        print(f"lmscale sweep fit: warning: {repeated}", file=sys.stderr)
+    if dropped:
+        print(f"lmscale sweep fit: {dropped_note(dropped)}", file=sys.stderr)
+    if why.startswith("warning:"):
+        print(f"lmscale sweep fit: {why}", file=sys.stderr)
+    if law_name == "data-constrained":
+        print_fit(res)
+        return 0
     p = res["params"]
     print("L(N, D) = {E:.4g} + {A:.4g}/N^{alpha:.3f} + {B:.4g}/D^{beta:.3f}".format(**p)
           + f"   ({res['n_fit']} runs fitted, N = {args.params.replace('_', '-')} parameters)")
+    if why and not why.startswith("warning:"):
+        print(f"law chinchilla: {why}")
     for h in res["holdout"]:
         print(f"held out: N={h['N']:.3g} D={h['D']:.3g} C={h['C']:.3g} loss {h['loss']:.4f} "
               f"predicted {h['predicted']:.4f} ({100 * h['rel_error']:+.2f}%)")
@@ -219,23 +245,6 @@ def _fit(args) -> int:
     if ident.get("unidentified"):
         print(f"UNIDENTIFIED LAW: {ident['summary']}")
     return 0
-
-
-EPOCHS_WARN = 4.0  # Muennighoff et al. 2023: up to ~4 epochs, repeated tokens are worth about as much as new ones
-
-
-def _repeated_data_note(registry: str, sweep: str | None) -> str | None:
-    """One line when fitted runs repeated their data past ~4 epochs (None otherwise)."""
-    from lmscale.scaling.registry import Registry
-
-    epochs = [r.epochs for r in Registry(registry).runs(sweep, status="finished")
-              if r.role != "stable" and r.epochs is not None]
-    over = [e for e in epochs if e > EPOCHS_WARN]
-    if not over:
-        return None
-    return (f"{len(over)} of {len(epochs)} runs trained past {EPOCHS_WARN:g} epochs of their data (up to "
-            f"{max(over):.1f}); this is the chinchilla law, which assumes unique tokens: `lmscale sweep export` "
-            "then `lmscale fit --law data-constrained` fits Muennighoff et al.'s law with the recorded unique_tokens")
 
 
 def _existing_registry(path: str) -> str:
