@@ -368,7 +368,7 @@ def test_a_run_the_sweep_would_resume_with_another_config_is_refused_untouched(t
 def test_learning_rate_axis_trains_each_point_at_each_rate_and_keeps_the_best(tmp_path):
     from types import SimpleNamespace
 
-    from lmscale.scaling.runs import best_learning_rates
+    from lmscale.scaling.runs import best_hyperparameters
 
     base = {"sizes": [2e4, 6e4], "tokens": [2e5], "base": {"train": {"batch_size": 8, "seq_len": 64}}}
     plain = plan(SweepConfig(name="a", **base), tmp_path)
@@ -389,9 +389,43 @@ def test_learning_rate_axis_trains_each_point_at_each_rate_and_keeps_the_best(tm
 
     runs = [rec("a1", 100, 1e-3, 5.0), rec("a2", 100, 3e-3, 4.5), rec("a3", 100, 1e-2, 4.8),
             rec("b1", 200, 1e-3, 4.0), rec("b2", 200, 3e-3, 4.2), rec("c", 300, 1e-3, 3.9)]
-    kept, dropped, best = best_learning_rates(runs)
+    kept, dropped, best = best_hyperparameters(runs)
     assert [r.name for r in kept] == ["a2", "b1", "c"]
-    assert len(dropped) == 3 and "a1: lr 0.001 is not its point's best rate (lr 0.003)" in dropped
+    assert len(dropped) == 3 and "a1: lr 0.001 is not its point's best setting (lr 0.003)" in dropped
     by_n = {b["N"]: b for b in best}
     assert by_n[100]["best_lr"] == 3e-3 and not by_n[100]["at_grid_edge"]
     assert by_n[200]["best_lr"] == 1e-3 and by_n[200]["at_grid_edge"] and 300 not in by_n
+
+
+def test_batch_size_axis_trains_the_same_tokens_at_each_batch_and_keeps_the_best_setting(tmp_path):
+    from types import SimpleNamespace
+
+    from lmscale.scaling.runs import best_hyperparameters
+
+    base = {"sizes": [2e4], "tokens": [2e5, 4e5], "base": {"train": {"batch_size": 8, "seq_len": 64}}}
+    axis = plan(SweepConfig(name="b", lrs=[1e-3, 3e-3], batch_sizes=[4, 8, 16], **base), tmp_path)
+    assert len(axis) == 2 * 2 * 3 and len({s.run_id for s in axis}) == len(axis)
+    for d in {s.config.train.max_tokens for s in axis}:  # each budget is the same for every batch size
+        same = [s for s in axis if s.config.train.max_tokens == d]
+        assert sorted({s.config.train.batch_size for s in same}) == [4, 8, 16]
+        assert {s.config.train.max_steps * s.config.train.batch_size * 64 for s in same} == {d}
+        assert d % (16 * 64) == 0
+    assert any(s.name.endswith("-lr3e-3-bs16") for s in axis)
+    for bad, words in (([4, 4], "twice"), ([0, 8], "positive"), ([4.5], "whole"), (["x"], "not a number")):
+        with pytest.raises(ConfigError, match=words):
+            SweepConfig(name="b", batch_sizes=bad, **base)
+    with pytest.raises(ConfigError, match="wsd"):
+        SweepConfig(name="b", batch_sizes=[4, 8], schedule="wsd", **base)
+
+    def rec(name, lr, bs, loss):
+        return SimpleNamespace(name=name, params_non_embedding=100, tokens=2e5, seed=0, final_val_loss=loss,
+                               config={"train": {"lr": lr, "batch_size": bs}})
+
+    runs = [rec("a", 1e-3, 4, 5.0), rec("b", 1e-3, 8, 4.7), rec("c", 3e-3, 4, 4.9), rec("d", 3e-3, 8, 4.8)]
+    kept, dropped, best = best_hyperparameters(runs)
+    assert [r.name for r in kept] == ["b"] and len(dropped) == 3
+    assert "a: lr 0.001, batch 4 is not its point's best setting (lr 0.001, batch 8)" in dropped
+    (b,) = best
+    assert b["best_lr"] == 1e-3 and b["best_batch_size"] == 8 and b["at_grid_edge"]
+    assert b["losses"] == {"lr 0.001, batch 4": 5.0, "lr 0.001, batch 8": 4.7, "lr 0.003, batch 4": 4.9,
+                           "lr 0.003, batch 8": 4.8}

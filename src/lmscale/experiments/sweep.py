@@ -98,6 +98,9 @@ class SweepConfig:
     # a learning-rate axis: every point trained at each peak rate (empty: base.train.lr); fits and
     # reports keep each point's best rate, and `sweep status` shows the best rate per size
     lrs: list[float] = field(default_factory=list)
+    # a batch-size axis likewise (sequences per optimizer step; empty: base.train.batch_size): every
+    # batch size trains the same token budget, so each point's best (lr, batch) is kept
+    batch_sizes: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -115,12 +118,17 @@ class SweepConfig:
             raise ConfigError("a grid sweep needs both `sizes` (parameter counts) and `tokens` (token budgets)")
         if self.design == "isoflop" and not self.flops:
             raise ConfigError("an isoflop sweep needs `flops` (a list of compute budgets C)")
-        if self.lrs and self.schedule == "wsd":
-            raise ConfigError("sweep lrs with schedule: wsd is not supported: a learning-rate axis trains each rate "
-                              "from scratch (give one lr, or run the axis as a cosine sweep)")
-        if len(set(self.lrs)) != len(self.lrs):
-            raise ConfigError(f"sweep lrs lists a rate twice: {self.lrs}")
-        for key in ("sizes", "tokens", "flops", "lrs"):
+        for key in ("lrs", "batch_sizes"):
+            vals = getattr(self, key)
+            if vals and self.schedule == "wsd":
+                raise ConfigError(f"sweep {key} with schedule: wsd is not supported: a hyperparameter axis trains "
+                                  "each value from scratch (give one value, or run the axis as a cosine sweep)")
+            if len(set(vals)) != len(vals):
+                raise ConfigError(f"sweep {key} lists a value twice: {vals}")
+        if any(b != int(b) for b in self.batch_sizes):
+            raise ConfigError(f"sweep batch_sizes must be whole numbers, got {self.batch_sizes}")
+        self.batch_sizes = [int(b) for b in self.batch_sizes]
+        for key in ("sizes", "tokens", "flops", "lrs", "batch_sizes"):
             vals = getattr(self, key)
             if any(not (v > 0 and math.isfinite(v)) for v in vals):
                 raise ConfigError(f"sweep {key} must be positive numbers, got {vals}")
@@ -141,7 +149,7 @@ class SweepConfig:
             except ValueError:
                 raise ConfigError(f"sweep {key}: {v!r} is not a number") from None
 
-        for key in ("sizes", "tokens", "flops", "seeds", "lrs"):
+        for key in ("sizes", "tokens", "flops", "seeds", "lrs", "batch_sizes"):
             vals = getattr(self, key)
             if not isinstance(vals, list):
                 raise ConfigError(f"sweep {key} must be a list (e.g. {key}: [{vals}]), got {vals!r}")
@@ -275,7 +283,10 @@ def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
     """Every run of the sweep with its shape, budget and schedule; largest compute first."""
     base = sweep.base_config()
     rule = sweep.rule
-    tps = base.train.batch_size * base.train.seq_len
+    batches = sweep.batch_sizes or [base.train.batch_size]
+    # tokens per step for every batch size of the axis: budgets are whole multiples of their least
+    # common multiple, so each batch size trains exactly the same tokens
+    tps = math.lcm(*batches) * base.train.seq_len
     out = Path(out_dir)
     points: list[tuple[Any, float]] = []  # (model config, tokens)
     if sweep.design == "grid":
@@ -301,15 +312,18 @@ def plan(sweep: SweepConfig, out_dir: str | os.PathLike) -> list[RunSpec]:
         if d < tps:
             raise ConfigError(
                 f"a token budget of {d:.4g} tokens is less than one optimizer step ({tps:,} tokens: "
-                f"batch_size {base.train.batch_size} x seq_len {base.train.seq_len}); raise the budgets "
-                "(or --tokens-scale) or lower the batch")
-        steps = max(1, int(round(d / tps)))
-        tokens = steps * tps
+                f"batch_size {math.lcm(*batches)} x seq_len {base.train.seq_len}); raise the budgets "
+                "(or --tokens-scale) or lower the batch" + (" sizes" if sweep.batch_sizes else ""))
+        tokens = max(1, int(round(d / tps))) * tps
         counts = count_parameters(m)
         n_c = counts["params_non_embedding" if sweep.flops_params == "non_embedding" else "params_total"]
-        for seed, lr in itertools.product(sweep.seeds, sweep.lrs or [None]):
-            name = f"{describe(m)}-D{_fmt(tokens)}-s{seed}" + (f"-lr{_fmt(lr)}" if lr is not None else "")
+        for seed, lr, bs in itertools.product(sweep.seeds, sweep.lrs or [None], sweep.batch_sizes or [None]):
+            name = (f"{describe(m)}-D{_fmt(tokens)}-s{seed}" + (f"-lr{_fmt(lr)}" if lr is not None else "")
+                    + (f"-bs{bs}" if bs is not None else ""))
             rate = {} if lr is None else {"lr": lr}
+            if bs is not None:
+                rate["batch_size"] = bs
+            steps = tokens // ((bs or base.train.batch_size) * base.train.seq_len)
             # this run's shape, budget and schedule over the base (the one deep merge: the base's
             # tracker_params keep their keys beside the sweep's)
             data = deep_merge(to_dict(base), {

@@ -167,7 +167,7 @@ def records_columns(records: Iterable[Any], params: str = "non_embedding", extra
     """
     # a WSD sweep's stable runs end at the stable learning rate: their branches are the points
     rows = [r for r in records if r.status == "finished" and getattr(r, "role", None) != "stable"]
-    rows, not_best, _ = best_learning_rates(rows)
+    rows, not_best, _ = best_hyperparameters(rows)
     n_col = candidates("N", params)[0]
 
     def col(name: str) -> np.ndarray:
@@ -191,12 +191,28 @@ def run_learning_rate(record: Any) -> Optional[float]:
         return None
 
 
-def best_learning_rates(records: Sequence[Any]) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
-    """Per (N, D, seed) point trained at several learning rates (a sweep's `lrs` axis), the run
-    with the lowest final loss: the law of a sweep is the law of its tuned runs, each size at its
-    own best rate (Porian et al. 2024 tune per size). Returns the kept records (in order), why each
-    other one is left out, and per point its rates' losses and the best rate (empty without an
-    axis). A point whose rates all failed keeps its runs, for the usual invalid-row accounting."""
+def run_batch_size(record: Any) -> Optional[int]:
+    """The batch size (sequences per optimizer step) a registry record trained with."""
+    try:
+        return int(record.config["train"]["batch_size"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _setting_label(st: tuple, with_batch: bool) -> str:
+    return f"lr {st[0]:g}, batch {st[1]}" if with_batch else f"lr {st[0]:g}"
+
+
+def best_hyperparameters(records: Sequence[Any]) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
+    """Per (N, D, seed) point trained at several learning rates and/or batch sizes (a sweep's `lrs`
+    and `batch_sizes` axes), the run with the lowest final loss: the law of a sweep is the law of
+    its tuned runs, each size at its own best settings (Porian et al. 2024 tune lr and batch per
+    size). Returns the kept records (in order), why each other one is left out, and per point the
+    losses of its settings and the best ones (empty without an axis). A point whose runs all failed
+    keeps them, for the usual invalid-row accounting."""
+    def setting(r: Any) -> tuple:
+        return run_learning_rate(r), run_batch_size(r)
+
     groups: dict[tuple, list[Any]] = {}
     for r in records:
         groups.setdefault((r.params_non_embedding, r.tokens, r.seed), []).append(r)
@@ -204,21 +220,28 @@ def best_learning_rates(records: Sequence[Any]) -> tuple[list[Any], list[str], l
     dropped: list[str] = []
     best: list[dict[str, Any]] = []
     for (n, d, seed), rs in groups.items():
-        if len({run_learning_rate(r) for r in rs}) < 2:
+        settings = {setting(r) for r in rs}
+        if len(settings) < 2:
             continue
         scored = [r for r in rs if r.final_val_loss is not None and math.isfinite(r.final_val_loss)]
         if not scored:
             continue
+        lrs = sorted({st[0] for st in settings if st[0] is not None})
+        batches = sorted({st[1] for st in settings if st[1] is not None})
+        both = len(batches) > 1
         win = min(scored, key=lambda r: (r.final_val_loss, r.name))
+        w = setting(win)
         for r in rs:
             if r is not win:
                 losers.add(id(r))
-                dropped.append(f"{r.name}: lr {run_learning_rate(r):g} is not its point's best rate "
-                               f"(lr {run_learning_rate(win):g})")
-        rates = sorted((run_learning_rate(r), r.final_val_loss) for r in scored)
-        edge = run_learning_rate(win) in (rates[0][0], rates[-1][0])
-        best.append({"N": n, "D": d, "seed": seed, "best_lr": run_learning_rate(win), "loss": win.final_val_loss,
-                     "losses": {f"{lr:g}": loss for lr, loss in rates}, "at_grid_edge": edge})
+                dropped.append(f"{r.name}: {_setting_label(setting(r), both)} is not its point's best setting "
+                               f"({_setting_label(w, both)})")
+        ordered = sorted(scored, key=lambda r: (setting(r)[0] or 0.0, setting(r)[1] or 0))
+        losses = {(_setting_label(setting(r), both) if both else f"{setting(r)[0]:g}"): r.final_val_loss
+                  for r in ordered}
+        edge = (len(lrs) > 1 and w[0] in (lrs[0], lrs[-1])) or (both and w[1] in (batches[0], batches[-1]))
+        best.append({"N": n, "D": d, "seed": seed, "best_lr": w[0], "best_batch_size": w[1],
+                     "loss": win.final_val_loss, "losses": losses, "at_grid_edge": bool(edge)})
     return [r for r in records if id(r) not in losers], dropped, best
 
 

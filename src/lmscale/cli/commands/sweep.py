@@ -154,14 +154,14 @@ def _run(args) -> int:
 
 def _status(args) -> int:
     from lmscale.scaling.registry import Registry
-    from lmscale.scaling.runs import best_learning_rates
+    from lmscale.scaling.runs import best_hyperparameters
 
     reg = Registry(args.registry)
     runs = reg.runs(args.sweep)
-    _, _, best = best_learning_rates([r for r in runs if r.status == "finished"])
+    _, _, best = best_hyperparameters([r for r in runs if r.status == "finished"])
     if args.json:
         print(dumps_json([{k: v for k, v in r.to_dict().items() if k not in ("config", "loss_curve", "train_curve")}
-                          for r in runs] + ([{"best_learning_rates": best}] if best else []), indent=2))
+                          for r in runs] + ([{"best_settings": best}] if best else []), indent=2))
         return 0
     for r in runs:
         loss = f"{r.final_val_loss:.4f}" if r.final_val_loss is not None else "-"
@@ -171,11 +171,12 @@ def _status(args) -> int:
               + (f"  error: {r.error.splitlines()[-1][:120]}" if r.error else ""))
     print(", ".join(f"{k} {v}" for k, v in reg.counts(args.sweep).items()))
     if best:
-        print("best learning rate per point (fits and reports keep these runs):")
+        print("best setting per point (fits and reports keep these runs):")
         for b in sorted(best, key=lambda b: (b["N"], b["D"], b["seed"])):
-            rates = ", ".join(f"{lr}: {loss:.4f}" for lr, loss in b["losses"].items())
-            print(f"  N={b['N']:,} D={b['D']:,.0f} seed {b['seed']}: lr {b['best_lr']:g}  ({rates})"
-                  + ("  at the edge of the rates tried: widen lrs" if b["at_grid_edge"] else ""))
+            tried = "; ".join(f"{k}: {loss:.4f}" for k, loss in b["losses"].items())
+            batch = f", batch {b['best_batch_size']}" if "batch" in next(iter(b["losses"])) else ""
+            print(f"  N={b['N']:,} D={b['D']:,.0f} seed {b['seed']}: lr {b['best_lr']:g}{batch}  ({tried})"
+                  + ("  at the edge of the values tried: widen the axis" if b["at_grid_edge"] else ""))
     return 0
 
 
