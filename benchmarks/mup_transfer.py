@@ -2,10 +2,12 @@
 
 A small byte-level decoder (vocab 256, 2 layers, 4 heads) is trained on WikiText-2 train bytes at
 three widths spanning 4x, at learning rates a factor 2 apart, under sp and under muP with the
-smallest width as the base. Every run sees the same batches in the same order (one seed), uses
-Adam with a constant rate after a short warm-up, and is scored on the same held-out bytes of
-WikiText-2 valid. The question is where the best learning rate sits per width: under muP it
-should stay put as the model widens (the point of muTransfer), under sp it drifts down.
+smallest width as the base. For each seed every run sees the same batches in the same order and
+the same initial draw; it uses Adam with a constant rate after a short warm-up and is scored on
+the same held-out bytes of WikiText-2 valid. With `--seeds k` each cell is the mean over k seeds
+(its standard error beside it), and the best rate is chosen on the mean. The question is where
+the best learning rate sits per width: under muP it should stay put as the model widens (the
+point of muTransfer), under sp it drifts down.
 
 Prints a table and writes benchmarks/results/mup_transfer.json. CPU-minutes: the default grid is
 2 x 3 x 5 = 30 short runs.
@@ -81,6 +83,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per cell (the best rate is chosen on their mean)")
     ap.add_argument("--out", default=str(HERE / "results" / "mup_transfer.json"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -94,7 +97,13 @@ def main() -> None:
         for w in widths:
             cfg = widen(base, w, par, widths[0])
             for lr in lrs:
-                r = run_one(cfg, lr, train, valid, a.steps, a.batch, a.seq, a.warmup)
+                runs = [run_one(cfg, lr, train, valid, a.steps, a.batch, a.seq, a.warmup, seed=s)
+                        for s in range(a.seeds)]
+                v = np.array([r["valid_loss"] for r in runs])
+                r = {"lr": lr, "valid_loss": float(v.mean()),
+                     "valid_loss_sem": float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None,
+                     "valid_losses": v.tolist(), "train_loss": float(np.mean([x["train_loss"] for x in runs])),
+                     "diverged": any(x["diverged"] for x in runs)}
                 rows.append({"parametrization": par, "width": w, **r})
                 print(f"{par:>4} width {w:>4} lr {lr:<8g} valid {r['valid_loss']:.4f} train {r['train_loss']:.4f}",
                       flush=True)
@@ -115,6 +124,7 @@ def main() -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"widths": widths, "lrs": lrs, "steps": a.steps, "batch": a.batch, "seq": a.seq,
+                               "seeds": a.seeds,
                                "warmup": a.warmup, "rows": rows, "best_lr": best, "cpu_minutes": cpu_min,
                                "machine": platform.processor() or platform.machine(),
                                "torch": torch.__version__}, indent=2) + "\n")

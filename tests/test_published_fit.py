@@ -68,3 +68,71 @@ def test_a_wide_allocation_or_a_structural_problem_still_warns():
                                "a": "follows from alpha, which the runs do not identify"}}
     judged = allocation_at_budget(pinned, {"N_opt": [1e10, 2e10], "D_opt": [1e11, 2e11]})
     assert judged["allocation_identified"] is False and set(judged["unidentified"]) == {"alpha", "a"}
+
+
+EPOCH_COLS = ["--n-col", "Model Size", "--c-col", "Training FLOP", "--loss-col", "loss"]
+
+
+def one_error_line(rc: int, err: str, *names: str) -> str:
+    """Exit code 2 and one line on stderr, naming each of `names`."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "error:" in lines[0] and all(n in lines[0] for n in names), (names, lines[0])
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_report_and_plot_draw_the_law_of_a_fit_file_without_refitting(shared_data, tmp_path, capsys):
+    csv = shared_data / "chinchilla_fig4_epoch.csv"
+    if not csv.is_file():
+        pytest.skip("chinchilla_fig4_epoch.csv is not in the data mirror")
+    fit_json = tmp_path / "fit.json"
+    assert main(["fit", str(csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--bootstrap", "0",
+                 "--out", str(fit_json)]) == 0
+    fit = json.loads(fit_json.read_text())
+    capsys.readouterr()
+
+    html = tmp_path / "r.html"
+    assert main(["report", str(csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--fit", str(fit_json),
+                 "-o", str(html), "--json"]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert err == ""  # the report keeps the fit's 240 runs: no warning
+    assert res["fit"]["params"] == fit["params"]  # exactly: drawn, not refitted
+    assert res["fit"]["from_file"] == {"path": str(fit_json), "n_points": 240, "n_runs_here": 240,
+                                       "bootstrap_refits": 0}
+    assert res["fit"]["identification"]["unidentified"] == {} and "holdout_check" not in res["fit"]
+    text = html.read_text()
+    assert "Law read from <code>" + str(fit_json) in text and "fitted there on 240 points" in text
+    assert "Unidentified law" not in text and "no bands are drawn" in text
+
+    assert main(["plot", str(csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--fit", str(fit_json),
+                 "-o", str(tmp_path / "png")]) == 0
+    out = capsys.readouterr().out
+    assert f"law read from {fit_json} (fitted there on 240 points), not refitted" in out
+    assert (tmp_path / "png" / "loss_vs_params.png").is_file()
+
+    # the outliers kept this time: drawn all the same, with one line saying the counts differ
+    assert main(["report", str(csv), *EPOCH_COLS, "--fit", str(fit_json), "-o", str(tmp_path / "all.html")]) == 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "warning:" in err and "240 points" in err and "245 runs" in err
+
+
+@pytest.mark.parametrize("damage, names", [
+    (lambda f: {**f, "law": "kaplan"}, ["--fit", "kaplan"]),
+    (lambda f: {**f, "params": {**f["params"], "alpha": "0.34"}}, ["--fit", "params"]),
+    (lambda f: {k: v for k, v in f.items() if k != "n_points"}, ["--fit", "n_points"]),
+    (lambda f: json.dumps(f)[:40], ["--fit", "not valid JSON"]),
+])
+def test_a_fit_file_the_report_cannot_draw_is_one_line(tmp_path, capsys, damage, names):
+    csv = tmp_path / "runs.csv"
+    csv.write_text("N,D,loss\n" + "".join(f"{n},{d},{1.8 + 480 / n ** 0.35 + 2000 / d ** 0.37}\n"
+                                          for n in (1e7, 1e8, 1e9) for d in (1e9, 1e10, 1e11)))
+    fit = {"law": "chinchilla", "params": dict(BESIROGLU), "n_points": 9, "converged": True}
+    damaged = damage(fit)
+    bad = tmp_path / "fit.json"
+    bad.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    for command, out in (("report", "r.html"), ("plot", "png")):
+        rc = main([command, str(csv), "--fit", str(bad), "-o", str(tmp_path / out)])
+        one_error_line(rc, capsys.readouterr().err, *names, str(bad))
+        assert not (tmp_path / out).exists()

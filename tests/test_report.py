@@ -15,7 +15,7 @@ from lmscale.cli import main
 from lmscale.errors import DataError
 from lmscale.scaling.plots import frontier, isoflop_minima
 from lmscale.scaling.registry import Registry, RunRecord
-from lmscale.scaling.report import build_report
+from lmscale.scaling.report import build_report, fit_from_file, read_fit_file
 from lmscale.scaling.runs import RunsTable
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -130,6 +130,27 @@ def test_report_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="need parameter"):
         build_report(p, tmp_path / "x.html")
     assert main(["report", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "y.html")]) == 2
+
+
+def test_report_draws_a_fit_file_with_its_intervals_and_bands(tmp_path, capsys):
+    src = _law_csv(tmp_path / "runs.csv")
+    fit_json = tmp_path / "fit <b>.json"  # a path is data: escaped in the HTML
+    assert main(["fit", str(src), "--law", "chinchilla", "--n-col", "N", "--d-col", "D", "--loss-col", "loss",
+                 "--grid", "coarse", "--bootstrap", "12", "--out", str(fit_json)]) == 0
+    fit = json.loads(fit_json.read_text())
+    capsys.readouterr()
+    res = build_report(src, tmp_path / "r.html", n_col="N", d_col="D", loss_col="loss", fit_file=fit_json)
+    got = res["fit"]
+    assert got["params"] == fit["params"] and got["identification"] == fit["identification"]
+    assert got["ci95"] == fit["ci95"]  # the fit's intervals, not new ones
+    assert got["from_file"]["bootstrap_refits"] == 12 - fit["bootstrap"]["n_failed"]
+    html = (tmp_path / "r.html").read_text()
+    assert "Law read from <code>" + str(tmp_path / "fit &lt;b&gt;.json") in html and "<b>.json" not in html
+    assert f"Bands come from the fit file's {got['from_file']['bootstrap_refits']} bootstrap refits" in html
+    # what the runs give is measured on the report's runs: the residuals of the saved law
+    t = RunsTable.from_csv(src, n_col="N", d_col="D", loss_col="loss")
+    law = fit_from_file(t, read_fit_file(fit_json))["_law"]
+    assert np.allclose(law.residuals_, np.log(t.loss) - np.log(law.predict(t.N, t.D)))
 
 
 _PROBE = """

@@ -411,6 +411,45 @@ class _LogHuberLaw:
             return self
         return self._fit_arrays(X, loss_a)
 
+    @classmethod
+    def from_params(cls, params: dict[str, float], *X: Any, loss: Any,
+                    bootstrap: BootstrapResult | None = None, **kw: Any) -> "_LogHuberLaw":
+        """The law at saved parameters (a fit file's), set on runs `X`, `loss` without fitting.
+
+        A report can draw a law fitted elsewhere: predictions and derived values need only the
+        parameters, which are kept exactly as given; the runs give the residuals and objective at
+        those parameters, and `bootstrap` (the saved refits, when kept) the bands.
+        """
+        names = list(cls.param_names)
+        missing = [k for k in names if k not in params]
+        if missing:
+            raise DataError(f"{cls.name} law: parameter(s) {', '.join(missing)} missing")
+        if len(X) != len(cls.input_names):
+            raise DataError(f"{cls.name} law: needs {', '.join(cls.input_names)} and loss")
+        law = cls(**kw)
+        p = {k: float(params[k]) for k in names}
+        arrays = [_as_array(n, a) for n, a in zip([*cls.input_names, "loss"], [*X, loss])]
+        if len({a.size for a in arrays}) != 1:
+            raise DataError("inputs have different lengths: "
+                            + ", ".join(f"{n}={a.size}" for n, a in zip([*cls.input_names, "loss"], arrays)))
+        Xa, y = arrays[:-1], np.log(arrays[-1])
+        F = law._features(*Xa)
+        with np.errstate(all="ignore"):
+            theta = np.asarray(law._to_theta(p, F), dtype=np.float64)
+        if not np.all(np.isfinite(theta)):
+            raise DataError(f"{cls.name} law: parameters {p} are outside the law's domain (scales must be positive)")
+        f, _ = law._log_pred(theta, F)
+        law._X, law._y, law._F = Xa, y, F
+        law.theta_, law.params_ = theta, p
+        law.converged_ = True
+        law.objective_ = float(law._objective(theta, F, y, None)[0])
+        law.n_points_ = int(y.size)
+        law.residuals_ = y - f
+        law.n_starts_ = law.n_polished_ = law.n_converged_starts_ = 0
+        law.holdout_ = None
+        law.bootstrap_ = bootstrap
+        return law
+
     def _grid_array(self, F: dict[str, Any], y: np.ndarray) -> np.ndarray:
         g = np.atleast_2d(np.asarray(self._grid(F, y), dtype=np.float64))
         if self.init is not None:  # e.g. a previous fit's parameters, added to the grid

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from lmscale.cli.argtypes import OVERWRITE_DIR_HELP
-from lmscale.cli.commands.report import add_source_arguments, build, summarize
+from lmscale.cli.commands.report import add_source_arguments, build, check_fit, summarize
 from lmscale.io import dumps_json
 
 HELP = "scaling figures (loss vs C/N/D with fits and bands, IsoFLOPs, allocation, curves) as PNG files"
@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lmscale.io.outputs import check_output_dir, owned_output_dir
 
+    check_fit(args)
     check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("figures",))
     with owned_output_dir(args.out, "figures"):
         res = build(args, None, args.out)

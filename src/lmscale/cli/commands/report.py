@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from lmscale.cli.argtypes import bootstrap_count, nonnegative_int, positive_int
 
@@ -30,19 +31,36 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--emergence", metavar="CSV", help="Pythia-style evaluation CSV for the emergence figures")
     p.add_argument("--task", default="lambada_openai", help="task of --emergence (accuracy vs perplexity)")
     p.add_argument("--icl", metavar="JSON", help="result of `lmscale emergence icl` to include")
+    p.add_argument("--fit", metavar="FIT.json",
+                   help="draw the chinchilla law of this `lmscale fit --out` file instead of fitting one "
+                        "(--grid, --bootstrap and --holdout then do not apply)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def check_fit(args: argparse.Namespace) -> None:
+    """Refuse an unusable --fit before any output is made (a half-made figure directory included)."""
+    if args.fit:
+        from lmscale.scaling.report import read_fit_file
+
+        read_fit_file(args.fit)
 
 
 def build(args: argparse.Namespace, html: str | None, png_dir: str | None) -> dict:
     from lmscale.scaling.report import build_report
 
-    return build_report(
+    res = build_report(
         args.source, html, png_dir=png_dir, sweep=args.sweep, emergence_csv=args.emergence,
         emergence_task=args.task, icl_json=args.icl, holdout=None if args.holdout == "none" else "largest",
         n_holdout=args.n_holdout, n_bootstrap=args.bootstrap, params=args.params, n_col=args.n_col,
         d_col=args.d_col, c_col=args.c_col, loss_col=args.loss_col, grid=args.grid,
-        exclude_top_loss=args.exclude_top_loss,
+        exclude_top_loss=args.exclude_top_loss, fit_file=args.fit,
     )
+    src = (res.get("fit") or {}).get("from_file")
+    if src and src["n_points"] != res["n_runs"]:  # e.g. a different --exclude-top-loss: drawn, not refused
+        print(f"lmscale {args.command}: warning: --fit {src['path']} was fitted on {src['n_points']} points but "
+              f"this report keeps {res['n_runs']} runs; the points and residuals shown are this report's",
+              file=sys.stderr)
+    return res
 
 
 def summarize(res: dict) -> str:
@@ -57,6 +75,9 @@ def summarize(res: dict) -> str:
     if fit:
         p = fit["params"]
         lines.append("L(N, D) = {E:.4g} + {A:.4g}/N^{alpha:.3f} + {B:.4g}/D^{beta:.3f}".format(**p))
+        src = fit.get("from_file")
+        if src:
+            lines.append(f"law read from {src['path']} (fitted there on {src['n_points']} points), not refitted")
         ident = fit.get("identification") or {}
         if ident.get("unidentified"):
             lines.append(f"UNIDENTIFIED LAW: {ident['summary']}")
@@ -83,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
     from lmscale.io import dumps_json
     from lmscale.io.outputs import check_output_dir, check_output_file, owned_output_dir
 
+    check_fit(args)
     check_output_file(args.out, "--out", kind="html", overwrite=args.overwrite,
-                      inputs=(("SOURCE", args.source), ("--emergence", args.emergence), ("--icl", args.icl)))
+                      inputs=(("SOURCE", args.source), ("--emergence", args.emergence), ("--icl", args.icl),
+                              ("--fit", args.fit)))
     if args.png_dir:
         check_output_dir(args.png_dir, "--png-dir", overwrite=args.overwrite, kinds=("figures",))
         with owned_output_dir(args.png_dir, "figures"):
