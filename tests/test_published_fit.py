@@ -87,10 +87,12 @@ def test_report_and_plot_draw_the_law_of_a_fit_file_without_refitting(shared_dat
     if not csv.is_file():
         pytest.skip("chinchilla_fig4_epoch.csv is not in the data mirror")
     fit_json = tmp_path / "fit.json"
-    assert main(["fit", str(csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--bootstrap", "0",
+    assert main(["fit", str(csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--bootstrap", "30",
                  "--out", str(fit_json)]) == 0
     fit = json.loads(fit_json.read_text())
-    capsys.readouterr()
+    assert "UNIDENTIFIED" not in capsys.readouterr().out
+    # G, an intermediate, has a wide interval; it is shown as such, not called unidentified
+    assert fit["identification"]["unidentified"] == {} and "G" in fit["identification"]["wide_intermediates"]
 
     html = tmp_path / "r.html"
     assert main(["report", str(csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--fit", str(fit_json),
@@ -100,11 +102,11 @@ def test_report_and_plot_draw_the_law_of_a_fit_file_without_refitting(shared_dat
     assert err == ""  # the report keeps the fit's 240 runs: no warning
     assert res["fit"]["params"] == fit["params"]  # exactly: drawn, not refitted
     assert res["fit"]["from_file"] == {"path": str(fit_json), "n_points": 240, "n_runs_here": 240,
-                                       "bootstrap_refits": 0}
+                                       "bootstrap_refits": 30}
     assert res["fit"]["identification"]["unidentified"] == {} and "holdout_check" not in res["fit"]
     text = html.read_text()
     assert "Law read from <code>" + str(fit_json) in text and "fitted there on 240 points" in text
-    assert "Unidentified law" not in text and "no bands are drawn" in text
+    assert "Unidentified law" not in text
 
     assert main(["plot", str(csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--fit", str(fit_json),
                  "-o", str(tmp_path / "png")]) == 0

@@ -136,7 +136,8 @@ def identification(fit: Any, max_ratio: float = MAX_INTERVAL_RATIO, min_loss: fl
     """
     if isinstance(fit, Mapping):
         stored = fit.get("identification")
-        if max_ratio == MAX_INTERVAL_RATIO and isinstance(stored, Mapping) and "unidentified" in stored:
+        if (max_ratio == MAX_INTERVAL_RATIO and isinstance(stored, Mapping) and "unidentified" in stored
+                and "wide_intermediates" in stored):
             return dict(stored)
         params = dict(fit.get("params") or {})
         derived = dict(fit.get("derived") or {})
@@ -171,13 +172,20 @@ def identification(fit: Any, max_ratio: float = MAX_INTERVAL_RATIO, min_loss: fl
     names = [k for k in (*params, *derived) if k in problems] + [k for k in problems if k not in params
                                                                  and k not in derived]
     unidentified = {k: problems[k] for k in dict.fromkeys(names)}
+    # an intermediate whose only problem is a wide interval is shown as such, not called
+    # unidentified: what it feeds (N_opt, D_opt at a compute) is judged on its own intervals
+    wide = {k: unidentified.pop(k) for k in INTERMEDIATES if k in unidentified and _only_wide(unidentified[k])}
     chinchilla = all(k in params for k in ALLOCATION_PARAMS)
     return {
         "identified": not unidentified,
         "unidentified": unidentified,
+        "wide_intermediates": wide,
         "allocation_identified": chinchilla and not _allocation_problems(unidentified),
         "summary": summary(unidentified),
     }
+
+
+INTERMEDIATES = ("G",)  # derived only on the way to N_opt and D_opt (Hoffmann et al.'s G)
 
 
 def _only_wide(reason: str) -> bool:

@@ -245,8 +245,14 @@ def read_fit_file(path: str | os.PathLike) -> dict[str, Any]:
         if not (isinstance(bad, dict) and all(isinstance(k, str) and isinstance(r, str) for k, r in bad.items())
                 and isinstance(ident.get("allocation_identified", True), bool)):
             raise DataError(f"{where}: \"identification\" is not one `lmscale fit` writes")
-        ident = {"identified": not bad, "unidentified": dict(bad),
-                 "allocation_identified": ident.get("allocation_identified", True), "summary": summary(bad)}
+        wide = ident.get("wide_intermediates")
+        if wide is None:  # a fit file from before intermediates were told apart: judged again below
+            ident = None
+        elif not (isinstance(wide, dict) and all(isinstance(k, str) and isinstance(r, str) for k, r in wide.items())):
+            raise DataError(f"{where}: \"identification\" is not one `lmscale fit` writes")
+        else:
+            ident = {"identified": not bad, "unidentified": dict(bad), "wide_intermediates": dict(wide),
+                     "allocation_identified": ident.get("allocation_identified", True), "summary": summary(bad)}
     extra = {k: fit[k] for k in ("min_loss", "residual_std_log") if _number(fit.get(k))}
     return {"path": str(path), "params": {k: float(p[k]) for k in names}, "n_points": n, "ci95": ci95,
             "bootstrap": refits, "identification": ident, **extra}

@@ -161,6 +161,9 @@ def print_fit(out: dict) -> None:
             ci = (out.get("ci95") or {}).get(k)
             ci_s = f"  95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
             flag = f"  <- unidentified: {bad[k]}" if k in bad else ""
+            if k in (ident.get("wide_intermediates") or {}):
+                flag = ("  <- a wide interval, for an intermediate: N_opt and D_opt at a given compute are "
+                        "judged on their own intervals (lmscale allocate)")
             print(f"  {k:>10} = {v:.6g}{ci_s}{kind}{flag}")
     if out.get("holdout"):
         h = out["holdout"]
