@@ -672,8 +672,9 @@ class ChinchillaLaw(_LogHuberLaw):
 
     def _to_params(self, theta, F):
         e, a, b, al, be = theta
-        return {"E": float(np.exp(e)), "A": float(np.exp(a + al * F["mx"])), "B": float(np.exp(b + be * F["mu"])),
-                "alpha": float(al), "beta": float(be)}
+        with np.errstate(over="ignore"):  # a refit that runs off to infinity says so as inf, not as a warning
+            return {"E": float(np.exp(e)), "A": float(np.exp(a + al * F["mx"])),
+                    "B": float(np.exp(b + be * F["mu"])), "alpha": float(al), "beta": float(be)}
 
     def _to_theta(self, p, F):
         return np.array([np.log(p["E"]), np.log(p["A"]) - p["alpha"] * F["mx"],
