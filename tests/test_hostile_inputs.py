@@ -224,6 +224,25 @@ def _fifo(rel: str):
     return setup
 
 
+def _llama_with_a_misshaped_k_proj(sandbox: Path, fx: dict) -> None:
+    """A tiny Llama saved by transformers, then its layer-0 k_proj rewritten with one row too many."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+
+    c = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        transformers.LlamaForCausalLM(c).save_pretrained(sandbox / "llama", safe_serialization=True)
+    shutil.copytree(sandbox / "llama", sandbox / "bad")
+    f = sandbox / "bad" / "model.safetensors"
+    state = load_file(str(f))
+    k = state["model.layers.0.self_attn.k_proj.weight"]
+    assert tuple(k.shape) == (8, 16)
+    state["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(9, 16)
+    save_file(state, str(f), metadata={"format": "pt"})
+
+
 def _ranks(rel: str, first: int = 0):
     """A `.tiktoken` file of the 256 single bytes, ranked from `first`."""
     import base64
@@ -409,6 +428,8 @@ CASES = [
      _both(_copy("HF", "hf"), _remove("hf/tokenizer.json", "hf/vocab.json"),
            _write("hf/vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n"),
            _write("hf/tokenizer_config.json", "{")), ["tokenizer_config.json"]),
+    ("convert-from-hf-llama-misshaped-k-proj", ["convert", "--from-hf", "{S}/bad", "--out", "{S}/o"],
+     _llama_with_a_misshaped_k_proj, ["bad", "model.layers.0.self_attn.k_proj.weight", "(9, 16)"]),
     ("predict-truncated-head", ["predict", "{S}/ft", "a cat"],
      _both(_copy("FT", "ft"), _truncate("ft/best/head.safetensors", 50)), ["head.safetensors"]),
     ("predict-truncated-finetune-json", ["predict", "{S}/ft", "a cat"],

@@ -8,12 +8,13 @@ one-line `ConfigError` that names the file. `parse_yaml_value` reads one command
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lmscale.errors import ConfigError
+from lmscale.errors import ConfigError, one_line
 
 __all__ = ["load_yaml", "parse_yaml_value"]
 
@@ -57,9 +58,28 @@ class _ConfigLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        """PyYAML's constructors raise plain Python errors for values their tag cannot hold
+        (`2001-13-45`, `!!int abc`, an integer of 5,000 digits): those are YAML errors at the node."""
+        try:
+            return super().construct_object(node, deep)
+        except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
+            what = node.tag.rpartition(":")[2]
+            raise yaml.constructor.ConstructorError(None, None, f"not a valid {what} ({one_line(exc)})",
+                                                    node.start_mark) from None
 
-def _safe_load(text: str) -> Any:
-    loader = _ConfigLoader(text)
+
+class _ValueLoader(_ConfigLoader):
+    """One command-line value: also reads `1e-05` and `3e-4` as floats, as Python writes and
+    users type them (YAML 1.1 wants a dot in the mantissa and would keep them as text)."""
+
+
+_ValueLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _safe_load(text: str, loader_class: type = _ConfigLoader) -> Any:
+    loader = loader_class(text)
     try:
         return loader.get_single_data()
     finally:
@@ -70,7 +90,7 @@ def parse_yaml_value(text: str, what: str) -> Any:
     """One value written in YAML (a command-line `--section.key VALUE`): `3e-4`, `true`, `null`,
     `[a, b]`, or plain text; `what` names it in the one-line `ConfigError` for invalid YAML."""
     try:
-        return _safe_load(text)
+        return _safe_load(text, _ValueLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {text!r} is not a valid YAML value ({_yaml_problem(exc)})") from None
     except _Refused as exc:

@@ -22,12 +22,12 @@ undecodable bytes become U+FFFD and are counted.
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import csv
 import gzip
 import importlib
 import io
-import itertools
 import json
 import os
 import re
@@ -135,13 +135,28 @@ def text_rows(text: str, keepends: bool = False) -> list[str]:
 
 def tsv_texts(path: Path, text: str | Iterable[str], field: str = "sentence") -> Iterator[str]:
     """The `sentence` column of a GLUE-style TSV (the first column when there is no such header);
-    `text` is the file's text or its lines (`str.splitlines` semantics)."""
-    rows = csv.reader(text.splitlines() if isinstance(text, str) else text, delimiter="\t")
-    header = next(rows, None)
-    if header is None:
-        return
-    col = header.index(field) if field in header else 0
-    for lineno, row in enumerate(rows, 2):
+    `text` is the file's text or its lines, each with its `\n` (`iter_lines`). A row is one line:
+    lines end at `\n` only (a form feed or U+2028 in a sentence is text), blank lines are skipped,
+    and a quoted field that runs past the end of its line is an error, never rows merged."""
+    rows = csv.reader(text_rows(text, keepends=True) if isinstance(text, str) else text, delimiter="\t")
+    col = None
+    previous = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"{path}: line {rows.line_num}: not readable as TSV ({exc})") from None
+        lineno, first, previous = rows.line_num, previous + 1, rows.line_num
+        if lineno != first:
+            raise DataError(f"{path}: line {first}: a quoted field runs from line {first} to line {lineno} "
+                            "(an unbalanced quote?); each row must be on one line: close or remove the quote")
+        if not any(f.strip() for f in row):
+            continue
+        if col is None:
+            col = row.index(field) if field in row else 0
+            continue
         if len(row) <= col:
             raise DataError(f"{path}: line {lineno}: missing column {col + 1}")
         yield row[col]
@@ -224,7 +239,7 @@ def _file_texts(files: list[Path], errors: str, text_field: str = DEFAULT_TEXT_F
         elif kind in ("json", "parquet"):
             yield from iter_records(f, text_field, errors)
         elif kind == "tsv":
-            yield from tsv_texts(f, _split_lines(iter_lines(f, errors)))
+            yield from tsv_texts(f, iter_lines(f, errors))
         else:
             yield from _split_lines(iter_lines(f, errors))
 
@@ -369,9 +384,10 @@ def iter_lines(path: Path, errors: str = "strict", stats: dict | None = None,
     path = Path(path)
     where = " of the decompressed text" if compression(path) else ""
     offset = scanned = 0
-    replaced = 0
+    tally = [0]  # undecodable byte sequences replaced
     content = False
-    pending = b""
+    pending: list[bytes] = []  # the pieces of a line whose end is not read yet
+    ready: collections.deque[bytes] = collections.deque()  # whole lines, each with its \n
     with open_binary(path, stats) as fh:
         for block in _read_blocks(path, fh):
             if scanned < NUL_SCAN_BYTES:
@@ -380,31 +396,37 @@ def iter_lines(path: Path, errors: str = "strict", stats: dict | None = None,
                     raise DataError(f"{path}: looks like a binary file (NUL byte at byte offset "
                                     f"{scanned + nul}{where}), not text")
             scanned += len(block)
-            parts = (pending + block).split(b"\n")
-            pending = parts.pop()
-            for raw in parts:
-                line, n = _decode_line(raw + b"\n", path, errors, offset, where)
-                offset += len(raw) + 1
-                replaced += n
-                content = content or bool(raw.strip())
-                yield line
+            parts = block.split(b"\n")
+            if len(parts) > 1:  # a line of many blocks is joined once, not block by block
+                ready.append(b"".join([*pending, parts[0], b"\n"]) if pending else parts[0] + b"\n")
+                pending.clear()
+                ready.extend(raw + b"\n" for raw in parts[1:-1])
+            if parts[-1]:
+                pending.append(parts[-1])
+            del parts
+            while ready:
+                n = len(ready[0])
+                content = content or not ready[0].isspace()
+                # nothing in this frame keeps the line, bytes or text, while the reader holds it
+                yield _decode_line(ready.popleft(), path, errors, offset, where, tally)
+                offset += n
         if pending:
-            line, n = _decode_line(pending, path, errors, offset, where)
-            replaced += n
-            content = content or bool(pending.strip())
-            offset += len(pending)
-            yield line
+            ready.append(b"".join(pending))
+            pending.clear()
+            content = content or not ready[0].isspace()
+            yield _decode_line(ready.popleft(), path, errors, offset, where, tally)
     if not content and not allow_empty:
         raise DataError(f"{path}: empty file (no text to read)")
-    if replaced:
-        warnings.warn(f"{path}: replaced {replaced} undecodable byte sequence(s) with U+FFFD", stacklevel=2)
+    if tally[0]:
+        warnings.warn(f"{path}: replaced {tally[0]} undecodable byte sequence(s) with U+FFFD", stacklevel=2)
         if stats is not None:
-            stats["replaced"] = stats.get("replaced", 0) + replaced
+            stats["replaced"] = stats.get("replaced", 0) + tally[0]
 
 
-def _decode_line(raw: bytes, path: Path, errors: str, offset: int, where: str) -> tuple[str, int]:
+def _decode_line(raw: bytes, path: Path, errors: str, offset: int, where: str, tally: list[int]) -> str:
+    """One line's text; replaced byte sequences are added to `tally[0]`."""
     try:
-        return raw.decode("utf-8"), 0
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         if errors == "strict":
             bad = raw[exc.start:exc.start + 4]
@@ -412,7 +434,8 @@ def _decode_line(raw: bytes, path: Path, errors: str, offset: int, where: str) -
                             f"re-encode the file as UTF-8, or replace undecodable bytes ({REPLACE_HINT})") from None
     _count.n = 0
     text = raw.decode("utf-8", errors="lmscale-count-replace")
-    return text, _count.n
+    tally[0] += _count.n
+    return text
 
 
 def _split_lines(lines: Iterable[str]) -> Iterator[str]:
@@ -449,7 +472,7 @@ def iter_split_documents(lines: Iterable[str], doc_format: str = "paragraphs",
         docs = _starting_at(lines, _HEADER_LINE)
     else:
         raise DataError(f"unknown document format {doc_format!r}")
-    return (d for d in docs if d.strip())
+    return (d for d in docs if d and not d.isspace())
 
 
 def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
@@ -507,33 +530,35 @@ def iter_records(path: Path, text_field: str = DEFAULT_TEXT_FIELD, errors: str =
         yield from _parquet_texts(path, keys, text_field, stats)
         return
     lines = iter_lines(path, errors, stats)
-    first_lineno, first = 0, None
-    for line in lines:
-        first_lineno += 1
-        if line.strip():
-            first = line
-            break
-    if first is None:
-        return
-    if first.lstrip().startswith("["):  # one JSON array of records (not streamed)
-        text = first + "".join(lines)
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise DataError(f"{path}: invalid JSON ({exc})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected JSON Lines or one JSON array of records")
-        for i, rec in enumerate(data):
-            yield _record_text(rec, keys, text_field, f"{path}: record {i}")
-        return
-    for lineno, line in enumerate(itertools.chain([first], lines), start=first_lineno):
-        if not line.strip():
+    first = True
+    for lineno, line in enumerate(lines, start=1):
+        if line.isspace():  # str.strip()'s whitespace, without copying a long line
             continue
+        if first and _ARRAY_START.match(line):  # one JSON array of records (not streamed)
+            text = line + "".join(lines)
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise DataError(f"{path}: invalid JSON ({exc})") from None
+            except RecursionError:
+                raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
+            if not isinstance(data, list):
+                raise DataError(f"{path}: expected JSON Lines or one JSON array of records")
+            for i, rec in enumerate(data):
+                yield _record_text(rec, keys, text_field, f"{path}: record {i}")
+            return
+        first = False
         try:
             rec = json.loads(line)
         except ValueError as exc:
             raise DataError(f"{path}: line {lineno}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+        except RecursionError:
+            raise DataError(f"{path}: line {lineno}: invalid JSON (nested too deeply)") from None
+        del line  # a long record's line is not kept beside its text while that is used
         yield _record_text(rec, keys, text_field, f"{path}: line {lineno}")
+
+
+_ARRAY_START = re.compile(r"\s*\[")
 
 
 def _parquet_texts(path: Path, keys: list[str], field: str, stats: dict | None) -> Iterator[str]:
@@ -573,7 +598,7 @@ def iter_file_documents(path: Path, errors: str = "strict", doc_format: str | No
     elif kind in ("json", "parquet"):
         docs = iter_records(path, text_field, errors, stats)
     elif kind == "tsv":
-        docs = tsv_texts(path, _split_lines(iter_lines(path, errors, stats)))
+        docs = tsv_texts(path, iter_lines(path, errors, stats))
     else:
         fmt = doc_format or "paragraphs"
         breaks = True
@@ -584,7 +609,7 @@ def iter_file_documents(path: Path, errors: str = "strict", doc_format: str | No
         docs = iter_split_documents(iter_lines(path, errors, stats), fmt, breaks)
     n = 0
     for d in docs:
-        if d.strip():
+        if d and not d.isspace():  # `d.strip()` without copying a long document
             n += 1
             yield d
     if n == 0:

@@ -20,6 +20,7 @@ import collections
 import json
 import multiprocessing as mp
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ VERSION = 1
 CHUNK_BYTES = 256 * 1024
 MIN_PARALLEL_BYTES = 1 << 20
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker process: memory stays bounded
+PIECE_CHARS = 1 << 20  # a longer document is tokenized a piece at a time (`_pieces`), where that is exact
 HOLD_OUT_BLOCK_TOKENS = 1 << 21  # tokens copied at a time when the held-out share is split off
 
 
@@ -197,9 +199,12 @@ def _fast_encoder(tok):
     return _encoders[key]
 
 
-def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype,
+                 open_end: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Tokens of `docs`, each followed by the document separator; and per document its number of
-    tokens, UTF-8 bytes and whitespace words (counted here so that workers share that work too)."""
+    tokens, UTF-8 bytes and whitespace words (counted here so that workers share that work too).
+    With `open_end` the last text is a piece of a document that goes on in the next chunk: no
+    separator after it."""
     sep = tok.doc_separator_id
     fast = _fast_encoder(tok)
     if fast is not None:
@@ -209,8 +214,10 @@ def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray,
         id_lists = [e.ids for e in enc(list(docs), add_special_tokens=False)]
     flat: list[int] = []
     lens = np.empty(len(id_lists), np.int64)
+    last = len(id_lists) - 1 if open_end else -1
     for k, ids in enumerate(id_lists):
-        ids.append(sep)
+        if k != last:
+            ids.append(sep)
         flat.extend(ids)
         lens[k] = len(ids)
     n_bytes = np.fromiter((len(d.encode("utf-8")) for d in docs), np.int64, len(docs))
@@ -218,15 +225,29 @@ def encode_chunk(tok, docs: Sequence[str], dtype: np.dtype) -> tuple[np.ndarray,
     return np.array(flat, dtype=dtype), lens, n_bytes, n_words
 
 
-def _work(args: tuple[list[str], str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    docs, dtype = args
-    return encode_chunk(_worker_tok, docs, np.dtype(dtype))
+def _work(args: tuple[list[str], str, bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    docs, dtype, open_end = args
+    return encode_chunk(_worker_tok, docs, np.dtype(dtype), open_end)
 
 
-def _chunks(docs: Iterable[str], chunk_bytes: int) -> Iterator[list[str]]:
+class _Open(list):
+    """A chunk whose last text is a piece of a document that the next chunk goes on with."""
+
+
+def _chunks(docs: Iterable[str], chunk_bytes: int, piece_chars: int | None = None) -> Iterator[list[str]]:
+    """The documents in lists of about `chunk_bytes` characters. With `piece_chars`, a longer
+    document is cut into pieces (`_pieces`), each ending an `_Open` chunk but the last: workers
+    then hold a piece, never the whole document with its tokens as Python ints."""
     cur: list[str] = []
     size = 0
     for d in docs:
+        if piece_chars is not None and len(d) > piece_chars:
+            pieces = _pieces(d, piece_chars)
+            d = next(pieces)
+            for following in pieces:
+                cur.append(d)
+                yield _Open(cur)
+                cur, size, d = [], 0, following
         cur.append(d)
         size += len(d)
         if size >= chunk_bytes:
@@ -234,6 +255,84 @@ def _chunks(docs: Iterable[str], chunk_bytes: int) -> Iterator[list[str]]:
             cur, size = [], 0
     if cur:
         yield cur
+
+
+# a space between two letters or digits: every tokenizer `_cuts_are_exact` accepts ends a pre-token there
+_CUT = re.compile(r"(?<=[^\W_]) (?=[^\W_])")
+
+
+def _pieces(doc: str, size: int) -> Iterator[str]:
+    """`doc` in pieces of at least `size` characters, each cut before a space between two letters
+    or digits (the space starts the next piece); a stretch without such a space stays whole."""
+    start = 0
+    while len(doc) - start > size:
+        m = _CUT.search(doc, start + size)
+        if m is None:
+            break
+        yield doc[start:m.start()]
+        start = m.start()
+    yield doc[start:] if start else doc
+
+
+_NORMALIZERS_PER_CHARACTER = frozenset({"Lowercase", "NFC", "NFD", "NFKC", "NFKD", "Nmt", "StripAccents",
+                                        "BertNormalizer"})
+_SPLIT_AT_SPACES = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
+_PER_PRE_TOKEN = frozenset({"ByteLevel", "BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Digits",
+                            "Punctuation", "UnicodeScripts", "Split"})
+
+
+def _normalizer_ok(n: dict | None) -> bool:
+    """A normalizer that changes each character on its own, or runs of spaces (the unigram's)."""
+    if n is None:
+        return True
+    kind = n.get("type")
+    if kind == "Sequence":
+        return all(_normalizer_ok(m) for m in n.get("normalizers") or [])
+    if kind == "Replace":
+        pattern = n.get("pattern") or {}
+        return pattern.get("Regex") in (" {2,}", " +") or set(pattern.get("String") or "x") == {" "}
+    return kind in _NORMALIZERS_PER_CHARACTER
+
+
+def _splits_at_spaces(p: dict | None) -> bool:
+    """A pre-tokenizer that always ends a pre-token before a space that follows a letter or digit
+    (GPT-2's regex, BERT's, whitespace, SentencePiece's metaspace), then works per pre-token."""
+    if p is None:
+        return False
+    kind = p.get("type")
+    if kind == "ByteLevel":
+        return bool(p.get("use_regex", True))
+    if kind == "Metaspace":
+        return bool(p.get("split", True))
+    if kind == "Sequence":
+        members = p.get("pretokenizers") or []
+        return bool(members) and _splits_at_spaces(members[0]) and all(
+            m.get("type") in _PER_PRE_TOKEN for m in members[1:])
+    return kind in _SPLIT_AT_SPACES
+
+
+_exact: dict[str, bool] = {}
+
+
+def _cuts_are_exact(tok) -> bool:
+    """Whether `tok` gives a document's tokens as the tokens of its `_pieces`, one after another.
+
+    True for the pipelines lmscale trains and GPT-2's: a normalizer per character, a pre-tokenizer
+    that splits where a piece is cut, no added token that holds a space or eats the space after a
+    letter or digit, and no truncation or padding. Other tokenizers see every document whole."""
+    key = tok.hash
+    if key not in _exact:
+        b = tok.backend
+
+        def spec(part: Any) -> dict | None:  # one component of tokenizer.json, not the vocabulary too
+            return None if part is None else json.loads(part.__getstate__())
+
+        added = b.get_added_tokens_decoder().values()
+        _exact[key] = (_normalizer_ok(spec(b.normalizer)) and _splits_at_spaces(spec(b.pre_tokenizer))
+                       and b.truncation is None and b.padding is None
+                       and not any(any(c.isspace() for c in t.content) or (t.rstrip and t.content[-1:].isalnum())
+                                   for t in added))
+    return _exact[key]
 
 
 def _pool_context():
@@ -284,18 +383,34 @@ class _Tokenizing:
             _worker_tok = None
 
     def map(self, chunks: Iterable[list[str]], dtype: np.dtype) -> Iterator[tuple]:
-        """(tokens, tokens per doc, bytes per doc, words per doc) of each chunk, in order."""
+        """(tokens, tokens per doc, bytes per doc, words per doc) of each chunk, in order; a
+        document cut into pieces (`_Open` chunks) is counted once, in the chunk where it ends."""
+        carry = None
+        for (tokens, lens, n_bytes, n_words), open_end in self._encoded(chunks, dtype):
+            if carry is not None:
+                lens[0], n_bytes[0], n_words[0] = lens[0] + carry[0], n_bytes[0] + carry[1], n_words[0] + carry[2]
+                carry = None
+            if open_end:
+                carry = (lens[-1], n_bytes[-1], n_words[-1])
+                lens, n_bytes, n_words = lens[:-1], n_bytes[:-1], n_words[:-1]
+            yield tokens, lens, n_bytes, n_words
+
+    def _encoded(self, chunks: Iterable[list[str]], dtype: np.dtype) -> Iterator[tuple[tuple, bool]]:
         if self.pool is None:
             for c in chunks:
-                yield encode_chunk(self.tok, c, dtype)
+                open_end = isinstance(c, _Open)
+                yield encode_chunk(self.tok, c, dtype, open_end), open_end
             return
         pending: collections.deque = collections.deque()
         for c in chunks:
-            pending.append(self.pool.apply_async(_work, ((c, dtype.str),)))
+            open_end = isinstance(c, _Open)
+            pending.append((self.pool.apply_async(_work, ((list(c), dtype.str, open_end),)), open_end))
             while len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:
-                yield pending.popleft().get()
+                result, open_end = pending.popleft()
+                yield result.get(), open_end
         while pending:
-            yield pending.popleft().get()
+            result, open_end = pending.popleft()
+            yield result.get(), open_end
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -354,7 +469,7 @@ class _SplitWriter:
         self.fh = open(self.path, "wb")
 
     def write(self, tokens: np.ndarray, lens: np.ndarray, n_bytes: int, n_words: int) -> None:
-        self.fh.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self.fh.write(memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)))  # no bytes copy
         self.lens.append(np.asarray(lens, np.int64))
         self.n_bytes += int(n_bytes)
         self.n_words += int(n_words)
@@ -463,7 +578,8 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
             writer = _SplitWriter(tmp / (".all.bin" if hold_out else f"{split}.bin"), dtype)
             doc_bytes: list[np.ndarray] = []
             doc_words: list[np.ndarray] = []
-            for arr, lens, nb, nw in pool.map(_chunks(corpus.stream_split(split), CHUNK_BYTES), dtype):
+            chunks = _chunks(corpus.stream_split(split), CHUNK_BYTES, PIECE_CHARS if _cuts_are_exact(tok) else None)
+            for arr, lens, nb, nw in pool.map(chunks, dtype):
                 writer.write(arr, lens, nb.sum(), nw.sum())
                 if hold_out:
                     doc_bytes.append(nb)

@@ -128,19 +128,21 @@ def iter_rows(path: str | os.PathLike, fmt: Optional[str] = None) -> Iterator[tu
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     fmt = detect_format(path, fmt)
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")  # not read_text: its newline translation makes a `\r` in a field a row break
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {exc.start})") from None
+    del raw
     if fmt == "jsonl":
         for i, line in enumerate(text_rows(text), start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+            except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+                raise DataError(f"{path}:{i}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
             except RecursionError:
                 raise DataError(f"{path}:{i}: JSON nested too deeply to be a row") from None
             if not isinstance(obj, dict):
@@ -172,7 +174,7 @@ def iter_rows(path: str | os.PathLike, fmt: Optional[str] = None) -> Iterator[tu
             if not any(header):
                 raise DataError(f"{path}:{line}: the first row must name the columns")
             continue
-        if not row or (len(row) == 1 and not row[0].strip()):
+        if not any(f.strip() for f in row):  # a blank line, tabs or commas and spaces only
             continue
         if len(row) != len(header):
             raise DataError(

@@ -186,10 +186,14 @@ def read_json_file(path: str | os.PathLike, what: str = "JSON file", kind: type 
         raise DataError(f"{what} {p}: {p.stat().st_size:,} bytes, more than a {what} can be ({max_bytes:,})")
     try:
         obj = json.loads(p.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise DataError(f"{what} {p}: cannot read it ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{what} {p} is not UTF-8 text (byte offset {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{what} {p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise DataError(f"{what} {p} is not valid JSON ({exc})") from None
     except RecursionError:
         raise DataError(f"{what} {p}: its JSON is nested too deeply") from None
     if not isinstance(obj, kind):

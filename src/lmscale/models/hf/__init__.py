@@ -34,6 +34,7 @@ from lmscale.models.hf.common import (
     Rule,
     apply_rules,
     export_rules,
+    hf_shapes,
     is_hf_dir,
     load_hf_tokenizer,
     normalise_keys,
@@ -87,18 +88,30 @@ def from_hf(src: Any) -> tuple[nn.Module, Any]:
         imp = adapter.read(c, set(state), where)
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"{where}: config cannot be converted ({exc})") from None
+    model = build_model(imp.cfg)
+    # a tensor joined from several (q|k|v, gate|up) or regrouped is checked part by part, so that a
+    # wrong part is named as the checkpoint names it; the others are checked as ours, below
+    joined = [r for r in imp.rules if len(r.hf) > 1 or r.heads]
+    want = hf_shapes(joined, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    misshaped = [k for k in want if k in state and tuple(state[k].shape) != want[k]]
+    broken = [r for r in joined if any(k in misshaped for k in r.hf)]
+    skipped = [k for r in broken for k in r.hf]
     try:
-        ours, missing, unexpected = apply_rules(imp.rules, state, imp.tied_extras)
+        ours, missing, unexpected = apply_rules([r for r in imp.rules if r not in broken], state,
+                                                [*imp.tied_extras, *skipped])
     except (RuntimeError, ValueError) as exc:  # tensors that cannot be joined or split as the config says
         raise CheckpointError(f"{where}: weights do not match its config ({one_line(exc)})") from None
-    if missing or unexpected:
+    missing += [k for k in skipped if k not in state]
+    if missing or unexpected or misshaped:
         parts = []
         if missing:
             parts.append(f"missing tensors: {', '.join(missing)}")
         if unexpected:
             parts.append(f"unexpected tensors: {', '.join(unexpected)}")
+        if misshaped:
+            parts.append("mis-shaped tensors: " + ", ".join(
+                f"{k} (checkpoint {tuple(state[k].shape)}, config {want[k]})" for k in misshaped))
         raise CheckpointError(f"{where}: weights do not match its config; " + "; ".join(parts))
-    model = build_model(imp.cfg)
     if not imp.has_head:
         # a headless checkpoint (BertModel): the rules cover the body, the head keeps its fresh init
         covered = {r.ours for r in imp.rules}

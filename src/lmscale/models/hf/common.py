@@ -231,6 +231,24 @@ def apply_rules(rules: list[Rule], hf: dict[str, torch.Tensor], tied_extras: lis
     return ours, missing, unexpected
 
 
+def hf_shapes(rules: list[Rule], ours: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The shape of each `transformers` tensor of `rules`, given the shapes of ours (what
+    `export_rules` writes): a checkpoint's tensor of another shape is named before any is joined."""
+    out: dict[str, tuple[int, ...]] = {}
+    for rule in rules:
+        if rule.ours not in ours:
+            continue
+        shape = tuple(ours[rule.ours])
+        if len(rule.hf) == 1:
+            parts = [shape]
+        else:
+            rows = rule.sizes or (shape[0] // len(rule.hf),) * len(rule.hf)
+            parts = [(r, *shape[1:]) for r in rows]
+        for name, part in zip(rule.hf, parts):
+            out[name] = part[::-1] if rule.transpose and len(part) == 2 else part
+    return out
+
+
 def export_rules(rules: list[Rule], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our tensors under their `transformers` names (split, transposed, regrouped as the rules say)."""
     out: dict[str, torch.Tensor] = {}
