@@ -133,13 +133,13 @@ def text_rows(text: str, keepends: bool = False) -> list[str]:
     return [r[:-1] if r.endswith("\r") else r for r in rows]
 
 
-def tsv_texts(path: Path, text: str | Iterable[str], field: str = "sentence") -> Iterator[str]:
-    """The `sentence` column of a GLUE-style TSV (the first column when there is no such header);
-    `text` is the file's text or its lines, each with its `\n` (`iter_lines`). A row is one line:
-    lines end at `\n` only (a form feed or U+2028 in a sentence is text), blank lines are skipped,
-    and a quoted field that runs past the end of its line is an error, never rows merged."""
-    rows = csv.reader(text_rows(text, keepends=True) if isinstance(text, str) else text, delimiter="\t")
-    col = None
+def one_line_rows(path: str | Path, text: str | Iterable[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of a TSV/CSV whose every row is one line: `text` is the file's text or
+    its lines, each with its `\n`. Lines end at `\n` only; fields may be quoted, but a quoted field
+    that runs past the end of its line (an unbalanced quote swallowing the rows after it) is an
+    error naming the line, never rows merged."""
+    rows = csv.reader(text_rows(text, keepends=True) if isinstance(text, str) else text, delimiter=delimiter)
+    kind = "TSV" if delimiter == "\t" else "CSV"
     previous = 0
     while True:
         try:
@@ -147,11 +147,21 @@ def tsv_texts(path: Path, text: str | Iterable[str], field: str = "sentence") ->
         except StopIteration:
             return
         except csv.Error as exc:
-            raise DataError(f"{path}: line {rows.line_num}: not readable as TSV ({exc})") from None
+            raise DataError(f"{path}: line {rows.line_num}: not readable as {kind} ({exc})") from None
         lineno, first, previous = rows.line_num, previous + 1, rows.line_num
         if lineno != first:
             raise DataError(f"{path}: line {first}: a quoted field runs from line {first} to line {lineno} "
                             "(an unbalanced quote?); each row must be on one line: close or remove the quote")
+        yield lineno, row
+
+
+def tsv_texts(path: Path, text: str | Iterable[str], field: str = "sentence") -> Iterator[str]:
+    """The `sentence` column of a GLUE-style TSV (the first column when there is no such header);
+    `text` is the file's text or its lines, each with its `\n` (`iter_lines`). A row is one line:
+    lines end at `\n` only (a form feed or U+2028 in a sentence is text), blank lines are skipped,
+    and a quoted field that runs past the end of its line is an error, never rows merged."""
+    col = None
+    for lineno, row in one_line_rows(path, text, "\t"):
         if not any(f.strip() for f in row):
             continue
         if col is None:

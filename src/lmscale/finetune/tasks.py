@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from lmscale.data.catalog import resolve_corpus
-from lmscale.data.readers import text_rows
+from lmscale.data.readers import one_line_rows, text_rows
 from lmscale.errors import DataError
 
 KINDS = ("classification", "regression", "text-to-text")
@@ -149,26 +149,9 @@ def iter_rows(path: str | os.PathLike, fmt: Optional[str] = None) -> Iterator[tu
                 raise DataError(f"{path}:{i}: each JSONL line must be an object with named fields")
             yield i, obj
         return
-    # fields may be quoted (some TSV exports quote), but an example is one line: a quoted field that
-    # runs over several lines (an unbalanced quote swallowing the rows after it) is an error naming
-    # the line, never silently fewer rows
-    reader = csv.reader(text_rows(text, keepends=True), delimiter="\t" if fmt == "tsv" else ",")
+    # fields may be quoted (some TSV exports quote), but an example is one line (`one_line_rows`)
     header: Optional[list[str]] = None
-    previous = 0
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise DataError(f"{path}:{reader.line_num}: not readable as {fmt.upper()} ({exc})") from None
-        line = reader.line_num
-        first, previous = previous + 1, line
-        if line != first:
-            raise DataError(
-                f"{path}:{first}: a quoted field runs from line {first} to line {line} (an unbalanced "
-                "quote?); each example must be on one line: close or remove the quote"
-            )
+    for line, row in one_line_rows(path, text, "\t" if fmt == "tsv" else ","):
         if header is None:
             header = [h.strip() for h in row]
             if not any(header):
