@@ -943,10 +943,21 @@ class DataConstrainedLaw(_LogHuberLaw):
         return p["E"] + p["A"] / np.power(Np, p["alpha"]) + p["B"] / np.power(Dp, p["beta"])
 
     def bootstrap(self, n: int = 1000, seed: int = 0, level: float = 0.95) -> BootstrapResult:
-        """Bootstrap of the repetition parameters with the base law held at its fit."""
+        """Bootstrap of the repetition parameters with the base law held at its fit; the base law's
+        parameters, when fitted here, get their intervals from a bootstrap of that fit (on the
+        single-epoch runs), so that every reported number has one. The two are drawn apart, so
+        joint samples are cut to the shorter of the two."""
         res = super().bootstrap(n, seed, level)
-        for k in ("E", "A", "B", "alpha", "beta"):
+        base = ("E", "A", "B", "alpha", "beta")
+        for k in base:
             res.samples.pop(k, None)
+        fit = getattr(self, "base_fit_", None)
+        if fit is not None:
+            b = fit.bootstrap(n, seed, level)
+            m = min(len(b.samples["E"]), len(res.samples["R_D_star"]))
+            res.samples = {k: v[:m] for k, v in res.samples.items()}
+            res.theta = None if res.theta is None else res.theta[:m]
+            res.samples.update({k: b.samples[k][:m] for k in base})
         return res
 
 
