@@ -177,9 +177,13 @@ def test_recorded_unique_tokens_feed_the_data_constrained_law(tmp_path, capsys):
     assert "U" in t.values and t.columns["U"] == "unique_tokens"
     assert main(["sweep", "export", str(reg_path), "-o", str(tmp_path / "runs.csv")]) == 0
     capsys.readouterr()
-    assert main(["fit", str(tmp_path / "runs.csv"), "--json"]) == 0
+    assert main(["fit", str(tmp_path / "runs.csv"), "--json", "--bootstrap", "20"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["law"] == "data-constrained" and "past 4 epochs" in res["law_choice"]
+    assert set(res["ci95"]) >= set(true)  # every fitted number has its interval, the base law's too
+    for k in ("alpha", "beta", "R_D_star"):
+        lo, hi = res["ci95"][k]
+        assert lo <= true[k] * 1.02 and hi >= true[k] * 0.98, k
     for k in ("R_D_star", "R_N_star", "alpha", "beta"):
         assert res["params"][k] == pytest.approx(true[k], rel=0.02), k
     assert main(["sweep", "fit", str(reg_path), "--holdout", "none"]) == 0
