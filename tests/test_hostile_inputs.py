@@ -555,6 +555,17 @@ def test_cuda_without_cuda_is_refused_before_any_work(fx, tmp_path):
 
 # ----------------------------------------------------------------------------- what still works
 
+def test_a_resume_never_records_a_users_file_as_lmscales(fx, tmp_path):
+    run = tmp_path / "g"
+    shutil.copytree(fx["G"], run)
+    (run / "notes.txt").write_text("mine")
+    rc, _, err = cli("pretrain", "--resume", run, "--no-progress")
+    assert rc == 0, err
+    assert "notes.txt" not in json.loads((run / ".lmscale").read_text())["entries"]
+    refused(cli("convert", "--to-hf", fx["G"], "--out", run, "--overwrite"), "--out", "notes.txt")
+    assert (run / "notes.txt").read_text() == "mine"
+
+
 def test_writers_reuse_their_own_output_and_overwrite_only_when_asked(fx, tmp_path):
     out = tmp_path / "hf"
     assert cli("convert", "--to-hf", fx["G"], "--out", out)[0] == 0

@@ -59,7 +59,8 @@ def test_report_from_a_law_csv_recovers_the_law_and_embeds_every_figure(law_repo
     imgs = _images(html)
     assert len(imgs) == len(res["figures"]) >= 5
     assert all(i.startswith(PNG_MAGIC) for i in imgs)
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == sorted(f"{n}.png" for n in res["figures"])
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == sorted([".lmscale", *(f"{n}.png" for n in
+                                                                                      res["figures"])])
     assert "http://" not in html and "https://" not in html  # opens offline
     # IsoFLOP minima sit where the generating law puts them (closed form, Hoffmann et al. eq. 4)
     t = RunsTable.from_csv(src, n_col="N", d_col="D", loss_col="loss")

@@ -35,7 +35,7 @@ import threading
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 from lmscale.errors import DataError, one_line
 
@@ -133,11 +133,13 @@ def text_rows(text: str, keepends: bool = False) -> list[str]:
     return [r[:-1] if r.endswith("\r") else r for r in rows]
 
 
-def one_line_rows(path: str | Path, text: str | Iterable[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+def one_line_rows(path: str | Path, text: str | Iterable[str], delimiter: str,
+                  at: Optional[Callable[[int], str]] = None) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of a TSV/CSV whose every row is one line: `text` is the file's text or
     its lines, each with its `\n`. Lines end at `\n` only; fields may be quoted, but a quoted field
     that runs past the end of its line (an unbalanced quote swallowing the rows after it) is an
-    error naming the line, never rows merged."""
+    error naming the line (`at(n)`, by default "PATH: line n"), never rows merged."""
+    at = at or (lambda n: f"{path}: line {n}")
     rows = csv.reader(text_rows(text, keepends=True) if isinstance(text, str) else text, delimiter=delimiter)
     kind = "TSV" if delimiter == "\t" else "CSV"
     previous = 0
@@ -147,10 +149,10 @@ def one_line_rows(path: str | Path, text: str | Iterable[str], delimiter: str) -
         except StopIteration:
             return
         except csv.Error as exc:
-            raise DataError(f"{path}: line {rows.line_num}: not readable as {kind} ({exc})") from None
+            raise DataError(f"{at(rows.line_num)}: not readable as {kind} ({exc})") from None
         lineno, first, previous = rows.line_num, previous + 1, rows.line_num
         if lineno != first:
-            raise DataError(f"{path}: line {first}: a quoted field runs from line {first} to line {lineno} "
+            raise DataError(f"{at(first)}: a quoted field runs from line {first} to line {lineno} "
                             "(an unbalanced quote?); each row must be on one line: close or remove the quote")
         yield lineno, row
 

@@ -604,7 +604,7 @@ def prepare(corpus: Corpus | str | os.PathLike, tokenizer, out_dir: str | os.Pat
         index["workers"] = pool.workers
         index["encoder"] = "cached-byte-level-bpe" if _fast_encoder(tok) is not None else "tokenizers"
         atomic_write_json(tmp / "index.json", index)
-        mark_output_dir(tmp, SHARDS_KIND)
+        mark_output_dir(tmp, SHARDS_KIND, whole=True)
     result = ShardIndex(out, index, reused=False, seconds=time.perf_counter() - t0)
     return result
 

@@ -32,8 +32,9 @@ from lmscale.training.device import resolve_device
 from lmscale.training.loop import pretrain
 
 DEFAULT_TASK = "sentiment-movies"
-# what a run of the experiment writes in its directory (the marker's manifest claims them up front)
-EXPERIMENT_ENTRIES = ("pretrain", "pretraining_effect.png", "results.json", "table.txt")
+# what the experiments (pretraining effect, transfer) write in their directory: the marker's
+# manifest claims them up front
+EXPERIMENT_ENTRIES = ("pretrain", "pretraining_effect.png", "transfer.png", "results.json", "table.txt")
 # fine-tuning learning rate per initialisation (`lr=` / `--lr` override any of them)
 FINETUNE_LR: dict[str, float] = {"pretrained": 1e-3, "random": 1e-3, "minilm": 1e-4, "minilm-random": 1e-4}
 # A small BERT for a short MLM pretraining on a CPU (pre-LN for stable short runs).

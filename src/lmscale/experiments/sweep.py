@@ -55,14 +55,19 @@ from lmscale.training.branch import branch_config, cooldown_steps
 
 __all__ = ["DEMO_SWEEP", "DESIGNS", "LAUNCHERS", "REGISTRY_FILE", "RunOutcome", "RunSpec", "SweepConfig",
            "SweepResult", "exec_index", "execute_run", "plan", "prepare_data", "pretrain_command", "register",
-           "run_sweep"]
+           "run_sweep", "sweep_entries"]
 
 DESIGNS = ("grid", "isoflop")
 SCHEDULE_MODES = (None, "cosine", "wsd")  # None/cosine: each run its own schedule (base.train.schedule)
 REGISTRY_FILE = "registry.sqlite"  # OUT/REGISTRY_FILE unless --registry says otherwise
-# what a sweep writes in its directory (the marker's manifest claims them up front)
-SWEEP_ENTRIES = ("sweep.yaml", "runs", "data", "configs", "logs", REGISTRY_FILE,
-                 *(REGISTRY_FILE + s for s in ("-wal", "-shm", "-journal")))
+
+
+def sweep_entries(name: str) -> tuple[str, ...]:
+    """What sweep `name` writes in its directory (its marker's manifest claims them up front): its
+    config, runs, shared data, run configs and logs, registry, Slurm script, and the report and
+    figures the quickstart draws there."""
+    return ("sweep.yaml", "runs", "data", "configs", "logs", REGISTRY_FILE,
+            *(REGISTRY_FILE + s for s in ("-wal", "-shm", "-journal")), f"{name}.sbatch", "report.html", "figures")
 
 
 @dataclass
@@ -462,7 +467,7 @@ def register(sweep: SweepConfig, out_dir: str | os.PathLike, registry: str | os.
     """Plan the sweep, prepare its shared data, and write its runs into the registry."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mark_output_dir(out, "sweep", claim=SWEEP_ENTRIES)
+    mark_output_dir(out, "sweep", names=sweep_entries(sweep.name))
     reg = Registry(registry or out / REGISTRY_FILE, journal_mode=journal_mode)
     specs = plan(sweep, out)
     base = sweep.base_config()

@@ -151,7 +151,7 @@ def iter_rows(path: str | os.PathLike, fmt: Optional[str] = None) -> Iterator[tu
         return
     # fields may be quoted (some TSV exports quote), but an example is one line (`one_line_rows`)
     header: Optional[list[str]] = None
-    for line, row in one_line_rows(path, text, "\t" if fmt == "tsv" else ","):
+    for line, row in one_line_rows(path, text, "\t" if fmt == "tsv" else ",", at=lambda n: f"{path}:{n}"):
         if header is None:
             header = [h.strip() for h in row]
             if not any(header):

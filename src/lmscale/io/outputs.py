@@ -11,11 +11,10 @@ another file only with `--overwrite`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Optional
 
 from lmscale.errors import LmscaleError
 from lmscale.io import atomic_write_text
@@ -66,37 +65,47 @@ def marked_kind(path: str | os.PathLike) -> Optional[str]:
 
 
 def recorded_entries(path: str | os.PathLike) -> Optional[frozenset[str]]:
-    """The names the marker's manifest says lmscale wrote in `path`; None for no marker, or a
-    marker from before manifests (its directory is lmscale's as a whole)."""
+    """The names the marker's manifest says lmscale wrote in `path`; None for no marker, a marker
+    from before manifests, or a manifest that is not a list of names."""
     data = _marker(path)
     entries = None if data is None else data.get("entries")
-    if not isinstance(entries, list):
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         return None
-    return frozenset(e for e in entries if isinstance(e, str))
+    return frozenset(entries)
+
+
+def _temporary_of(name: str) -> Optional[str]:
+    """The name a `.NAME.*.tmp` or `.NAME.old` temporary stands for (None for another name)."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        return name[1:-4].rpartition(".")[0] or name[1:-4]
+    if name.startswith(".") and name.endswith(".old"):
+        return name[1:-4]
+    return None
 
 
 def _owned_name(name: str, owned: frozenset[str]) -> bool:
-    """`name` is lmscale's in a directory whose manifest is `owned`: recorded, the marker or lock,
-    or a temporary (`.NAME.*.tmp`, `.NAME.old`) of a recorded name."""
-    if name in owned or name in (MARKER, LOCK):
+    """`name` is lmscale's in a directory whose manifest is `owned`: recorded, the lock, or a
+    temporary (`.NAME.*.tmp`, `.NAME.old`) of a recorded name, the marker or the lock."""
+    if name in owned or name == LOCK:
         return True
-    if name.startswith(".") and name.endswith(".tmp"):
-        base = name[1:-4].rpartition(".")[0]
-        return base in owned or name[1:-4] in owned
-    return name.startswith(".") and name.endswith(".old") and name[1:-4] in owned
+    of = _temporary_of(name)
+    return of is not None and (of in owned or of in (MARKER, LOCK))
 
 
-def foreign_entries(path: str | os.PathLike, ours: Optional[Callable[[Path], bool]] = None) -> list[str]:
-    """The entries of directory `path` that lmscale did not write: all of them without a marker
-    (unless `ours(path)` recognises an older unmarked layout), those outside the manifest with one."""
+def foreign_entries(path: str | os.PathLike, ours: Optional[Callable[[Path], bool]] = None,
+                    names: Optional[Iterable[str]] = None) -> list[str]:
+    """The entries of directory `path` that lmscale did not write. With a manifest, those it does
+    not name; with a marker from before manifests, or an unmarked older layout that `ours(path)`
+    recognises, those outside `names` (what the writer's layout can hold: None, nothing); with
+    neither, all of them. A `.lmscale` that is not lmscale's marker file is foreign too."""
     p = Path(path)
-    names = sorted(e.name for e in p.iterdir())
+    present = sorted(e.name for e in p.iterdir())
+    marker = _marker(p)
     owned = recorded_entries(p)
     if owned is None:
-        if _marker(p) is not None or (ours is not None and names and ours(p)):
-            return []  # written before manifests: lmscale's as a whole
-        return names
-    return [n for n in names if not _owned_name(n, owned)]
+        legacy = marker is not None or (ours is not None and bool(present) and ours(p))
+        owned = frozenset(names or ()) if legacy else frozenset()
+    return [n for n in present if not (_owned_name(n, owned) or (n == MARKER and marker is not None))]
 
 
 def is_marked(path: str | os.PathLike, kinds: Optional[tuple[str, ...]] = None) -> bool:
@@ -105,33 +114,27 @@ def is_marked(path: str | os.PathLike, kinds: Optional[tuple[str, ...]] = None) 
     return kind is not None and (kinds is None or kind in kinds)
 
 
-def mark_output_dir(path: str | os.PathLike, kind: str, claim: Iterable[str] = ()) -> None:
+def mark_output_dir(path: str | os.PathLike, kind: str, names: Iterable[str] = (), whole: bool = False) -> None:
     """Put or update the marker in `path` (created if missing): lmscale writes this directory as
-    `kind`. Its manifest records every entry there now (call it after `check_output_dir`, which
-    refused anything foreign, or after writing) and the names in `claim` that the command is about
-    to write, so that a kill before the next mark leaves nothing of lmscale's unrecorded."""
+    `kind`, and its manifest names what lmscale wrote there: the names recorded before, and
+    `names`, claimed before the command writes them so that a kill leaves nothing of lmscale's
+    unrecorded. Never what merely is there (a file a user adds while a command runs stays theirs),
+    except with `whole`, for a directory lmscale has just built as a whole (`atomic_directory`)."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
-    present = {e.name for e in p.iterdir() if e.name not in (MARKER, LOCK)}
-    # temporaries stay out of the manifest: they are owned through the name they stand for
-    present = {n for n in present if not (n.startswith(".") and (n.endswith(".tmp") or n.endswith(".old")))}
-    entries = sorted(present | set(claim))
-    data = {"written_by": "lmscale", "kind": kind, "entries": entries}
+    m = p / MARKER
+    if (m.exists() or m.is_symlink()) and (m.is_symlink() or not m.is_file() or _marker(p) is None):
+        raise OutputError(f"{p}: its {MARKER} is not lmscale's marker file; lmscale will not replace it, so "
+                          "move it away or choose another output directory")
+    present = {e.name for e in p.iterdir() if e.name not in (MARKER, LOCK) and _temporary_of(e.name) is None}
+    if whole:
+        entries = present
+    else:
+        claimed = set(names)
+        entries = ((recorded_entries(p) or frozenset()) & present) | claimed
+    data = {"written_by": "lmscale", "kind": kind, "entries": sorted(entries)}
     if _marker(p) != data:
-        atomic_write_text(p / MARKER, json.dumps(data) + "\n")
-
-
-@contextlib.contextmanager
-def owned_output_dir(path: str | os.PathLike, kind: str, claim: Iterable[str] = ()) -> Iterator[Path]:
-    """Mark `path` (already checked) as `kind` claiming `claim`, and record what the command wrote
-    there when it ends, whether it succeeds or fails."""
-    claim = tuple(claim)
-    mark_output_dir(path, kind, claim)
-    try:
-        yield Path(path)
-    finally:
-        if Path(path).is_dir():
-            mark_output_dir(path, kind, claim)
+        atomic_write_text(m, json.dumps(data) + "\n")
 
 
 def _shown(names: list[str]) -> str:
@@ -139,10 +142,11 @@ def _shown(names: list[str]) -> str:
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--out", overwrite: bool = False,
-                     ours: Optional[Callable[[Path], bool]] = None, kinds: Optional[tuple[str, ...]] = None) -> Path:
+                     ours: Optional[Callable[[Path], bool]] = None, kinds: Optional[tuple[str, ...]] = None,
+                     names: Optional[Iterable[str]] = None) -> Path:
     """Refuse `path` as an output directory when it is a file, holds an entry lmscale did not write
-    (`foreign_entries`; not even with `overwrite`), or is lmscale's output of a kind other than
-    `kinds` (unless `overwrite`)."""
+    (`foreign_entries` with the writer's layout `names`; not even with `overwrite`), or is
+    lmscale's output of a kind other than `kinds` (unless `overwrite`)."""
     p = Path(path)
     if p.is_symlink() and not p.exists():
         raise OutputError(f"{flag} {p}: a dangling symbolic link; choose another {flag}")
@@ -150,7 +154,7 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out", overwrite: bo
         if not p.is_dir():
             raise OutputError(f"{flag} {p}: is a file, not a directory; choose another {flag} "
                               "(lmscale never replaces a file by a directory)")
-        foreign = foreign_entries(p, ours)
+        foreign = foreign_entries(p, ours, names)
         kind = marked_kind(p)
         if foreign and kind is None:
             raise OutputError(f"{flag} {p}: a non-empty directory that lmscale did not write (holds "

@@ -19,6 +19,7 @@ import numpy as np
 
 from lmscale.errors import DataError
 from lmscale.io import atomic_write_bytes, atomic_write_text, read_json_file
+from lmscale.io.outputs import mark_output_dir
 from lmscale.scaling import plots
 from lmscale.scaling.emergence import analyze, compare_metrics, read_pythia
 from lmscale.scaling.fitting import fit_table, law_derived, table_problems
@@ -171,6 +172,8 @@ def build_report(source: str | os.PathLike, out_html: str | os.PathLike | None =
         extra["In-context learning phase transition"] = {k: v for k, v in icl.items() if k != "models"} | {
             "models": [{k: v for k, v in m.items() if k != "evals"} for m in icl["models"]]}
     images, skipped = _render_pngs(make_figures(t, fit, em_figs, icl))
+    if png_dir is not None:  # the figure names are claimed before any is written
+        mark_output_dir(png_dir, "figures", names=[f"{name}.png" for name in images])
     written = [str(atomic_write_bytes(Path(png_dir) / f"{name}.png", png)) for name, (png, _) in images.items()
                ] if png_dir is not None else []
     result: dict[str, Any] = {"n_runs": len(t), "figures": list(images), "pngs": written,

@@ -26,7 +26,7 @@ from lmscale.io import atomic_directory, atomic_write_text
 from lmscale.io.outputs import OutputError, check_output_dir, mark_output_dir
 from lmscale.training import checkpoint as ckpt
 from lmscale.training import distributed as dist_util
-from lmscale.training.build import RUN_DIR_ENTRIES, looks_like_run_dir, with_absolute_paths
+from lmscale.training.build import RUN_DIR_WRITES, looks_like_run_dir, with_absolute_paths
 from lmscale.training.optim import in_stable_phase, tokens_per_step, warmup_steps_for
 from lmscale.training.rundir import RESUME_MAY_CHANGE, RunDir
 
@@ -112,14 +112,15 @@ def _prepare(requested: RunConfig, overwrite: bool) -> RunConfig:
     if out.resolve() == Path(lineage["parent"]).resolve():
         raise ConfigError("--out of a branch must be a new run directory, not its parent's")
     try:
-        check_output_dir(out, "--out", overwrite=overwrite, ours=looks_like_run_dir, kinds=("run",))
+        check_output_dir(out, "--out", overwrite=overwrite, ours=looks_like_run_dir, kinds=("run",),
+                         names=RUN_DIR_WRITES)
     except OutputError as exc:
         raise ConfigError(f"cannot write to the run directory: {exc}") from None
     rd = RunDir(out)
     lock = rd.lock().acquire()
     try:
         rd.check_no_symlinks()
-        mark_output_dir(out, "run", claim=RUN_DIR_ENTRIES)
+        mark_output_dir(out, "run", names=RUN_DIR_WRITES)
         ckpt.clear_checkpoints(out)
         rd.remove_summary()
         at_step = int(state["step"])

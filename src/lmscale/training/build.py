@@ -54,6 +54,8 @@ _ABSOLUTE_POSITIONS = ("learned", "sinusoidal", "rope")
 # what a run directory holds: a directory of only these (and temporaries) is one lmscale wrote
 RUN_DIR_ENTRIES = frozenset({CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, CHECKPOINTS_DIR, TOKENIZER_DIR, SHARD_DIR,
                              "tensorboard", TRACKERS_FILE, "wandb", LOCK_FILE, MARKER})
+# what a run writes in its directory: the names its marker's manifest claims before it starts
+RUN_DIR_WRITES = RUN_DIR_ENTRIES - {LOCK_FILE, MARKER} | {ckpt.WRITE_TEST}
 
 
 @dataclass
@@ -139,7 +141,8 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
         try:
             if not resume:
                 try:
-                    check_output_dir(run_dir, "--out", overwrite=overwrite, ours=looks_like_run_dir, kinds=("run",))
+                    check_output_dir(run_dir, "--out", overwrite=overwrite, ours=looks_like_run_dir, kinds=("run",),
+                                     names=RUN_DIR_WRITES)
                 except OutputError as exc:
                     raise ConfigError(f"cannot write to the run directory: {exc}") from None
                 run_dir.check_no_symlinks()
@@ -156,7 +159,7 @@ def open_run_dir(cfg: RunConfig, info: dist_util.DistInfo, resume: bool = False,
             if problem:
                 raise ConfigError(f"cannot write to the run directory {run_dir.root} ({problem}); "
                                   "choose another --out")
-            mark_output_dir(run_dir.root, "run", claim=RUN_DIR_ENTRIES)
+            mark_output_dir(run_dir.root, "run", names=RUN_DIR_WRITES)
             clean_stale_temporaries(run_dir.root, subdirs=(CHECKPOINTS_DIR,), owned=_written_by_runs)
         except LmscaleError as exc:
             if lock is not None:

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         model, tok = load(args.to_hf)
         hf.to_hf(model, tok, args.out)
         arch = json.loads((Path(args.out) / "config.json").read_text())["architectures"][0]
-    mark_output_dir(args.out, "model")
+    mark_output_dir(args.out, "model", whole=True)  # the directory was just built whole
     summary = {"out": str(args.out), "family": model.config.family, "architecture": arch,
                "params": model.num_parameters(), "tokenizer": tok is not None}
     if args.json:

@@ -239,7 +239,8 @@ def _icl(args: argparse.Namespace) -> int:
     from lmscale.io.outputs import check_output_dir, mark_output_dir
     from lmscale.scaling.plots import plot_icl, save
 
-    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("icl",),
+    names = ("icl.json", "icl.png")
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("icl",), names=names,
                      ours=lambda d: {e.name for e in d.iterdir()} <= {"icl.json", "icl.png"})
     cfg = ICLConfig.small() if args.small else ICLConfig()
     if args.widths:
@@ -250,7 +251,7 @@ def _icl(args: argparse.Namespace) -> int:
     cfg.device = args.device
     res = run_icl(cfg, log=None if args.json else (lambda s: print(s, flush=True)))
     out = Path(args.out)
-    mark_output_dir(out, "icl", claim=("icl.json", "icl.png"))
+    mark_output_dir(out, "icl", names=names)
     atomic_write_json(out / "icl.json", res)
     save(plot_icl(res), out / "icl.png")
     if args.json:

@@ -165,12 +165,13 @@ def _run_coord_check(args: argparse.Namespace) -> int:
     if len(widths) < 2 or min(widths) < 1:
         raise LmscaleError(f"--widths {args.widths!r}: give at least two positive widths")
     out = Path(args.out)
-    check_output_dir(out, "--out", overwrite=args.overwrite, kinds=("coord-check",),
+    names = ("coord_check.json", "coord_check.png")
+    check_output_dir(out, "--out", overwrite=args.overwrite, kinds=("coord-check",), names=names,
                      ours=lambda d: {e.name for e in d.iterdir()} <= {"coord_check.json", "coord_check.png"})
     cc = CoordCheckConfig(preset_model(args.preset), widths=widths, steps=args.steps, lr=args.lr,
                           base_width=args.base_width, seeds=args.seeds)
     res = run_coord_check(cc, log=None if args.json else (lambda s: print(s, flush=True)))
-    mark_output_dir(out, "coord-check", claim=("coord_check.json", "coord_check.png"))
+    mark_output_dir(out, "coord-check", names=names)
     atomic_write_json(out / "coord_check.json", res)
     save(plot_coord_check(res), out / "coord_check.png")
     if args.json:
@@ -213,9 +214,9 @@ def _claim_out(args: argparse.Namespace) -> None:
     from lmscale.experiments.pretraining_effect import EXPERIMENT_ENTRIES
     from lmscale.io.outputs import check_output_dir, mark_output_dir
 
-    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("experiment",),
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("experiment",), names=EXPERIMENT_ENTRIES,
                      ours=lambda d: (Path(d) / "results.json").is_file())
-    mark_output_dir(args.out, "experiment", claim=EXPERIMENT_ENTRIES)
+    mark_output_dir(args.out, "experiment", names=EXPERIMENT_ENTRIES)
 
 
 def _show(args: argparse.Namespace, result: dict) -> int:

@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.preset):
         raise LmscaleError("give a checkpoint or --preset NAME (random initialisation), not both or neither")
     # before any work: a fine-tuning run never writes into a file or a directory of something else
-    check_output_dir(args.out, "--out", overwrite=args.overwrite, ours=looks_like_finetune_dir, kinds=("finetune",))
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, ours=looks_like_finetune_dir, kinds=("finetune",),
+                     names=FINETUNE_DIR_ENTRIES)
     if overrides and not args.preset:
         raise LmscaleError("--model.* overrides apply to --preset only (a checkpoint fixes the architecture)")
     spec = task_spec(args)
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"epoch {rec['epoch']:3d} step {rec['step']:6d} loss {loss} | dev {dev}")
 
     with DirectoryLock(args.out, "fine-tuning run directory"):
-        mark_output_dir(args.out, "finetune", claim=FINETUNE_DIR_ENTRIES)
+        mark_output_dir(args.out, "finetune", names=FINETUNE_DIR_ENTRIES - {".lmscale", ".lock"})
         results = finetune(body, tok, task, cfg, out_dir=args.out, log=log)
     results.pop("model", None)
     if args.json:

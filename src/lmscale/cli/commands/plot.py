@@ -18,12 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from lmscale.io.outputs import check_output_dir, owned_output_dir
+    from lmscale.io.outputs import check_output_dir
 
     check_fit(args)
     check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("figures",))
-    with owned_output_dir(args.out, "figures"):
-        res = build(args, None, args.out)
+    res = build(args, None, args.out)  # marks --out with the figures it writes
     if args.json:
         print(dumps_json(res, indent=2, default=float))
     else:

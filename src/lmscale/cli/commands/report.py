@@ -102,7 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     from lmscale.io import dumps_json
-    from lmscale.io.outputs import check_output_dir, check_output_file, owned_output_dir
+    from lmscale.io.outputs import check_output_dir, check_output_file
 
     check_fit(args)
     check_output_file(args.out, "--out", kind="html", overwrite=args.overwrite,
@@ -110,10 +110,7 @@ def run(args: argparse.Namespace) -> int:
                               ("--fit", args.fit)))
     if args.png_dir:
         check_output_dir(args.png_dir, "--png-dir", overwrite=args.overwrite, kinds=("figures",))
-        with owned_output_dir(args.png_dir, "figures"):
-            res = build(args, args.out, args.png_dir)
-    else:
-        res = build(args, args.out, args.png_dir)
+    res = build(args, args.out, args.png_dir)  # marks --png-dir with the figures it writes
     if args.json:
         print(dumps_json(res, indent=2, default=float))
     else:

@@ -110,7 +110,7 @@ def _run(args) -> int:
     from pathlib import Path
 
     from lmscale.config import deep_merge
-    from lmscale.experiments.sweep import looks_like_sweep_dir, plan, run_sweep
+    from lmscale.experiments.sweep import looks_like_sweep_dir, plan, run_sweep, sweep_entries
     from lmscale.io.outputs import check_output_dir
 
     sw = _load(args)
@@ -131,7 +131,8 @@ def _run(args) -> int:
             print(f"{len(rows)} runs; total C = {sum(r['flops'] for r in rows):.3g} FLOPs (6ND)")
         return 0
 
-    check_output_dir(out, "--out", overwrite=args.overwrite, ours=looks_like_sweep_dir, kinds=("sweep",))
+    check_output_dir(out, "--out", overwrite=args.overwrite, ours=looks_like_sweep_dir, kinds=("sweep",),
+                     names=sweep_entries(sw.name))
 
     def progress(o) -> None:
         if not args.json:

@@ -90,15 +90,15 @@ def _train(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     # before training: the tokenizer goes into a new or empty directory, or one holding a tokenizer
-    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("tokenizer",),
-                     ours=lambda d: {e.name for e in d.iterdir()} <= {"tokenizer.json", "tokenizer_meta.json"})
+    names = ("tokenizer.json", "tokenizer_meta.json")  # what `Tokenizer.save` writes
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("tokenizer",), names=names)
+    mark_output_dir(args.out, "tokenizer", names=names)
     with warnings.catch_warnings(record=True) as caught, heartbeat(f"training a {args.kind} tokenizer"):
         warnings.simplefilter("always")
         tok = train_tokenizer(args.kind, _train_inputs(args.input, args.errors, args.text_field), args.vocab_size,
                               lowercase=args.lowercase, min_frequency=args.min_frequency,
                               show_progress=sys.stderr.isatty() and not args.json)
     tok.save(args.out)
-    mark_output_dir(args.out, "tokenizer")
     info = {"out": str(args.out), "kind": tok.kind, "vocab_size": tok.vocab_size, "hash": tok.hash,
             "seconds": round(time.perf_counter() - t0, 3), "warnings": [str(w.message) for w in caught]}
     if args.json:

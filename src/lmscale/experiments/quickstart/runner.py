@@ -78,9 +78,10 @@ def run_quickstart(out: str | Path = "lmscale-out", fast: bool = False, corpus: 
     if device == "auto":
         device = "cuda" if name == "gpu" and found.type == "cuda" else "cpu"
     out = Path(out).resolve()
-    check_output_dir(out, "--out", overwrite=overwrite, ours=lambda p: (p / "stages").is_dir(), kinds=("quickstart",))
+    check_output_dir(out, "--out", overwrite=overwrite, ours=lambda p: (p / "stages").is_dir(), kinds=("quickstart",),
+                     names=QUICKSTART_ENTRIES)
     out.mkdir(parents=True, exist_ok=True)
-    mark_output_dir(out, "quickstart", claim=QUICKSTART_ENTRIES)
+    mark_output_dir(out, "quickstart", names=QUICKSTART_ENTRIES)
     corpus = corpus or spec.get("corpus", "wikitext-2")  # the profile's own corpus unless one is given
     ctx = Context(out=out, profile_name=name, profile=spec, fast=fast, corpus=corpus, device=device, console=console)
     console.rule(f"lmscale quickstart ({ctx.mode} profile, {device}) -> {out}")
