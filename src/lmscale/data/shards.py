@@ -619,7 +619,7 @@ def _owns_shard_dir(out: Path) -> bool:
     the marker) it holds only shard files and an index.json in lmscale's format. A directory is
     replaced as a whole, so a user's file beside an index.json makes it theirs."""
     if is_marked(out, (SHARDS_KIND,)):
-        return not foreign_entries(out)  # a user's file put beside the shards makes the directory theirs
+        return not foreign_entries(out, names=_SHARD_FILES)  # a user's file beside the shards makes it theirs
     if not only_known_entries(out, _SHARD_FILES):
         return False
     try:
