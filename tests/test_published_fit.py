@@ -13,16 +13,23 @@ from lmscale.scaling.identify import allocation_at_budget, allocation_warning
 # Besiroglu, Erdil, Barnett and You (2024), "Chinchilla scaling: a replication attempt", eq. 4
 BESIROGLU = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
 WIDE_G = {"G": "has a 95% interval [0.01208, 0.3132] that spans a factor 25.9 (more than 10x)"}
+EPOCH_COLS = ["--n-col", "Model Size", "--c-col", "Training FLOP", "--loss-col", "loss"]
 
 
-@pytest.mark.slow
-def test_epoch_points_reproduce_besiroglu_and_allocate_without_a_false_alarm(shared_data, tmp_path, capsys):
+@pytest.fixture
+def epoch_csv(shared_data):
+    """Epoch's 245 Chinchilla points, from the data mirror (skipped without them)."""
     csv = shared_data / "chinchilla_fig4_epoch.csv"
     if not csv.is_file():
         pytest.skip("chinchilla_fig4_epoch.csv is not in the data mirror")
+    return csv
+
+
+@pytest.mark.slow
+def test_epoch_points_reproduce_besiroglu_and_allocate_without_a_false_alarm(epoch_csv, tmp_path, capsys):
     fit_json = tmp_path / "fit.json"
-    assert main(["fit", str(csv), "--n-col", "Model Size", "--c-col", "Training FLOP", "--loss-col", "loss",
-                 "--exclude-top-loss", "5", "--bootstrap", "60", "--seed", "0", "--out", str(fit_json)]) == 0
+    assert main(["fit", str(epoch_csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--bootstrap", "60", "--seed", "0",
+                 "--out", str(fit_json)]) == 0
     fit = json.loads(fit_json.read_text())
     for k, v in BESIROGLU.items():
         assert fit["params"][k] == pytest.approx(v, rel=0.03), k
@@ -37,18 +44,15 @@ def test_epoch_points_reproduce_besiroglu_and_allocate_without_a_false_alarm(sha
 
 
 @pytest.mark.slow
-def test_report_leaves_out_the_same_outliers_and_fits_the_same_law(shared_data, tmp_path, capsys):
-    csv = shared_data / "chinchilla_fig4_epoch.csv"
-    if not csv.is_file():
-        pytest.skip("chinchilla_fig4_epoch.csv is not in the data mirror")
-    cols = ["--n-col", "Model Size", "--c-col", "Training FLOP", "--loss-col", "loss", "--exclude-top-loss", "5"]
-    assert main(["report", str(csv), *cols, "--bootstrap", "0", "--holdout", "none", "-o",
+def test_report_leaves_out_the_same_outliers_and_fits_the_same_law(epoch_csv, tmp_path, capsys):
+    cols = [*EPOCH_COLS, "--exclude-top-loss", "5"]
+    assert main(["report", str(epoch_csv), *cols, "--bootstrap", "0", "--holdout", "none", "-o",
                  str(tmp_path / "r.html"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_runs"] == 240 and sum("--exclude-top-loss" in d for d in res["dropped"]) == 5
     for k, v in BESIROGLU.items():
         assert res["fit"]["params"][k] == pytest.approx(v, rel=0.03), k
-    assert main(["report", str(csv), *cols[:-1], "245", "-o", str(tmp_path / "x.html")]) == 2
+    assert main(["report", str(epoch_csv), *cols[:-1], "245", "-o", str(tmp_path / "x.html")]) == 2
     assert "--exclude-top-loss 245" in capsys.readouterr().err
 
 
@@ -70,7 +74,6 @@ def test_a_wide_allocation_or_a_structural_problem_still_warns():
     assert judged["allocation_identified"] is False and set(judged["unidentified"]) == {"alpha", "a"}
 
 
-EPOCH_COLS = ["--n-col", "Model Size", "--c-col", "Training FLOP", "--loss-col", "loss"]
 
 
 def one_error_line(rc: int, err: str, *names: str) -> str:
@@ -82,12 +85,9 @@ def one_error_line(rc: int, err: str, *names: str) -> str:
 
 
 @pytest.mark.slow
-def test_report_and_plot_draw_the_law_of_a_fit_file_without_refitting(shared_data, tmp_path, capsys):
-    csv = shared_data / "chinchilla_fig4_epoch.csv"
-    if not csv.is_file():
-        pytest.skip("chinchilla_fig4_epoch.csv is not in the data mirror")
+def test_report_and_plot_draw_the_law_of_a_fit_file_without_refitting(epoch_csv, tmp_path, capsys):
     fit_json = tmp_path / "fit.json"
-    assert main(["fit", str(csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--bootstrap", "30",
+    assert main(["fit", str(epoch_csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--bootstrap", "30",
                  "--out", str(fit_json)]) == 0
     fit = json.loads(fit_json.read_text())
     assert "UNIDENTIFIED" not in capsys.readouterr().out
@@ -95,7 +95,7 @@ def test_report_and_plot_draw_the_law_of_a_fit_file_without_refitting(shared_dat
     assert fit["identification"]["unidentified"] == {} and "G" in fit["identification"]["wide_intermediates"]
 
     html = tmp_path / "r.html"
-    assert main(["report", str(csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--fit", str(fit_json),
+    assert main(["report", str(epoch_csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--fit", str(fit_json),
                  "-o", str(html), "--json"]) == 0
     out, err = capsys.readouterr()
     res = json.loads(out)
@@ -108,14 +108,14 @@ def test_report_and_plot_draw_the_law_of_a_fit_file_without_refitting(shared_dat
     assert "Law read from <code>" + str(fit_json) in text and "fitted there on 240 points" in text
     assert "Unidentified law" not in text
 
-    assert main(["plot", str(csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--fit", str(fit_json),
+    assert main(["plot", str(epoch_csv), *EPOCH_COLS, "--exclude-top-loss", "5", "--fit", str(fit_json),
                  "-o", str(tmp_path / "png")]) == 0
     out = capsys.readouterr().out
     assert f"law read from {fit_json} (fitted there on 240 points), not refitted" in out
     assert (tmp_path / "png" / "loss_vs_params.png").is_file()
 
     # the outliers kept this time: drawn all the same, with one line saying the counts differ
-    assert main(["report", str(csv), *EPOCH_COLS, "--fit", str(fit_json), "-o", str(tmp_path / "all.html")]) == 0
+    assert main(["report", str(epoch_csv), *EPOCH_COLS, "--fit", str(fit_json), "-o", str(tmp_path / "all.html")]) == 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "warning:" in err and "240 points" in err and "245 runs" in err
 

@@ -547,30 +547,29 @@ def iter_records(path: Path, text_field: str = DEFAULT_TEXT_FIELD, errors: str =
         if line.isspace():  # str.strip()'s whitespace, without copying a long line
             continue
         if first and _ARRAY_START.match(line):  # one JSON array of records (not streamed)
-            text = line + "".join(lines)
-            try:
-                data = json.loads(text)
-            except ValueError as exc:
-                raise DataError(f"{path}: invalid JSON ({exc})") from None
-            except RecursionError:
-                raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
+            data = _json(line + "".join(lines), str(path), str)
             if not isinstance(data, list):
                 raise DataError(f"{path}: expected JSON Lines or one JSON array of records")
             for i, rec in enumerate(data):
                 yield _record_text(rec, keys, text_field, f"{path}: record {i}")
             return
         first = False
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}: line {lineno}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
-        except RecursionError:
-            raise DataError(f"{path}: line {lineno}: invalid JSON (nested too deeply)") from None
+        rec = _json(line, f"{path}: line {lineno}", lambda exc: getattr(exc, "msg", exc))
         del line  # a long record's line is not kept beside its text while that is used
         yield _record_text(rec, keys, text_field, f"{path}: line {lineno}")
 
 
 _ARRAY_START = re.compile(r"\s*\[")
+
+
+def _json(text: str, where: str, detail: Callable[[ValueError], Any]) -> Any:
+    """`json.loads(text)`; invalid or too deeply nested JSON is a `DataError` at `where`."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        raise DataError(f"{where}: invalid JSON ({detail(exc)})") from None
+    except RecursionError:
+        raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
 
 
 def _parquet_texts(path: Path, keys: list[str], field: str, stats: dict | None) -> Iterator[str]:

@@ -236,7 +236,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _temporary_of(name: str) -> Optional[str]:
+def temporary_of(name: str) -> Optional[str]:
     """The file a `.NAME.XXXXXXXX.tmp` temporary of `atomic_path` or `atomic_directory` was for, or None."""
     if not (name.startswith(".") and name.endswith(".tmp")):
         return None
@@ -257,7 +257,7 @@ def clean_stale_temporaries(directory: str | os.PathLike, subdirs: tuple[str, ..
         if not parent.is_dir() or (parent != directory and parent.is_symlink()):
             continue
         for p in parent.glob(".*.tmp"):
-            of = _temporary_of(p.name)
+            of = temporary_of(p.name)
             if of is None or (owned is not None and not owned(of)):
                 continue
             if p.is_dir() and not p.is_symlink():

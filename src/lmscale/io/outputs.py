@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from lmscale.errors import LmscaleError
-from lmscale.io import atomic_write_text
+from lmscale.io import atomic_write_text, temporary_of
+from lmscale.io.locks import LOCK_FILE as LOCK
 
 # in every output directory lmscale writes: {"written_by": "lmscale", "kind": ..., "entries": [names it wrote]}
 MARKER = ".lmscale"
-LOCK = ".lock"  # lmscale.io.locks.LOCK_FILE
 # formats lmscale writes as single files, each recognised by its whole content
 FILE_KINDS = ("json", "jsonl", "html", "csv", "yaml")
 GENERATOR_TAG = "<meta name='generator' content='lmscale'>"  # in every HTML report lmscale writes
@@ -75,12 +75,11 @@ def recorded_entries(path: str | os.PathLike) -> Optional[frozenset[str]]:
 
 
 def _temporary_of(name: str) -> Optional[str]:
-    """The name a `.NAME.*.tmp` or `.NAME.old` temporary stands for (None for another name)."""
-    if name.startswith(".") and name.endswith(".tmp"):
-        return name[1:-4].rpartition(".")[0] or name[1:-4]
+    """The name a temporary of `atomic_path`/`atomic_directory` (`.NAME.*.tmp`) or a swapped-out
+    directory (`.NAME.old`) stands for (None for another name)."""
     if name.startswith(".") and name.endswith(".old"):
         return name[1:-4]
-    return None
+    return temporary_of(name)
 
 
 def _owned_name(name: str, owned: frozenset[str]) -> bool:
@@ -104,7 +103,7 @@ def foreign_entries(path: str | os.PathLike, ours: Optional[Callable[[Path], boo
     owned = recorded_entries(p)
     if owned is None:
         legacy = marker is not None or (ours is not None and bool(present) and ours(p))
-        owned = frozenset(names or ()) if legacy else frozenset()
+        owned = frozenset(names or ()) - {MARKER} if legacy else frozenset()
     return [n for n in present if not (_owned_name(n, owned) or (n == MARKER and marker is not None))]
 
 
@@ -123,14 +122,14 @@ def mark_output_dir(path: str | os.PathLike, kind: str, names: Iterable[str] = (
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     m = p / MARKER
-    if (m.exists() or m.is_symlink()) and (m.is_symlink() or not m.is_file() or _marker(p) is None):
+    if (m.exists() or m.is_symlink()) and _marker(p) is None:
         raise OutputError(f"{p}: its {MARKER} is not lmscale's marker file; lmscale will not replace it, so "
                           "move it away or choose another output directory")
     present = {e.name for e in p.iterdir() if e.name not in (MARKER, LOCK) and _temporary_of(e.name) is None}
     if whole:
         entries = present
     else:
-        claimed = set(names)
+        claimed = set(names) - {MARKER, LOCK}  # the marker and the lock are lmscale's by themselves
         entries = ((recorded_entries(p) or frozenset()) & present) | claimed
     data = {"written_by": "lmscale", "kind": kind, "entries": sorted(entries)}
     if _marker(p) != data:

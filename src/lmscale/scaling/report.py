@@ -244,18 +244,18 @@ def read_fit_file(path: str | os.PathLike) -> dict[str, Any]:
         refits = BootstrapResult(s, *counts)
     ident = fit.get("identification")
     if ident is not None:
-        bad = ident.get("unidentified") if isinstance(ident, dict) else None
-        if not (isinstance(bad, dict) and all(isinstance(k, str) and isinstance(r, str) for k, r in bad.items())
+        def reasons(x: Any) -> bool:  # name -> why, as `identification` writes them
+            return isinstance(x, dict) and all(isinstance(k, str) and isinstance(r, str) for k, r in x.items())
+
+        if not (isinstance(ident, dict) and reasons(ident.get("unidentified"))
+                and reasons(ident.get("wide_intermediates", {}))
                 and isinstance(ident.get("allocation_identified", True), bool)):
             raise DataError(f"{where}: \"identification\" is not one `lmscale fit` writes")
-        wide = ident.get("wide_intermediates")
-        if wide is None:  # a fit file from before intermediates were told apart: judged again below
-            ident = None
-        elif not (isinstance(wide, dict) and all(isinstance(k, str) and isinstance(r, str) for k, r in wide.items())):
-            raise DataError(f"{where}: \"identification\" is not one `lmscale fit` writes")
-        else:
-            ident = {"identified": not bad, "unidentified": dict(bad), "wide_intermediates": dict(wide),
-                     "allocation_identified": ident.get("allocation_identified", True), "summary": summary(bad)}
+        bad = ident["unidentified"]
+        ident = {"identified": not bad, "unidentified": dict(bad),
+                 "allocation_identified": ident.get("allocation_identified", True), "summary": summary(bad),
+                 **({"wide_intermediates": dict(ident["wide_intermediates"])} if "wide_intermediates" in ident
+                    else {})}
     extra = {k: fit[k] for k in ("min_loss", "residual_std_log") if _number(fit.get(k))}
     return {"path": str(path), "params": {k: float(p[k]) for k in names}, "n_points": n, "ci95": ci95,
             "bootstrap": refits, "identification": ident, **extra}
@@ -274,10 +274,11 @@ def fit_from_file(t: RunsTable, saved: dict[str, Any]) -> dict[str, Any]:
     """
     law = ChinchillaLaw.from_params(saved["params"], t.N, t.D, loss=t.loss, bootstrap=saved["bootstrap"])
     derived = {k: float(v) for k, v in law_derived(law).items()}
-    ident = saved["identification"]
-    if ident is None:  # judged from what the file keeps (its intervals and values)
-        ident = identification({"params": saved["params"], "derived": derived, "ci95": saved["ci95"],
-                                **{k: saved[k] for k in ("min_loss", "residual_std_log") if k in saved}})
+    # the file's own judgement, or (none kept, or from before intermediates were told apart) one
+    # made again from what the file keeps: its values and intervals
+    ident = identification({"params": saved["params"], "derived": derived, "ci95": saved["ci95"],
+                            "identification": saved["identification"],
+                            **{k: saved[k] for k in ("min_loss", "residual_std_log") if k in saved}})
     b = saved["bootstrap"]
     res: dict[str, Any] = {
         "params": dict(saved["params"]), "derived": derived, "n_points": saved["n_points"], "identification": ident,
@@ -293,17 +294,15 @@ def fit_from_file(t: RunsTable, saved: dict[str, Any]) -> dict[str, Any]:
 def _read_icl(path: str | os.PathLike) -> dict[str, Any]:
     """An `lmscale emergence icl` result: its models, each with its evaluations."""
     icl = read_json_file(path, what="--icl")
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
 
     def an_eval(e: Any) -> bool:
-        return isinstance(e, dict) and number(e.get("tokens")) and all(
-            isinstance(e.get(t), dict) and number(e[t].get("accuracy")) and number(e[t].get("answer_logprob"))
+        return isinstance(e, dict) and _number(e.get("tokens")) and all(
+            isinstance(e.get(t), dict) and _number(e[t].get("accuracy")) and _number(e[t].get("answer_logprob"))
             for t in ("recall", "induction"))
 
     models = icl.get("models")
     if not isinstance(models, list) or not models or not all(
-            isinstance(m, dict) and number(m.get("params_non_embedding")) and isinstance(m.get("evals"), list)
+            isinstance(m, dict) and _number(m.get("params_non_embedding")) and isinstance(m.get("evals"), list)
             and all(map(an_eval, m["evals"])) for m in models):
         raise DataError(f"--icl {path}: not an `lmscale emergence icl` result (models with their evaluations)")
     return icl

@@ -55,7 +55,7 @@ _ABSOLUTE_POSITIONS = ("learned", "sinusoidal", "rope")
 RUN_DIR_ENTRIES = frozenset({CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, CHECKPOINTS_DIR, TOKENIZER_DIR, SHARD_DIR,
                              "tensorboard", TRACKERS_FILE, "wandb", LOCK_FILE, MARKER})
 # what a run writes in its directory: the names its marker's manifest claims before it starts
-RUN_DIR_WRITES = RUN_DIR_ENTRIES - {LOCK_FILE, MARKER} | {ckpt.WRITE_TEST}
+RUN_DIR_WRITES = RUN_DIR_ENTRIES | {ckpt.WRITE_TEST}
 
 
 @dataclass

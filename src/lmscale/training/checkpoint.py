@@ -245,10 +245,9 @@ def _read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != "lmscale-trainer-state":
         raise CheckpointError(f"{path}: not an lmscale trainer state")
     try:
-        state = _decode(document["state"], tensors)
+        return _decode(document["state"], tensors)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed trainer state ({exc})") from None
-    return state
 
 
 def check_trainer_state(state: Any, path: Path) -> None:

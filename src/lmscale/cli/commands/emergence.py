@@ -241,7 +241,7 @@ def _icl(args: argparse.Namespace) -> int:
 
     names = ("icl.json", "icl.png")
     check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("icl",), names=names,
-                     ours=lambda d: {e.name for e in d.iterdir()} <= {"icl.json", "icl.png"})
+                     ours=lambda d: {e.name for e in d.iterdir()} <= set(names))
     cfg = ICLConfig.small() if args.small else ICLConfig()
     if args.widths:
         cfg.widths = args.widths

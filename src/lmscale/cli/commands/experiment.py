@@ -167,7 +167,7 @@ def _run_coord_check(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = ("coord_check.json", "coord_check.png")
     check_output_dir(out, "--out", overwrite=args.overwrite, kinds=("coord-check",), names=names,
-                     ours=lambda d: {e.name for e in d.iterdir()} <= {"coord_check.json", "coord_check.png"})
+                     ours=lambda d: {e.name for e in d.iterdir()} <= set(names))
     cc = CoordCheckConfig(preset_model(args.preset), widths=widths, steps=args.steps, lr=args.lr,
                           base_width=args.base_width, seeds=args.seeds)
     res = run_coord_check(cc, log=None if args.json else (lambda s: print(s, flush=True)))

@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"epoch {rec['epoch']:3d} step {rec['step']:6d} loss {loss} | dev {dev}")
 
     with DirectoryLock(args.out, "fine-tuning run directory"):
-        mark_output_dir(args.out, "finetune", names=FINETUNE_DIR_ENTRIES - {".lmscale", ".lock"})
+        mark_output_dir(args.out, "finetune", names=FINETUNE_DIR_ENTRIES)
         results = finetune(body, tok, task, cfg, out_dir=args.out, log=log)
     results.pop("model", None)
     if args.json:

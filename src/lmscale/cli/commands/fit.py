@@ -70,7 +70,7 @@ def read_columns(path: str, args: argparse.Namespace, needs: tuple[str, ...]):
 
 
 def fit_from_args(args: argparse.Namespace):
-
+    """The fitted law, the rows left out, and what `choose_law` said of the law chosen ("" if nothing)."""
     from lmscale.errors import DataError
     from lmscale.scaling.fitting import LAW_CHOICES, choose_law
     from lmscale.scaling.identify import design_problems
@@ -78,12 +78,10 @@ def fit_from_args(args: argparse.Namespace):
     from lmscale.scaling.runs import below_top_loss, dropped_note
 
     data, dropped = read_columns(args.csv, args, NEEDS[args.law])
-    args.law_choice = ""
-    if args.law in LAW_CHOICES:
-        args.law, args.law_choice = choose_law(args.law, data["D"], data.get("U"))
-    needs = NEEDS[args.law]
+    name, why = choose_law(args.law, data["D"], data.get("U")) if args.law in LAW_CHOICES else (args.law, "")
+    needs = NEEDS[name]
     note = dropped_note(dropped)
-    problems = design_problems([k for k in needs if k in ("N", "D", "C", "U")], [data[k] for k in needs], args.law)
+    problems = design_problems([k for k in needs if k in ("N", "D", "C", "U")], [data[k] for k in needs], name)
     n = data["loss"].size
     if n == 0 or problems:
         raise DataError(f"{args.csv}: " + ("; ".join(problems) if n else "no run has usable values")
@@ -92,13 +90,13 @@ def fit_from_args(args: argparse.Namespace):
         keep = below_top_loss(data["loss"], args.exclude_top_loss)  # (the rows kept have a finite loss)
         data = {key: v[keep] for key, v in data.items()}
     kw = {}
-    if args.law == "chinchilla":
+    if name == "chinchilla":
         kw["grid"] = args.grid
-    elif args.law == "data-constrained":
+    elif name == "data-constrained":
         kw["base_grid"] = args.grid
-    law = make_law(args.law, **kw)
+    law = make_law(name, **kw)
     X = [data[k] for k in needs]
-    if args.law in ("envelope", "isoflop"):
+    if name in ("envelope", "isoflop"):
         if args.holdout:
             raise DataError("--holdout applies to parametric laws, not to envelope/isoflop")
         law.fit(data["N"], data["D"], data["loss"], runs=data.get("runs"))
@@ -106,7 +104,7 @@ def fit_from_args(args: argparse.Namespace):
         law.fit(*X, loss=data["loss"], holdout=args.holdout, n_holdout=args.n_holdout)
     if args.bootstrap:
         law.bootstrap(args.bootstrap, seed=args.seed)
-    return law, dropped
+    return law, dropped, why
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,12 +115,12 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_output_file(args.out, "--out", kind="json", overwrite=args.overwrite, keys=("law", "params"),
                           inputs=(("CSV", args.csv),))
-    law, dropped = fit_from_args(args)
+    law, dropped, why = fit_from_args(args)
     full = law.to_dict()
     if dropped:
         full["dropped"] = dropped
-    if args.law_choice:
-        full["law_choice"] = args.law_choice
+    if why:
+        full["law_choice"] = why
     out = {"law": full["law"], "params": full["params"], "ci95": full.get("ci95"), "n_points": full["n_points"],
            "objective": full["objective"], "converged": True}
     for k in ("law_choice", "derived", "holdout", "optima", "identification", "dropped"):

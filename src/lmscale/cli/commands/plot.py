@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from lmscale.cli.argtypes import OVERWRITE_DIR_HELP
-from lmscale.cli.commands.report import add_source_arguments, build, check_fit, summarize
+from lmscale.cli.commands.report import add_source_arguments, build, summarize
 from lmscale.io import dumps_json
 
 HELP = "scaling figures (loss vs C/N/D with fits and bands, IsoFLOPs, allocation, curves) as PNG files"
@@ -20,7 +20,6 @@ def run(args: argparse.Namespace) -> int:
 
     from lmscale.io.outputs import check_output_dir
 
-    check_fit(args)
     check_output_dir(args.out, "--out", overwrite=args.overwrite, kinds=("figures",))
     res = build(args, None, args.out)  # marks --out with the figures it writes
     if args.json:

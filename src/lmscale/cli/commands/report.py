@@ -37,14 +37,6 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def check_fit(args: argparse.Namespace) -> None:
-    """Refuse an unusable --fit before any output is made (a half-made figure directory included)."""
-    if args.fit:
-        from lmscale.scaling.report import read_fit_file
-
-        read_fit_file(args.fit)
-
-
 def build(args: argparse.Namespace, html: str | None, png_dir: str | None) -> dict:
     from lmscale.scaling.report import build_report
 
@@ -104,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
     from lmscale.io import dumps_json
     from lmscale.io.outputs import check_output_dir, check_output_file
 
-    check_fit(args)
     check_output_file(args.out, "--out", kind="html", overwrite=args.overwrite,
                       inputs=(("SOURCE", args.source), ("--emergence", args.emergence), ("--icl", args.icl),
                               ("--fit", args.fit)))
